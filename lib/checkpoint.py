@@ -1,0 +1,45 @@
+"""Checkpoints through orbax's CheckpointManager: async saves, keep-last-N, restore onto the
+current mesh's shardings (so a run may resume on a different device layout).
+
+Orbax writes each step into a temporary folder and renames it when complete, so a kill mid-save
+leaves the previous checkpoint as the latest; `latest_step()` never sees a partial one.
+"""
+
+from __future__ import annotations
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    def __init__(self, directory, keep: int, use_async: bool = True):
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=use_async, create=True)
+        self._manager = ocp.CheckpointManager(directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state, force: bool = False) -> None:
+        """Start an async save of `state` (a pytree of jax.Arrays) labelled `step`."""
+        self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+    def restore(self, step: int, abstract_state):
+        """`abstract_state`: jax.ShapeDtypeStruct leaves carrying the target shardings."""
+        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def abstract_with_shardings(abstract_tree, shardings):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)

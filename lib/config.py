@@ -1,0 +1,354 @@
+"""Run configuration: frozen dataclasses, validation, overrides, JSON round trip, content hash.
+
+A `RunConfig` fully describes one training run. `validate()` runs before anything is traced and
+raises `ConfigError` naming the field and the fix. `with_overrides({"model.d_model": 256})`
+returns a new config; unknown keys are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from typing import Any, Mapping
+
+MODEL_FAMILIES = ("transformer",)
+MLP_KINDS = ("gelu", "swiglu")
+DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_IMPLS = ("xla", "cudnn")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "linear", "step", "exponential", "wsd")
+MESH_PRESETS = {
+    # preset -> (data, fsdp, tensor); -1 means "all remaining devices".
+    "dp": (-1, 1, 1),
+    "fsdp": (1, -1, 1),
+    "fsdp_tp": (1, -1, 2),
+}
+FLOPS_CONVENTIONS = ("6N", "kaplan", "chinchilla")
+DATA_SOURCES = ("synthetic", "hf")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    family: str = "transformer"
+    vocab_size: int = 0  # 0: taken from the data source (see lib.data.resolve_vocab)
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 0  # 0: 4 * d_model
+    mlp: str = "gelu"
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    rope_theta: float = 10000.0
+    compute_dtype: str = "float32"  # bfloat16 on accelerators; parameters stay float32
+    attention_impl: str = "xla"
+    scan_layers: bool = False
+    remat: bool = False
+
+    @property
+    def ffw_size(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: str = "synthetic"
+    seq_len: int = 64
+    global_batch: int = 32
+    seed: int = 0
+    # synthetic phrase language (lib/data/synthetic.py)
+    synth_vocab: int = 64
+    synth_phrases: int = 20_000
+    synth_zipf: float = 1.3
+    synth_min_len: int = 3
+    synth_max_len: int = 10
+    # Hugging Face datasets / local files (lib/data/text.py)
+    dataset: str = ""  # hub name, or a builder: text | json | parquet | csv
+    data_files: str = ""  # comma-separated paths or globs for local builders
+    text_field: str = "text"
+    split: str = "train"
+    eval_split: str = ""  # "": hold out `holdout_fraction` of the training documents
+    holdout_fraction: float = 0.01
+    tokenizer: str = "bytes"  # bytes | bpe:<vocab> | <pretrained name>
+    data_root: str = ""  # "": ~/.cache is never used; defaults to <workdir>/../data
+    streaming: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 3e-3
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    momentum: float = 0.9
+    weight_decay: float = 0.1
+    clip_norm: float = 1.0  # 0 disables global-norm clipping
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    final_lr_frac: float = 0.1  # cosine/linear/wsd end at lr * final_lr_frac on the last step
+    decay_every: int = 0  # step schedule: multiply by decay_factor every decay_every steps
+    decay_factor: float = 0.1
+    decay_rate: float = 0.0  # exponential: 0 -> reach final_lr_frac at the last step
+    wsd_decay_frac: float = 0.2  # warmup-stable-decay: fraction of steps spent decaying
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    preset: str = "dp"
+    data: int = 0  # 0: from the preset; -1: all remaining devices
+    fsdp: int = 0
+    tensor: int = 0
+
+    def axis_sizes(self) -> tuple[int, int, int]:
+        preset = MESH_PRESETS[self.preset]
+        return tuple(given or default for given, default in zip((self.data, self.fsdp, self.tensor), preset))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 200
+    grad_accum: int = 1
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 100  # also evaluated at the last step
+    eval_batches: int = 4
+    checkpoint_every: int = 100  # also at the last step and on SIGTERM
+    keep_checkpoints: int = 2
+    flops_convention: str = "chinchilla"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingConfig:
+    wandb: bool = False
+    project: str = "scaling"
+    group: str = ""  # "": the sweep name, if any
+    name: str = ""  # "": the run id
+    console: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    mesh: MeshConfig = MeshConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    name: str = "run"
+    sweep: str = ""  # the sweep this run belongs to, if any
+    budget: float = 0.0  # the sweep's nominal FLOP budget for this run, if any
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
+        return _from_dict(cls, d, prefix="")
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        return cls.from_dict(json.loads(text))
+
+    def content_hash(self, length: int = 6) -> str:
+        """Hash of what determines the numbers (not mesh layout, tracking or naming)."""
+        d = self.to_dict()
+        for key in ("mesh", "tracking", "name", "sweep"):
+            d.pop(key)
+        d["train"] = {k: v for k, v in d["train"].items() if k not in _BOOKKEEPING_TRAIN_FIELDS}
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:length]
+
+    # -- overrides -----------------------------------------------------------------------------
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "RunConfig":
+        """`{"model.d_model": 256, "name": "x"}` -> a new config. Unknown keys raise ConfigError."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            node, parts = d, key.split(".")
+            for i, part in enumerate(parts):
+                if not isinstance(node, dict) or part not in node:
+                    known = sorted(node) if isinstance(node, dict) else []
+                    where = ".".join(parts[:i]) or "the top level"
+                    raise ConfigError(
+                        f"unknown config key '{key}': '{part}' is not a field of {where}; "
+                        f"known fields there: {', '.join(known)}"
+                    )
+                if i == len(parts) - 1:
+                    if isinstance(node[part], dict):
+                        raise ConfigError(f"config key '{key}' is a section; set one of its fields, e.g. '{key}.{next(iter(node[part]))}'")
+                    node[part] = value
+                else:
+                    node = node[part]
+        return RunConfig.from_dict(d)
+
+    def validate(self, device_count: int | None = None) -> "RunConfig":
+        """Raise ConfigError for the first invalid field; returns self so calls chain."""
+        _validate(self, device_count)
+        return self
+
+
+_BOOKKEEPING_TRAIN_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_batches")
+
+
+def parse_set_args(items: list[str] | None) -> dict[str, Any]:
+    """`["model.d_model=256", "tracking.wandb=true"]` -> dict; values parsed as JSON where they parse."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}' (e.g. --set model.d_model=256)")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def _from_dict(cls, d: Mapping[str, Any], prefix: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {sorted(prefix + k for k in unknown)}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, value in d.items():
+        f = fields[name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key '{prefix}{name}' must be a mapping of fields")
+            kwargs[name] = _from_dict(type(default), value, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(f"{prefix}{name}", value, default)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Match the type of the field's default: ints may become floats, not the other way round."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"'{key}' must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"'{key}' must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"'{key}' must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            value = json.dumps(value) if not isinstance(value, (int, float)) else str(value)
+        return value
+    return value
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field}: {message}")
+
+
+def _one_of(value: str, options, field: str) -> None:
+    _require(value in options, field, f"unknown value '{value}'; choose one of {', '.join(options)}")
+
+
+def _validate(cfg: RunConfig, device_count: int | None) -> None:
+    m, d, o, t, mesh = cfg.model, cfg.data, cfg.optimizer, cfg.train, cfg.mesh
+    _one_of(m.family, MODEL_FAMILIES, "model.family")
+    _one_of(m.mlp, MLP_KINDS, "model.mlp")
+    _one_of(m.compute_dtype, DTYPES, "model.compute_dtype")
+    _one_of(m.attention_impl, ATTENTION_IMPLS, "model.attention_impl")
+    for name in ("d_model", "n_layers", "n_heads"):
+        _require(getattr(m, name) > 0, f"model.{name}", "must be positive")
+    _require(m.vocab_size >= 0, "model.vocab_size", "must be positive (or 0 to take it from the data)")
+    _require(m.d_ff >= 0, "model.d_ff", "must be positive (or 0 for 4 * d_model)")
+    _require(
+        m.d_model % m.n_heads == 0,
+        "model.d_model",
+        f"d_model={m.d_model} is not divisible by n_heads={m.n_heads}; pick d_model a multiple of n_heads",
+    )
+    _require(m.head_dim % 2 == 0, "model.d_model", f"head_dim = d_model/n_heads = {m.head_dim} must be even for RoPE")
+    _require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+
+    _one_of(d.source, DATA_SOURCES, "data.source")
+    _require(d.seq_len > 0, "data.seq_len", f"sequence length must be positive, got {d.seq_len}")
+    _require(d.global_batch > 0, "data.global_batch", "must be positive")
+    if d.source == "synthetic":
+        _require(d.synth_vocab >= 3, "data.synth_vocab", "needs at least 3 tokens")
+        _require(1 <= d.synth_min_len <= d.synth_max_len, "data.synth_min_len", "need 1 <= synth_min_len <= synth_max_len")
+        _require(d.synth_phrases > 0, "data.synth_phrases", "must be positive")
+    else:
+        _require(bool(d.dataset), "data.dataset", "set a hub name or a builder (text|json|parquet|csv), e.g. --set data.dataset=text")
+    _require(0.0 < d.holdout_fraction < 1.0, "data.holdout_fraction", "must be in (0, 1)")
+
+    _one_of(o.name, OPTIMIZERS, "optimizer.name")
+    _one_of(o.schedule, SCHEDULES, "optimizer.schedule")
+    _require(o.lr > 0 and math.isfinite(o.lr), "optimizer.lr", f"learning rate must be positive, got {o.lr}")
+    _require(o.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0")
+    _require(o.warmup_steps < t.steps, "optimizer.warmup_steps", f"warmup ({o.warmup_steps}) must be shorter than train.steps ({t.steps})")
+    _require(0.0 <= o.final_lr_frac <= 1.0, "optimizer.final_lr_frac", "must be in [0, 1]")
+    _require(o.clip_norm >= 0, "optimizer.clip_norm", "must be >= 0 (0 disables clipping)")
+    if o.schedule == "step":
+        _require(o.decay_every > 0, "optimizer.decay_every", "the step schedule needs decay_every > 0")
+    _require(0.0 < o.wsd_decay_frac <= 1.0, "optimizer.wsd_decay_frac", "must be in (0, 1]")
+
+    _require(t.steps > 0, "train.steps", f"step count must be positive, got {t.steps}")
+    _require(t.grad_accum > 0, "train.grad_accum", "must be positive")
+    for name in ("log_every", "eval_every", "checkpoint_every", "eval_batches", "keep_checkpoints"):
+        _require(getattr(t, name) > 0, f"train.{name}", "must be positive")
+    _one_of(t.flops_convention, FLOPS_CONVENTIONS, "train.flops_convention")
+
+    _one_of(mesh.preset, tuple(MESH_PRESETS), "mesh.preset")
+    sizes = mesh.axis_sizes()
+    for name, size in zip(("data", "fsdp", "tensor"), sizes):
+        _require(size == -1 or size >= 1, f"mesh.{name}", f"must be a positive size or -1 (the rest), got {size}")
+    _require(sizes.count(-1) <= 1, "mesh", f"at most one axis may be -1, got data,fsdp,tensor = {sizes}")
+    if device_count is not None:
+        fixed = math.prod(s for s in sizes if s != -1)
+        if -1 in sizes:
+            ok = device_count % fixed == 0
+        else:
+            ok = fixed == device_count
+        _require(
+            ok,
+            "mesh",
+            f"mesh sizes data,fsdp,tensor = {sizes} do not multiply to the {device_count} devices; "
+            f"set them so the product is {device_count}, or use -1 for one axis",
+        )
+        data, fsdp, tensor = resolve_axis_sizes(mesh, device_count)
+        _require(
+            m.n_heads % tensor == 0,
+            "mesh.tensor",
+            f"n_heads={m.n_heads} is not divisible by the tensor-parallel size {tensor}; pick a tensor size dividing n_heads",
+        )
+        per_step = d.global_batch
+        dp = data * fsdp
+        _require(
+            per_step % (dp * t.grad_accum) == 0,
+            "data.global_batch",
+            f"global batch {per_step} is not divisible by data-parallel size (data*fsdp = {dp}) x grad_accum "
+            f"({t.grad_accum}); use a multiple of {dp * t.grad_accum}",
+        )
+
+
+def resolve_axis_sizes(mesh: MeshConfig, device_count: int) -> tuple[int, int, int]:
+    """Replace the -1 axis by whatever is left of `device_count`."""
+    sizes = mesh.axis_sizes()
+    fixed = math.prod(s for s in sizes if s != -1)
+    return tuple(device_count // fixed if s == -1 else s for s in sizes)

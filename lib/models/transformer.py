@@ -1,0 +1,160 @@
+"""Decoder-only transformer LM in flax.linen: pre-norm (RMSNorm), RoPE, causal attention through
+`jax.nn.dot_product_attention`, GELU or SwiGLU MLP, tied or untied embeddings.
+
+Shape suffixes: B batch, T time (sequence), D d_model, H heads, K head_dim, F ffw size, V vocab.
+Parameters are float32 and carry logical axis names (see lib/sharding.py for the rules); compute
+runs in `cfg.compute_dtype`; logits come out float32 so the loss is computed in full precision.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lib.config import ModelConfig
+from lib.flops import flops_per_token, param_counts  # noqa: F401  (the family's counting contract)
+
+# Activation axis names are distinct from parameter axis names: activations shard the batch over
+# (data, fsdp), parameters shard d_model over fsdp; one name for both would map fsdp twice.
+ACT_BTD = ("act_batch", "act_len", "act_embed")
+ACT_BTHK = ("act_batch", "act_len", "act_heads", "act_kv")
+ACT_BTF = ("act_batch", "act_len", "act_mlp")
+ACT_BTV = ("act_batch", "act_len", "act_vocab")
+
+_init_dense = nn.initializers.normal(stddev=0.02)
+
+
+def _param(module: nn.Module, name: str, shape, axes, init=_init_dense):
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+
+def _dtype(cfg: ModelConfig):
+    return jnp.dtype(cfg.compute_dtype)
+
+
+class RMSNorm(nn.Module):
+    eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x_BTD):
+        scale_D = _param(self, "scale", (x_BTD.shape[-1],), ("norm",), nn.initializers.ones)
+        x32 = x_BTD.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * scale_D).astype(x_BTD.dtype)
+
+
+def rope(x_BTHK, theta: float):
+    """Rotary position embedding (rotate-half form), positions 0..T-1."""
+    T, K = x_BTHK.shape[1], x_BTHK.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, K, 2, dtype=jnp.float32) / K))
+    angles_TK2 = jnp.arange(T, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    sin, cos = jnp.sin(angles_TK2)[None, :, None, :], jnp.cos(angles_TK2)[None, :, None, :]
+    x1, x2 = jnp.split(x_BTHK.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BTHK.dtype)
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTD):
+        cfg, dt = self.cfg, _dtype(self.cfg)
+        D, H, K = cfg.d_model, cfg.n_heads, cfg.head_dim
+        w_qkv = _param(self, "qkv", (3, D, H, K), (None, "embed", "heads", "kv"))
+        w_out = _param(self, "out", (H, K, D), ("heads", "kv", "embed"))
+        qkv = jnp.einsum("btd,cdhk->cbthk", x_BTD, w_qkv.astype(dt))
+        q_BTHK = nn.with_logical_constraint(rope(qkv[0], cfg.rope_theta), ACT_BTHK)
+        k_BTHK = nn.with_logical_constraint(rope(qkv[1], cfg.rope_theta), ACT_BTHK)
+        v_BTHK = nn.with_logical_constraint(qkv[2], ACT_BTHK)
+        o_BTHK = jax.nn.dot_product_attention(
+            q_BTHK, k_BTHK, v_BTHK, is_causal=True, implementation=None if cfg.attention_impl == "xla" else cfg.attention_impl
+        )
+        o_BTHK = nn.with_logical_constraint(o_BTHK, ACT_BTHK)
+        return jnp.einsum("bthk,hkd->btd", o_BTHK, w_out.astype(dt))
+
+
+class Mlp(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTD):
+        cfg, dt = self.cfg, _dtype(self.cfg)
+        D, F = cfg.d_model, cfg.ffw_size
+        w_in = _param(self, "wi", (D, F), ("embed", "mlp"))
+        w_out = _param(self, "wo", (F, D), ("mlp", "embed"))
+        h_BTF = x_BTD @ w_in.astype(dt)
+        if cfg.mlp == "swiglu":
+            w_gate = _param(self, "wg", (D, F), ("embed", "mlp"))
+            h_BTF = nn.silu(x_BTD @ w_gate.astype(dt)) * h_BTF
+        else:
+            h_BTF = nn.gelu(h_BTF)
+        h_BTF = nn.with_logical_constraint(h_BTF, ACT_BTF)
+        return h_BTF @ w_out.astype(dt)
+
+
+class Block(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTD, deterministic: bool):
+        drop = nn.Dropout(self.cfg.dropout)
+        x_BTD = x_BTD + drop(Attention(self.cfg, name="attn")(RMSNorm(name="ln1")(x_BTD)), deterministic)
+        x_BTD = nn.with_logical_constraint(x_BTD, ACT_BTD)
+        x_BTD = x_BTD + drop(Mlp(self.cfg, name="mlp")(RMSNorm(name="ln2")(x_BTD)), deterministic)
+        return nn.with_logical_constraint(x_BTD, ACT_BTD)
+
+
+class ScannedBlock(nn.Module):
+    """`Block` with the (carry, xs) -> (carry, ys) signature nn.scan needs."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTD, _, deterministic: bool):
+        return Block(self.cfg, name="block")(x_BTD, deterministic), None
+
+
+class Transformer(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BT, deterministic: bool = True):
+        cfg, dt = self.cfg, _dtype(self.cfg)
+        embed_VD = _param(self, "embed", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), nn.initializers.normal(1.0))
+        x_BTD = jnp.take(embed_VD, tokens_BT, axis=0).astype(dt)
+        x_BTD = nn.with_logical_constraint(x_BTD, ACT_BTD)
+
+        if cfg.scan_layers:
+            block = ScannedBlock
+            if cfg.remat:
+                block = nn.remat(block, static_argnums=(3,), prevent_cse=False)
+            stack = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=cfg.n_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x_BTD, _ = stack(cfg, name="layers")(x_BTD, None, deterministic)
+        else:
+            block = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
+            for i in range(cfg.n_layers):
+                x_BTD = block(cfg, name=f"layer_{i}")(x_BTD, deterministic)
+
+        x_BTD = RMSNorm(name="ln_f")(x_BTD)
+        if cfg.tie_embeddings:
+            # Scaled so tied logits start O(1) despite the unit-variance embedding table.
+            logits_BTV = jnp.einsum("btd,vd->btv", x_BTD, embed_VD.astype(dt)) / jnp.sqrt(cfg.d_model).astype(dt)
+        else:
+            head_DV = _param(self, "head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"))
+            logits_BTV = x_BTD @ head_DV.astype(dt)
+        return nn.with_logical_constraint(logits_BTV.astype(jnp.float32), ACT_BTV)
+
+
+def make_model(cfg: ModelConfig) -> Transformer:
+    if cfg.vocab_size <= 0:
+        raise ValueError("model.vocab_size is unset; resolve it from the data source first (lib.data.resolve_vocab)")
+    return Transformer(cfg)

@@ -1,0 +1,341 @@
+"""One training run: pure `train_step`/`eval_step`, and the `train(cfg, workdir)` loop around them.
+
+Read top to bottom: setup (validate, data, mesh, model) -> state (init or resume) -> compiled
+steps -> the loop (log, eval, checkpoint, preemption) -> summary. The loop dispatches step n and
+only then reads step n-1's metrics, so the host never stalls the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lib import flops as flops_lib
+from lib import sharding
+from lib.checkpoint import Checkpointer, abstract_with_shardings
+from lib.config import ConfigError, RunConfig
+from lib.data import make_source, resolve_vocab
+from lib.models.transformer import make_model
+from lib.optim import make_optimizer
+from lib.runstore import RunDir
+from lib.tracking import Tracker
+
+
+class RunDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run is marked failed with the step."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived; a checkpoint was written and the run can be relaunched to resume."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # number of updates applied
+    params: Any
+    opt_state: Any
+
+
+# ================================================================================================
+# Pure functions (traced by jax)
+# ================================================================================================
+def lm_loss(params, model: nn.Module, tokens_BT1, dropout_rng=None):
+    """Mean next-token cross-entropy in nats over a [B, T+1] token batch."""
+    inputs_BT, targets_BT = tokens_BT1[:, :-1], tokens_BT1[:, 1:]
+    deterministic = dropout_rng is None
+    rngs = None if deterministic else {"dropout": dropout_rng}
+    logits_BTV = model.apply({"params": params}, inputs_BT, deterministic=deterministic, rngs=rngs)
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT).mean()
+
+
+def make_train_step(model, optimizer, schedule, cfg: RunConfig):
+    accum, seed, use_dropout = cfg.train.grad_accum, cfg.train.seed, cfg.model.dropout > 0
+
+    def loss_and_grad(params, tokens_BT1, rng):
+        return jax.value_and_grad(lm_loss)(params, model, tokens_BT1, rng if use_dropout else None)
+
+    def train_step(state: TrainState, tokens_BT1):
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        if accum == 1:
+            loss, grads = loss_and_grad(state.params, tokens_BT1, rng)
+        else:
+            # Microbatch j takes rows j, j+accum, ...: every device keeps an equal share of each
+            # microbatch, so no data moves between devices.
+            B, T1 = tokens_BT1.shape
+            micro_ABT1 = tokens_BT1.reshape(B // accum, accum, T1).swapaxes(0, 1)
+            micro_ABT1 = nn.with_logical_constraint(micro_ABT1, (None, "act_batch", None))
+
+            def one(carry, xs):
+                loss_sum, grad_sum = carry
+                tokens, j = xs
+                loss, grads = loss_and_grad(state.params, tokens, jax.random.fold_in(rng, j))
+                return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            (loss, grads), _ = jax.lax.scan(one, (jnp.zeros((), jnp.float32), zeros), (micro_ABT1, jnp.arange(accum)))
+            loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"train_loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(model):
+    def eval_step(params, tokens_BT1):
+        return lm_loss(params, model, tokens_BT1)
+
+    return eval_step
+
+
+def make_init(model, optimizer, cfg: RunConfig, boxed: bool):
+    """`init(rng) -> TrainState`. `boxed=True` keeps flax's logical-axis boxes (only for eval_shape)."""
+    dummy_BT = jnp.zeros((1, cfg.data.seq_len), jnp.int32)
+
+    def init(rng):
+        params = model.init(rng, dummy_BT)["params"]
+        if not boxed:
+            params = nn.unbox(params)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+    return init
+
+
+# ================================================================================================
+# The loop (side effects: files, signals, clocks)
+# ================================================================================================
+def run_id_for(cfg: RunConfig) -> str:
+    return f"{cfg.name}-{cfg.content_hash()}"
+
+
+def train(cfg: RunConfig, workdir, devices: Sequence[jax.Device] | None = None) -> dict:
+    """Train (or resume, or skip if finished) the run `cfg` in `workdir`; returns its summary."""
+    # ---- setup --------------------------------------------------------------------------------
+    devices = list(jax.devices() if devices is None else devices)
+    cfg.validate(len(devices))
+    workdir = os.fspath(workdir)
+    source = make_source(cfg.data, data_root=cfg.data.data_root or os.path.join(os.path.dirname(os.path.abspath(workdir)), ".data"))
+    cfg = resolve_vocab(cfg, source).validate(len(devices))
+    is_writer = jax.process_index() == 0
+    run = RunDir(workdir, writer=is_writer)
+    run_id = os.path.basename(os.path.normpath(workdir))
+    _check_same_run(run, cfg)
+    if run.state() == "done" and run.summary() is not None:
+        if cfg.tracking.console and is_writer:
+            print(f"[{run_id}] already finished; nothing to do", flush=True)
+        return run.summary()
+    run.write_config(cfg.to_dict())
+    run.set_state("running")
+    tracker = Tracker(run, cfg, run_id, is_writer)
+    try:
+        summary = _train_loop(cfg, run, run_id, source, devices, tracker)
+    except RunDiverged as e:
+        run.set_state("failed", reason=str(e))
+        tracker.finish(failed=True)
+        raise
+    except Preempted as e:
+        run.set_state("interrupted", reason=str(e))
+        tracker.finish()
+        raise
+    except BaseException as e:
+        run.set_state("failed", reason=f"{type(e).__name__}: {e}")
+        tracker.finish(failed=True)
+        raise
+    run.write_summary(summary)
+    run.set_state("done")
+    tracker.finish(summary)
+    return summary
+
+
+def _train_loop(cfg: RunConfig, run: RunDir, run_id: str, source, devices, tracker: Tracker) -> dict:
+    t = cfg.train
+    mesh = sharding.make_mesh(cfg.mesh, devices)
+    model = make_model(cfg.model)
+    optimizer, schedule = make_optimizer(cfg.optimizer, t.steps)
+    pi, pc = jax.process_index(), jax.process_count()
+    tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
+    flops_per_token = flops_lib.flops_per_token(cfg.model, cfg.data.seq_len, t.flops_convention)
+    device_kind = devices[0].device_kind
+
+    with sharding.activate(mesh), Checkpointer(run.checkpoint_dir, t.keep_checkpoints) as ckpt:
+        # ---- state: init or resume ----------------------------------------------------------
+        abstract_boxed = jax.eval_shape(make_init(model, optimizer, cfg, boxed=True), jax.random.key(0))
+        state_shardings = sharding.logical_shardings(abstract_boxed, mesh)
+        latest = ckpt.latest_step()
+        if latest is None:
+            init = jax.jit(make_init(model, optimizer, cfg, boxed=False), out_shardings=state_shardings)
+            state = init(jax.random.key(t.seed))
+        else:
+            abstract = jax.eval_shape(make_init(model, optimizer, cfg, boxed=False), jax.random.key(0))
+            state = ckpt.restore(latest, abstract_with_shardings(abstract, state_shardings))
+            run.truncate_metrics(latest)
+            tracker.say(f"resumed from checkpoint at step {latest}")
+        start = int(jax.device_get(state.step))
+
+        # ---- compiled steps -------------------------------------------------------------------
+        batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+        step_fn = jax.jit(
+            make_train_step(model, optimizer, schedule, cfg),
+            in_shardings=(state_shardings, batch_sharding),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=0,
+        )
+        eval_fn = jax.jit(make_eval_step(model), in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
+        first_batch = sharding.global_batch(source.batch(start, pi, pc), mesh)
+        t0 = time.perf_counter()
+        step_fn = step_fn.lower(state, first_batch).compile()
+        compile_s = time.perf_counter() - t0
+        tracker.say(f"compiled train step in {compile_s:.1f}s; training steps {start}..{t.steps} on {len(devices)} x {device_kind}")
+
+        def evaluate(params) -> float:
+            losses = [eval_fn(params, sharding.global_batch(source.eval_batch(i, pi, pc), mesh)) for i in range(t.eval_batches)]
+            return float(np.mean(jax.device_get(losses)))
+
+        # ---- the loop ---------------------------------------------------------------------------
+        stop = _PreemptionFlag()
+        pending = None  # (completed_steps, metrics on device) of the step before
+        last_log_time, last_log_step = time.perf_counter(), start
+        train_time, last = 0.0, {}
+        with stop.installed():
+            for step in range(start, t.steps):
+                batch = first_batch if step == start else sharding.global_batch(source.batch(step, pi, pc), mesh)
+                state, metrics = step_fn(state, batch)
+                if pending is not None:
+                    last = _check_finite(*pending)
+                done = step + 1
+                pending = (done, metrics)
+                is_last = done == t.steps
+                if done % t.log_every == 0 or is_last or done % t.eval_every == 0:
+                    last = _check_finite(*pending)
+                    now = time.perf_counter()
+                    step_time = (now - last_log_time) / max(done - last_log_step, 1)
+                    train_time += now - last_log_time
+                    row = {
+                        "step": done,
+                        "tokens": done * tokens_per_step,
+                        "flops": done * tokens_per_step * flops_per_token,
+                        **last,
+                        "step_time_s": step_time,
+                        "tokens_per_s": tokens_per_step / step_time,
+                        "flops_per_s": tokens_per_step * flops_per_token / step_time,
+                        "mfu": flops_lib.mfu(tokens_per_step * flops_per_token / step_time, device_kind, len(devices)),
+                    }
+                    if source.epoch(done) is not None:
+                        row["epoch"] = source.epoch(done)
+                    if done % t.eval_every == 0 or is_last:
+                        row["eval_loss"] = last["eval_loss"] = evaluate(state.params)
+                    tracker.log(row)
+                    last_log_time, last_log_step, pending = time.perf_counter(), done, None
+                if done % t.checkpoint_every == 0 or is_last or stop.requested(done):
+                    ckpt.save(done, state, force=True)
+                if stop.requested(done) and not is_last:
+                    ckpt.wait()
+                    raise Preempted(f"SIGTERM: checkpointed at step {done} of {t.steps}; relaunch to resume")
+            if pending is not None:
+                last = _check_finite(*pending)
+            ckpt.wait()
+
+        if "eval_loss" not in last:  # resumed at the very end: evaluate the restored state
+            last["eval_loss"] = evaluate(state.params)
+
+    counts = flops_lib.param_counts(cfg.model)
+    tokens = t.steps * tokens_per_step
+    return {
+        "run_id": run_id,
+        "eval_loss": last.get("eval_loss"),
+        "train_loss": last.get("train_loss"),
+        "params": counts,
+        "tokens": tokens,
+        "flops": {"value": tokens * flops_per_token, "convention": t.flops_convention},
+        "flops_per_token": flops_per_token,
+        "flops_all_conventions": {c: tokens * flops_lib.flops_per_token(cfg.model, cfg.data.seq_len, c) for c in flops_lib.CONVENTIONS},
+        "entropy_floor": source.entropy_floor,
+        "sweep": cfg.sweep or None,
+        "budget": cfg.budget or None,
+        "steps": t.steps,
+        "seq_len": cfg.data.seq_len,
+        "global_batch": cfg.data.global_batch,
+        "compile_time_s": compile_s,
+        "train_time_s": train_time,
+        "device_kind": device_kind,
+        "n_devices": len(devices),
+        "data": source.describe(),
+    }
+
+
+def _check_finite(done: int, metrics) -> dict:
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not math.isfinite(values["train_loss"]):
+        raise RunDiverged(f"diverged: non-finite loss ({values['train_loss']}) at step {done}")
+    return values
+
+
+def _check_same_run(run: RunDir, cfg: RunConfig) -> None:
+    """A workdir belongs to one run: resuming it with different numbers would mix two runs."""
+    existing = run.config()
+    if existing is None:
+        return
+    old = RunConfig.from_dict(existing)
+    if old.content_hash() != cfg.content_hash():
+        changed = _diff(old.to_dict(), cfg.to_dict())
+        raise ConfigError(
+            f"workdir {run.path} holds a run with a different config ({', '.join(changed[:5])}); "
+            "use a new --workdir, or delete the old one to start over"
+        )
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in a:
+        if isinstance(a[k], dict):
+            out += _diff(a[k], b[k], f"{prefix}{k}.")
+        elif a[k] != b[k]:
+            out.append(f"{prefix}{k}: {a[k]!r} -> {b[k]!r}")
+    return out
+
+
+class _PreemptionFlag:
+    """SIGTERM sets a flag the loop checks after each step (checkpoint, then stop cleanly).
+
+    With several processes, all must agree on the step at which to stop (checkpoints are
+    collective), so the decision goes through JAX's preemption sync point instead.
+    """
+
+    def __init__(self):
+        self._event = threading.Event()
+
+    def requested(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self._event.is_set()
+
+    def installed(self):
+        flag = self
+
+        class _Ctx:
+            def __enter__(self_inner):
+                self_inner.old = None
+                if threading.current_thread() is threading.main_thread():
+                    self_inner.old = signal.signal(signal.SIGTERM, lambda *_: flag._event.set())
+                return flag
+
+            def __exit__(self_inner, *exc):
+                if self_inner.old is not None:
+                    signal.signal(signal.SIGTERM, self_inner.old)
+
+        return _Ctx()
