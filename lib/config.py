@@ -73,14 +73,16 @@ class DataConfig:
     synth_max_len: int = 10
     # Hugging Face datasets / local files (lib/data/text.py)
     dataset: str = ""  # hub name, or a builder: text | json | parquet | csv
-    data_files: str = ""  # comma-separated paths or globs for local builders
+    dataset_config: str = ""  # hub config (subset) name, e.g. "en" for allenai/c4, "sample-10BT" for fineweb
+    data_files: str = ""  # comma-separated paths or globs for local builders (split=path names a split)
     text_field: str = "text"
     split: str = "train"
     eval_split: str = ""  # "": hold out `holdout_fraction` of the training documents
     holdout_fraction: float = 0.01
-    tokenizer: str = "bytes"  # bytes | bpe:<vocab> | <pretrained name>
-    data_root: str = ""  # "": ~/.cache is never used; defaults to <workdir>/../data
+    tokenizer: str = "bytes"  # bytes | bpe:<vocab> | <pretrained name or tokenizer.json path>
+    data_root: str = ""  # token store folder; "": <workdir>/../.data (never ~/.cache)
     streaming: bool = False
+    max_tokens: int = 0  # 0: tokenize the whole split; else stop after this many training tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,7 +297,14 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
         _require(d.synth_phrases > 0, "data.synth_phrases", "must be positive")
     else:
         _require(bool(d.dataset), "data.dataset", "set a hub name or a builder (text|json|parquet|csv), e.g. --set data.dataset=text")
+        _require(d.max_tokens >= 0, "data.max_tokens", f"must be >= 0 (0: the whole split), got {d.max_tokens}")
     _require(0.0 < d.holdout_fraction < 1.0, "data.holdout_fraction", "must be in (0, 1)")
+
+    _require(t.steps > 0, "train.steps", f"step count must be positive, got {t.steps}")
+    _require(t.grad_accum > 0, "train.grad_accum", "must be positive")
+    for name in ("log_every", "eval_every", "checkpoint_every", "eval_batches", "keep_checkpoints"):
+        _require(getattr(t, name) > 0, f"train.{name}", "must be positive")
+    _one_of(t.flops_convention, FLOPS_CONVENTIONS, "train.flops_convention")
 
     _one_of(o.name, OPTIMIZERS, "optimizer.name")
     _one_of(o.schedule, SCHEDULES, "optimizer.schedule")
@@ -307,12 +316,6 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
     if o.schedule == "step":
         _require(o.decay_every > 0, "optimizer.decay_every", "the step schedule needs decay_every > 0")
     _require(0.0 < o.wsd_decay_frac <= 1.0, "optimizer.wsd_decay_frac", "must be in (0, 1]")
-
-    _require(t.steps > 0, "train.steps", f"step count must be positive, got {t.steps}")
-    _require(t.grad_accum > 0, "train.grad_accum", "must be positive")
-    for name in ("log_every", "eval_every", "checkpoint_every", "eval_batches", "keep_checkpoints"):
-        _require(getattr(t, name) > 0, f"train.{name}", "must be positive")
-    _one_of(t.flops_convention, FLOPS_CONVENTIONS, "train.flops_convention")
 
     _one_of(mesh.preset, tuple(MESH_PRESETS), "mesh.preset")
     sizes = mesh.axis_sizes()

@@ -1,0 +1,85 @@
+"""Config: validation messages, overrides, JSON round trip, content hash, CLI errors."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lib.config import ConfigError, RunConfig, parse_set_args
+
+BAD = [
+    ({"model.d_model": 30, "model.n_heads": 4}, "model.d_model", "not divisible by n_heads"),
+    ({"mesh.data": 3}, "mesh", "do not multiply to the 8 devices"),
+    ({"mesh.preset": "dp", "data.global_batch": 12}, "data.global_batch", "not divisible by data-parallel size"),
+    ({"optimizer.lr": 0.0}, "optimizer.lr", "must be positive"),
+    ({"optimizer.lr": -1e-3}, "optimizer.lr", "must be positive"),
+    ({"train.steps": 0}, "train.steps", "must be positive"),
+    ({"data.seq_len": -5}, "data.seq_len", "must be positive"),
+    ({"optimizer.name": "adamax"}, "optimizer.name", "choose one of sgd, momentum"),
+    ({"optimizer.schedule": "triangle"}, "optimizer.schedule", "choose one of constant, cosine"),
+    ({"model.family": "rnn"}, "model.family", "choose one of transformer"),
+    ({"mesh.preset": "zero3"}, "mesh.preset", "choose one of dp, fsdp, fsdp_tp"),
+    ({"mesh.preset": "fsdp_tp", "model.n_heads": 1, "model.d_model": 32}, "mesh.tensor", "not divisible by the tensor-parallel size"),
+]
+
+
+@pytest.mark.parametrize("overrides,field,fix", BAD)
+def test_each_bad_config_names_the_field_and_the_fix(overrides, field, fix):
+    with pytest.raises(ConfigError) as e:
+        RunConfig().with_overrides(overrides).validate(device_count=8)
+    assert str(e.value).startswith(f"{field}:") and fix in str(e.value)
+
+
+def test_the_default_config_is_valid_on_one_and_eight_devices():
+    RunConfig().validate(1)
+    RunConfig().validate(8)
+
+
+def test_unknown_set_key_is_an_error_listing_the_known_fields():
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.d_modle'.*d_model"):
+        RunConfig().with_overrides({"model.d_modle": 64})
+    with pytest.raises(ConfigError, match="unknown config key 'modle.d_model'"):
+        RunConfig().with_overrides({"modle.d_model": 64})
+
+
+def test_set_values_parse_as_json_where_they_parse():
+    assert parse_set_args(["model.d_model=256", "tracking.wandb=true", "name=abc", "optimizer.lr=1e-3"]) == {
+        "model.d_model": 256, "tracking.wandb": True, "name": "abc", "optimizer.lr": 1e-3,
+    }
+    cfg = RunConfig().with_overrides(parse_set_args(["model.d_model=256", "optimizer.lr=1e-3", "tracking.wandb=true"]))
+    assert (cfg.model.d_model, cfg.optimizer.lr, cfg.tracking.wandb) == (256, 1e-3, True)
+    with pytest.raises(ConfigError, match="'model.d_model' must be an integer"):
+        RunConfig().with_overrides({"model.d_model": "big"})
+
+
+def test_json_round_trip_and_hash_stability():
+    cfg = RunConfig().with_overrides({"model.d_model": 96, "model.n_heads": 6, "optimizer.lr": 1e-3})
+    again = RunConfig.from_json(cfg.to_json())
+    assert again == cfg and again.content_hash() == cfg.content_hash()
+    assert cfg.content_hash() != RunConfig().content_hash()
+    # Layout, tracking and naming do not change what a run computes, so not its id either.
+    same = cfg.with_overrides({"mesh.preset": "fsdp", "tracking.wandb": True, "name": "other", "train.log_every": 3})
+    assert same.content_hash() == cfg.content_hash()
+    assert len(cfg.content_hash()) == 6 and cfg.content_hash() == RunConfig.from_dict(json.loads(cfg.to_json())).content_hash()
+
+
+def test_cli_reports_a_bad_config_before_compiling(tmp_path):
+    """Exit code 2 with the message, no traceback, well before a compile could have happened."""
+    t0 = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.cli", "train", "--config", "tiny", "--workdir", str(tmp_path / "r"),
+         "--set", "model.d_model=30"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "config error: model.d_model:" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r" / "checkpoints").exists()
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.cli", "train", "--config", "tiny", "--workdir", str(tmp_path / "r"),
+         "--set", "optimizer.nme=sgd"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "unknown config key 'optimizer.nme'" in proc.stderr
+    assert time.time() - t0 < 120

@@ -1,0 +1,167 @@
+"""The train loop: run store contents, learning, relaunch, divergence, kill-and-resume, SIGTERM."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from lib.data.synthetic import PhraseLanguage
+from lib.runstore import RunDir
+from lib.train import RunDiverged, train
+
+def one_device():
+    return jax.devices()[:1]
+
+
+METRIC_FIELDS = {"step", "tokens", "flops", "train_loss", "lr", "grad_norm", "step_time_s", "tokens_per_s", "mfu"}
+
+
+def test_a_tiny_run_writes_the_run_store_and_learns(tiny_config, tmp_path):
+    cfg = tiny_config.with_overrides(
+        {"optimizer.lr": 1e-2, "train.steps": 200, "train.eval_every": 100, "train.checkpoint_every": 100}
+    )
+    summary = train(cfg, tmp_path / "run", devices=one_device())
+    run = RunDir(tmp_path / "run")
+    assert run.state() == "done"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["vocab_size"] == 64
+
+    rows = run.metrics()
+    assert [r["step"] for r in rows] == list(range(5, 201, 5))
+    assert all(METRIC_FIELDS <= set(r) for r in rows)
+    assert [r["step"] for r in rows if r.get("eval_loss") is not None] == [100, 200]
+    assert rows[-1]["tokens"] == 200 * 16 * 32 and rows[-1]["mfu"] is None  # CPU: no MFU
+    assert rows[-1]["flops"] == pytest.approx(rows[-1]["tokens"] * summary["flops_per_token"])
+
+    on_disk = run.summary()
+    assert on_disk["eval_loss"] == pytest.approx(summary["eval_loss"])
+    assert set(on_disk["params"]) == {"total", "embedding", "non_embedding"}
+    assert on_disk["flops"]["convention"] == "chinchilla" and on_disk["tokens"] == 200 * 16 * 32
+    assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == [100, 200]
+
+    # Above the exact floor, well below what a context-free (unigram) model can do.
+    lang = PhraseLanguage(cfg.data)
+    assert on_disk["entropy_floor"] == pytest.approx(lang.entropy_floor)
+    assert lang.entropy_floor < summary["eval_loss"] < lang.unigram_entropy() - 1.0
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 1.0
+
+
+def test_relaunching_a_finished_run_does_nothing(tiny_config, tmp_path, capsys):
+    cfg = tiny_config.with_overrides({"train.steps": 10, "tracking.console": True})
+    first = train(cfg, tmp_path / "run", devices=one_device())
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir() if p.is_file()}
+    capsys.readouterr()
+    again = train(cfg, tmp_path / "run", devices=one_device())
+    assert again == json.loads(json.dumps(first))
+    assert "already finished" in capsys.readouterr().out
+    assert mtimes == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir() if p.is_file()}
+
+
+def test_a_workdir_refuses_a_different_config(tiny_config, tmp_path):
+    from lib.config import ConfigError
+
+    train(tiny_config.with_overrides({"train.steps": 8}), tmp_path / "run", devices=one_device())
+    with pytest.raises(ConfigError, match=r"different config \(model.d_model: 32 -> 64"):
+        train(tiny_config.with_overrides({"train.steps": 8, "model.d_model": 64}), tmp_path / "run", devices=one_device())
+
+
+def test_a_diverging_run_stops_early_and_is_marked_failed(tiny_config, tmp_path):
+    cfg = tiny_config.with_overrides(
+        {"optimizer.name": "sgd", "optimizer.lr": 1e12, "optimizer.clip_norm": 0.0, "optimizer.warmup_steps": 0, "train.steps": 50}
+    )
+    with pytest.raises(RunDiverged, match=r"non-finite loss .* at step \d+"):
+        train(cfg, tmp_path / "run", devices=one_device())
+    status = RunDir(tmp_path / "run").status()
+    assert status["state"] == "failed" and "non-finite loss" in status["reason"]
+    step = int(status["reason"].rsplit("step ", 1)[1])
+    assert step < 50 and not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_gradient_accumulation_matches_the_full_batch(tiny_config, tmp_path):
+    """Same rows, same mean loss: two microbatches give the full-batch update (float32 rounding aside)."""
+    base = tiny_config.with_overrides({"train.steps": 10, "train.log_every": 1, "train.eval_every": 10})
+    train(base, tmp_path / "a", devices=one_device())
+    train(base.with_overrides({"train.grad_accum": 2}), tmp_path / "b", devices=one_device())
+    la = [r["train_loss"] for r in RunDir(tmp_path / "a").metrics()]
+    lb = [r["train_loss"] for r in RunDir(tmp_path / "b").metrics()]
+    np.testing.assert_allclose(la, lb, rtol=2e-5)
+    assert la[0] != la[-1]
+
+
+# ---- kill and resume, in subprocesses -------------------------------------------------------
+SMALL = [
+    "--set", "model.d_model=32", "--set", "model.n_layers=2", "--set", "data.seq_len=32", "--set", "data.global_batch=16",
+    "--set", "data.synth_phrases=2000", "--set", "train.log_every=10", "--set", "train.eval_every=100",
+    "--set", "train.eval_batches=2", "--set", "optimizer.warmup_steps=10",
+]
+
+
+def _cli(workdir, steps, ckpt_every, extra=()):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    cmd = [sys.executable, "-m", "experiments.cli", "train", "--config", "tiny", "--workdir", str(workdir), *SMALL,
+           "--set", f"train.steps={steps}", "--set", f"train.checkpoint_every={ckpt_every}", *extra]
+    return cmd, env
+
+
+def _final_params(workdir, step):
+    with ocp.CheckpointManager(workdir / "checkpoints") as mgr:
+        return mgr.restore(step, args=ocp.args.StandardRestore())["params"]
+
+
+def _wait_for_checkpoint(workdir, proc, step, timeout=240):
+    t0 = time.time()
+    while not (workdir / "checkpoints" / str(step)).exists():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "process exited early"
+        assert time.time() - t0 < timeout, "no checkpoint appeared"
+        time.sleep(0.02)
+
+
+@pytest.mark.timeout(600)
+def test_sigkill_after_a_checkpoint_then_relaunch_equals_an_uninterrupted_run(tmp_path):
+    steps, every = 300, 20
+    cmd, env = _cli(tmp_path / "ref", steps, every)
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+
+    cmd, env = _cli(tmp_path / "cut", steps, every)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(tmp_path / "cut", proc, every)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    cut = RunDir(tmp_path / "cut")
+    assert cut.state() == "running" and cut.summary() is None  # really cut mid-run
+    logged_before = max(r["step"] for r in cut.metrics())
+    assert logged_before < steps
+
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=300)
+    assert "resumed from checkpoint" in out.stdout
+    ref, cut = RunDir(tmp_path / "ref"), RunDir(tmp_path / "cut")
+    assert cut.state() == "done"
+    # Same logged history (no duplicated steps after the resume) and the same final numbers.
+    ref_rows, cut_rows = ref.metrics(), cut.metrics()
+    assert [r["step"] for r in cut_rows] == [r["step"] for r in ref_rows]
+    assert [r["train_loss"] for r in cut_rows] == [r["train_loss"] for r in ref_rows]
+    assert cut.summary()["eval_loss"] == ref.summary()["eval_loss"]
+    jax.tree.map(np.testing.assert_array_equal, _final_params(tmp_path / "cut", steps), _final_params(tmp_path / "ref", steps))
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(tmp_path):
+    cmd, env = _cli(tmp_path / "run", 400, 50)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(tmp_path / "run", proc, 50)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    status = RunDir(tmp_path / "run").status()
+    assert status["state"] == "interrupted" and "SIGTERM" in status["reason"]
+    stopped_at = int(status["reason"].split("step ")[1].split()[0])
+    assert (tmp_path / "run" / "checkpoints" / str(stopped_at)).exists()  # checkpointed where it stopped
+    assert stopped_at < 400
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    assert RunDir(tmp_path / "run").state() == "done"
