@@ -160,11 +160,43 @@ def train(cfg: RunConfig, workdir, devices: Sequence[jax.Device] | None = None) 
     return summary
 
 
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """The jitted pieces of one run on one mesh (trace inside `sharding.activate(mesh)`)."""
+
+    init: Any  # rng -> TrainState, born sharded
+    train_step: Any  # (state, tokens) -> (state, metrics); state donated
+    eval_step: Any  # (params, tokens) -> mean loss
+    state_shardings: Any
+    abstract_state: Any  # ShapeDtypeStructs carrying the shardings, for checkpoint restore
+
+
+def build_steps(cfg: RunConfig, mesh) -> Steps:
+    """Model, optimizer and shardings -> jitted init/train/eval (the benchmark times these too)."""
+    model = make_model(cfg.model)
+    optimizer, schedule = make_optimizer(cfg.optimizer, cfg.train.steps)
+    # Shardings come from the logical axis names on the boxed parameters; the state itself is unboxed.
+    abstract_boxed = jax.eval_shape(make_init(model, optimizer, cfg, boxed=True), jax.random.key(0))
+    state_shardings = sharding.logical_shardings(abstract_boxed, mesh)
+    abstract = jax.eval_shape(make_init(model, optimizer, cfg, boxed=False), jax.random.key(0))
+    batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    return Steps(
+        init=jax.jit(make_init(model, optimizer, cfg, boxed=False), out_shardings=state_shardings),
+        train_step=jax.jit(
+            make_train_step(model, optimizer, schedule, cfg),
+            in_shardings=(state_shardings, batch_sharding),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=0,
+        ),
+        eval_step=jax.jit(make_eval_step(model), in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated),
+        state_shardings=state_shardings,
+        abstract_state=abstract_with_shardings(abstract, state_shardings),
+    )
+
+
 def _train_loop(cfg: RunConfig, run: RunDir, run_id: str, source, devices, tracker: Tracker) -> dict:
     t = cfg.train
     mesh = sharding.make_mesh(cfg.mesh, devices)
-    model = make_model(cfg.model)
-    optimizer, schedule = make_optimizer(cfg.optimizer, t.steps)
     pi, pc = jax.process_index(), jax.process_count()
     tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
     flops_per_token = flops_lib.flops_per_token(cfg.model, cfg.data.seq_len, t.flops_convention)
@@ -172,36 +204,25 @@ def _train_loop(cfg: RunConfig, run: RunDir, run_id: str, source, devices, track
 
     with sharding.activate(mesh), Checkpointer(run.checkpoint_dir, t.keep_checkpoints) as ckpt:
         # ---- state: init or resume ----------------------------------------------------------
-        abstract_boxed = jax.eval_shape(make_init(model, optimizer, cfg, boxed=True), jax.random.key(0))
-        state_shardings = sharding.logical_shardings(abstract_boxed, mesh)
+        steps = build_steps(cfg, mesh)
         latest = ckpt.latest_step()
         if latest is None:
-            init = jax.jit(make_init(model, optimizer, cfg, boxed=False), out_shardings=state_shardings)
-            state = init(jax.random.key(t.seed))
+            state = steps.init(jax.random.key(t.seed))
         else:
-            abstract = jax.eval_shape(make_init(model, optimizer, cfg, boxed=False), jax.random.key(0))
-            state = ckpt.restore(latest, abstract_with_shardings(abstract, state_shardings))
+            state = ckpt.restore(latest, steps.abstract_state)
             run.truncate_metrics(latest)
             tracker.say(f"resumed from checkpoint at step {latest}")
         start = int(jax.device_get(state.step))
 
-        # ---- compiled steps -------------------------------------------------------------------
-        batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-        step_fn = jax.jit(
-            make_train_step(model, optimizer, schedule, cfg),
-            in_shardings=(state_shardings, batch_sharding),
-            out_shardings=(state_shardings, replicated),
-            donate_argnums=0,
-        )
-        eval_fn = jax.jit(make_eval_step(model), in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
+        # ---- compile ----------------------------------------------------------------------------
         first_batch = sharding.global_batch(source.batch(start, pi, pc), mesh)
         t0 = time.perf_counter()
-        step_fn = step_fn.lower(state, first_batch).compile()
+        step_fn = steps.train_step.lower(state, first_batch).compile()
         compile_s = time.perf_counter() - t0
         tracker.say(f"compiled train step in {compile_s:.1f}s; training steps {start}..{t.steps} on {len(devices)} x {device_kind}")
 
         def evaluate(params) -> float:
-            losses = [eval_fn(params, sharding.global_batch(source.eval_batch(i, pi, pc), mesh)) for i in range(t.eval_batches)]
+            losses = [steps.eval_step(params, sharding.global_batch(source.eval_batch(i, pi, pc), mesh)) for i in range(t.eval_batches)]
             return float(np.mean(jax.device_get(losses)))
 
         # ---- the loop ---------------------------------------------------------------------------
