@@ -54,11 +54,24 @@ def cmd_train(args) -> int:
     except Preempted as e:
         print(str(e), file=sys.stderr)
         return 143
+    except Exception as e:  # noqa: BLE001  (the run is already marked failed with the reason)
+        import traceback
+
+        traceback.print_exc()
+        hint = " (another process may have died: relaunch every process to resume)" if _process_count() > 1 else ""
+        print(f"run failed: {type(e).__name__}: {e}{hint}; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 1
     print(
         f"done: eval_loss {summary['eval_loss']:.4f} | params {summary['params']['total']:,} | "
         f"tokens {summary['tokens']:,} | flops {summary['flops']['value']:.3e} ({summary['flops']['convention']})"
     )
     return 0
+
+
+def _process_count() -> int:
+    import jax
+
+    return jax.process_count()
 
 
 def add_set_arg(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +86,8 @@ def add_distributed_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--coordinator", help="host:port of process 0")
     g.add_argument("--num-processes", type=int)
     g.add_argument("--process-id", type=int)
+    g.add_argument("--heartbeat-timeout", type=int, metavar="SECONDS",
+                   help="declare a silent peer dead after this long (JAX default 100)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,17 @@ import os
 import jax
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None) -> None:
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    heartbeat_timeout_s: int | None = None,
+) -> None:
+    """Join the multi-controller runtime if this is one of several processes; else do nothing.
+
+    `heartbeat_timeout_s`: how soon a dead peer is noticed (the survivors then stop with an
+    error instead of waiting in a collective); JAX's default is 100 s.
+    """
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
         num_processes = int(os.environ["JAX_NUM_PROCESSES"])
@@ -27,11 +37,19 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         raise ValueError("--coordinator needs --num-processes and --process-id (or JAX_NUM_PROCESSES / JAX_PROCESS_ID)")
     if jax.config.jax_platforms in ("cpu",) or os.environ.get("JAX_PLATFORMS") == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
+    timeouts = {"heartbeat_timeout_seconds": heartbeat_timeout_s} if heartbeat_timeout_s else {}
     if coordinator:
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+        jax.distributed.initialize(
+            coordinator_address=coordinator, num_processes=num_processes, process_id=process_id, **timeouts
+        )
     else:
-        jax.distributed.initialize()  # TPU VM: JAX reads the slice's worker list itself
+        jax.distributed.initialize(**timeouts)  # TPU VM: JAX reads the slice's worker list itself
 
 
 def initialize_from_args(args) -> None:
-    initialize(getattr(args, "coordinator", None), getattr(args, "num_processes", None), getattr(args, "process_id", None))
+    initialize(
+        getattr(args, "coordinator", None),
+        getattr(args, "num_processes", None),
+        getattr(args, "process_id", None),
+        getattr(args, "heartbeat_timeout", None),
+    )

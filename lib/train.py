@@ -7,6 +7,7 @@ only then reads step n-1's metrics, so the host never stalls the device.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -329,34 +330,31 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 class _PreemptionFlag:
-    """SIGTERM sets a flag the loop checks after each step (checkpoint, then stop cleanly).
+    """SIGTERM -> checkpoint at the end of the current step, then stop cleanly.
 
-    With several processes, all must agree on the step at which to stop (checkpoints are
-    collective), so the decision goes through JAX's preemption sync point instead.
+    One process: a Python SIGTERM handler sets a flag. Several processes: all must stop at the
+    same step (checkpoints are collective), so JAX's preemption service (which catches SIGTERM
+    itself) decides through `reached_preemption_sync_point`.
     """
 
     def __init__(self):
         self._event = threading.Event()
+        self._multi = jax.process_count() > 1
 
     def requested(self, step: int) -> bool:
-        if jax.process_count() > 1:
+        if self._multi:
             from jax.experimental import multihost_utils
 
             return multihost_utils.reached_preemption_sync_point(step)
         return self._event.is_set()
 
+    @contextlib.contextmanager
     def installed(self):
-        flag = self
-
-        class _Ctx:
-            def __enter__(self_inner):
-                self_inner.old = None
-                if threading.current_thread() is threading.main_thread():
-                    self_inner.old = signal.signal(signal.SIGTERM, lambda *_: flag._event.set())
-                return flag
-
-            def __exit__(self_inner, *exc):
-                if self_inner.old is not None:
-                    signal.signal(signal.SIGTERM, self_inner.old)
-
-        return _Ctx()
+        if self._multi or threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        old = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, old)
