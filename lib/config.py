@@ -171,6 +171,8 @@ class RunConfig:
         for key in ("mesh", "tracking", "name", "sweep"):
             d.pop(key)
         d["train"] = {k: v for k, v in d["train"].items() if k not in _BOOKKEEPING_TRAIN_FIELDS}
+        for key in ("data_root", "streaming"):  # where the token store lives / how it was read
+            d["data"].pop(key)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:length]
 

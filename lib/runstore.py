@@ -111,6 +111,14 @@ class RunDir:
     def summary(self) -> dict | None:
         return read_json(self.path / SUMMARY)
 
+    def write_extra(self, name: str, obj: dict) -> None:
+        """Any other small JSON record of the run (e.g. data.json: the data's identity)."""
+        if self.writer:
+            write_json_atomic(self.path / name, obj)
+
+    def read_extra(self, name: str) -> dict | None:
+        return read_json(self.path / name)
+
     # -- metrics --------------------------------------------------------------------------------
     def append_metrics(self, rows: Iterable[dict]) -> None:
         if not self.writer:

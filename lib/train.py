@@ -128,12 +128,15 @@ def train(cfg: RunConfig, workdir, devices: Sequence[jax.Device] | None = None) 
     devices = list(jax.devices() if devices is None else devices)
     cfg.validate(len(devices))
     workdir = os.fspath(workdir)
+    if "://" not in workdir:
+        workdir = os.path.abspath(workdir)  # orbax needs absolute paths
     source = make_source(cfg.data, data_root=cfg.data.data_root or os.path.join(os.path.dirname(os.path.abspath(workdir)), ".data"))
     cfg = resolve_vocab(cfg, source).validate(len(devices))
     is_writer = jax.process_index() == 0
     run = RunDir(workdir, writer=is_writer)
     run_id = os.path.basename(os.path.normpath(workdir))
     _check_same_run(run, cfg)
+    _check_same_data(run, source)
     if run.state() == "done" and run.summary() is not None:
         if cfg.tracking.console and is_writer:
             print(f"[{run_id}] already finished; nothing to do", flush=True)
@@ -295,6 +298,7 @@ def _train_loop(cfg: RunConfig, run: RunDir, run_id: str, source, devices, track
         "device_kind": device_kind,
         "n_devices": len(devices),
         "data": source.describe(),
+        "epochs": source.epoch(t.steps),
     }
 
 
@@ -317,6 +321,19 @@ def _check_same_run(run: RunDir, cfg: RunConfig) -> None:
             f"workdir {run.path} holds a run with a different config ({', '.join(changed[:5])}); "
             "use a new --workdir, or delete the old one to start over"
         )
+
+
+def _check_same_data(run: RunDir, source) -> None:
+    """Same config but a rebuilt token store (the corpus files changed) means different token ids."""
+    described = source.describe()
+    recorded = (run.summary() or {}).get("data") or run.read_extra("data.json")
+    if recorded and recorded.get("store_key") != described.get("store_key"):
+        raise ConfigError(
+            f"data: the token store changed since this run started ({recorded.get('store_key')} -> "
+            f"{described.get('store_key')}: the corpus files differ); use a new --workdir for the new data"
+        )
+    if not recorded:
+        run.write_extra("data.json", described)
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:

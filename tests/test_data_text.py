@@ -304,6 +304,24 @@ def test_resuming_a_run_with_another_tokenizer_is_refused_before_training(traine
         resolve_vocab(bpe_cfg, make_source(bpe_cfg.data, data_root=str(root / "runs" / ".data")))
 
 
+def test_resuming_after_the_corpus_changed_is_refused(tmp_path):
+    """Same config, different file contents: the token ids differ, so the old checkpoint is not resumed."""
+    from lib.train import train
+
+    write_corpus(tmp_path / "corpus.txt", 600)
+    cfg = RunConfig(
+        name="text", model=ModelConfig(d_model=32, n_layers=1, n_heads=4),
+        data=DataConfig(source="hf", dataset="text", data_files=str(tmp_path / "corpus.txt"), seq_len=32, global_batch=8),
+        optimizer=OptimizerConfig(warmup_steps=1), train=TrainConfig(steps=4, checkpoint_every=2, eval_batches=1),
+        tracking=TrackingConfig(console=False),
+    )
+    workdir = tmp_path / "runs" / "r"
+    train(cfg.with_overrides({"train.steps": 4}), workdir, devices=jax.devices()[:1])
+    write_corpus(tmp_path / "corpus.txt", 700, seed=1)
+    with pytest.raises(ConfigError, match="data: the token store changed since this run started"):
+        train(cfg, workdir, devices=jax.devices()[:1])
+
+
 # ================================================================================================
 # bad input: a clear ConfigError naming the field, before training
 # ================================================================================================

@@ -63,6 +63,13 @@ def test_relaunching_a_finished_run_does_nothing(tiny_config, tmp_path, capsys):
     assert mtimes == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir() if p.is_file()}
 
 
+def test_a_relative_workdir_works(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train(tiny_config.with_overrides({"train.steps": 8}), "runs/rel", devices=one_device())
+    assert RunDir(tmp_path / "runs" / "rel").state() == "done"
+    assert (tmp_path / "runs" / "rel" / "checkpoints" / "8").is_dir()
+
+
 def test_a_workdir_refuses_a_different_config(tiny_config, tmp_path):
     from lib.config import ConfigError
 
