@@ -54,6 +54,8 @@ def cmd_train(args) -> int:
     except Preempted as e:
         print(str(e), file=sys.stderr)
         return 143
+    except ConfigError:
+        raise  # reported by main() as a config error, exit 2
     except Exception as e:  # noqa: BLE001  (the run is already marked failed with the reason)
         import traceback
 
