@@ -2,7 +2,10 @@
 current mesh's shardings (so a run may resume on a different device layout).
 
 Orbax writes each step into a temporary folder and renames it when complete, so a kill mid-save
-leaves the previous checkpoint as the latest; `latest_step()` never sees a partial one.
+leaves the previous checkpoint as the latest; `latest_step()` never sees a partial one. On gs://
+(no atomic rename) it writes the step folder in place and marks it complete with a
+commit_success.txt last; unmarked folders are ignored, and replaced when that step is saved again.
+Array data goes through tensorstore, which talks to GCS itself; the rest through etils.epath.
 """
 
 from __future__ import annotations
@@ -10,9 +13,13 @@ from __future__ import annotations
 import jax
 import orbax.checkpoint as ocp
 
+from lib import storage
+
 
 class Checkpointer:
     def __init__(self, directory, keep: int, use_async: bool = True):
+        if storage.is_url(directory):
+            storage.filesystem(directory)  # fail now, naming the package, if gs:// is not installed
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=use_async, create=True)
         self._manager = ocp.CheckpointManager(directory, options=options)
 

@@ -6,9 +6,16 @@
     <run dir>/summary.json   final numbers: eval loss, N in each convention, D, C
     <run dir>/checkpoints/   orbax
 
-JSON files are written atomically (temp file + rename), so a reader or a relaunch never sees half
-a file. metrics.jsonl is appended line by line; a torn last line (a kill mid-write) is dropped on
-read and on resume. Paths may be local or any `etils.epath` location (e.g. gs://).
+JSON files are written atomically, so a reader or a relaunch never sees half a file: locally a
+temp file renamed over the target, on an object store (gs://) one upload (see lib/storage.py).
+
+The metrics log, locally, is metrics.jsonl appended line by line; a torn last line (a kill
+mid-write) is dropped on read and on resume. Objects cannot be appended to, so on an object store
+each append is a new object, `metrics/<seq>.jsonl` (durable at once, and never a rewrite of one
+object per log line, which GCS rate-limits), and every COMPACT_AFTER chunks, on resume, and when
+the run stops the writer merges them into metrics.jsonl and deletes them. Readers take
+metrics.jsonl, then the chunks' rows past its last step (a chunk left by a kill between the merge
+and the delete is already in metrics.jsonl). A finished run looks the same on both stores.
 """
 
 from __future__ import annotations
@@ -17,10 +24,11 @@ import json
 import math
 import os
 import time
-import uuid
 from typing import Any, Iterable
 
 from etils import epath
+
+from lib import storage
 
 STATES = ("pending", "running", "done", "failed", "interrupted")
 CONFIG, STATUS, METRICS, SUMMARY, CHECKPOINTS = (
@@ -30,6 +38,8 @@ CONFIG, STATUS, METRICS, SUMMARY, CHECKPOINTS = (
     "summary.json",
     "checkpoints",
 )
+METRICS_LOG = "metrics"  # object stores: metrics/<seq>.jsonl chunks, merged into metrics.jsonl
+COMPACT_AFTER = 64  # chunks; bounds what a reader fetches while a run is live
 
 
 def _path(p) -> epath.Path:
@@ -37,18 +47,12 @@ def _path(p) -> epath.Path:
 
 
 def write_json_atomic(path, obj: Any) -> None:
-    path = _path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-    tmp.replace(path)  # atomic on POSIX filesystems; a copy+delete on object stores, still never torn
+    storage.write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
 
 
 def read_json(path) -> Any | None:
-    path = _path(path)
-    if not path.exists():
-        return None
-    return json.loads(path.read_text())
+    data = storage.read_bytes(path)
+    return None if data is None else json.loads(data)
 
 
 def _json_default(x):
@@ -64,12 +68,31 @@ def _clean(value):
     return value
 
 
+def _jsonl(rows: Iterable[dict]) -> bytes:
+    return "".join(json.dumps({k: _clean(v) for k, v in r.items()}, default=_json_default) + "\n" for r in rows).encode()
+
+
+def _parse_jsonl(data: bytes | None) -> list[dict]:
+    rows = []
+    for line in (data or b"").decode().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a torn last line from a kill mid-write
+    return rows
+
+
 class RunDir:
     """Reads and writes one run's folder. Writers are no-ops unless `writer` (process 0)."""
 
     def __init__(self, path, writer: bool = True):
+        self._remote = storage.is_url(path)
+        if self._remote:
+            storage.filesystem(path)  # fail now, naming the package, if gs:// is not installed
         self.path = _path(path)
         self.writer = writer
+        self._next_chunk: int | None = None  # object stores: the next metrics/<seq>.jsonl
+        self._open_chunks = 0  # chunks written since the last merge
 
     # -- status ---------------------------------------------------------------------------------
     def status(self) -> dict | None:
@@ -94,6 +117,8 @@ class RunDir:
             "attempts": old.get("attempts", 0) + (1 if state == "running" else 0),
         }
         status.update(extra)
+        if state != "running" and self._remote:
+            self._merge_metrics()  # a stopped run's log is one object, as locally
         write_json_atomic(self.path / STATUS, status)
 
     # -- config / summary -----------------------------------------------------------------------
@@ -123,44 +148,74 @@ class RunDir:
     def append_metrics(self, rows: Iterable[dict]) -> None:
         if not self.writer:
             return
-        lines = "".join(json.dumps({k: _clean(v) for k, v in r.items()}, default=_json_default) + "\n" for r in rows)
-        if not lines:
+        data = _jsonl(rows)
+        if not data:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        with (self.path / METRICS).open("a") as f:
-            f.write(lines)
+        if not self._remote:
+            storage.append_bytes(self.path / METRICS, data)
+            return
+        if self._next_chunk is None:  # first append of this writer: continue after what exists
+            seqs = [_chunk_seq(n) for n in self._chunk_names()]
+            self._next_chunk, self._open_chunks = max(seqs, default=-1) + 1, len(seqs)
+        storage.write_bytes(self.path / METRICS_LOG / f"{self._next_chunk:08d}.jsonl", data)
+        self._next_chunk += 1
+        self._open_chunks += 1
+        if self._open_chunks >= COMPACT_AFTER:
+            self._merge_metrics()
 
     def metrics(self) -> list[dict]:
-        path = self.path / METRICS
-        if not path.exists():
-            return []
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a torn last line from a kill mid-write
-        return rows
+        return self._read_log()[0]
 
     def truncate_metrics(self, last_step: int) -> None:
         """On resume from a checkpoint at `last_step`, forget what was logged after it."""
-        if not self.writer:
+        if self.writer:
+            self._merge_metrics(last_step)
+
+    def _merge_metrics(self, last_step: int | None = None) -> None:
+        """Rewrite metrics.jsonl with every row (up to `last_step`), then delete the chunks."""
+        rows, chunks = self._read_log()
+        if last_step is None and not chunks:
             return
-        kept = [r for r in self.metrics() if r.get("step", 0) <= last_step]
-        path = self.path / METRICS
-        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        tmp.replace(path)
+        if last_step is not None:
+            rows = [r for r in rows if r.get("step", 0) <= last_step]
+        storage.write_bytes(self.path / METRICS, _jsonl(rows))  # first, so no row is ever lost
+        storage.delete(chunks)
+        self._open_chunks = 0
+
+    def _read_log(self) -> tuple[list[dict], list]:
+        """(rows, chunk paths): metrics.jsonl, then the chunks' rows past its last step."""
+        rows = _parse_jsonl(storage.read_bytes(self.path / METRICS))
+        chunks = [self.path / METRICS_LOG / n for n in self._chunk_names()]
+        if chunks:
+            last = rows[-1].get("step") if rows else None
+            for data in storage.read_many(chunks):
+                rows += [r for r in _parse_jsonl(data) if last is None or r.get("step") is None or r["step"] > last]
+        return rows, chunks
+
+    def _chunk_names(self) -> list[str]:
+        names = [n for n in storage.list_dir(self.path / METRICS_LOG) if _chunk_seq(n) is not None]
+        return sorted(names, key=_chunk_seq)
 
     @property
     def checkpoint_dir(self) -> epath.Path:
         return self.path / CHECKPOINTS
 
 
+def _chunk_seq(name: str) -> int | None:
+    stem, _, ext = name.partition(".")
+    return int(stem) if ext == "jsonl" and stem.isdigit() else None
+
+
 # -- readers for analysis ---------------------------------------------------------------------------
 def run_dirs(root) -> list[RunDir]:
     """Every folder under `root` (one level) that holds a config.json."""
     root = _path(root)
+    if storage.is_url(root):  # one listing, then the configs fetched together
+        names = storage.list_dir(root)
+        if not names:
+            raise FileNotFoundError(f"run root {root} does not exist (no objects under it)")
+        configs = storage.read_many([root / n / CONFIG for n in names])
+        return [RunDir(root / n, writer=False) for n, c in zip(names, configs) if c is not None]
     if not root.exists():
         raise FileNotFoundError(f"run root {root} does not exist")
     return sorted(

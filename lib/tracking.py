@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 import os
 import sys
+import tempfile
 
+from lib import storage
 from lib.config import RunConfig
 from lib.runstore import RunDir
 
@@ -27,7 +29,9 @@ class Tracker:
     def _start_wandb(self):
         import wandb
 
-        base = os.fspath(self.run.path / "wandb")
+        # wandb needs a local folder: beside a local run, under the temp dir for a gs:// run.
+        base = os.fspath(self.run.path / "wandb") if not storage.is_url(self.run.path) else os.path.join(
+            tempfile.gettempdir(), f"scaling-wandb-{self.run_id}")
         for var, sub in _WANDB_DIR_VARS.items():
             if not os.environ.get(var):
                 path = os.path.join(base, sub) if sub else base

@@ -31,6 +31,7 @@ from lib.data import make_source, resolve_vocab
 from lib.models.transformer import make_model
 from lib.optim import make_optimizer
 from lib.runstore import RunDir
+from lib.storage import default_data_root, is_url
 from lib.tracking import Tracker
 
 
@@ -128,9 +129,9 @@ def train(cfg: RunConfig, workdir, devices: Sequence[jax.Device] | None = None) 
     devices = list(jax.devices() if devices is None else devices)
     cfg.validate(len(devices))
     workdir = os.fspath(workdir)
-    if "://" not in workdir:
+    if not is_url(workdir):
         workdir = os.path.abspath(workdir)  # orbax needs absolute paths
-    source = make_source(cfg.data, data_root=cfg.data.data_root or os.path.join(os.path.dirname(os.path.abspath(workdir)), ".data"))
+    source = make_source(cfg.data, data_root=cfg.data.data_root or default_data_root(workdir))  # local even for gs://
     cfg = resolve_vocab(cfg, source).validate(len(devices))
     is_writer = jax.process_index() == 0
     run = RunDir(workdir, writer=is_writer)
@@ -212,6 +213,7 @@ def _train_loop(cfg: RunConfig, run: RunDir, run_id: str, source, devices, track
         latest = ckpt.latest_step()
         if latest is None:
             state = steps.init(jax.random.key(t.seed))
+            run.truncate_metrics(0)  # rows a run killed before its first checkpoint logged
         else:
             state = ckpt.restore(latest, steps.abstract_state)
             run.truncate_metrics(latest)

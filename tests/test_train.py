@@ -70,6 +70,17 @@ def test_a_relative_workdir_works(tiny_config, tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "rel" / "checkpoints" / "8").is_dir()
 
 
+def test_a_run_killed_before_its_first_checkpoint_restarts_with_a_clean_log(tiny_config, tmp_path):
+    cfg = tiny_config.with_overrides({"train.steps": 10, "train.checkpoint_every": 10})
+    run = RunDir(tmp_path / "run")
+    run.write_config(cfg.with_overrides({"model.vocab_size": 64}).to_dict())
+    run.set_state("running")
+    run.append_metrics([{"step": 5, "train_loss": 99.0}])  # logged, then killed before step 10's checkpoint
+    train(cfg, tmp_path / "run", devices=one_device())
+    rows = run.metrics()
+    assert [r["step"] for r in rows] == [5, 10] and rows[0]["train_loss"] != 99.0
+
+
 def test_a_workdir_refuses_a_different_config(tiny_config, tmp_path):
     from lib.config import ConfigError
 
