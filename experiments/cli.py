@@ -25,7 +25,7 @@ def load_experiment(spec: str) -> ModuleType:
     if not path.exists():
         path = EXPERIMENTS_DIR / f"{spec}.py"
     if not path.exists():
-        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py") if not p.stem.startswith("_") and p.stem not in ("cli", "fit_cmd"))
+        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py") if not p.stem.startswith("_") and p.stem not in ("cli", "fit_cmd", "sweep_cmd"))
         raise ConfigError(f"experiment '{spec}' not found: give a path to a .py file or one of: {', '.join(known)}")
     module_spec = importlib.util.spec_from_file_location(f"experiment_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)

@@ -1,0 +1,29 @@
+"""IsoFLOP sweep for one GPU: budgets 1e15..1e17 FLOPs, models of ~1M..100M parameters.
+
+    scaling run isoflop_gpu --root runs/isoflop_gpu
+
+Data: the embedded synthetic language made big enough not to be memorised at this scale
+(vocab 512, 1M phrases; no download, so it runs on machines without network). For real text:
+    --set data.source=hf --set data.dataset=<hub name> --set model.vocab_size=<tokenizer size>
+FLOPs: Chinchilla appendix-F convention (attention included). bf16 compute, fp32 parameters.
+Rough cost: 5 budgets x ~5 sizes, ~7e17 FLOPs in all -- about an hour on an H100 at 40% MFU.
+"""
+
+from lib.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig
+from lib.sweep import IsoFlop
+
+# (d_model, n_layers): head_dim 64; neighbours ~1.5-2x apart in parameters.
+SHAPES = [(128, 2), (128, 4), (192, 4), (256, 4), (256, 6), (320, 6), (384, 8), (512, 8), (640, 10), (768, 12), (1024, 12), (1024, 16)]
+SIZES = [dict(d_model=d, n_layers=L, n_heads=d // 64) for d, L in SHAPES]
+BUDGETS = [1e15, 3e15, 1e16, 3e16, 1e17]
+
+BASE = RunConfig(
+    model=ModelConfig(compute_dtype="bfloat16", mlp="swiglu", d_ff=0),
+    data=DataConfig(seq_len=1024, global_batch=256, synth_vocab=512, synth_phrases=1_000_000, synth_zipf=1.1),
+    optimizer=OptimizerConfig(name="adamw", lr=3e-3, weight_decay=0.1, schedule="cosine", final_lr_frac=0.1),
+    train=TrainConfig(eval_batches=8, keep_checkpoints=1, flops_convention="chinchilla"),
+)
+
+
+def sweep() -> IsoFlop:
+    return IsoFlop(BUDGETS, SIZES, base=BASE, name="gpu", tpp_range=(2, 500), per_budget=6, center_tpp=20, min_steps=200, min_batch=32)

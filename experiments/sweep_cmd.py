@@ -1,0 +1,300 @@
+"""`scaling sweep`, `scaling status` and `scaling run` (sweep, then fit, figures and a summary).
+
+    scaling sweep EXP --root DIR [--set KEY=VALUE ...] [--retries 2] [--worker i/n]
+                  [--executor local|processes [--devices-per-worker k] [--workers n]]
+    scaling status DIR
+    scaling run EXP --root DIR [the sweep options]
+
+An experiment file defines `sweep()` returning a lib.sweep sweep, or `config()` for a single run.
+`--set` overrides apply to every run of the sweep. Relaunching the same command trains only what
+is missing: finished runs are skipped, cut runs resume, failed runs are retried up to --retries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Any
+
+from experiments.cli import add_distributed_args, add_set_arg, load_experiment
+from lib.config import ConfigError, parse_set_args
+from lib.executors import SweepReport, SweepStopped
+from lib.runstore import RunDir, read_json, run_dirs, write_json_atomic
+from lib.sweep import Grid, Plan, Sweep
+
+MANIFESTS = ".sweeps"  # <root>/.sweeps/<name>.json: the full plan, so `status` can show missing runs
+MAX_NOTES = 10
+
+
+@dataclasses.dataclass
+class SweepOptions:
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    retries: int = 2  # a failed run is tried at most retries + 1 times in all (status.json's attempts)
+    worker: tuple[int, int] | None = None  # (i, n): this host's static share of the sorted run list
+    executor: str = "local"  # local: in this process, one run after another | processes: one per device group
+    devices_per_worker: int = 1
+    workers: int | None = None  # processes executor: default every GPU group; required on CPU
+    progress: str = "auto"  # auto: a tqdm bar when stderr is a terminal | on | off
+    compile_cache: str = "auto"  # auto: <root>/.jax_cache for local roots | off | a directory
+    run_logs: bool = False  # each run's per-step console lines (off: one line per run)
+    spec: str = ""  # the experiment's path or name: worker processes load it again
+    sets: tuple[str, ...] = ()  # the raw --set items, passed on to worker processes
+
+
+def load_sweep(spec: str) -> Sweep:
+    module = load_experiment(spec)
+    if hasattr(module, "sweep"):
+        sweep = module.sweep()
+        if not isinstance(sweep, Sweep):
+            raise ConfigError(f"{spec}: sweep() returned {type(sweep).__name__}; return a lib.sweep Grid, IsoFlop or TokensPerParam")
+        return sweep
+    if hasattr(module, "config"):
+        return Grid(module.config())  # a single run is a sweep of one
+    raise ConfigError(f"{spec} defines neither sweep() nor config()")
+
+
+def run_sweep(sweep: Sweep, root, options: SweepOptions | None = None) -> SweepReport:
+    """Plan `sweep`, then train what is missing into `root` with the chosen executor; print a report."""
+    from lib import executors
+
+    options = options or SweepOptions()
+    root = os.fspath(root)
+    overrides = dict(options.overrides)
+    if not options.run_logs:
+        overrides.setdefault("tracking.console", False)  # not part of the run id's hash
+    plan = sweep.plan(overrides)
+    if options.executor not in ("local", "processes"):
+        raise ConfigError(f"--executor: unknown value '{options.executor}'; choose local or processes")
+    envs = _worker_envs(options) if options.executor == "processes" else []  # fail before writing anything
+    is_writer = options.executor == "processes" or _process_index() == 0
+    if is_writer:
+        write_json_atomic(os.path.join(root, MANIFESTS, f"{plan.name}.json"),
+                          {"name": plan.name, "experiment": options.spec, "runs": [r.run_id for r in plan.runs], "notes": list(plan.notes)})
+    share = plan.partition(*options.worker) if options.worker else plan
+    def say(line: str) -> None:
+        if is_writer:  # one report per sweep, from process 0
+            print(line, flush=True)
+
+    say(f"sweep {plan.name}: {len(plan.runs)} runs into {root}" + (f"; worker {options.worker[0]}/{options.worker[1]} takes {len(share.runs)}" if options.worker else ""))
+    for note in plan.notes[:MAX_NOTES]:
+        say(f"  note: {note}")
+    if len(plan.notes) > MAX_NOTES:
+        say(f"  ... and {len(plan.notes) - MAX_NOTES} more notes, all in {os.path.join(root, MANIFESTS, plan.name + '.json')}")
+    bar = options.progress == "on" or (options.progress == "auto" and sys.stderr.isatty())
+    progress = executors.Progress(share, enabled=bar, quiet=not is_writer)
+
+    if options.executor == "local":
+        executors.enable_compile_cache(_cache_dir(root, options.compile_cache))
+        report = executors.run_local(share, root, retries=options.retries, progress=progress)
+    else:
+        report = _run_worker_processes(share, root, options, envs, progress)
+    for line in report.lines():
+        say(line)
+    return report
+
+
+def _worker_envs(options: SweepOptions) -> list[dict[str, str]]:
+    from lib import executors
+
+    if not options.spec:
+        raise ConfigError("the processes executor starts `scaling sweep EXP` per worker: set SweepOptions.spec to the experiment")
+    try:
+        return executors.device_group_envs(options.devices_per_worker, options.workers)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _run_worker_processes(share: Plan, root: str, options: SweepOptions, envs, progress) -> SweepReport:
+    """Each worker is `scaling sweep --worker j/m`: the static partition again, no scheduler of our own."""
+    from lib import executors
+
+    a, b = options.worker or (0, 1)
+    n = len(envs)
+    spec = os.path.abspath(options.spec) if os.path.exists(options.spec) else options.spec
+    commands, logs = [], []
+    for i, env in enumerate(envs):
+        j, m = a + b * i, b * n  # worker i of this host's n takes share j of m overall
+        argv = [sys.executable, "-m", "experiments.cli", "sweep", spec, "--root", root, "--worker", f"{j}/{m}",
+                "--retries", str(options.retries), "--progress", "off", "--compile-cache", options.compile_cache]
+        argv += [x for s in options.sets for x in ("--set", s)] + (["--run-logs"] if options.run_logs else [])
+        commands.append((argv, env))
+        logs.append(os.path.join(root, ".logs", f"{share.name}-worker{j}of{m}.log"))
+    return executors.run_processes(share, root, commands, logs, progress)
+
+
+def _cache_dir(root: str, setting: str) -> str | None:
+    if setting == "off":
+        return None
+    if setting != "auto":
+        return setting
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    return None if "://" in root else os.path.join(os.path.abspath(root), ".jax_cache")
+
+
+def _process_index() -> int:
+    import jax
+
+    return jax.process_index()
+
+
+# ================================================================================================
+# scaling run: sweep -> fit -> figures -> summary
+# ================================================================================================
+def fit_and_summarise(root) -> int:
+    """Fit the laws on `root`'s runs, draw the figures, print the summary (the fitted law with
+    intervals, a and b, the compute-optimal N and D for the next budget up). Returns an exit code.
+
+    TODO(lead): implement against the analysis package.
+    """
+    try:
+        import analysis  # noqa: F401
+    except ImportError:
+        print("fit: not available yet")
+        return 0
+    print("fit: not wired yet (experiments/sweep_cmd.py: fit_and_summarise)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    code = cmd_sweep(args)
+    if code in (0, 1) and _process_index() == 0:  # fit what finished, even if some runs failed
+        code = max(code, fit_and_summarise(args.root))
+    return code
+
+
+# ================================================================================================
+# scaling sweep / scaling status
+# ================================================================================================
+def options_from_args(args) -> SweepOptions:
+    return SweepOptions(
+        overrides=parse_set_args(args.set),
+        retries=args.retries,
+        worker=_parse_worker(args.worker) if args.worker else None,
+        executor=args.executor,
+        devices_per_worker=args.devices_per_worker,
+        workers=args.workers,
+        progress=args.progress,
+        compile_cache=args.compile_cache,
+        run_logs=args.run_logs,
+        spec=args.experiment,
+        sets=tuple(args.set),
+    )
+
+
+def cmd_sweep(args) -> int:
+    options = options_from_args(args)
+    if options.executor == "local":  # the processes executor's parent touches no device
+        from lib.distributed import initialize_from_args
+
+        initialize_from_args(args)
+    try:
+        report = run_sweep(load_sweep(args.experiment), args.root, options)
+    except SweepStopped:
+        print("sweep stopped by SIGTERM; relaunch the same command to resume", file=sys.stderr)
+        return 143
+    return report.exit_code
+
+
+def _parse_worker(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--worker expects i/n (this host's index and the host count), e.g. --worker 0/4; got '{text}'") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"--worker {text}: need 0 <= i < n, e.g. --worker 0/{max(n, 1)}")
+    return i, n
+
+
+def status_rows(root) -> list[dict]:
+    """One row per run folder under `root` (or `root` itself if it is a run), plus planned runs not started."""
+    root = os.fspath(root)
+    runs = [RunDir(root, writer=False)] if os.path.exists(os.path.join(root, "config.json")) else run_dirs(root)
+    rows = []
+    for run in runs:
+        status, summary, config = run.status() or {}, run.summary() or {}, run.config() or {}
+        metrics = run.metrics()
+        params = (summary.get("params") or {}).get("total")
+        rows.append({
+            "run": run.path.name,
+            "state": status.get("state", "pending"),
+            "attempts": status.get("attempts", 0),
+            "step": f"{metrics[-1]['step'] if metrics else 0}/{config.get('train', {}).get('steps', '?')}",
+            "eval_loss": summary.get("eval_loss") or next((m["eval_loss"] for m in reversed(metrics) if m.get("eval_loss") is not None), None),
+            "N": params,
+            "D": summary.get("tokens"),
+            "C": (summary.get("flops") or {}).get("value") or config.get("budget") or None,
+            "reason": status.get("reason", ""),
+            "_order": (config.get("budget") or 0.0, params or 0, run.path.name),
+        })
+    rows.sort(key=lambda r: r.pop("_order"))  # as the sweep runs them: by budget, then size
+    present = {r["run"] for r in rows}
+    manifests = os.path.join(root, MANIFESTS)
+    if os.path.isdir(manifests):
+        for name in sorted(os.listdir(manifests)):
+            for run_id in (read_json(os.path.join(manifests, name)) or {}).get("runs", []):
+                if run_id not in present:
+                    present.add(run_id)
+                    rows.append({"run": run_id, "state": "missing", "attempts": 0, "step": "-", "eval_loss": None, "N": None, "D": None, "C": None, "reason": ""})
+    return rows
+
+
+def format_status(rows: list[dict]) -> str:
+    def g(x, spec=".3g"):
+        return "-" if x is None else format(x, spec)
+
+    width = max([len(r["run"]) for r in rows] + [3])
+    lines = [f"{'run':<{width}}  {'state':<11} {'att':>3}  {'step':>11}  {'eval_loss':>9}  {'N':>8}  {'D':>8}  {'C':>8}"]
+    for r in rows:
+        lines.append(f"{r['run']:<{width}}  {r['state']:<11} {r['attempts']:>3}  {r['step']:>11}  {g(r['eval_loss'], '.4f'):>9}  "
+                     f"{g(r['N']):>8}  {g(r['D']):>8}  {g(r['C']):>8}")
+        if r["reason"] and r["state"] != "done":
+            lines.append(f"{'':<{width}}  ^ {r['reason']}")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    lines.append(f"{len(rows)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return "\n".join(lines)
+
+
+def cmd_status(args) -> int:
+    if not os.path.exists(args.root):
+        raise ConfigError(f"{args.root} does not exist: give the --root of a sweep (or a run's folder)")
+    rows = status_rows(args.root)
+    if not rows:
+        print(f"no runs under {args.root}")
+        return 0
+    print(format_status(rows))
+    return 0
+
+
+def _add_sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", help="experiment file or name defining sweep() (or config() for one run)")
+    p.add_argument("--root", required=True, help="folder holding one subfolder per run (local path or gs://)")
+    add_set_arg(p)
+    p.add_argument("--retries", type=int, default=2, help="retry a failed run up to this many times across relaunches (default 2); a diverged run is never retried")
+    p.add_argument("--worker", metavar="i/n", help="take only runs i, i+n, ... of the sorted list (static partition across n hosts)")
+    p.add_argument("--executor", choices=("local", "processes"), default="local",
+                   help="local: runs one after another in this process; processes: one worker process per device group")
+    p.add_argument("--devices-per-worker", type=int, default=1, help="processes executor: devices in each worker's group")
+    p.add_argument("--workers", type=int, help="processes executor: number of workers (default: every GPU group; required on CPU)")
+    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bar on stderr (auto: when a terminal)")
+    p.add_argument("--compile-cache", default="auto", help="JAX persistent compilation cache: auto (<root>/.jax_cache), off, or a directory")
+    p.add_argument("--run-logs", action="store_true", help="print every run's per-step lines (default: one line per run)")
+    add_distributed_args(p)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("sweep", help="train a sweep's runs into --root (relaunch: trains only what is missing)")
+    _add_sweep_args(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = subparsers.add_parser("run", help="sweep, then fit the laws, draw the figures and print a summary")
+    _add_sweep_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = subparsers.add_parser("status", help="table of a root's runs: state, attempts, step, losses")
+    p.add_argument("root", help="a sweep's --root (or one run's folder)")
+    p.set_defaults(func=cmd_status)

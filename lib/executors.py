@@ -1,0 +1,378 @@
+"""Executors: train a plan's runs into a root, in this process one after another, or in worker processes.
+
+What a run needs is read from its folder in the root, once, before anything trains (so every host
+of a multi-controller program takes the same decisions):
+    done                          -> skipped
+    failed, diverged              -> reported, not retried (the same data and seed diverge again)
+    failed, attempts > retries    -> reported
+    anything else                 -> train(): starts, or resumes from its last checkpoint
+                                     (a "running" left by a killed process is such a run)
+A failing run never stops the sweep; a preemption (SIGTERM) does, after the run checkpointed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Sequence
+
+from lib.runstore import RunDir
+from lib.sweep import Plan, PlannedRun
+
+DONE, SKIPPED, FAILED, NOT_RUN = "done", "skipped", "failed", "not run"
+
+
+@dataclasses.dataclass
+class Outcome:
+    run_id: str
+    result: str  # done (trained now) | skipped (was done) | failed | not run (the sweep stopped first)
+    reason: str = ""
+    seconds: float = 0.0
+    eval_loss: float | None = None
+
+
+@dataclasses.dataclass
+class SweepReport:
+    name: str
+    outcomes: list[Outcome]
+    wall_s: float = 0.0
+    stopped: str = ""  # why the sweep stopped before the end (preemption), if it did
+    worker_errors: list[str] = dataclasses.field(default_factory=list)
+
+    def of(self, result: str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.result == result]
+
+    @property
+    def exit_code(self) -> int:
+        if self.stopped:
+            return 143
+        return 1 if self.of(FAILED) or self.of(NOT_RUN) or self.worker_errors else 0
+
+    def lines(self) -> list[str]:
+        n = len(self.outcomes)
+        done, skipped, failed = self.of(DONE), self.of(SKIPPED), self.of(FAILED)
+        if n and len(skipped) == n:
+            head = f"sweep {self.name}: all {n} runs were already done; nothing trained"
+        else:
+            head = (
+                f"sweep {self.name}: {len(done)} trained, {len(skipped)} already done, {len(failed)} failed, "
+                f"{len(self.of(NOT_RUN))} not run, of {n} ({self.wall_s:.0f}s)"
+            )
+        out = [head]
+        out += [f"  failed  {o.run_id}: {o.reason}" for o in failed]
+        out += [f"  worker  {e}" for e in self.worker_errors]
+        if self.stopped:
+            out.append(f"  stopped: {self.stopped} -- relaunch the same command to resume")
+        return out
+
+
+class SweepStopped(BaseException):
+    """SIGTERM outside a run's training loop (the loop handles it itself by checkpointing)."""
+
+
+# ================================================================================================
+# In-process, sequential
+# ================================================================================================
+def run_local(plan: Plan, root, retries: int = 2, devices=None, progress: "Progress | None" = None) -> SweepReport:
+    """Train `plan`'s runs one after another in this process (compiled steps shared via the caches)."""
+    import jax
+
+    from lib.train import Preempted, RunDiverged, train
+
+    devices = list(jax.devices() if devices is None else devices)
+    for r in plan.runs:  # every config error before the first step of the first run
+        r.cfg.validate(len(devices))
+    writer = jax.process_index() == 0
+    # Decide from one snapshot taken before anything trains, so every process decides alike.
+    runs = {r.run_id: RunDir(os.path.join(root, r.run_id), writer=writer) for r in plan.runs}
+    snapshot = {run_id: run.status() or {} for run_id, run in runs.items()}
+    progress = progress or Progress(plan, enabled=False)
+    outcomes: dict[str, Outcome] = {}
+    t_start, stopped = time.perf_counter(), ""
+    for run_id, run in runs.items():
+        skip = _skip_reason(snapshot[run_id], retries, run)
+        if skip is not None:
+            outcomes[run_id] = Outcome(run_id, *skip)
+    progress.skipped([outcomes[r.run_id] for r in plan.runs if r.run_id in outcomes], plan)
+
+    with _sigterm_raises():
+        for r in plan.runs:
+            if r.run_id in outcomes:
+                continue
+            path, run = os.path.join(root, r.run_id), runs[r.run_id]
+            progress.started(r)
+            attempts = snapshot[r.run_id].get("attempts", 0)  # counted in memory from here: no re-reads
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    summary = train(r.cfg, path, devices)
+                except Preempted as e:
+                    stopped = str(e)
+                    outcomes[r.run_id] = Outcome(r.run_id, NOT_RUN, "interrupted: checkpointed", time.perf_counter() - t0)
+                except SweepStopped:
+                    run.set_state("interrupted", reason="SIGTERM before the training loop; relaunch to resume")
+                    stopped = "SIGTERM"
+                except KeyboardInterrupt:
+                    run.set_state("interrupted", reason="KeyboardInterrupt; relaunch to resume")
+                    raise
+                except RunDiverged as e:
+                    run.set_state("failed", reason=str(e), diverged=True, step=_diverged_step(str(e)))
+                    outcomes[r.run_id] = Outcome(r.run_id, FAILED, str(e), time.perf_counter() - t0)
+                except Exception as e:  # noqa: BLE001  (any other failure: retry, then report)
+                    attempts += 1
+                    reason = f"{type(e).__name__}: {e}"
+                    if attempts < retries + 1:
+                        progress.say(f"{r.run_id}: attempt {attempts} failed ({reason}); retrying")
+                        continue
+                    outcomes[r.run_id] = Outcome(r.run_id, FAILED, f"{reason} (after {attempts} attempts)", time.perf_counter() - t0)
+                else:
+                    outcomes[r.run_id] = Outcome(r.run_id, DONE, "", time.perf_counter() - t0, summary.get("eval_loss"))
+                break
+            if stopped:
+                break
+            progress.finished(r, outcomes[r.run_id], trained=True)
+
+    for r in plan.runs:
+        outcomes.setdefault(r.run_id, Outcome(r.run_id, NOT_RUN, "the sweep stopped first"))
+    progress.close()
+    return SweepReport(plan.name, [outcomes[r.run_id] for r in plan.runs], time.perf_counter() - t_start, stopped)
+
+
+def enable_compile_cache(path: str | None) -> None:
+    """JAX's persistent compilation cache at `path` (None: off), for every compile from now on.
+
+    Runs of one shape then compile their init and eval steps once; a relaunch compiles nothing.
+    (A train step bakes its run's step count into the schedule, so each run compiles its own.)
+    """
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # default 1 s skips small steps
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    compilation_cache.reset_cache()  # re-read the dir: an earlier sweep in this process may have used another
+
+
+def _skip_reason(status: dict, retries: int, run: RunDir) -> tuple[str, str] | None:
+    state = status.get("state")
+    if state == "done" and run.summary() is not None:
+        return SKIPPED, ""
+    if state == "failed" and status.get("diverged"):
+        return FAILED, f"{status.get('reason', 'diverged')} (not retried: it would diverge again)"
+    if state == "failed" and status.get("attempts", 0) >= retries + 1:
+        return FAILED, f"{status.get('reason', '')} (gave up after {status.get('attempts')} attempts; raise --retries to try again)"
+    return None
+
+
+def _diverged_step(message: str) -> int | None:
+    m = re.search(r"at step (\d+)", message)
+    return int(m.group(1)) if m else None
+
+
+class _sigterm_raises:
+    """SIGTERM raises SweepStopped, except inside train()'s loop, which installs its own handler."""
+
+    def __enter__(self):
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(*_):
+        raise SweepStopped()
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+
+
+# ================================================================================================
+# Worker processes, one per device group
+# ================================================================================================
+def device_group_envs(devices_per_worker: int, n_workers: int | None = None) -> list[dict[str, str]]:
+    """Environment of each worker: its GPUs (CUDA_VISIBLE_DEVICES), or k forced CPU devices.
+
+    Found without initialising JAX here, so this process holds no accelerator memory.
+    """
+    k = devices_per_worker
+    if k < 1:
+        raise ValueError(f"--devices-per-worker must be >= 1, got {k}")
+    gpus = _visible_gpus()
+    if gpus:
+        n = n_workers or len(gpus) // k
+        if n < 1 or n * k > len(gpus):
+            raise ValueError(f"{n or 0} workers x {k} GPUs do not fit the {len(gpus)} visible GPUs ({','.join(gpus)}); lower --workers or --devices-per-worker")
+        return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * k : (i + 1) * k])} for i in range(n)]
+    if not n_workers:
+        raise ValueError("no GPUs visible: on CPU say how many worker processes to start with --workers N")
+    flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", "")).strip()
+    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={k}".strip()}
+    return [dict(env) for _ in range(n_workers)]
+
+
+def _visible_gpus() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g for g in visible.split(",") if g.strip() not in ("", "-1")]
+    if os.environ.get("JAX_PLATFORMS", "").lower() == "cpu" or not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()] if out.returncode == 0 else []
+
+
+def run_processes(
+    plan: Plan,
+    root,
+    commands: Sequence[tuple[list[str], dict[str, str]]],
+    log_paths: Sequence[str],
+    progress: "Progress | None" = None,
+    poll_s: float = 1.0,
+) -> SweepReport:
+    """Start one process per (argv, env) -- each a `scaling sweep ... --worker i/n` -- and follow the root."""
+    progress = progress or Progress(plan, enabled=False)
+    before = {r.run_id: RunDir(os.path.join(root, r.run_id), writer=False).state() for r in plan.runs}
+    t_start = time.perf_counter()
+    procs = []
+    for (argv, env), log_path in zip(commands, log_paths):
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        with open(log_path, "ab") as log:
+            procs.append(subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT))
+    progress.say(f"started {len(procs)} workers; logs: {os.path.dirname(log_paths[0])}")
+
+    forwarded = []
+
+    def forward(signum, _frame):
+        forwarded.append(signum)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} if threading.current_thread() is threading.main_thread() else {}
+    try:
+        seen = {r.run_id for r in plan.runs if before[r.run_id] == "done"}
+        progress.skipped([Outcome(r.run_id, SKIPPED) for r in plan.runs if r.run_id in seen], plan)
+        t_epoch = time.time()
+        progress.start_clock()  # the workers train in parallel: ETA from wall time since now
+        while True:
+            alive = any(p.poll() is None for p in procs)
+            for r in plan.runs:
+                status = RunDir(os.path.join(root, r.run_id), writer=False).status() or {}
+                fresh = status.get("updated_at", 0) >= t_epoch  # a failure left from before may still be retried
+                if r.run_id not in seen and status.get("state") in ("done", "failed") and (fresh or not alive):
+                    seen.add(r.run_id)
+                    if status["state"] == "done":
+                        outcome = Outcome(r.run_id, DONE, eval_loss=(RunDir(os.path.join(root, r.run_id), writer=False).summary() or {}).get("eval_loss"))
+                    else:
+                        outcome = Outcome(r.run_id, FAILED, status.get("reason", ""))
+                    progress.finished(r, outcome, trained=True)
+            if not alive:
+                break
+            time.sleep(poll_s)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        progress.close()
+
+    outcomes = []
+    for r in plan.runs:
+        status = RunDir(os.path.join(root, r.run_id), writer=False).status() or {}
+        state = status.get("state")
+        if state == "done":
+            outcomes.append(Outcome(r.run_id, SKIPPED if before[r.run_id] == "done" else DONE))
+        elif state == "failed":
+            outcomes.append(Outcome(r.run_id, FAILED, status.get("reason", "")))
+        else:
+            outcomes.append(Outcome(r.run_id, NOT_RUN, f"state {state or 'absent'} when the workers exited"))
+    errors = [f"worker {i} exited with {p.returncode}; see {log}" for i, (p, log) in enumerate(zip(procs, log_paths)) if p.returncode not in (0, 1)]
+    stopped = "SIGTERM forwarded to the workers" if forwarded else ""
+    return SweepReport(plan.name, outcomes, time.perf_counter() - t_start, stopped, errors)
+
+
+# ================================================================================================
+# Progress: runs done/total, the current run, ETA from the FLOPs still to train
+# ================================================================================================
+class Progress:
+    """tqdm over runs on stderr; one plain line per finished run on `stream` either way."""
+
+    def __init__(self, plan: Plan, enabled: bool, stream=None, quiet: bool = False):
+        self.total_flops = sum(r.flops for r in plan.runs) or 1.0
+        self.n = len(plan.runs)
+        self.flops_left = self.total_flops
+        self.trained_flops = 0.0
+        self.count = 0
+        self._begin = None  # when the first run to train started
+        self.stream = stream or sys.stdout
+        self.quiet = quiet  # other processes of a multi-controller program: process 0 reports
+        self._t0 = None
+        self.bar = None
+        if enabled and not quiet:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.n, unit="run", file=sys.stderr, dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} runs [{elapsed}{postfix}]")
+
+    def skipped(self, outcomes: list[Outcome], plan: Plan) -> None:
+        """Runs decided before training: one line for those already done, one per failure not retried."""
+        flops = {r.run_id: r.flops for r in plan.runs}
+        done = [o for o in outcomes if o.result == SKIPPED]
+        self.count += len(outcomes)
+        self.flops_left -= sum(flops[o.run_id] for o in outcomes)
+        if done:
+            self.say(f"[{self.count}/{self.n}] {len(done)} already done: skipped")
+        for o in outcomes:
+            if o.result != SKIPPED:
+                self.say(f"  {o.run_id} {o.result}: {o.reason}")
+        if self.bar is not None and outcomes:
+            self.bar.update(len(outcomes))
+
+    def start_clock(self) -> None:
+        self._begin = self._begin or time.perf_counter()
+
+    def started(self, r: PlannedRun) -> None:
+        self.start_clock()
+        if self.bar is not None:
+            self.bar.set_description_str(r.run_id, refresh=False)
+            self.bar.set_postfix_str(f"ETA {self.eta()}")
+
+    def finished(self, r: PlannedRun, outcome: Outcome, trained: bool) -> None:
+        self.count += 1
+        self.flops_left -= r.flops
+        if trained and outcome.result == DONE:
+            self.trained_flops += r.flops
+        loss = f" eval {outcome.eval_loss:.4f}" if outcome.eval_loss is not None else ""
+        took = f" in {outcome.seconds:.1f}s" if outcome.seconds else ""
+        reason = f": {outcome.reason}" if outcome.reason else ""
+        self.say(f"[{self.count}/{self.n}] {r.run_id} {outcome.result}{loss}{took}{reason} | ETA {self.eta()}")
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"ETA {self.eta()}")
+
+    def eta(self) -> str:
+        if self.trained_flops <= 0 or self._begin is None:
+            return "?"
+        s = (time.perf_counter() - self._begin) / self.trained_flops * max(self.flops_left, 0.0)
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+
+    def say(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

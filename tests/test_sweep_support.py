@@ -1,0 +1,63 @@
+"""Helpers shared by the sweep runner tests (no tests here).
+
+A tiny sweep: runs of one shape (so the persistent compilation cache compiles them once), a few
+dozen steps of a 1-layer d_model-16 model on a small synthetic language.
+"""
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+EXPERIMENT = textwrap.dedent(
+    """
+    from lib.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig
+    from lib.sweep import Grid
+
+    STEPS = {steps}
+
+    def sweep():
+        base = RunConfig(
+            name="tg",
+            model=ModelConfig(d_model=16, n_layers=1, n_heads=2),
+            data=DataConfig(seq_len=16, global_batch=8, synth_phrases=200),
+            optimizer=OptimizerConfig(lr=3e-3, warmup_steps=2),
+            train=TrainConfig(steps=STEPS, log_every=10, eval_every=STEPS, eval_batches=1,
+                              checkpoint_every={checkpoint_every}, keep_checkpoints=2),
+        )
+        return Grid(base, {axes})
+    """
+)
+
+
+def write_experiment(tmp_path: Path, steps=30, checkpoint_every=15, axes='{"data.seed": [0, 1, 2]}', name="tiny_sweep.py") -> Path:
+    path = tmp_path / name
+    path.write_text(EXPERIMENT.format(steps=steps, checkpoint_every=checkpoint_every, axes=axes))
+    return path
+
+
+def clean_env(tmp_path: Path) -> dict:
+    """A subprocess environment that writes nothing outside tmp_path and uses the CPU."""
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        HOME=str(tmp_path / "home"),
+        WANDB_MODE="disabled",
+        HF_HOME=str(tmp_path / "hf"),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env.pop("XLA_FLAGS", None)
+    return env
+
+
+def files_with_mtimes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory) -> str:
+    """One JAX compilation cache for the session's test sweeps: a shape compiles once, not per test."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
