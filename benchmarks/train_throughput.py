@@ -67,14 +67,14 @@ def bench(name: str, args, devices) -> dict:
             for _ in range(2)
         ]
         t0 = time.perf_counter()
-        step = steps.train_step.lower(state, batches[0]).compile()
+        step = steps.train_step.lower(state, batches[0], steps.horizon).compile()
         compile_s = time.perf_counter() - t0
         for i in range(2):  # warm-up
-            state, m = step(state, batches[i % 2])
+            state, m = step(state, batches[i % 2], steps.horizon)
         jax.block_until_ready(m)
         t0 = time.perf_counter()
         for i in range(args.steps):
-            state, m = step(state, batches[i % 2])
+            state, m = step(state, batches[i % 2], steps.horizon)
         jax.block_until_ready(m)
         step_s = (time.perf_counter() - t0) / args.steps
 

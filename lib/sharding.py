@@ -79,6 +79,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def replicated_array(value: np.ndarray, mesh: Mesh) -> jax.Array:
+    """A small host value every process holds the same copy of, as one replicated global array."""
+    return jax.make_array_from_callback(value.shape, replicated(mesh), lambda index: value[index])
+
+
 def global_batch(local_rows: np.ndarray, mesh: Mesh) -> jax.Array:
     """Assemble the global batch from this process's rows (every process passes its own)."""
     sharding = batch_sharding(mesh)

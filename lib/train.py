@@ -29,7 +29,7 @@ from lib.checkpoint import Checkpointer, abstract_with_shardings
 from lib.config import ConfigError, RunConfig
 from lib.data import make_source, resolve_vocab
 from lib.models.transformer import make_model
-from lib.optim import make_optimizer
+from lib.optim import learning_rate, make_direction
 from lib.runstore import RunDir
 from lib.storage import default_data_root, is_url
 from lib.tracking import Tracker
@@ -62,13 +62,14 @@ def lm_loss(params, model: nn.Module, tokens_BT1, dropout_rng=None):
     return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT).mean()
 
 
-def make_train_step(model, optimizer, schedule, cfg: RunConfig):
+def make_train_step(model, direction, cfg: RunConfig):
+    """`train_step(state, tokens_BT1, horizon)`; horizon = [total_steps, warmup_steps] (int32, traced)."""
     accum, seed, use_dropout = cfg.train.grad_accum, cfg.train.seed, cfg.model.dropout > 0
 
     def loss_and_grad(params, tokens_BT1, rng):
         return jax.value_and_grad(lm_loss)(params, model, tokens_BT1, rng if use_dropout else None)
 
-    def train_step(state: TrainState, tokens_BT1):
+    def train_step(state: TrainState, tokens_BT1, horizon):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
         if accum == 1:
             loss, grads = loss_and_grad(state.params, tokens_BT1, rng)
@@ -88,9 +89,11 @@ def make_train_step(model, optimizer, schedule, cfg: RunConfig):
             zeros = jax.tree.map(jnp.zeros_like, state.params)
             (loss, grads), _ = jax.lax.scan(one, (jnp.zeros((), jnp.float32), zeros), (micro_ABT1, jnp.arange(accum)))
             loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        lr = learning_rate(cfg.optimizer, state.step, horizon[0], horizon[1])
+        direction_updates, opt_state = direction.update(grads, state.opt_state, state.params)
+        updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), direction_updates)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"train_loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
+        metrics = {"train_loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
@@ -103,7 +106,7 @@ def make_eval_step(model):
     return eval_step
 
 
-def make_init(model, optimizer, cfg: RunConfig, boxed: bool):
+def make_init(model, direction, cfg: RunConfig, boxed: bool):
     """`init(rng) -> TrainState`. `boxed=True` keeps flax's logical-axis boxes (only for eval_shape)."""
     dummy_BT = jnp.zeros((1, cfg.data.seq_len), jnp.int32)
 
@@ -111,7 +114,7 @@ def make_init(model, optimizer, cfg: RunConfig, boxed: bool):
         params = model.init(rng, dummy_BT)["params"]
         if not boxed:
             params = nn.unbox(params)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=direction.init(params))
 
     return init
 
@@ -170,32 +173,34 @@ class Steps:
     """The jitted pieces of one run on one mesh (trace inside `sharding.activate(mesh)`)."""
 
     init: Any  # rng -> TrainState, born sharded
-    train_step: Any  # (state, tokens) -> (state, metrics); state donated
+    train_step: Any  # (state, tokens, horizon) -> (state, metrics); state donated
     eval_step: Any  # (params, tokens) -> mean loss
     state_shardings: Any
     abstract_state: Any  # ShapeDtypeStructs carrying the shardings, for checkpoint restore
+    horizon: Any  # [total_steps, warmup_steps], replicated: the schedule's run-specific numbers
 
 
 def build_steps(cfg: RunConfig, mesh) -> Steps:
     """Model, optimizer and shardings -> jitted init/train/eval (the benchmark times these too)."""
     model = make_model(cfg.model)
-    optimizer, schedule = make_optimizer(cfg.optimizer, cfg.train.steps)
+    direction = make_direction(cfg.optimizer)
     # Shardings come from the logical axis names on the boxed parameters; the state itself is unboxed.
-    abstract_boxed = jax.eval_shape(make_init(model, optimizer, cfg, boxed=True), jax.random.key(0))
+    abstract_boxed = jax.eval_shape(make_init(model, direction, cfg, boxed=True), jax.random.key(0))
     state_shardings = sharding.logical_shardings(abstract_boxed, mesh)
-    abstract = jax.eval_shape(make_init(model, optimizer, cfg, boxed=False), jax.random.key(0))
+    abstract = jax.eval_shape(make_init(model, direction, cfg, boxed=False), jax.random.key(0))
     batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
     return Steps(
-        init=jax.jit(make_init(model, optimizer, cfg, boxed=False), out_shardings=state_shardings),
+        init=jax.jit(make_init(model, direction, cfg, boxed=False), out_shardings=state_shardings),
         train_step=jax.jit(
-            make_train_step(model, optimizer, schedule, cfg),
-            in_shardings=(state_shardings, batch_sharding),
+            make_train_step(model, direction, cfg),
+            in_shardings=(state_shardings, batch_sharding, replicated),
             out_shardings=(state_shardings, replicated),
             donate_argnums=0,
         ),
         eval_step=jax.jit(make_eval_step(model), in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated),
         state_shardings=state_shardings,
         abstract_state=abstract_with_shardings(abstract, state_shardings),
+        horizon=sharding.replicated_array(np.array([cfg.train.steps, cfg.optimizer.warmup_steps], np.int32), mesh),
     )
 
 
@@ -209,6 +214,7 @@ def _train_loop(cfg: RunConfig, run: RunDir, run_id: str, source, devices, track
 
     with sharding.activate(mesh), Checkpointer(run.checkpoint_dir, t.keep_checkpoints) as ckpt:
         # ---- state: init or resume ----------------------------------------------------------
+        t0 = time.perf_counter()
         steps = build_steps(cfg, mesh)
         latest = ckpt.latest_step()
         if latest is None:
@@ -219,13 +225,22 @@ def _train_loop(cfg: RunConfig, run: RunDir, run_id: str, source, devices, track
             run.truncate_metrics(latest)
             tracker.say(f"resumed from checkpoint at step {latest}")
         start = int(jax.device_get(state.step))
+        init_s = time.perf_counter() - t0
 
         # ---- compile ----------------------------------------------------------------------------
         first_batch = sharding.global_batch(source.batch(start, pi, pc), mesh)
         t0 = time.perf_counter()
-        step_fn = steps.train_step.lower(state, first_batch).compile()
+        step_fn = steps.train_step.lower(state, first_batch, steps.horizon).compile()
         compile_s = time.perf_counter() - t0
         tracker.say(f"compiled train step in {compile_s:.1f}s; training steps {start}..{t.steps} on {len(devices)} x {device_kind}")
+
+        spent = {"eval": 0.0, "checkpoint": 0.0}  # time inside the loop that is not training
+
+        def timed(kind: str, fn, *args, **kwargs):
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            spent[kind] += time.perf_counter() - t0
+            return out
 
         def evaluate(params) -> float:
             losses = [steps.eval_step(params, sharding.global_batch(source.eval_batch(i, pi, pc), mesh)) for i in range(t.eval_batches)]
@@ -234,12 +249,12 @@ def _train_loop(cfg: RunConfig, run: RunDir, run_id: str, source, devices, track
         # ---- the loop ---------------------------------------------------------------------------
         stop = _PreemptionFlag()
         pending = None  # (completed_steps, metrics on device) of the step before
-        last_log_time, last_log_step = time.perf_counter(), start
-        train_time, last = 0.0, {}
+        loop_start = last_log_time = time.perf_counter()
+        last_log_step, spent_at_log, last = start, 0.0, {}
         with stop.installed():
             for step in range(start, t.steps):
                 batch = first_batch if step == start else sharding.global_batch(source.batch(step, pi, pc), mesh)
-                state, metrics = step_fn(state, batch)
+                state, metrics = step_fn(state, batch, steps.horizon)
                 if pending is not None:
                     last = _check_finite(*pending)
                 done = step + 1
@@ -247,9 +262,8 @@ def _train_loop(cfg: RunConfig, run: RunDir, run_id: str, source, devices, track
                 is_last = done == t.steps
                 if done % t.log_every == 0 or is_last or done % t.eval_every == 0:
                     last = _check_finite(*pending)
-                    now = time.perf_counter()
-                    step_time = (now - last_log_time) / max(done - last_log_step, 1)
-                    train_time += now - last_log_time
+                    training = time.perf_counter() - last_log_time - (sum(spent.values()) - spent_at_log)
+                    step_time = training / max(done - last_log_step, 1)
                     row = {
                         "step": done,
                         "tokens": done * tokens_per_step,
@@ -263,20 +277,22 @@ def _train_loop(cfg: RunConfig, run: RunDir, run_id: str, source, devices, track
                     if source.epoch(done) is not None:
                         row["epoch"] = source.epoch(done)
                     if done % t.eval_every == 0 or is_last:
-                        row["eval_loss"] = last["eval_loss"] = evaluate(state.params)
+                        row["eval_loss"] = last["eval_loss"] = timed("eval", evaluate, state.params)
                     tracker.log(row)
                     last_log_time, last_log_step, pending = time.perf_counter(), done, None
+                    spent_at_log = sum(spent.values())
                 if done % t.checkpoint_every == 0 or is_last or stop.requested(done):
-                    ckpt.save(done, state, force=True)
+                    timed("checkpoint", ckpt.save, done, state, force=True)
                 if stop.requested(done) and not is_last:
                     ckpt.wait()
                     raise Preempted(f"SIGTERM: checkpointed at step {done} of {t.steps}; relaunch to resume")
             if pending is not None:
                 last = _check_finite(*pending)
-            ckpt.wait()
+            timed("checkpoint", ckpt.wait)
+            train_time = time.perf_counter() - loop_start - sum(spent.values())
 
         if "eval_loss" not in last:  # resumed at the very end: evaluate the restored state
-            last["eval_loss"] = evaluate(state.params)
+            last["eval_loss"] = timed("eval", evaluate, state.params)
 
     counts = flops_lib.param_counts(cfg.model)
     tokens = t.steps * tokens_per_step
@@ -295,8 +311,11 @@ def _train_loop(cfg: RunConfig, run: RunDir, run_id: str, source, devices, track
         "steps": t.steps,
         "seq_len": cfg.data.seq_len,
         "global_batch": cfg.data.global_batch,
-        "compile_time_s": compile_s,
-        "train_time_s": train_time,
+        "init_time_s": init_s,  # state init (with its compile) or checkpoint restore
+        "compile_time_s": compile_s,  # the train step
+        "train_time_s": train_time,  # the loop, less eval and checkpoint time
+        "eval_time_s": spent["eval"],
+        "checkpoint_time_s": spent["checkpoint"],
         "device_kind": device_kind,
         "n_devices": len(devices),
         "data": source.describe(),

@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from lib.data.synthetic import PhraseLanguage
+from lib.optim import make_schedule
 from lib.runstore import RunDir
 from lib.train import RunDiverged, train
 
@@ -45,11 +46,35 @@ def test_a_tiny_run_writes_the_run_store_and_learns(tiny_config, tmp_path):
     assert on_disk["flops"]["convention"] == "chinchilla" and on_disk["tokens"] == 200 * 16 * 32
     assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == [100, 200]
 
+    # The logged lr is the schedule at the update that step applied (0-based index step - 1).
+    schedule = make_schedule(cfg.optimizer, cfg.train.steps)
+    np.testing.assert_allclose([r["lr"] for r in rows], [float(schedule(r["step"] - 1)) for r in rows], rtol=1e-6)
+    assert set(on_disk) >= {"init_time_s", "compile_time_s", "train_time_s", "eval_time_s", "checkpoint_time_s"}
+
     # Above the exact floor, well below what a context-free (unigram) model can do.
     lang = PhraseLanguage(cfg.data)
     assert on_disk["entropy_floor"] == pytest.approx(lang.entropy_floor)
     assert lang.entropy_floor < summary["eval_loss"] < lang.unigram_entropy() - 1.0
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 1.0
+
+
+def test_runs_of_different_lengths_share_one_compiled_step(tiny_config):
+    """Length and warmup are traced inputs, so a sweep compiles once per shape, not once per run."""
+    from lib import sharding
+    from lib.data import make_source, resolve_vocab
+    from lib.train import build_steps
+
+    def lowered(steps, warmup, d_model=32):
+        cfg = tiny_config.with_overrides({"train.steps": steps, "optimizer.warmup_steps": warmup, "model.d_model": d_model})
+        cfg = resolve_vocab(cfg, make_source(cfg.data))
+        mesh = sharding.make_mesh(cfg.mesh, one_device())
+        with sharding.activate(mesh):
+            s = build_steps(cfg, mesh)
+            batch = jax.ShapeDtypeStruct((16, 33), np.int32, sharding=sharding.batch_sharding(mesh))
+            return s.train_step.lower(s.abstract_state, batch, s.horizon).as_text()
+
+    assert lowered(50, 5) == lowered(800, 40)
+    assert lowered(50, 5) != lowered(50, 5, d_model=64)  # a different shape is a different program
 
 
 def test_relaunching_a_finished_run_does_nothing(tiny_config, tmp_path, capsys):
