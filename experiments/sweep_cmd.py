@@ -33,7 +33,7 @@ class SweepOptions:
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     retries: int = 2  # a failed run is tried at most retries + 1 times in all (status.json's attempts)
     worker: tuple[int, int] | None = None  # (i, n): this host's static share of the sorted run list
-    executor: str = "local"  # local: in this process, one run after another | processes: one per device group
+    executor: str = "local"  # local: in this process, one run after another | processes: one per device group | ray
     devices_per_worker: int = 1
     workers: int | None = None  # processes executor: default every GPU group; required on CPU
     progress: str = "auto"  # auto: a tqdm bar when stderr is a terminal | on | off
@@ -41,6 +41,8 @@ class SweepOptions:
     run_logs: bool = False  # each run's per-step console lines (off: one line per run)
     spec: str = ""  # the experiment's path or name: worker processes load it again
     sets: tuple[str, ...] = ()  # the raw --set items, passed on to worker processes
+    ray_address: str | None = None  # ray executor: None/local starts one here; auto or host:port joins a cluster
+    ray_resources: dict[str, float] = dataclasses.field(default_factory=lambda: {"CPU": 1})  # per run
 
 
 def load_sweep(spec: str) -> Sweep:
@@ -65,10 +67,10 @@ def run_sweep(sweep: Sweep, root, options: SweepOptions | None = None) -> SweepR
     if not options.run_logs:
         overrides.setdefault("tracking.console", False)  # not part of the run id's hash
     plan = sweep.plan(overrides)
-    if options.executor not in ("local", "processes"):
-        raise ConfigError(f"--executor: unknown value '{options.executor}'; choose local or processes")
+    if options.executor not in ("local", "processes", "ray"):
+        raise ConfigError(f"--executor: unknown value '{options.executor}'; choose local, processes or ray")
     envs = _worker_envs(options) if options.executor == "processes" else []  # fail before writing anything
-    is_writer = options.executor == "processes" or _process_index() == 0
+    is_writer = options.executor != "local" or _process_index() == 0
     if is_writer:
         write_json_atomic(os.path.join(root, MANIFESTS, f"{plan.name}.json"),
                           {"name": plan.name, "experiment": options.spec, "runs": [r.run_id for r in plan.runs], "notes": list(plan.notes)})
@@ -88,6 +90,11 @@ def run_sweep(sweep: Sweep, root, options: SweepOptions | None = None) -> SweepR
     if options.executor == "local":
         executors.enable_compile_cache(_cache_dir(root, options.compile_cache))
         report = executors.run_local(share, root, retries=options.retries, progress=progress)
+    elif options.executor == "ray":
+        from lib.ray_executor import run_ray
+
+        report = run_ray(share, root, options.ray_address, options.retries, options.ray_resources,
+                         compile_cache=_cache_dir(root, options.compile_cache), progress=progress)
     else:
         report = _run_worker_processes(share, root, options, envs, progress)
     for line in report.lines():
@@ -181,12 +188,25 @@ def options_from_args(args) -> SweepOptions:
         run_logs=args.run_logs,
         spec=args.experiment,
         sets=tuple(args.set),
+        ray_address=args.address,
+        ray_resources=_parse_resources(args.resources),
     )
+
+
+def _parse_resources(items: list[str]) -> dict[str, float]:
+    out = {"CPU": 1.0}
+    for item in items:
+        name, _, amount = item.partition("=")
+        try:
+            out[name.strip()] = float(amount)
+        except ValueError:
+            raise ConfigError(f"--resources expects NAME=AMOUNT per run, e.g. --resources GPU=1 or --resources TPU=4; got '{item}'") from None
+    return out
 
 
 def cmd_sweep(args) -> int:
     options = options_from_args(args)
-    if options.executor == "local":  # the processes executor's parent touches no device
+    if options.executor == "local":  # the processes and ray executors' parent touches no device
         from lib.distributed import initialize_from_args
 
         initialize_from_args(args)
@@ -276,8 +296,12 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     add_set_arg(p)
     p.add_argument("--retries", type=int, default=2, help="retry a failed run up to this many times across relaunches (default 2); a diverged run is never retried")
     p.add_argument("--worker", metavar="i/n", help="take only runs i, i+n, ... of the sorted list (static partition across n hosts)")
-    p.add_argument("--executor", choices=("local", "processes"), default="local",
-                   help="local: runs one after another in this process; processes: one worker process per device group")
+    p.add_argument("--executor", choices=("local", "processes", "ray"), default="local",
+                   help="local: runs one after another in this process; processes: one worker process per device group; "
+                        "ray: one Ray task per run on a Ray cluster (pip install -e '.[ray]')")
+    p.add_argument("--address", help="ray executor: cluster address (auto, host:port, ray://host:10001); default: a local Ray")
+    p.add_argument("--resources", action="append", default=[], metavar="NAME=AMOUNT",
+                   help="ray executor: per-run resources, e.g. --resources GPU=1 or --resources TPU=4 (default CPU=1)")
     p.add_argument("--devices-per-worker", type=int, default=1, help="processes executor: devices in each worker's group")
     p.add_argument("--workers", type=int, help="processes executor: number of workers (default: every GPU group; required on CPU)")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bar on stderr (auto: when a terminal)")

@@ -89,17 +89,9 @@ def run_local(plan: Plan, root, retries: int = 2, devices=None, progress: "Progr
     devices = list(jax.devices() if devices is None else devices)
     for r in plan.runs:  # every config error before the first step of the first run
         r.cfg.validate(len(devices))
-    writer = jax.process_index() == 0
-    # Decide from one snapshot taken before anything trains, so every process decides alike.
-    runs = {r.run_id: RunDir(os.path.join(root, r.run_id), writer=writer) for r in plan.runs}
-    snapshot = {run_id: run.status() or {} for run_id, run in runs.items()}
+    runs, snapshot, outcomes = triage(plan, root, retries, writer=jax.process_index() == 0)
     progress = progress or Progress(plan, enabled=False)
-    outcomes: dict[str, Outcome] = {}
     t_start, stopped = time.perf_counter(), ""
-    for run_id, run in runs.items():
-        skip = _skip_reason(snapshot[run_id], retries, run)
-        if skip is not None:
-            outcomes[run_id] = Outcome(run_id, *skip)
     progress.skipped([outcomes[r.run_id] for r in plan.runs if r.run_id in outcomes], plan)
 
     with _sigterm_raises():
@@ -123,7 +115,7 @@ def run_local(plan: Plan, root, retries: int = 2, devices=None, progress: "Progr
                     run.set_state("interrupted", reason="KeyboardInterrupt; relaunch to resume")
                     raise
                 except RunDiverged as e:
-                    run.set_state("failed", reason=str(e), diverged=True, step=_diverged_step(str(e)))
+                    run.set_state("failed", reason=str(e), diverged=True, step=diverged_step(str(e)))
                     outcomes[r.run_id] = Outcome(r.run_id, FAILED, str(e), time.perf_counter() - t0)
                 except Exception as e:  # noqa: BLE001  (any other failure: retry, then report)
                     attempts += 1
@@ -148,8 +140,8 @@ def run_local(plan: Plan, root, retries: int = 2, devices=None, progress: "Progr
 def enable_compile_cache(path: str | None) -> None:
     """JAX's persistent compilation cache at `path` (None: off), for every compile from now on.
 
-    Runs of one shape then compile their init and eval steps once; a relaunch compiles nothing.
-    (A train step bakes its run's step count into the schedule, so each run compiles its own.)
+    Runs of one shape then compile once (run length and warmup are traced inputs of the train
+    step); a relaunch compiles nothing.
     """
     import jax
     from jax.experimental.compilation_cache import compilation_cache
@@ -158,6 +150,21 @@ def enable_compile_cache(path: str | None) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # default 1 s skips small steps
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     compilation_cache.reset_cache()  # re-read the dir: an earlier sweep in this process may have used another
+
+
+def triage(plan: Plan, root, retries: int, writer: bool) -> tuple[dict[str, RunDir], dict[str, dict], dict[str, Outcome]]:
+    """Each run's folder, its status snapshot, and an outcome for the runs not to train now.
+
+    Decided from one snapshot taken before anything trains, so every process decides alike.
+    """
+    runs = {r.run_id: RunDir(os.path.join(root, r.run_id), writer=writer) for r in plan.runs}
+    snapshot = {run_id: run.status() or {} for run_id, run in runs.items()}
+    outcomes = {}
+    for run_id, run in runs.items():
+        skip = _skip_reason(snapshot[run_id], retries, run)
+        if skip is not None:
+            outcomes[run_id] = Outcome(run_id, *skip)
+    return runs, snapshot, outcomes
 
 
 def _skip_reason(status: dict, retries: int, run: RunDir) -> tuple[str, str] | None:
@@ -171,7 +178,7 @@ def _skip_reason(status: dict, retries: int, run: RunDir) -> tuple[str, str] | N
     return None
 
 
-def _diverged_step(message: str) -> int | None:
+def diverged_step(message: str) -> int | None:
     m = re.search(r"at step (\d+)", message)
     return int(m.group(1)) if m else None
 

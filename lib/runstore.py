@@ -117,6 +117,9 @@ class RunDir:
             "attempts": old.get("attempts", 0) + (1 if state == "running" else 0),
         }
         status.update(extra)
+        for key in ("host", "pid"):  # who trained it last stays on record through done/failed
+            if key in old:
+                status.setdefault(key, old[key])
         if state != "running" and self._remote:
             self._merge_metrics()  # a stopped run's log is one object, as locally
         write_json_atomic(self.path / STATUS, status)

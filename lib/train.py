@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import signal
+import socket
 import threading
 import time
 from typing import Any, Sequence
@@ -146,7 +147,7 @@ def train(cfg: RunConfig, workdir, devices: Sequence[jax.Device] | None = None) 
             print(f"[{run_id}] already finished; nothing to do", flush=True)
         return run.summary()
     run.write_config(cfg.to_dict())
-    run.set_state("running")
+    run.set_state("running", host=socket.gethostname(), pid=os.getpid())  # who is training it, for ops
     tracker = Tracker(run, cfg, run_id, is_writer)
     try:
         summary = _train_loop(cfg, run, run_id, source, devices, tracker)
