@@ -1,0 +1,276 @@
+"""Loading and validating the points a fit uses: a CSV or a run store, then the data filters.
+
+A `Dataset` holds one row per point (a finished run, or a CSV row) with columns
+`N, D, C, loss, run, budget` (`budget` NaN where unknown), the training curves for Approach 1
+when the source has them, the conventions (what N and C mean) and notes for the report.
+
+Bad rows (missing, non-numeric, non-positive) are reported with their CSV line or run id, then
+dropped with a count; input that cannot be used at all raises `AnalysisError` saying how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from analysis.errors import AnalysisError, FitWarning
+
+COLUMNS = ("N", "D", "C", "loss", "run", "budget")
+_SHOW = 10  # bad rows listed by name before "and k more"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    points: pd.DataFrame  # N, D, C, loss, run, budget
+    source: dict  # {"kind": "csv"|"runs", "path": ..., ...}: enough to load it again
+    conventions: dict  # {"N": ..., "D": ..., "C": ..., "loss": ...}
+    notes: tuple[str, ...] = ()
+    curves: pd.DataFrame | None = None  # run, N, tokens, flops, loss (Approach 1)
+    filters: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.points)
+
+    def with_note(self, *notes: str) -> "Dataset":
+        return replace(self, notes=self.notes + tuple(notes))
+
+
+def _warn(msg: str) -> str:
+    warnings.warn(msg, FitWarning, stacklevel=3)
+    return msg
+
+
+def _drop_bad(frame: pd.DataFrame, cols, label) -> tuple[pd.DataFrame, list[str]]:
+    """Drop rows with a missing or non-positive value in `cols`; say which (label(i) names a row)."""
+    vals = frame[list(cols)].to_numpy(dtype=float)
+    bad_cells = ~(np.isfinite(vals) & (vals > 0))
+    bad = bad_cells.any(axis=1)
+    notes = []
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        desc = [
+            f"{label(i)} ({', '.join(f'{c}={vals[i, j]:g}' for j, c in enumerate(cols) if bad_cells[i, j])})"
+            for i in rows[:_SHOW]
+        ]
+        more = f"; and {len(rows) - _SHOW} more" if len(rows) > _SHOW else ""
+        notes.append(
+            _warn(
+                f"dropped {len(rows)} of {len(frame)} rows with a missing, non-numeric or non-positive "
+                f"value: {'; '.join(desc)}{more}"
+            )
+        )
+    return frame.loc[~bad].reset_index(drop=True), notes
+
+
+def _finish(points: pd.DataFrame, what: str) -> pd.DataFrame:
+    if len(points) == 0:
+        raise AnalysisError(f"no usable points left in {what}: every row was dropped (see the messages above)")
+    return points[list(COLUMNS)].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------------
+def load_csv(path) -> Dataset:
+    """A CSV with columns N, D, loss (optional C, run, budget; D may be replaced by C).
+
+    Column names are matched ignoring case and surrounding spaces. C defaults to 6*N*D and D to
+    C/(6N) when only one of them is given; the conventions record which. Bad rows are named by
+    their line in the file.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise AnalysisError(f"CSV file {path} does not exist")
+    try:
+        raw = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise AnalysisError(f"cannot read {path} as CSV: {e}") from None
+    ds = from_frame(raw, name=path, row_label=lambda i: f"line {i + 2}", what="the CSV")
+    return replace(ds, source={"kind": "csv", "path": os.path.abspath(path), "rows": int(len(raw))})
+
+
+def from_frame(raw: pd.DataFrame, name: str = "the data frame", row_label=None, what: str = "the data") -> Dataset:
+    """A Dataset from a DataFrame with columns N, D, loss (optional C, run, budget), validated as
+    a CSV is. `row_label(i)` names row i in messages (default "row i")."""
+    row_label = row_label or (lambda i: f"row {i}")
+    raw = raw.reset_index(drop=True)
+    by_name = {str(c).strip().lower(): c for c in raw.columns}
+    pick = {k: by_name.get(k.lower()) for k in COLUMNS}
+    need = ["N", "loss"] + ([] if pick["D"] is not None or pick["C"] is not None else ["D"])
+    missing = [k for k in need if pick[k] is None]
+    if missing:
+        raise AnalysisError(
+            f"{name} lacks column(s) {', '.join(missing)} (it has: {', '.join(map(str, raw.columns))}); "
+            "the data need N (parameters), D (tokens) and loss, optionally C (training FLOPs), run and budget"
+        )
+    frame = pd.DataFrame(index=raw.index)
+    non_numeric = []
+    for k in ("N", "D", "C", "loss", "budget"):
+        if pick[k] is not None:
+            col = pd.to_numeric(raw[pick[k]], errors="coerce")
+            bad_text = col.isna() & raw[pick[k]].notna()
+            non_numeric += [f"{row_label(i)} {k}={raw[pick[k]][i]!r}" for i in np.flatnonzero(bad_text)[:_SHOW]]
+            frame[k] = col.astype(float)
+    notes = []
+    conventions = {"N": f"parameters as given in {what}", "D": f"tokens as given in {what}", "loss": f"as given in {what}"}
+    if pick["C"] is None:
+        frame["C"] = 6.0 * frame["N"] * frame["D"]
+        conventions["C"] = f"C = 6*N*D (computed: {what} has no C column)"
+        notes.append(f"{what} has no C column: C = 6*N*D")
+    else:
+        conventions["C"] = f"training FLOPs as given in {what}"
+    if pick["D"] is None:
+        frame["D"] = frame["C"] / (6.0 * frame["N"])
+        conventions["D"] = f"D = C/(6*N) (computed: {what} has no D column)"
+        notes.append(f"{what} has no D column: D = C/(6*N)")
+    if pick["budget"] is None:
+        frame["budget"] = np.nan
+    frame["run"] = raw[pick["run"]].astype(str) if pick["run"] is not None else [row_label(i) for i in raw.index]
+    if non_numeric:
+        notes.append(_warn(f"non-numeric values read as missing: {'; '.join(non_numeric)}"))
+    # derived columns (C from N, D; D from C, N) are bad only where a given one is: report those
+    given = [k for k in ("N", "D", "C", "loss") if pick[k] is not None]
+    frame, dropped = _drop_bad(frame, given, row_label)
+    return Dataset(
+        points=_finish(frame, name),
+        source={"kind": "frame", "path": None, "rows": int(len(raw))},
+        conventions=conventions,
+        notes=tuple(notes + dropped),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+def _runstore():
+    try:
+        from lib import runstore
+    except ImportError as e:  # the training half of the codebase is not installed here
+        raise AnalysisError(f"reading a run store needs lib.runstore, which cannot be imported ({e})") from None
+    return runstore
+
+
+def load_run_store(root, params: str = "total") -> Dataset:
+    """Every finished run under `root` (lib.runstore layout); others are listed and left out.
+
+    N is the run's total or non-embedding parameter count (`params`), D its tokens, C its recorded
+    FLOPs, loss its final eval loss (train loss, said so, where a run has no eval loss).
+    """
+    if params not in ("total", "non_embedding"):
+        raise AnalysisError(f"--params must be total or non_embedding, not {params!r}")
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise AnalysisError(f"run root {root} is not a directory")
+    rs = _runstore()
+    runs = rs.load_runs(root)
+    if len(runs) == 0:
+        raise AnalysisError(f"no runs under {root} (a run is a folder holding config.json)")
+    notes = []
+    done = runs["state"] == "done"
+    if (~done).any():
+        left = [f"{r.run_id} ({r.state}{': ' + str(r.reason) if isinstance(r.reason, str) and r.reason else ''})" for r in runs[~done].itertuples()]
+        shown = ", ".join(left[:_SHOW]) + (f" and {len(left) - _SHOW} more" if len(left) > _SHOW else "")
+        notes.append(_warn(f"left out {len(left)} of {len(runs)} runs that have not finished: {shown}"))
+    runs = runs[done].reset_index(drop=True)
+    if len(runs) == 0:
+        raise AnalysisError(f"none of the runs under {root} has finished (state 'done'); nothing to fit")
+    n_col = "N_total" if params == "total" else "N_non_embedding"
+    loss = runs["eval_loss"].astype(float)
+    use_train = loss.isna() & runs["train_loss"].notna()
+    if use_train.any():
+        notes.append(_warn(f"{int(use_train.sum())} runs have no eval loss; their final train loss is used: {', '.join(runs.run_id[use_train][:_SHOW])}"))
+        loss = loss.where(~use_train, runs["train_loss"].astype(float))
+    frame = pd.DataFrame(
+        {
+            "N": runs[n_col].astype(float),
+            "D": runs["D"].astype(float),
+            "C": runs["C"].astype(float),
+            "loss": loss,
+            "run": runs["run_id"].astype(str),
+            "budget": runs["budget"].astype(float),
+        }
+    )
+    frame, dropped = _drop_bad(frame, ["N", "D", "C", "loss"], lambda i: f"run {frame['run'][i]}")
+    conv = sorted({str(c) for c in runs["flops_convention"].dropna()})
+    if len(conv) > 1:
+        notes.append(_warn(f"runs record C in different FLOP conventions ({', '.join(conv)}); their C values are not comparable"))
+    conventions = {
+        "N": f"{params.replace('_', '-')} parameters (summary.json params.{params})",
+        "D": "training tokens (summary.json tokens)",
+        "C": f"recorded training FLOPs, convention {', '.join(conv) or 'unknown'} (summary.json flops)",
+        "loss": "final eval loss (summary.json eval_loss)",
+    }
+    curves = _curves(rs.load_curves(root), frame)
+    return Dataset(
+        points=_finish(frame, root),
+        source={"kind": "runs", "path": os.path.abspath(root), "params": params, "runs": int(len(done))},
+        conventions=conventions,
+        notes=tuple(notes + dropped),
+        curves=curves,
+    )
+
+
+def _curves(curves: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame | None:
+    """Training-loss curves of the kept runs, with each run's N, for Approach 1."""
+    if curves is None or len(curves) == 0:
+        return None
+    n_of = dict(zip(points["run"], points["N"]))
+    c = curves[curves["run_id"].isin(n_of)].copy()
+    c = c[np.isfinite(c["flops"]) & (c["flops"] > 0) & np.isfinite(c["train_loss"]) & (c["train_loss"] > 0)]
+    if len(c) == 0:
+        return None
+    out = pd.DataFrame(
+        {
+            "run": c["run_id"].astype(str).values,
+            "N": c["run_id"].map(n_of).astype(float).values,
+            "tokens": c["tokens"].astype(float).values,
+            "flops": c["flops"].astype(float).values,
+            "loss": c["train_loss"].astype(float).values,
+        }
+    )
+    return out.sort_values(["run", "flops"]).reset_index(drop=True)
+
+
+def load(source, params: str = "total") -> Dataset:
+    """A CSV file or a run-store folder."""
+    source = os.fspath(source)
+    if os.path.isdir(source):
+        return load_run_store(source, params=params)
+    if os.path.isfile(source):
+        return load_csv(source)
+    raise AnalysisError(f"{source} is neither a CSV file nor a run-store folder")
+
+
+# ------------------------------------------------------------------------------------------------
+def apply_filters(ds: Dataset, min_tokens_per_param: float | None = None, exclude_top_loss: int = 0) -> Dataset:
+    """Drop points trained on fewer than `min_tokens_per_param` tokens per parameter, then the
+    `exclude_top_loss` highest-loss points (ties with the K-th highest go too, as in Besiroglu et
+    al. 2024's `loss < sorted(loss)[-K]`). The filters and what they removed go into `filters`."""
+    pts = ds.points
+    notes = []
+    filters = {"min_tokens_per_param": min_tokens_per_param, "exclude_top_loss": int(exclude_top_loss or 0), "dropped": []}
+    if min_tokens_per_param:
+        keep = pts["D"] / pts["N"] >= float(min_tokens_per_param)
+        if (~keep).any():
+            filters["dropped"] += [f"{r} (D/N={d / n:.3g})" for r, d, n in zip(pts.run[~keep], pts.D[~keep], pts.N[~keep])]
+            notes.append(f"--min-tokens-per-param {min_tokens_per_param:g} removed {int((~keep).sum())} points")
+        pts = pts[keep].reset_index(drop=True)
+    k = int(exclude_top_loss or 0)
+    if k < 0:
+        raise AnalysisError(f"--exclude-top-loss must be >= 0, not {k}")
+    if k:
+        if k >= len(pts):
+            raise AnalysisError(f"--exclude-top-loss {k} would remove all {len(pts)} points")
+        threshold = np.sort(pts["loss"].to_numpy())[-k]
+        keep = pts["loss"] < threshold
+        filters["dropped"] += [f"{r} (loss={v:.4g})" for r, v in zip(pts.run[~keep], pts.loss[~keep])]
+        notes.append(f"--exclude-top-loss {k} removed {int((~keep).sum())} points with loss >= {threshold:.4g}")
+        pts = pts[keep].reset_index(drop=True)
+    if len(pts) == 0:
+        raise AnalysisError("the filters removed every point; loosen --min-tokens-per-param")
+    curves = ds.curves
+    if curves is not None:
+        curves = curves[curves["run"].isin(set(pts["run"]))].reset_index(drop=True)
+    filters["n_dropped"] = len(filters["dropped"])
+    return replace(ds, points=pts, curves=curves, notes=ds.notes + tuple(notes), filters=filters)

@@ -1,0 +1,204 @@
+"""Figures from a fit record (fit.json) and the points it was fitted on; PNG + SVG each.
+
+Matplotlib's object API with the Agg canvas (no pyplot, no global backend switch), so plotting
+is safe inside a training process or a thread. Every axis is labelled with its unit, quantities
+spanning decades are on log axes, and every figure has a legend.
+"""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+from analysis import approaches as ap
+from analysis.laws import get_law
+
+COLORS = {"approach1": "#1b9e77", "approach2": "#d95f02", "approach3": "#7570b3"}
+LABELS = {"approach1": "Approach 1 (envelope)", "approach2": "Approach 2 (IsoFLOP)", "approach3": "Approach 3 (parametric)"}
+LOSS_LABEL = "Final loss (nats/token)"
+C_LABEL = "Training compute C (FLOPs)"
+
+
+def _figure(ncols=1, width=7.0, height=5.0):
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes
+
+
+def _save(fig, out_dir, name) -> list[str]:
+    paths = []
+    for ext in ("png", "svg"):
+        path = os.path.join(out_dir, f"{name}.{ext}")
+        tmp = path + ".tmp"
+        fig.savefig(tmp, dpi=150, format=ext)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def _params(entry) -> dict:
+    return {k: v["value"] for k, v in entry["params"].items()}
+
+
+# ------------------------------------------------------------------------------------------------
+def isoflop(record, points, out_dir) -> list[str]:
+    """Loss vs N per FLOP budget, the fitted parabolas and their minima (refused ones hollow)."""
+    entry = record["fits"]["approach2"]
+    labels, values, _ = ap.group_budgets(points, entry["budget_gap_decades"])
+    fig, (ax,) = _figure()
+    cmap = matplotlib.colormaps["viridis"]
+    norm = LogNorm(vmin=min(values), vmax=max(values) * 1.0001)
+    for k, b in enumerate(entry["budgets"]):
+        color = cmap(norm(b["C"])) if len(values) > 1 else cmap(0.5)
+        sel = labels == k
+        n, loss = points["N"].to_numpy()[sel], points["loss"].to_numpy()[sel]
+        tag = f"C = {b['C']:.2g}" + ("" if b["accepted"] else " (refused)")
+        ax.scatter(n, loss, color=color, s=22, facecolors=color if b["accepted"] else "none", label=tag, zorder=3)
+        if b["coeffs"] is not None:
+            x = np.linspace(np.log10(n.min()) - 0.1, np.log10(n.max()) + 0.1, 100)
+            c2, c1, c0 = b["coeffs"]
+            ax.plot(10**x, c2 * x**2 + c1 * x + c0, color=color, lw=1.5, ls="-" if b["accepted"] else ":")
+        if b["accepted"]:
+            ax.scatter([b["N_opt"]], [b["loss_opt"]], marker="*", s=160, color=color, edgecolor="black", zorder=4)
+    ax.scatter([], [], marker="*", s=160, color="white", edgecolor="black", label="parabola minimum")
+    ax.set_xscale("log")
+    ax.set_xlabel("Parameters N")
+    ax.set_ylabel(LOSS_LABEL)
+    ax.set_title("IsoFLOP profiles (Approach 2)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, title="budget (FLOPs)", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncols=2 if len(values) > 12 else 1)
+    return _save(fig, out_dir, "isoflop")
+
+
+def loss_vs_compute(record, points, out_dir) -> list[str]:
+    """Every point's loss vs its compute (colour: N) with each approach's compute-optimal loss."""
+    fig, (ax,) = _figure()
+    sc = ax.scatter(points["C"], points["loss"], c=points["N"], norm=LogNorm(), cmap="viridis", s=18, label="runs", zorder=3)
+    fig.colorbar(sc, ax=ax, label="Parameters N")
+    fits = record["fits"]
+    if "approach3" in fits:
+        p = _params(fits["approach3"])
+        c = np.asarray(fits["approach3"]["frontier"]["grid"]["C"])
+        c = c[(c >= points["C"].min() / 3) & (c <= points["C"].max() * 30)]
+        n_opt, d_opt = ap.compute_optimal(p, c)
+        ax.plot(c, get_law("chinchilla").predict(p, N=n_opt, D=d_opt), color=COLORS["approach3"], lw=2, label="Approach 3 frontier L(N_opt, D_opt)")
+    if "approach1" in fits:
+        env = fits["approach1"]["envelope"]
+        ax.plot(env["C"], env["loss"], color=COLORS["approach1"], lw=2, ls="--", label="Approach 1 envelope")
+    if "approach2" in fits:
+        ok = [b for b in fits["approach2"]["budgets"] if b["accepted"]]
+        ax.scatter([b["C"] for b in ok], [b["loss_opt"] for b in ok], marker="*", s=140, color=COLORS["approach2"], edgecolor="black", zorder=4, label="Approach 2 minima")
+    ax.set_xscale("log")
+    ax.set_xlabel(C_LABEL)
+    ax.set_ylabel(LOSS_LABEL)
+    ax.set_title("Loss vs compute")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=9)
+    return _save(fig, out_dir, "loss_vs_compute")
+
+
+def frontier(record, points, out_dir) -> list[str]:
+    """N_opt(C) and D_opt(C) for each approach with bootstrap bands."""
+    fits = {k: v for k, v in record["fits"].items() if "frontier" in v}
+    fig, axes = _figure(ncols=2, width=6.0)
+    level = record["options"]["ci_level"]
+    for ax, key, ylabel in zip(axes, ("N_opt", "D_opt"), ("Compute-optimal parameters N_opt", "Compute-optimal tokens D_opt")):
+        for name, e in fits.items():
+            g = e["frontier"]["grid"]
+            c, (v, lo, hi) = np.asarray(g["C"]), (np.asarray(x, float) for x in g[key])
+            exp = e["a" if key == "N_opt" else "b"]["value"]
+            ax.plot(c, v, color=COLORS[name], lw=2, label=f"{LABELS[name]}: ∝ C^{exp:.3f}")
+            if np.isfinite(lo).any():
+                ax.fill_between(c, lo, hi, color=COLORS[name], alpha=0.2, lw=0, label=f"{level:.0%} bootstrap band")
+        if "approach2" in fits:
+            ok = [b for b in fits["approach2"]["budgets"] if b["accepted"]]
+            ax.scatter([b["C"] for b in ok], [b[key] for b in ok], marker="*", s=120, color=COLORS["approach2"], edgecolor="black", zorder=4, label="IsoFLOP minima")
+        if "approach1" in fits:
+            env = fits["approach1"]["envelope"]
+            ax.scatter(env["C"], env[key], s=6, color=COLORS["approach1"], alpha=0.5, label="envelope points")
+        ax.axvspan(points["C"].min(), points["C"].max(), color="grey", alpha=0.08, label="range of the data")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(C_LABEL)
+        ax.set_ylabel(ylabel + (" (params)" if key == "N_opt" else " (tokens)"))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Compute-optimal frontier")
+    return _save(fig, out_dir, "frontier")
+
+
+def fitted_vs_observed(record, points, out_dir) -> list[str]:
+    """Predicted vs observed loss, and log residuals vs compute, for the parametric fit."""
+    name = "approach3" if "approach3" in record["fits"] else record["options"]["law"]
+    entry = record["fits"][name]
+    law = get_law(entry["law"])
+    pred = law.predict(_params(entry), **{c: points[c].to_numpy() for c in law.inputs})
+    obs = points["loss"].to_numpy()
+    fig, (ax, ax2) = _figure(ncols=2, width=6.0)
+    sc1 = ax.scatter(obs, pred, s=16, c=points["C"], norm=LogNorm(), cmap="plasma", label="fitted points")
+    fig.colorbar(sc1, ax=ax, label=C_LABEL)
+    lim = [min(obs.min(), pred.min()) * 0.98, max(obs.max(), pred.max()) * 1.02]
+    ax.plot(lim, lim, color="black", lw=1, ls="--", label="y = x")
+    sc = ax2.scatter(points["C"], np.log(obs) - np.log(pred), s=16, c=points["N"], norm=LogNorm(), cmap="viridis", label="fitted points")
+    fig.colorbar(sc, ax=ax2, label="Parameters N")
+    ho = record.get("holdout")
+    if ho:
+        hc, hobs, hpred = (np.array([p[k] for p in ho["points"]]) for k in ("C", "observed", "predicted"))
+        ax.scatter(hobs, hpred, marker="x", s=50, color="red", label=f"held out (fit without the {ho['k']} largest C)")
+        ax2.scatter(hc, np.log(hobs) - np.log(hpred), marker="x", s=50, color="red", label="held out")
+    ax.set_xlabel("Observed " + LOSS_LABEL.lower())
+    ax.set_ylabel("Fitted " + LOSS_LABEL.lower())
+    ax.set_title(f"Fitted vs observed: {law.formula}", fontsize=10)
+    ax2.axhline(0, color="black", lw=1)
+    ax2.set_xscale("log")
+    ax2.set_xlabel(C_LABEL)
+    ax2.set_ylabel("log(observed) - log(fitted)")
+    ax2.set_title("Residuals")
+    for a in (ax, ax2):
+        a.grid(True, alpha=0.3)
+        a.legend(fontsize=8)
+    return _save(fig, out_dir, "fitted_vs_observed")
+
+
+def one_variable_law(record, points, out_dir) -> list[str]:
+    """Loss vs the law's variable with the fitted curve (power-N, power-D, power-C)."""
+    entry = record["fits"][record["options"]["law"]]
+    law = get_law(entry["law"])
+    (x,) = law.inputs
+    fig, (ax,) = _figure()
+    ax.scatter(points[x], points["loss"], s=16, color="#444444", label="points")
+    grid = np.geomspace(points[x].min(), points[x].max(), 200)
+    p = _params(entry)
+    ax.plot(grid, law.predict(p, **{x: grid}), color=COLORS["approach3"], lw=2, label=f"E + A·{x}^-α, α = {p['alpha']:.3f}, E = {p['E']:.3f}")
+    ax.axhline(p["E"], color="grey", ls=":", label="E (irreducible loss)")
+    ax.set_xscale("log")
+    ax.set_xlabel({"N": "Parameters N", "D": "Training tokens D", "C": C_LABEL}[x])
+    ax.set_ylabel(LOSS_LABEL)
+    ax.set_title(f"Power law in {x}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=9)
+    return _save(fig, out_dir, f"power_{x}")
+
+
+def draw_all(record, points: pd.DataFrame, out_dir) -> list[str]:
+    """Every figure the record supports; returns the written paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    fits = record["fits"]
+    paths = []
+    if "approach2" in fits:
+        paths += isoflop(record, points, out_dir)
+    if any(k.startswith("approach") for k in fits):
+        paths += loss_vs_compute(record, points, out_dir)
+        paths += frontier(record, points, out_dir)
+    if "approach3" in fits or record["options"]["law"] in fits:
+        paths += fitted_vs_observed(record, points, out_dir)
+    if record["options"]["law"].startswith("power-"):
+        paths += one_variable_law(record, points, out_dir)
+    return paths

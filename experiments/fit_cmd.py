@@ -1,0 +1,116 @@
+"""`scaling fit` and `scaling plot`: thin command-line wrappers over analysis.report.
+
+    scaling fit --csv FILE --out DIR [--law chinchilla|power-N|power-D|power-C|kaplan]
+    scaling fit RUN_ROOT --out DIR [--approach 1|2|3|all] [--bootstrap K] [--params total|non_embedding]
+    scaling plot DIR
+
+`register(subparsers)` adds both subcommands to the `scaling` parser (experiments/cli.py); each
+sets `func(args) -> exit code`. Bad input prints one `error:` line and exits 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+FIT_HELP = "fit scaling laws to a CSV or a run store; write fit.json, report.md and figures"
+
+
+def register(subparsers) -> None:
+    from analysis.laws import LAWS
+
+    p = subparsers.add_parser("fit", help=FIT_HELP, description=FIT_HELP)
+    src = p.add_argument_group("data (one of)")
+    src.add_argument("run_root", nargs="?", help="run-store folder: every finished run is fitted, the others are listed")
+    src.add_argument("--csv", metavar="FILE", help="CSV with columns N, D, loss (optional C, run, budget)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for fit.json, report.md and the figures")
+    p.add_argument("--law", choices=list(LAWS), default="chinchilla", help="functional form (default chinchilla)")
+    p.add_argument("--approach", choices=["1", "2", "3", "all"], default="all",
+                   help="Chinchilla approach(es); 'all' runs every one the data allow (default)")
+    p.add_argument("--bootstrap", type=int, default=200, metavar="K", help="bootstrap resamples for intervals (default 200; 0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    p.add_argument("--ci-level", type=float, default=0.95, help="interval coverage (default 0.95)")
+    p.add_argument("--huber-delta", type=float, default=1e-3, help="Huber delta on log residuals (default 1e-3)")
+    p.add_argument("--min-tokens-per-param", type=float, metavar="R", help="drop points with D/N < R")
+    p.add_argument("--exclude-top-loss", type=int, default=0, metavar="K", help="drop the K highest-loss points")
+    p.add_argument("--params", choices=["total", "non_embedding"], default="total", help="which N a run store gives (default total)")
+    p.add_argument("--holdout-largest", type=int, default=0, metavar="K",
+                   help="also fit without the K largest-compute points and report the error predicting them")
+    p.add_argument("--n-starts", type=int, metavar="K", help="a seeded subset of K starting points instead of the law's whole grid (quick looks)")
+    p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.set_defaults(func=cmd_fit)
+
+    q = subparsers.add_parser("plot", help="re-draw the figures of a fit from DIR/fit.json and the data it names")
+    q.add_argument("dir", help="a folder written by `scaling fit`")
+    q.set_defaults(func=cmd_plot)
+
+
+def _error(command: str, message: str) -> int:
+    print(f"scaling {command}: error: {message}", file=sys.stderr)
+    return 1
+
+
+def cmd_fit(args) -> int:
+    from analysis.errors import AnalysisError, FitWarning
+    from analysis.report import fit_and_report, summary
+
+    if (args.csv is None) == (args.run_root is None):
+        return _error("fit", "give either --csv FILE or a RUN_ROOT folder (exactly one)")
+    options = {
+        "law": args.law,
+        "approach": args.approach,
+        "bootstrap": args.bootstrap,
+        "seed": args.seed,
+        "ci_level": args.ci_level,
+        "huber_delta": args.huber_delta,
+        "min_tokens_per_param": args.min_tokens_per_param,
+        "exclude_top_loss": args.exclude_top_loss,
+        "params": args.params,
+        "holdout_largest": args.holdout_largest,
+        "n_starts": args.n_starts,
+        "figures": not args.no_figures,
+    }
+    if args.csv is not None:
+        from analysis.data import load_csv
+
+        load = lambda: load_csv(args.csv)  # noqa: E731  (a CSV path is read as CSV whatever its name)
+    else:
+        load = lambda: args.run_root  # noqa: E731
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FitWarning)  # the record carries them; printed below
+            record = fit_and_report(load(), args.out, options)
+    except AnalysisError as e:
+        return _error("fit", str(e))
+    for line in record.get("notes", []) + record.get("warnings", []):
+        print(f"warning: {line}", file=sys.stderr)
+    print(summary(record))
+    print(f"wrote {args.out}/fit.json, {args.out}/report.md and {len(record.get('figures', []))} figure files")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from analysis.errors import AnalysisError, FitWarning
+    from analysis.report import replot
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FitWarning)
+            paths = replot(args.dir)
+    except AnalysisError as e:
+        return _error("plot", str(e))
+    print(f"re-drew {len(paths)} figure files in {args.dir}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """`python -m experiments.fit_cmd fit ...` without the rest of the `scaling` command."""
+    parser = argparse.ArgumentParser(prog="scaling")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Chinchilla approaches 1 and 2 on synthetic data drawn from a known law, and their refusals."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import approaches as ap
+from analysis.errors import AnalysisError
+
+LAW = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+A_TRUE = LAW["beta"] / (LAW["alpha"] + LAW["beta"])  # 0.4516
+G_TRUE = (LAW["alpha"] * LAW["A"] / (LAW["beta"] * LAW["B"])) ** (1 / (LAW["alpha"] + LAW["beta"]))
+
+
+def loss(N, D):
+    return LAW["E"] + LAW["A"] / N ** LAW["alpha"] + LAW["B"] / D ** LAW["beta"]
+
+
+def n_opt(C):  # Hoffmann et al. eq. 4, by hand
+    return G_TRUE * (C / 6) ** A_TRUE
+
+
+def isoflop_frame(budgets=(1e18, 1e19, 1e20, 1e21), below=None, k=9, spread=4.0, with_budget=True, jitter=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for C in budgets:
+        sizes = n_opt(C) * (np.geomspace(1 / 16, 1 / 2, k) if C == below else np.geomspace(1 / spread, spread, k))
+        for N in sizes:
+            c = C * (1 + jitter * rng.uniform(-1, 1))
+            rows.append({"N": N, "D": c / (6 * N), "C": c, "loss": loss(N, c / (6 * N)), "run": f"c{C:.0e}-n{N:.3g}", "budget": C if with_budget else np.nan})
+    return pd.DataFrame(rows)
+
+
+def test_isoflop_minima_and_exponents_match_the_law():
+    res = ap.approach2(isoflop_frame())
+    assert len(res.accepted) == 4 and res.grouping == "the runs' nominal budget"
+    for b in res.accepted:
+        # a parabola in log N is not the exact curve, but its minimum is within 5%
+        assert b.N_opt == pytest.approx(n_opt(b.C), rel=0.05)
+        assert 6 * b.N_opt * b.D_opt == pytest.approx(b.C, rel=1e-6)  # C = 6ND along a budget
+        assert b.loss_opt == pytest.approx(loss(b.N_opt, b.D_opt), abs=2e-3)
+    assert res.N_fit.exponent == pytest.approx(A_TRUE, abs=0.01)
+    assert res.D_fit.exponent == pytest.approx(1 - A_TRUE, abs=0.01)
+
+
+def test_budget_without_an_interior_minimum_is_refused_with_the_reason():
+    res = ap.approach2(isoflop_frame(below=1e20))
+    refused = [b for b in res.budgets if not b.accepted]
+    assert [b.C for b in refused] == [1e20]
+    assert "lies above the largest model trained" in refused[0].reason and "add larger models" in refused[0].reason
+    assert any("refused budget C=1e+20" in w for w in res.warnings)
+    assert res.N_fit.exponent == pytest.approx(A_TRUE, abs=0.015)  # from the other three
+
+
+def test_single_budget_is_a_clear_error():
+    with pytest.raises(AnalysisError, match="needs two or more FLOP budgets"):
+        ap.approach2(isoflop_frame(budgets=(1e19,)))
+
+
+def test_too_few_usable_budgets_is_an_error_naming_each_refusal():
+    with pytest.raises(AnalysisError, match=r"1 of 2 qualify.*C=1e\+20: the parabola's minimum"):
+        ap.approach2(isoflop_frame(budgets=(1e19, 1e20), below=1e20))
+
+
+def test_budgets_are_inferred_from_c_when_runs_carry_none():
+    frame = isoflop_frame(with_budget=False, jitter=0.03)
+    labels, values, how = ap.group_budgets(frame)
+    assert len(values) == 4 and "clusters of log10 C" in how
+    assert sorted(np.bincount(labels)) == [9, 9, 9, 9]
+    np.testing.assert_allclose(values, [1e18, 1e19, 1e20, 1e21], rtol=0.03)
+    assert ap.approach2(frame).N_fit.exponent == pytest.approx(A_TRUE, abs=0.02)
+
+
+def test_a_group_spanning_a_wide_range_of_c_is_not_an_isoflop_budget():
+    frame = isoflop_frame(with_budget=False)
+    wide = frame[frame.C == 1e19].copy()
+    wide["C"] = np.geomspace(1e19, 1.6e19, len(wide))  # C creeping up 6% per point: one cluster, 60% wide
+    frame = pd.concat([frame[frame.C != 1e19], wide])
+    res = ap.approach2(frame)
+    refused = [b for b in res.budgets if not b.accepted]
+    assert len(refused) == 1 and "not one IsoFLOP budget" in refused[0].reason
+
+
+def test_bootstrap_of_approach2_is_seeded_and_brackets_the_estimate():
+    frame = isoflop_frame(seed=1)
+    frame["loss"] *= np.exp(0.003 * np.random.default_rng(1).standard_normal(len(frame)))
+    labels = ap.group_budgets(frame)
+    s1 = ap.bootstrap_approach2(frame, labels, 50, seed=5)
+    s2 = ap.bootstrap_approach2(frame, labels, 50, seed=5)
+    np.testing.assert_array_equal(s1["a"], s2["a"])
+    est = ap.approach2(frame).N_fit.exponent
+    assert np.percentile(s1["a"], 2.5) < est < np.percentile(s1["a"], 97.5)
+
+
+def curves_frame(sizes=np.geomspace(1e7, 1e9, 9)):
+    """Training curves following the law: each run trained from 0.1x to 10x its compute-optimal tokens."""
+    rows = []
+    for N in sizes:
+        c_star = 6 * (N / G_TRUE) ** (1 / A_TRUE)  # compute at which N is optimal
+        d_star = c_star / (6 * N)
+        for t in np.geomspace(0.1 * d_star, 10 * d_star, 80):
+            rows.append({"run": f"n{N:.3g}", "N": N, "tokens": t, "flops": 6 * N * t, "loss": loss(N, t)})
+    return pd.DataFrame(rows)
+
+
+def test_envelope_of_training_curves_recovers_the_frontier():
+    res = ap.approach1(curves_frame())
+    assert res.n_runs == 9 and np.unique(res.N_opt).size >= 7
+    assert res.N_fit.exponent == pytest.approx(A_TRUE, abs=0.03)
+    assert res.D_fit.exponent == pytest.approx(1 - A_TRUE, abs=0.03)
+    # each envelope point is the lowest loss any run reaches at that compute
+    mid = len(res.C) // 2
+    at_c = [loss(N, res.C[mid] / (6 * N)) for N in np.geomspace(1e7, 1e9, 9)]
+    assert res.loss[mid] == pytest.approx(min(at_c), rel=1e-3)
+
+
+def test_approach1_refuses_data_without_curves_or_with_one_size():
+    with pytest.raises(AnalysisError, match="needs training curves"):
+        ap.approach1(None)
+    with pytest.raises(AnalysisError, match="two or more model sizes"):
+        ap.approach1(curves_frame(sizes=np.array([1e8])))
+
+
+def test_bootstrap_of_approach1_resamples_runs():
+    s = ap.bootstrap_approach1(curves_frame(), 30, seed=0)
+    assert len(s["a"]) + s["n_failed"] == 30 and len(s["a"]) >= 25
+    est = ap.approach1(curves_frame()).N_fit.exponent
+    assert np.median(s["a"]) == pytest.approx(A_TRUE, abs=0.03)
+    assert np.percentile(s["a"], 2.5) <= est <= np.percentile(s["a"], 97.5)
