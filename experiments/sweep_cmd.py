@@ -21,7 +21,7 @@ from typing import Any
 from experiments.cli import add_distributed_args, add_set_arg, load_experiment
 from lib.config import ConfigError, parse_set_args
 from lib.executors import SweepReport, SweepStopped
-from lib.runstore import RunDir, read_json, run_dirs, write_json_atomic
+from lib.runstore import RunDir, load_runs, read_json, run_dirs, write_json_atomic
 from lib.sweep import Grid, Plan, Sweep
 
 MANIFESTS = ".sweeps"  # <root>/.sweeps/<name>.json: the full plan, so `status` can show missing runs
@@ -151,18 +151,32 @@ def _process_index() -> int:
 # scaling run: sweep -> fit -> figures -> summary
 # ================================================================================================
 def fit_and_summarise(root) -> int:
-    """Fit the laws on `root`'s runs, draw the figures, print the summary (the fitted law with
-    intervals, a and b, the compute-optimal N and D for the next budget up). Returns an exit code.
+    """Fit the laws on `root`'s finished runs into <root>/fit (fit.json, report.md, figures) and
+    print the fitted laws with intervals, a and b, and the compute-optimal N and D at the next
+    budget up. Returns an exit code."""
+    from analysis.errors import AnalysisError
+    from analysis.report import fit_and_report, summary
 
-    TODO(lead): implement against the analysis package.
-    """
+    out = os.path.join(os.fspath(root), "fit")
     try:
-        import analysis  # noqa: F401
-    except ImportError:
-        print("fit: not available yet")
-        return 0
-    print("fit: not wired yet (experiments/sweep_cmd.py: fit_and_summarise)")
+        record = fit_and_report(os.fspath(root), out, {"approach": "all"})
+    except AnalysisError as e:
+        print(f"fit: {e}", file=sys.stderr)
+        return 1
+    print(f"\nfit -> {out}")
+    print(summary(record, C=_next_budget(root)))
+    for warning in record.get("warnings", []):
+        print(f"  warning: {warning}")
+    print(f"figures and report: {out}/report.md, " + ", ".join(f for f in record.get("figures", []) if f.endswith(".png")))
     return 0
+
+
+def _next_budget(root) -> float | None:
+    """One step past the sweep's largest FLOP budget, at the ratio of its last two."""
+    budgets = sorted({b for b in load_runs(root)["budget"].dropna()})
+    if len(budgets) < 2:
+        return None  # analysis.report.summary then uses 10x the largest C
+    return budgets[-1] * budgets[-1] / budgets[-2]
 
 
 def cmd_run(args) -> int:

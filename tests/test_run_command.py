@@ -1,0 +1,52 @@
+"""`scaling run` end to end on a tiny IsoFLOP sweep: sweep -> fit -> figures -> console summary."""
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from test_sweep_support import clean_env
+
+EXPERIMENT = textwrap.dedent(
+    """
+    from lib.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig
+    from lib.sweep import IsoFlop, Schedule
+
+    def sweep():
+        base = RunConfig(
+            data=DataConfig(seq_len=16, global_batch=16, synth_phrases=300),
+            optimizer=OptimizerConfig(lr=1e-2),
+            train=TrainConfig(eval_batches=2, keep_checkpoints=1),
+        )
+        sizes = [dict(d_model=d, n_layers=1, n_heads=2) for d in (8, 12, 16, 24)]
+        return IsoFlop([4e8, 1.2e9], sizes, base=base, name="mini", min_steps=30,
+                       schedule=Schedule(warmup_frac=0.05, log_points=5, eval_points=1, checkpoints=1))
+    """
+)
+
+
+@pytest.mark.timeout(600)
+def test_scaling_run_trains_fits_plots_and_summarises(tmp_path):
+    exp = tmp_path / "mini.py"
+    exp.write_text(EXPERIMENT)
+    root = tmp_path / "root"
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "run", str(exp), "--root", str(root), "--progress", "off"],
+                          env=clean_env(tmp_path), capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    planned = int(re.search(r"sweep mini: (\d+) runs into", proc.stdout).group(1))
+    assert planned >= 6 and f"sweep mini: {planned} trained, 0 already done, 0 failed" in proc.stdout
+    # The console summary: the fitted law with intervals and the frontier one budget up (1.2e9^2/4e8).
+    assert "approach3" in proc.stdout and "at C = 3.6e+09 FLOPs: N_opt =" in proc.stdout
+    record = json.loads((root / "fit" / "fit.json").read_text())
+    params = record["fits"]["approach3"]["params"]
+    assert set(params) == {"E", "A", "B", "alpha", "beta"}
+    assert all(len(p["ci"]) == 2 and p["ci"][0] <= p["value"] <= p["ci"][1] for p in params.values())
+    # Approach 2 is fitted, or refused with the reason (too few sizes per budget for a parabola).
+    assert "approach2" in record["fits"] or "Approach 2" in record["skipped"]["approach2"]
+    figures = record["figures"]
+    assert figures and all((root / "fit" / f).stat().st_size > 1000 for f in figures)
+    assert any(f.endswith(".png") for f in figures) and any(f.endswith(".svg") for f in figures)
+    assert (root / "fit" / "report.md").read_text().count("|") > 10  # the compute-optimal table
