@@ -2,6 +2,7 @@
 localhost with gloo collectives, against 1 process x 8 devices."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -89,7 +90,9 @@ def test_a_dead_process_stops_the_other_with_an_error_and_a_relaunch_resumes(ref
     _, err = procs[0].communicate(timeout=120)  # no hang: the heartbeat timeout is 10 s
     assert time.time() - killed_at < 60
     assert procs[0].returncode != 0
-    assert "heartbeat timeout" in err or "Gloo" in err, err[-2000:]
+    # JAX's words for a dead peer vary with timing: the collective fails, or the heartbeat check fires.
+    dead_peer = r"another task died|stopped sending heartbeats|heartbeat timeout|Gloo all-reduce failed"
+    assert re.search(dead_peer, err), err[-2000:]
     status = RunDir(workdir).status()
     assert status["state"] in ("failed", "running") and RunDir(workdir).summary() is None
     procs[1].wait()
