@@ -269,20 +269,12 @@ def bootstrap_approach2(points, labels, n_resamples: int, seed: int) -> dict[str
     rng = np.random.default_rng(seed)
     lab, values, how = labels
     groups = [np.flatnonzero(lab == k) for k in range(len(values))]
-    out = {"N_coef": [], "a": [], "D_coef": [], "b": []}
-    failed = 0
-    for _ in range(n_resamples):
+
+    def refit():
         take = np.concatenate([rng.choice(g, size=g.size, replace=True) for g in groups])
-        try:
-            res = approach2(points.iloc[take].reset_index(drop=True), groups=(lab[take], values, how))
-        except AnalysisError:
-            failed += 1
-            continue
-        for key, v in (("N_coef", res.N_fit.coef), ("a", res.N_fit.exponent), ("D_coef", res.D_fit.coef), ("b", res.D_fit.exponent)):
-            out[key].append(v)
-    samples = {k: np.asarray(v) for k, v in out.items()}
-    samples["n_failed"] = failed
-    return samples
+        return approach2(points.iloc[take].reset_index(drop=True), groups=(lab[take], values, how))
+
+    return _frontier_samples(refit, n_resamples)
 
 
 def bootstrap_approach1(curves, n_resamples: int, seed: int, n_grid: int = 200) -> dict[str, np.ndarray]:
@@ -290,12 +282,22 @@ def bootstrap_approach1(curves, n_resamples: int, seed: int, n_grid: int = 200) 
     rng = np.random.default_rng(seed)
     grid = np.geomspace(curves["flops"].min(), curves["flops"].max(), n_grid)
     runs, sizes, loss, tokens = _interp_curves(curves, grid)
+
+    def refit():
+        take = np.unique(rng.integers(0, len(runs), len(runs)))  # duplicates leave a minimum unchanged
+        return _envelope(grid, runs[take], sizes[take], loss[take], tokens[take], len(take))
+
+    return _frontier_samples(refit, n_resamples)
+
+
+def _frontier_samples(refit, n_resamples: int) -> dict[str, np.ndarray]:
+    """Call `refit()` (one resample's fit) n times; collect the frontier power laws' parameters.
+    A resample the approach refuses (AnalysisError) is counted in n_failed, not retried."""
     out = {"N_coef": [], "a": [], "D_coef": [], "b": []}
     failed = 0
     for _ in range(n_resamples):
-        take = np.unique(rng.integers(0, len(runs), len(runs)))  # duplicates leave a minimum unchanged
         try:
-            res = _envelope(grid, runs[take], sizes[take], loss[take], tokens[take], len(take))
+            res = refit()
         except AnalysisError:
             failed += 1
             continue
