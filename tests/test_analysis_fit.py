@@ -178,7 +178,6 @@ def test_non_positive_values_reaching_the_fitter_are_refused():
 
 def _rosenbrock_vg():
     import jax
-    import jax.numpy as jnp
 
     def f(x, a):
         return (a - x[0]) ** 2 + 100.0 * (x[1] - x[0] ** 2) ** 2

@@ -317,7 +317,7 @@ def test_dry_run_prints_exactly_the_real_commands(env, script, args):
     env.write_config(SLICES=2)
     dry = ok(env.run(script, *args, "--dry-run"))
     assert env.calls() == [], "--dry-run must not call gcloud"
-    real = ok(env.run(script, *args))
+    ok(env.run(script, *args))  # the real run, recording its gcloud calls
     commands = [c for c in printed(dry.stdout) if c[0] == "gcloud"]
     assert commands, dry.stdout
     assert [c[1:] for c in commands] == env.calls()
