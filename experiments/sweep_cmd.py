@@ -154,19 +154,23 @@ def fit_and_summarise(root) -> int:
     """Fit the laws on `root`'s finished runs into <root>/fit (fit.json, report.md, figures) and
     print the fitted laws with intervals, a and b, and the compute-optimal N and D at the next
     budget up. Returns an exit code."""
-    from analysis.errors import AnalysisError
+    import warnings
+
+    from analysis.errors import AnalysisError, FitWarning
     from analysis.report import fit_and_report, summary
 
     out = os.path.join(os.fspath(root), "fit")
     try:
-        record = fit_and_report(os.fspath(root), out, {"approach": "all"})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FitWarning)  # the record carries them; printed once below
+            record = fit_and_report(os.fspath(root), out, {"approach": "all"})
     except AnalysisError as e:
         print(f"fit: {e}", file=sys.stderr)
         return 1
     print(f"\nfit -> {out}")
     print(summary(record, C=_next_budget(root)))
-    for warning in record.get("warnings", []):
-        print(f"  warning: {warning}")
+    for line in record.get("notes", []) + record.get("warnings", []):
+        print(f"  warning: {line}")
     print(f"figures and report: {out}/report.md, " + ", ".join(f for f in record.get("figures", []) if f.endswith(".png")))
     return 0
 
