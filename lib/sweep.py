@@ -48,7 +48,7 @@ class Plan:
 
 
 def run_id(cfg: RunConfig) -> str:
-    """Must equal lib.train.run_id_for (tested); kept here so planning does not import jax."""
+    """`<readable name>-<content hash>`: the run's folder under the sweep root (train() names a run by its folder)."""
     return f"{cfg.name}-{cfg.content_hash()}"
 
 

@@ -123,10 +123,6 @@ def make_init(model, direction, cfg: RunConfig, boxed: bool):
 # ================================================================================================
 # The loop (side effects: files, signals, clocks)
 # ================================================================================================
-def run_id_for(cfg: RunConfig) -> str:
-    return f"{cfg.name}-{cfg.content_hash()}"
-
-
 def train(cfg: RunConfig, workdir, devices: Sequence[jax.Device] | None = None) -> dict:
     """Train (or resume, or skip if finished) the run `cfg` in `workdir`; returns its summary."""
     # ---- setup --------------------------------------------------------------------------------
