@@ -22,6 +22,7 @@ from experiments.cli import add_distributed_args, add_set_arg, load_experiment
 from lib.config import ConfigError, parse_set_args
 from lib.executors import SweepReport, SweepStopped
 from lib.runstore import RunDir, load_runs, read_json, run_dirs, write_json_atomic
+from lib.storage import is_url
 from lib.sweep import Grid, Plan, Sweep
 
 MANIFESTS = ".sweeps"  # <root>/.sweeps/<name>.json: the full plan, so `status` can show missing runs
@@ -138,7 +139,7 @@ def _cache_dir(root: str, setting: str) -> str | None:
         return setting
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return os.environ["JAX_COMPILATION_CACHE_DIR"]
-    return None if "://" in root else os.path.join(os.path.abspath(root), ".jax_cache")
+    return None if is_url(root) else os.path.join(os.path.abspath(root), ".jax_cache")
 
 
 def _process_index() -> int:

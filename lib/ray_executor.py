@@ -13,6 +13,7 @@ import time
 
 from lib.executors import DONE, FAILED, NOT_RUN, Outcome, Progress, SweepReport, diverged_step, triage
 from lib.runstore import RunDir
+from lib.storage import is_url
 from lib.sweep import Plan
 
 
@@ -50,7 +51,7 @@ def run_ray(
     import ray
 
     root = os.fspath(root)
-    if "://" not in root:
+    if not is_url(root):
         root = os.path.abspath(root)  # tasks may run in another working directory
     if not ray.is_initialized():
         ray.init(address=None if address in (None, "local") else address, include_dashboard=False, log_to_driver=False)

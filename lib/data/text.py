@@ -29,6 +29,7 @@ from lib.data import corpus
 from lib.data.base import local_rows
 from lib.data.token_store import EVAL_FILE, TOKENIZER_FILE, TRAIN_FILE, TokenStore, TokenWriter, file_sha256, open_or_build, store_key
 from lib.data.tokenizer import ByteTokenizer, TokenizerSpec, load_pretrained, load_saved, parse_spec, train_bpe
+from lib.storage import is_url
 
 # A BPE learns its merges from at most this many characters of training text (the first ones):
 # plenty for a stable vocabulary, and it bounds the one-off training time on huge corpora.
@@ -266,6 +267,6 @@ def _data_root(cfg: DataConfig, data_root: str | os.PathLike | None) -> str:
     root = os.fspath(data_root or cfg.data_root)
     if not root:
         raise ConfigError("data.data_root: set a folder for the token store, e.g. --set data.data_root=/data/tokens")
-    if "://" in root:
+    if is_url(root):
         raise ConfigError(f"data.data_root: token stores are memory-mapped, so they need a local or mounted folder, got '{root}'")
     return os.path.abspath(os.path.expanduser(root))
