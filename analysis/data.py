@@ -145,14 +145,14 @@ def from_frame(raw: pd.DataFrame, name: str = "the data frame", row_label=None, 
 # ------------------------------------------------------------------------------------------------
 def _runstore():
     try:
-        from lib import runstore
+        from lib.store import runstore
     except ImportError as e:  # the training half of the codebase is not installed here
-        raise AnalysisError(f"reading a run store needs lib.runstore, which cannot be imported ({e})") from None
+        raise AnalysisError(f"reading a run store needs lib.store.runstore, which cannot be imported ({e})") from None
     return runstore
 
 
 def load_run_store(root, params: str = "total") -> Dataset:
-    """Every finished run under `root` (lib.runstore layout); others are listed and left out.
+    """Every finished run under `root` (lib.store.runstore layout); others are listed and left out.
 
     N is the run's total or non-embedding parameter count (`params`), D its tokens, C its recorded
     FLOPs, loss its final eval loss (train loss, said so, where a run has no eval loss).

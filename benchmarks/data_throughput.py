@@ -148,10 +148,10 @@ def step_vs_batch(data_cfg, root: str, steps: int) -> list[dict]:
     """Median train-step time (on a fixed batch) vs median batch assembly (source.batch + global_batch)."""
     import jax
 
-    from lib import sharding
+    from lib.parallel import sharding
     from lib.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
     from lib.data import make_source, resolve_vocab
-    from lib.train import build_steps
+    from lib.train.step import build_steps
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from experiments import tiny

@@ -30,7 +30,7 @@ import jax
 
 from experiments.sweep_cmd import SweepOptions, load_sweep, run_sweep
 from lib.config import parse_set_args
-from lib.runstore import RunDir, run_dirs
+from lib.store.runstore import RunDir, run_dirs
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sweep_overhead.json"
 CATEGORIES = ("compile", "train", "eval", "checkpoint", "bookkeeping")

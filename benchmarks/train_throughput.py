@@ -1,6 +1,6 @@
 """Training throughput for a ladder of model sizes on the current device(s).
 
-Times the exact jitted step that `scaling train` runs (lib.train.build_steps), on random tokens,
+Times the exact jitted step that `scaling train` runs (lib.train.step.build_steps), on random tokens,
 and prints a table: params, tokens/s, achieved TFLOP/s, MFU (accelerators only), step time,
 compile time, peak memory. Writes JSON to benchmarks/results/train_throughput.json.
 
@@ -26,9 +26,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lib import flops as flops_lib  # noqa: E402
-from lib import sharding  # noqa: E402
+from lib.parallel import sharding  # noqa: E402
 from lib.config import DataConfig, MeshConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig  # noqa: E402
-from lib.train import build_steps  # noqa: E402
+from lib.train.step import build_steps  # noqa: E402
 
 # name -> (d_model, n_layers, n_heads). The named sizes are GPT-2/3 shapes at vocab 50304 (a
 # multiple of 128); the small CPU shapes are named by shape, their size depending on --vocab.

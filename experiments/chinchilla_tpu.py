@@ -10,7 +10,7 @@ Batch 512 x 2048 tokens (~1M) as in Chinchilla, halved for the smallest token co
 """
 
 from lib.config import DataConfig, MeshConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig
-from lib.sweep import IsoFlop
+from lib.sweeps.plans import IsoFlop
 
 # (d_model, n_layers): head_dim 128; neighbours ~1.5x apart in parameters.
 SHAPES = [(384, 6), (384, 8), (512, 6), (512, 8), (640, 10), (768, 12), (896, 14), (1024, 16), (1280, 18), (1536, 20), (1792, 22), (2048, 24), (2560, 24), (2560, 32)]

@@ -41,8 +41,8 @@ def run_config_from_args(args):
 
 
 def cmd_train(args) -> int:
-    from lib.distributed import initialize_from_args
-    from lib.train import Preempted, RunDiverged, train
+    from lib.parallel.distributed import initialize_from_args
+    from lib.train.loop import Preempted, RunDiverged, train
 
     initialize_from_args(args)
     cfg = run_config_from_args(args)

@@ -10,7 +10,7 @@ Rough cost: 5 budgets x ~5 sizes, ~7e17 FLOPs in all -- about an hour on an H100
 """
 
 from lib.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig
-from lib.sweep import IsoFlop
+from lib.sweeps.plans import IsoFlop
 
 # (d_model, n_layers): head_dim 64; neighbours ~1.5-2x apart in parameters.
 SHAPES = [(128, 2), (128, 4), (192, 4), (256, 4), (256, 6), (320, 6), (384, 8), (512, 8), (640, 10), (768, 12), (1024, 12), (1024, 16)]

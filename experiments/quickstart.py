@@ -12,7 +12,7 @@ One learning rate for all sizes: 2e-2, the best of {3e-3, 1e-2, 2e-2, 4e-2} on 1
 """
 
 from lib.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig
-from lib.sweep import IsoFlop, Schedule
+from lib.sweeps.plans import IsoFlop, Schedule
 
 # (d_model, n_layers, n_heads), neighbours ~1.5-2x apart in parameters (vocab 64: 4k..150k).
 SHAPES = [(16, 1, 2), (16, 2, 2), (24, 2, 2), (32, 2, 2), (40, 2, 2), (40, 3, 2), (48, 3, 3), (64, 3, 4)]

@@ -5,7 +5,7 @@
     scaling status DIR
     scaling run EXP --root DIR [the sweep options]
 
-An experiment file defines `sweep()` returning a lib.sweep sweep, or `config()` for a single run.
+An experiment file defines `sweep()` returning a lib.sweeps.plans sweep, or `config()` for a single run.
 `--set` overrides apply to every run of the sweep. Relaunching the same command trains only what
 is missing: finished runs are skipped, cut runs resume, failed runs are retried up to --retries.
 """
@@ -20,10 +20,10 @@ from typing import Any
 
 from experiments.cli import add_distributed_args, add_set_arg, load_experiment
 from lib.config import ConfigError, parse_set_args
-from lib.executors import SweepReport, SweepStopped
-from lib.runstore import RunDir, load_runs, read_json, run_dirs, write_json_atomic
-from lib.storage import is_url
-from lib.sweep import Grid, Plan, Sweep
+from lib.sweeps.executors import SweepReport, SweepStopped
+from lib.store.runstore import RunDir, load_runs, read_json, run_dirs, write_json_atomic
+from lib.store.storage import is_url
+from lib.sweeps.plans import Grid, Plan, Sweep
 
 MANIFESTS = ".sweeps"  # <root>/.sweeps/<name>.json: the full plan, so `status` can show missing runs
 MAX_NOTES = 10
@@ -51,7 +51,7 @@ def load_sweep(spec: str) -> Sweep:
     if hasattr(module, "sweep"):
         sweep = module.sweep()
         if not isinstance(sweep, Sweep):
-            raise ConfigError(f"{spec}: sweep() returned {type(sweep).__name__}; return a lib.sweep Grid, IsoFlop or TokensPerParam")
+            raise ConfigError(f"{spec}: sweep() returned {type(sweep).__name__}; return a lib.sweeps.plans Grid, IsoFlop or TokensPerParam")
         return sweep
     if hasattr(module, "config"):
         return Grid(module.config())  # a single run is a sweep of one
@@ -60,7 +60,7 @@ def load_sweep(spec: str) -> Sweep:
 
 def run_sweep(sweep: Sweep, root, options: SweepOptions | None = None) -> SweepReport:
     """Plan `sweep`, then train what is missing into `root` with the chosen executor; print a report."""
-    from lib import executors
+    from lib.sweeps import executors
 
     options = options or SweepOptions()
     root = os.fspath(root)
@@ -92,7 +92,7 @@ def run_sweep(sweep: Sweep, root, options: SweepOptions | None = None) -> SweepR
         executors.enable_compile_cache(_cache_dir(root, options.compile_cache))
         report = executors.run_local(share, root, retries=options.retries, progress=progress)
     elif options.executor == "ray":
-        from lib.ray_executor import run_ray
+        from lib.sweeps.ray import run_ray
 
         report = run_ray(share, root, options.ray_address, options.retries, options.ray_resources,
                          compile_cache=_cache_dir(root, options.compile_cache), progress=progress)
@@ -104,7 +104,7 @@ def run_sweep(sweep: Sweep, root, options: SweepOptions | None = None) -> SweepR
 
 
 def _worker_envs(options: SweepOptions) -> list[dict[str, str]]:
-    from lib import executors
+    from lib.sweeps import executors
 
     if not options.spec:
         raise ConfigError("the processes executor starts `scaling sweep EXP` per worker: set SweepOptions.spec to the experiment")
@@ -116,7 +116,7 @@ def _worker_envs(options: SweepOptions) -> list[dict[str, str]]:
 
 def _run_worker_processes(share: Plan, root: str, options: SweepOptions, envs, progress) -> SweepReport:
     """Each worker is `scaling sweep --worker j/m`: the static partition again, no scheduler of our own."""
-    from lib import executors
+    from lib.sweeps import executors
 
     a, b = options.worker or (0, 1)
     n = len(envs)
@@ -226,7 +226,7 @@ def _parse_resources(items: list[str]) -> dict[str, float]:
 def cmd_sweep(args) -> int:
     options = options_from_args(args)
     if options.executor == "local":  # the processes and ray executors' parent touches no device
-        from lib.distributed import initialize_from_args
+        from lib.parallel.distributed import initialize_from_args
 
         initialize_from_args(args)
     try:

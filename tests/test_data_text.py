@@ -235,7 +235,7 @@ def test_one_host_and_several_simulated_hosts_see_the_same_global_batch(small_so
             np.testing.assert_array_equal(np.concatenate([src.batch(step, i, count) for i in range(count)]), whole)
         np.testing.assert_array_equal(np.concatenate([src.eval_batch(step, i, 2) for i in range(2)]), src.eval_batch(step))
     # One process assembles its rows into the global jax.Array the train step receives.
-    from lib import sharding
+    from lib.parallel import sharding
     from lib.config import MeshConfig
 
     mesh = sharding.make_mesh(MeshConfig(), jax.devices()[:1])
@@ -269,7 +269,7 @@ def trained_text_run(tmp_path_factory):
         train=TrainConfig(steps=150, log_every=50, eval_every=150, checkpoint_every=150, eval_batches=2),
         tracking=TrackingConfig(console=False),
     )
-    from lib.train import train
+    from lib.train.loop import train
 
     summary = train(cfg, root / "runs" / "text", devices=jax.devices()[:1])
     return cfg, root, summary
@@ -291,7 +291,7 @@ def test_a_tiny_model_learns_real_text_well_below_its_unigram_entropy(trained_te
 
 def test_resuming_a_run_with_another_tokenizer_is_refused_before_training(trained_text_run):
     cfg, root, _ = trained_text_run
-    from lib.train import train
+    from lib.train.loop import train
 
     workdir = root / "runs" / "text"
     before = {p.name: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
@@ -306,7 +306,7 @@ def test_resuming_a_run_with_another_tokenizer_is_refused_before_training(traine
 
 def test_resuming_after_the_corpus_changed_is_refused(tmp_path):
     """Same config, different file contents: the token ids differ, so the old checkpoint is not resumed."""
-    from lib.train import train
+    from lib.train.loop import train
 
     write_corpus(tmp_path / "corpus.txt", 600)
     cfg = RunConfig(

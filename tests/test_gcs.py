@@ -16,10 +16,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lib import runstore, storage
+from lib.store import runstore
+from lib.store import storage
 from lib.config import parse_set_args
-from lib.runstore import RunDir, load_curves, load_runs
-from lib.train import train
+from lib.store.runstore import RunDir, load_curves, load_runs
+from lib.train.loop import train
 from gcs_emulator import BUCKET, list_objects, recorded_requests, running_emulator
 
 GS = f"gs://{BUCKET}"
@@ -208,7 +209,7 @@ def test_a_reader_sees_what_another_process_wrote_since_its_last_read(emulator):
     writer.set_state("running")
     writer.append_metrics(ROWS[:1])
     assert reader.state() == "running" and len(reader.metrics()) == 1
-    code = (f"import json; from lib.runstore import RunDir; r = RunDir({path!r}); "
+    code = (f"import json; from lib.store.runstore import RunDir; r = RunDir({path!r}); "
             f"r.append_metrics(json.loads({json.dumps(ROWS[1:3])!r})); r.set_state('running', reason='x' * 500)")
     subprocess.run([sys.executable, "-c", code], env=os.environ, check=True, timeout=60)
     assert reader.status()["reason"] == "x" * 500  # a longer status.json than the one read before
@@ -229,7 +230,7 @@ def test_json_writes_on_gs_are_one_upload_each(emulator):
 # ---- paths and errors -------------------------------------------------------------------------
 def test_a_gs_path_without_gcsfs_names_the_package_to_install():
     code = ("import sys; sys.modules['gcsfs'] = None\n"  # as if gcsfs were not installed
-            "from lib.runstore import RunDir\n"
+            "from lib.store.runstore import RunDir\n"
             "RunDir('gs://bucket/runs/r1')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0

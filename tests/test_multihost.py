@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from lib.runstore import RunDir
-from lib.train import train
+from lib.store.runstore import RunDir
+from lib.train.loop import train
 
 SETS = {
     "mesh.preset": "fsdp", "model.d_model": 32, "data.seq_len": 32, "data.global_batch": 16, "data.synth_phrases": 2000,

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from lib.config import OPTIMIZERS, OptimizerConfig
-from lib.optim import make_optimizer, make_schedule
+from lib.train.optim import make_optimizer, make_schedule
 
 STEPS = 100
 

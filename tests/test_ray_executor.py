@@ -14,14 +14,14 @@ import pytest
 import ray
 
 from experiments.sweep_cmd import load_sweep
-from lib.executors import run_local
-from lib.ray_executor import run_ray
-from lib.runstore import RunDir
+from lib.sweeps.executors import run_local
+from lib.sweeps.ray import run_ray
+from lib.store.runstore import RunDir
 
 EXPERIMENT = textwrap.dedent(
     """
     from lib.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig
-    from lib.sweep import Grid
+    from lib.sweeps.plans import Grid
 
     def sweep():
         base = RunConfig(

@@ -13,7 +13,7 @@ from test_sweep_support import clean_env
 EXPERIMENT = textwrap.dedent(
     """
     from lib.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig
-    from lib.sweep import IsoFlop, Schedule
+    from lib.sweeps.plans import IsoFlop, Schedule
 
     def sweep():
         base = RunConfig(

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from lib import sharding
+from lib.parallel import sharding
 from lib.config import MeshConfig, ModelConfig
 from lib.models.transformer import make_model
-from lib.runstore import RunDir
-from lib.train import train
+from lib.store.runstore import RunDir
+from lib.train.loop import train
 
 
 def test_the_suite_really_has_eight_devices():

@@ -9,8 +9,8 @@ import pytest
 from experiments.cli import load_experiment
 from lib import flops as flops_lib
 from lib.config import ConfigError, DataConfig, OptimizerConfig, RunConfig
-from lib.optim import make_schedule
-from lib.sweep import Grid, IsoFlop, TokensPerParam, run_id
+from lib.train.optim import make_schedule
+from lib.sweeps.plans import Grid, IsoFlop, TokensPerParam, run_id
 
 SIZES = [dict(d_model=d, n_layers=L, n_heads=h) for d, L, h in [(16, 1, 2), (32, 2, 2), (64, 2, 4), (96, 3, 6), (128, 4, 8)]]
 

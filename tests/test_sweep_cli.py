@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.runstore import RunDir
+from lib.store.runstore import RunDir
 from test_sweep_support import clean_env, files_with_mtimes, write_experiment
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-import lib.train
+import lib.train.loop
 from experiments.sweep_cmd import SweepOptions, load_sweep, run_sweep
-from lib.executors import enable_compile_cache
-from lib.runstore import RunDir
+from lib.sweeps.executors import enable_compile_cache
+from lib.store.runstore import RunDir
 from test_sweep_support import compile_cache, files_with_mtimes, write_experiment  # noqa: F401  (a fixture)
 
 
@@ -46,7 +46,7 @@ def test_relaunching_a_finished_sweep_trains_nothing_and_says_so(tmp_path, capsy
     capsys.readouterr()
 
     calls = []
-    monkeypatch.setattr(lib.train, "train", lambda *a, **k: calls.append(a) or pytest.fail("trained again"))
+    monkeypatch.setattr(lib.train.loop, "train", lambda *a, **k: calls.append(a) or pytest.fail("trained again"))
     second = run_sweep(_sweep(tmp_path), root, opts())
     out = capsys.readouterr().out
     assert calls == [] and [o.result for o in second.outcomes] == ["skipped"] * 3 and second.exit_code == 0
@@ -81,7 +81,7 @@ def test_a_diverging_run_is_marked_failed_with_its_step_and_the_others_finish(tm
 def test_failed_runs_are_retried_up_to_retries_then_reported(tmp_path, monkeypatch, opts):
     root = tmp_path / "root"
     sweep = _sweep(tmp_path)
-    real_train, calls = lib.train.train, []
+    real_train, calls = lib.train.loop.train, []
 
     def flaky(cfg, workdir, devices=None):
         calls.append(cfg.name)
@@ -93,7 +93,7 @@ def test_failed_runs_are_retried_up_to_retries_then_reported(tmp_path, monkeypat
             raise OSError("disk went away")
         return real_train(cfg, workdir, devices)
 
-    monkeypatch.setattr(lib.train, "train", flaky)
+    monkeypatch.setattr(lib.train.loop, "train", flaky)
     report = run_sweep(sweep, root, opts(retries=1))
     assert calls == ["tg-seed0", "tg-seed1", "tg-seed1", "tg-seed2"]  # the others still ran
     failed = report.of("failed")
@@ -111,8 +111,8 @@ def test_three_workers_take_every_run_exactly_once(tmp_path, monkeypatch, opts):
     root = tmp_path / "root"
     sweep = _sweep(tmp_path, axes='{"data.seed": [0, 1, 2, 3, 4]}')
     trained = []
-    real_train = lib.train.train
-    monkeypatch.setattr(lib.train, "train", lambda cfg, wd, devices=None: trained.append(cfg.name) or real_train(cfg, wd, devices))
+    real_train = lib.train.loop.train
+    monkeypatch.setattr(lib.train.loop, "train", lambda cfg, wd, devices=None: trained.append(cfg.name) or real_train(cfg, wd, devices))
     shares = []
     for i in range(3):
         report = run_sweep(sweep, root, opts(worker=(i, 3)))

@@ -13,7 +13,7 @@ import pytest
 EXPERIMENT = textwrap.dedent(
     """
     from lib.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig
-    from lib.sweep import Grid
+    from lib.sweeps.plans import Grid
 
     STEPS = {steps}
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import jax
 
-from lib.train import train
+from lib.train.loop import train
 
 
 def test_wandb_offline_writes_under_the_run_and_nothing_under_home(tiny_config, tmp_path, monkeypatch):

@@ -13,9 +13,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from lib.data.synthetic import PhraseLanguage
-from lib.optim import make_schedule
-from lib.runstore import RunDir
-from lib.train import RunDiverged, train
+from lib.train.optim import make_schedule
+from lib.store.runstore import RunDir
+from lib.train.loop import RunDiverged, train
 
 def one_device():
     return jax.devices()[:1]
@@ -60,9 +60,9 @@ def test_a_tiny_run_writes_the_run_store_and_learns(tiny_config, tmp_path):
 
 def test_runs_of_different_lengths_share_one_compiled_step(tiny_config):
     """Length and warmup are traced inputs, so a sweep compiles once per shape, not once per run."""
-    from lib import sharding
+    from lib.parallel import sharding
     from lib.data import make_source, resolve_vocab
-    from lib.train import build_steps
+    from lib.train.step import build_steps
 
     def lowered(steps, warmup, d_model=32):
         cfg = tiny_config.with_overrides({"train.steps": steps, "optimizer.warmup_steps": warmup, "model.d_model": d_model})

@@ -2,6 +2,8 @@
 
 `make_source(data_cfg)` builds the source a config names; `resolve_vocab(run_cfg)` fills
 `model.vocab_size` from it, so the vocabulary flows from the data into the model.
+
+May import: lib.config, lib.store.storage (paths that may be gs://).
 """
 
 from __future__ import annotations

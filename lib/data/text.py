@@ -29,7 +29,7 @@ from lib.data import corpus
 from lib.data.base import local_rows
 from lib.data.token_store import EVAL_FILE, TOKENIZER_FILE, TRAIN_FILE, TokenStore, TokenWriter, file_sha256, open_or_build, store_key
 from lib.data.tokenizer import ByteTokenizer, TokenizerSpec, load_pretrained, load_saved, parse_spec, train_bpe
-from lib.storage import is_url
+from lib.store.storage import is_url
 
 # A BPE learns its merges from at most this many characters of training text (the first ones):
 # plenty for a stable vocabulary, and it bounds the one-off training time on huge corpora.

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 
 from lib.config import ModelConfig
-from lib.flops import flops_per_token, param_counts  # noqa: F401  (the family's counting contract)
 
 # Activation axis names are distinct from parameter axis names: activations shard the batch over
 # (data, fsdp), parameters shard d_model over fsdp; one name for both would map fsdp twice.

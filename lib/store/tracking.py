@@ -12,9 +12,9 @@ import os
 import sys
 import tempfile
 
-from lib import storage
+from lib.store import storage
 from lib.config import RunConfig
-from lib.runstore import RunDir
+from lib.store.runstore import RunDir
 
 _WANDB_DIR_VARS = {"WANDB_DIR": "", "WANDB_CACHE_DIR": "cache", "WANDB_CONFIG_DIR": "config",
                    "WANDB_DATA_DIR": "data", "WANDB_ARTIFACT_DIR": "artifacts"}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import orbax.checkpoint as ocp
 
-from lib import storage
+from lib.store import storage
 
 
 class Checkpointer:

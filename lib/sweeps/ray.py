@@ -2,7 +2,7 @@
 
 Ray does the scheduling, placement and retries (a task whose worker died -- a preempted node,
 an OOM kill -- or that raised is retried up to `retries` times); every task trains with the same
-`lib.train.train` into the shared run root (a shared filesystem or gs://), so a resumed task picks
+`lib.train.loop.train` into the shared run root (a shared filesystem or gs://), so a resumed task picks
 up its run's last checkpoint and the root ends up exactly as with the local executor.
 """
 
@@ -11,18 +11,18 @@ from __future__ import annotations
 import os
 import time
 
-from lib.executors import DONE, FAILED, NOT_RUN, Outcome, Progress, SweepReport, diverged_step, triage
-from lib.runstore import RunDir
-from lib.storage import is_url
-from lib.sweep import Plan
+from lib.sweeps.executors import DONE, FAILED, NOT_RUN, Outcome, Progress, SweepReport, diverged_step, triage
+from lib.store.runstore import RunDir
+from lib.store.storage import is_url
+from lib.sweeps.plans import Plan
 
 
 def train_one(cfg_json: str, path: str, compile_cache: str | None) -> dict:
     """The body of one Ray task. A diverged run returns "failed" (retrying would diverge again);
     any other failure raises, so that Ray retries it."""
     from lib.config import RunConfig
-    from lib.executors import enable_compile_cache
-    from lib.train import RunDiverged, train
+    from lib.sweeps.executors import enable_compile_cache
+    from lib.train.loop import RunDiverged, train
 
     enable_compile_cache(compile_cache)
     try:

@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 from etils import epath
 
-from lib import storage
+from lib.store import storage
 
 STATES = ("pending", "running", "done", "failed", "interrupted")
 CONFIG, STATUS, METRICS, SUMMARY, CHECKPOINTS = (

@@ -23,8 +23,8 @@ import threading
 import time
 from typing import Sequence
 
-from lib.runstore import RunDir
-from lib.sweep import Plan, PlannedRun
+from lib.store.runstore import RunDir
+from lib.sweeps.plans import Plan, PlannedRun
 
 DONE, SKIPPED, FAILED, NOT_RUN = "done", "skipped", "failed", "not run"
 
@@ -84,7 +84,7 @@ def run_local(plan: Plan, root, retries: int = 2, devices=None, progress: "Progr
     """Train `plan`'s runs one after another in this process (compiled steps shared via the caches)."""
     import jax
 
-    from lib.train import Preempted, RunDiverged, train
+    from lib.train.loop import Preempted, RunDiverged, train
 
     devices = list(jax.devices() if devices is None else devices)
     for r in plan.runs:  # every config error before the first step of the first run
