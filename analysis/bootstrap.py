@@ -50,6 +50,25 @@ def distinct_starts(fit: FitResult, k: int, min_dist: float = 1e-2) -> np.ndarra
     return np.stack(chosen)
 
 
+def refit_weighted(law: Law, data, fit: FitResult, weights: np.ndarray, n_starts: int = 3, config: SolverConfig | None = None):
+    """Refit `law` once per row of `weights` [R, n] (a point's weight: how often it counts; 0
+    leaves it out), each from the full-data fit's best few distinct optima, keeping the best end.
+    Returns (raw [R, k], converged [R])."""
+    log_x, log_y = inputs_matrix(law, data)
+    R = weights.shape[0]
+    starts = distinct_starts(fit, n_starts)
+    s = starts.shape[0]
+    theta0 = np.tile(starts, (R, 1))  # problem r uses rows r*s .. r*s+s-1
+    # float64 throughout: each problem has only a few starts, and a float32 presolve can stall
+    # in a flat valley (the float64 polish only revisits starts near the best)
+    config = config or SolverConfig(delta=fit.delta, float32_first=False)
+    theta, value, _, status = solve(law, theta0, log_x, log_y, np.repeat(weights, s, axis=0), config, problems=np.repeat(np.arange(R), s))
+    theta, value, status = theta.reshape(R, s, -1), value.reshape(R, s), status.reshape(R, s)
+    pick = np.argmin(value, axis=1)
+    rows = np.arange(R)
+    return theta[rows, pick], np.isin(status[rows, pick], CONVERGED)
+
+
 def bootstrap_law(
     law: Law,
     data,
@@ -61,27 +80,15 @@ def bootstrap_law(
     config: SolverConfig | None = None,
 ) -> LawBootstrap:
     """Refit `law` on `n_resamples` resamples of `data` (points, or whole groups such as runs)."""
-    log_x, log_y = inputs_matrix(law, data)
-    n = log_y.shape[0]
+    n = len(np.asarray(data["loss"]))
     unit = "points" if groups is None else "runs"
     groups = np.arange(n) if groups is None else np.asarray(groups)
     w = resample_weights(groups, n_resamples, seed)
-    starts = distinct_starts(fit, n_starts)
-    s = starts.shape[0]
-    theta0 = np.tile(starts, (n_resamples, 1))  # resample r uses rows r*s .. r*s+s-1
-    weights = np.repeat(w, s, axis=0)
-    # float64 throughout: each resample has only a few starts, and a float32 presolve can stall
-    # in a flat valley (the float64 polish only revisits starts near the best)
-    config = config or SolverConfig(delta=fit.delta, float32_first=False)
-    theta, value, _, status = solve(law, theta0, log_x, log_y, weights, config, problems=np.repeat(np.arange(n_resamples), s))
-    theta, value, status = theta.reshape(n_resamples, s, -1), value.reshape(n_resamples, s), status.reshape(n_resamples, s)
-    pick = np.argmin(value, axis=1)
-    rows = np.arange(n_resamples)
-    raw = theta[rows, pick]
+    raw, converged = refit_weighted(law, data, fit, w, n_starts, config)
     return LawBootstrap(
         raw=raw,
         natural=law.to_natural(raw),
-        converged=np.isin(status[rows, pick], CONVERGED),
+        converged=converged,
         n_resamples=n_resamples,
         seed=seed,
         unit=unit,

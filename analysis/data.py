@@ -1,8 +1,9 @@
 """Loading and validating the points a fit uses: a CSV or a run store, then the data filters.
 
 A `Dataset` holds one row per point (a finished run, or a CSV row) with columns
-`N, D, C, loss, run, budget` (`budget` NaN where unknown), the training curves for Approach 1
-when the source has them, the conventions (what N and C mean) and notes for the report.
+`N, D, C, loss, run, budget, N_alt` (`budget` NaN where unknown; `N_alt` the other parameter
+count of a run store, total vs non-embedding), where its C comes from (the cost model's
+source), the entropy floor the runs record, the conventions (what N and C mean) and notes.
 
 Bad rows (missing, non-numeric, non-positive) are reported with their CSV line or run id, then
 dropped with a count; input that cannot be used at all raises `AnalysisError` saying how to fix it.
@@ -19,18 +20,21 @@ import pandas as pd
 
 from analysis.errors import AnalysisError, FitWarning
 
-COLUMNS = ("N", "D", "C", "loss", "run", "budget")
+COLUMNS = ("N", "D", "C", "loss", "run", "budget", "N_alt")
+C_AGREEMENT = 10.0  # a given C more than this factor away from 6ND is named in a warning
 _SHOW = 10  # bad rows listed by name before "and k more"
 
 
 @dataclass(frozen=True)
 class Dataset:
-    points: pd.DataFrame  # N, D, C, loss, run, budget
+    points: pd.DataFrame  # N, D, C, loss, run, budget, N_alt (NaN where unknown)
     source: dict  # {"kind": "csv"|"runs", "path": ..., ...}: enough to load it again
     conventions: dict  # {"N": ..., "D": ..., "C": ..., "loss": ...}
     notes: tuple[str, ...] = ()
-    curves: pd.DataFrame | None = None  # run, N, tokens, flops, loss (Approach 1)
     filters: dict = field(default_factory=dict)
+    cost_source: str = "6N"  # where C comes from: "recorded" (runs), "given" (a C column), "6N"
+    entropy_floor: float | None = None  # the data's best achievable loss, when the source knows it
+    alt_N_name: str | None = None  # what N_alt holds (the other parameter count of a run store)
 
     @property
     def n(self) -> int:
@@ -122,6 +126,13 @@ def from_frame(raw: pd.DataFrame, name: str = "the data frame", row_label=None, 
         notes.append(f"{what} has no C column: C = 6*N*D")
     else:
         conventions["C"] = f"training FLOPs as given in {what}"
+        if pick["D"] is not None:
+            ratio = (frame["C"] / (6.0 * frame["N"] * frame["D"])).to_numpy(float)
+            off = np.flatnonzero(np.isfinite(ratio) & ((ratio > C_AGREEMENT) | (ratio < 1 / C_AGREEMENT)))
+            if off.size:
+                desc = "; ".join(f"{row_label(i)} (C/6ND = {ratio[i]:.3g})" for i in off[:_SHOW])
+                more = f"; and {off.size - _SHOW} more" if off.size > _SHOW else ""
+                notes.append(_warn(f"C disagrees with 6*N*D by more than {C_AGREEMENT:g}x in {off.size} rows: {desc}{more}; check the units of N, D and C"))
     if pick["D"] is None:
         frame["D"] = frame["C"] / (6.0 * frame["N"])
         conventions["D"] = f"D = C/(6*N) (computed: {what} has no D column)"
@@ -129,6 +140,7 @@ def from_frame(raw: pd.DataFrame, name: str = "the data frame", row_label=None, 
     if pick["budget"] is None:
         frame["budget"] = np.nan
     frame["run"] = raw[pick["run"]].astype(str) if pick["run"] is not None else [row_label(i) for i in raw.index]
+    frame["N_alt"] = np.nan
     if non_numeric:
         notes.append(_warn(f"non-numeric values read as missing: {'; '.join(non_numeric)}"))
     # derived columns (C from N, D; D from C, N) are bad only where a given one is: report those
@@ -139,6 +151,7 @@ def from_frame(raw: pd.DataFrame, name: str = "the data frame", row_label=None, 
         source={"kind": "frame", "path": None, "rows": int(len(raw))},
         conventions=conventions,
         notes=tuple(notes + dropped),
+        cost_source="given" if pick["C"] is not None else "6N",
     )
 
 
@@ -176,6 +189,7 @@ def load_run_store(root, params: str = "total") -> Dataset:
     if len(runs) == 0:
         raise AnalysisError(f"none of the runs under {root} has finished (state 'done'); nothing to fit")
     n_col = "N_total" if params == "total" else "N_non_embedding"
+    alt_col = "N_non_embedding" if params == "total" else "N_total"
     loss = runs["eval_loss"].astype(float)
     use_train = loss.isna() & runs["train_loss"].notna()
     if use_train.any():
@@ -189,6 +203,7 @@ def load_run_store(root, params: str = "total") -> Dataset:
             "loss": loss,
             "run": runs["run_id"].astype(str),
             "budget": runs["budget"].astype(float),
+            "N_alt": runs[alt_col].astype(float),
         }
     )
     frame, dropped = _drop_bad(frame, ["N", "D", "C", "loss"], lambda i: f"run {frame['run'][i]}")
@@ -201,35 +216,18 @@ def load_run_store(root, params: str = "total") -> Dataset:
         "C": f"recorded training FLOPs, convention {', '.join(conv) or 'unknown'} (summary.json flops)",
         "loss": "final eval loss (summary.json eval_loss)",
     }
-    curves = _curves(rs.load_curves(root), frame)
+    floors = runs.loc[runs["run_id"].isin(frame["run"]), "entropy_floor"].dropna().astype(float).unique()
+    if len(floors) > 1:
+        notes.append(_warn(f"runs record different entropy floors ({', '.join(f'{f:.4g}' for f in floors)}); none is reported"))
     return Dataset(
         points=_finish(frame, root),
         source={"kind": "runs", "path": os.path.abspath(root), "params": params, "runs": int(len(done))},
         conventions=conventions,
         notes=tuple(notes + dropped),
-        curves=curves,
+        cost_source="recorded",
+        entropy_floor=float(floors[0]) if len(floors) == 1 else None,
+        alt_N_name=alt_col.replace("N_", "").replace("_", "-") + " parameters",
     )
-
-
-def _curves(curves: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame | None:
-    """Training-loss curves of the kept runs, with each run's N, for Approach 1."""
-    if curves is None or len(curves) == 0:
-        return None
-    n_of = dict(zip(points["run"], points["N"]))
-    c = curves[curves["run_id"].isin(n_of)].copy()
-    c = c[np.isfinite(c["flops"]) & (c["flops"] > 0) & np.isfinite(c["train_loss"]) & (c["train_loss"] > 0)]
-    if len(c) == 0:
-        return None
-    out = pd.DataFrame(
-        {
-            "run": c["run_id"].astype(str).values,
-            "N": c["run_id"].map(n_of).astype(float).values,
-            "tokens": c["tokens"].astype(float).values,
-            "flops": c["flops"].astype(float).values,
-            "loss": c["train_loss"].astype(float).values,
-        }
-    )
-    return out.sort_values(["run", "flops"]).reset_index(drop=True)
 
 
 def load(source, params: str = "total") -> Dataset:
@@ -269,8 +267,5 @@ def apply_filters(ds: Dataset, min_tokens_per_param: float | None = None, exclud
         pts = pts[keep].reset_index(drop=True)
     if len(pts) == 0:
         raise AnalysisError("the filters removed every point; loosen --min-tokens-per-param")
-    curves = ds.curves
-    if curves is not None:
-        curves = curves[curves["run"].isin(set(pts["run"]))].reset_index(drop=True)
     filters["n_dropped"] = len(filters["dropped"])
-    return replace(ds, points=pts, curves=curves, notes=ds.notes + tuple(notes), filters=filters)
+    return replace(ds, points=pts, notes=ds.notes + tuple(notes), filters=filters)

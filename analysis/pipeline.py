@@ -1,7 +1,9 @@
 """From a Dataset and options to the fit record (the content of fit.json); no file I/O here.
 
-The record, per law/approach fitted, holds every parameter as {"value", "ci"}, the frontier
-exponents a, b, the number of points, plus the data filters and conventions (see report.py).
+Read top to bottom: options -> the one cost model -> each approach (fit, bootstrap with its
+accounting, goodness of fit) -> the compute-optimal table anchored to the data -> sensitivity
+lines -> holdout. Every number a report prints comes from this record, and every prediction
+from `analysis.predict.predict`.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from analysis import approaches as ap
-from analysis.bootstrap import bootstrap_law, interval, intervals
+from analysis.bootstrap import bootstrap_law, interval, refit_weighted
+from analysis.costmodel import SIX_N, CostModel, fit_cost_model
 from analysis.data import Dataset
 from analysis.errors import AnalysisError
 from analysis.fit import fit_law
 from analysis.laws import CHINCHILLA, get_law
+from analysis.predict import anchors, chinchilla_frontier, fit_loglog, local_exponents, predict
 
-TABLE_C = tuple(10.0**k for k in range(18, 25))  # the report's compute-optimal table, 1e18..1e24
+MIN_USABLE = 0.8  # intervals from fewer usable bootstrap resamples are flagged
+FIGURE_REACH = 100.0  # figures extend at most this factor past the data (unless --at asks more)
 
 
 @dataclass(frozen=True)
@@ -32,10 +37,11 @@ class FitOptions:
     min_tokens_per_param: float | None = None
     exclude_top_loss: int = 0
     params: str = "total"  # total | non_embedding (run stores)
-    holdout_largest: int = 0  # refit without the K largest-compute points and predict them
+    holdout_largest: int = 0  # refit without the K largest budgets and predict them
     ci_level: float = 0.95
     n_starts: int | None = None  # None: the law's whole grid; k: a seeded subset of k starts
     budget_gap: float = 0.05  # decades of C separating inferred IsoFLOP budgets
+    at: tuple[float, ...] = ()  # extra compute values for the table (and the figures' reach)
     figures: bool = True
 
     @classmethod
@@ -48,6 +54,8 @@ class FitOptions:
         unknown = set(options) - known
         if unknown:
             raise AnalysisError(f"unknown fit option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        options = dict(options)
+        options["at"] = tuple(float(c) for c in (options.get("at") or ()))
         return cls(**options)
 
     def validate(self) -> "FitOptions":
@@ -62,11 +70,15 @@ class FitOptions:
             raise AnalysisError(f"--huber-delta must be > 0, not {self.huber_delta}")
         if not 0 < self.ci_level < 1:
             raise AnalysisError(f"ci_level must be in (0, 1), not {self.ci_level}")
+        bad_at = [c for c in self.at if not (np.isfinite(c) and c > 0)]
+        if bad_at:
+            raise AnalysisError(f"--at takes positive compute values in FLOPs, not {bad_at}")
         return self
 
 
 def _value(v, ci=None) -> dict:
-    return {"value": float(v), "ci": None if ci is None else [float(ci[0]), float(ci[1])]}
+    ok = ci is not None and np.all(np.isfinite(ci))
+    return {"value": float(v), "ci": [float(ci[0]), float(ci[1])] if ok else None}
 
 
 def _starts(law, opts: FitOptions):
@@ -82,12 +94,65 @@ def _groups(points):
     return runs, ("runs" if np.unique(runs).size < len(runs) else "points")
 
 
-# ------------------------------------------------------------------------------------------------
-def fit_parametric(law_name: str, points, opts: FitOptions, c_table, c_grid) -> dict:
-    """Fit one law (with bootstrap); for chinchilla also its frontier (Approach 3)."""
+def _accounting(n_resamples: int, n_used: int, unit: str, level: float, seed: int, **counts) -> dict:
+    """What a bootstrap did, for the record and the report."""
+    frac = n_used / n_resamples if n_resamples else 0.0
+    return {
+        "n_resamples": int(n_resamples),
+        "n_used": int(n_used),
+        **{k: int(v) for k, v in counts.items()},
+        "usable_fraction": frac,
+        "flagged": frac < MIN_USABLE,
+        "unit": unit,
+        "level": level,
+        "seed": seed,
+    }
+
+
+def cost_model_for(ds: Dataset, N=None) -> CostModel:
+    """The dataset's cost model (N: another definition of the model size to express it in)."""
+    pts = ds.points
+    N = pts["N"] if N is None else N
+    if ds.cost_source == "6N":
+        return SIX_N
+    return fit_cost_model(N, pts["D"], pts["C"], ds.cost_source)
+
+
+# ---------------------------------------------------------------- the budgets' own minima -------
+def budget_minima(points, groups, cost) -> list[dict]:
+    """Each budget's observed optimum, the yardstick of the leave-one-budget-out checks: the local
+    IsoFLOP fit's minimum where it is bracketed, else the lowest point (said so)."""
+    labels, values, _ = groups
+    out = []
+    for k, C in enumerate(values):
+        sel = labels == k
+        sub = points[sel]
+        b = ap.fit_budget(C, sub["N"].to_numpy(float), sub["D"].to_numpy(float), sub["loss"].to_numpy(float), cost)
+        if b.accepted:
+            out.append({"C": float(C), "N_opt": b.N_opt, "loss": b.loss_opt, "how": "local IsoFLOP fit", "label": k})
+        else:
+            i = int(np.argmin(sub["loss"].to_numpy()))
+            out.append({"C": float(C), "N_opt": float(sub["N"].iloc[i]), "loss": float(sub["loss"].iloc[i]), "how": "lowest point (minimum not bracketed)", "label": k})
+    return out
+
+
+def _lobo_summary(rows: list[dict]) -> dict:
+    done = [r for r in rows if "predicted" in r]
+    out = {"budgets": rows, "n": len(done)}
+    if done:
+        out["mean_abs_log10_N_ratio"] = float(np.mean([abs(np.log10(r["predicted"]["N_opt"] / r["observed"]["N_opt"])) for r in done]))
+        with_loss = [r for r in done if r["predicted"].get("loss") is not None]
+        if with_loss:
+            out["mean_abs_loss_error_nats"] = float(np.mean([abs(r["predicted"]["loss"] - r["observed"]["loss"]) for r in with_loss]))
+    return out
+
+
+# ---------------------------------------------------------------- Approach 3 and other laws -----
+def fit_parametric(law_name: str, points, opts: FitOptions, cost: CostModel, groups, minima, c_range) -> dict:
+    """Fit one law (with bootstrap); for chinchilla also its frontier under the cost model."""
     law = get_law(law_name)
     fit = fit_law(law, points, delta=opts.huber_delta, starts=_starts(law, opts), warn=False)  # warnings go in the record
-    groups, unit = _groups(points)
+    runs, unit = _groups(points)
     entry = {
         "law": law.name,
         "formula": law.formula,
@@ -101,138 +166,232 @@ def fit_parametric(law_name: str, points, opts: FitOptions, c_table, c_grid) -> 
         "best_start": dict(zip(law.raw_names, map(float, fit.start))),
         "warnings": list(fit.warnings),
     }
-    boot = None
+    pred = law.predict(fit.params, **{c: points[c].to_numpy(float) for c in law.inputs})
+    entry["goodness"] = {"rmse_nats": float(np.sqrt(np.mean((pred - points["loss"].to_numpy()) ** 2)))}
+    samples = None
     if opts.bootstrap:
-        boot = bootstrap_law(law, points, fit, opts.bootstrap, opts.seed, groups=groups if unit == "runs" else None)
-        frac = float(boot.converged.mean())
-        entry["bootstrap"] = {
-            "n_resamples": boot.n_resamples,
-            "seed": boot.seed,
-            "unit": boot.unit,
-            "level": opts.ci_level,
-            "converged_fraction": frac,
-            "samples": {k: boot.natural[k].tolist() for k in law.names},  # for intervals at any C
-        }
-        if frac < 0.9:
-            entry["warnings"].append(f"{law.name}: only {frac:.0%} of bootstrap refits converged; intervals are rough")
-    ci = (lambda s: interval(s, opts.ci_level)) if boot else (lambda s: None)
-    entry["params"] = {k: _value(fit.params[k], ci(boot.natural[k]) if boot else None) for k in law.names}
-    if law is CHINCHILLA:
-        entry["approach"] = 3
-        k = ap.frontier_constants(fit.params)
-        kb = ap.frontier_constants(boot.natural) if boot else None
-        for name in ("a", "b", "G"):
-            entry[name] = _value(k[name], ci(kb[name]) if boot else None)
-        entry["frontier"] = _frontier(
-            lambda cs: ap.compute_optimal(fit.params, cs),
-            (lambda cs: ap.compute_optimal(boot.natural, cs)) if boot else None,
-            c_table,
-            c_grid,
-            opts.ci_level,
+        boot = bootstrap_law(law, points, fit, opts.bootstrap, opts.seed, groups=runs if unit == "runs" else None)
+        finite = np.all([np.isfinite(v) for v in boot.natural.values()], axis=0)
+        if law is CHINCHILLA:  # a refit with alpha or beta <= 0 has no frontier: unusable, counted
+            finite &= (boot.natural["alpha"] > 0) & (boot.natural["beta"] > 0)
+        used = boot.converged & finite
+        entry["bootstrap"] = _accounting(
+            boot.n_resamples, used.sum(), "runs with replacement" if boot.unit == "runs" else "points with replacement",
+            opts.ci_level, opts.seed, n_not_converged=(~boot.converged).sum(), n_invalid=(boot.converged & ~finite).sum(),
         )
+        samples = {k: v[used] for k, v in boot.natural.items()}
+        entry["bootstrap"]["samples"] = {k: v.tolist() for k, v in samples.items()}
+        if entry["bootstrap"]["flagged"]:
+            entry["warnings"].append(f"{law.name}: only {used.mean():.0%} of bootstrap refits are usable; its intervals are rough")
+    ci = (lambda k: interval(samples[k], opts.ci_level)) if samples else (lambda k: None)
+    entry["params"] = {k: _value(fit.params[k], ci(k)) for k in law.names}
+    if law is CHINCHILLA:
+        entry.update(approach=3, frontier_model="chinchilla")
+        a, b = local_exponents(fit.params, cost, *c_range)
+        ab = local_exponents(samples, cost, *c_range) if samples else None
+        entry["a"] = _value(a, interval(ab[0], opts.ci_level) if ab else None)
+        entry["b"] = _value(b, interval(ab[1], opts.ci_level) if ab else None)
+        entry["exponents_note"] = (
+            f"a, b: slopes of log N_opt, log D_opt over the data's C range ({c_range[0]:.3g}..{c_range[1]:.3g}) "
+            f"under the cost model; beta/(alpha+beta) = {fit.params['beta'] / (fit.params['alpha'] + fit.params['beta']):.4f} is their limit where c/6N is constant"
+        )
+        entry["goodness"]["lobo"] = _lobo_approach3(points, fit, opts, cost, groups, minima)
     return entry
 
 
-def _frontier(point_fn, sample_fn, c_table, c_grid, level) -> dict:
-    """N_opt, D_opt at the table's C (value + ci) and on the plot grid ([value, lo, hi] lists).
-    point_fn(C) -> (N, D); sample_fn(C) -> (N [R, m], D [R, m]) over bootstrap resamples, or None."""
-    out = {}
-    for key, cs in (("table", np.asarray(c_table, float)), ("grid", np.asarray(c_grid, float))):
-        n, d = point_fn(cs)
-        if sample_fn is not None:
-            ns, ds = sample_fn(cs)
-            (nlo, nhi), (dlo, dhi) = intervals(ns, level), intervals(ds, level)
+def _lobo_approach3(points, fit, opts, cost, groups, minima) -> dict:
+    """Refit without each budget (warm-started like the bootstrap); predict its minimum."""
+    labels = groups[0]
+    if len(minima) < 2:
+        return _lobo_summary([])
+    weights = np.stack([(labels != m["label"]).astype(float) for m in minima])
+    raw, converged = refit_weighted(CHINCHILLA, points, fit, weights)
+    params = CHINCHILLA.to_natural(raw)
+    rows = []
+    for i, m in enumerate(minima):
+        p = {k: v[i] for k, v in params.items()}
+        N, _, L = chinchilla_frontier(p, cost, np.array([m["C"]]))
+        row = {"C": m["C"], "observed": {"N_opt": m["N_opt"], "loss": m["loss"], "how": m["how"]}}
+        if converged[i] and np.isfinite(N[0]):
+            row["predicted"] = {"N_opt": float(N[0]), "loss": float(L[0])}
         else:
-            nlo = nhi = dlo = dhi = np.full(len(cs), np.nan)
-        if key == "table":
-            out[key] = {
-                "C": cs.tolist(),
-                "N_opt": [_value(v, None if np.isnan(lo) else (lo, hi)) for v, lo, hi in zip(n, nlo, nhi)],
-                "D_opt": [_value(v, None if np.isnan(lo) else (lo, hi)) for v, lo, hi in zip(d, dlo, dhi)],
-            }
-        else:
-            out[key] = {"C": cs.tolist(), "N_opt": [np.asarray(x, float).tolist() for x in (n, nlo, nhi)], "D_opt": [np.asarray(x, float).tolist() for x in (d, dlo, dhi)]}
-    return out
+            row["skipped"] = "the refit without this budget did not converge or has no frontier"
+        rows.append(row)
+    return _lobo_summary(rows)
 
 
-def _powerlaw_entry(res, samples, opts, c_table, c_grid) -> dict:
-    """Shared part of the Approach 1 and 2 entries: params, a, b, frontier."""
-    boot = samples is not None and len(samples["a"]) > 0
-    ci = (lambda k: interval(samples[k], opts.ci_level)) if boot else (lambda k: None)
-    params = {
+# ---------------------------------------------------------------- Approaches 1 and 2 ------------
+def _power_law_params(res, samples, opts) -> dict:
+    ci = (lambda k: interval(samples[k], opts.ci_level)) if samples is not None and len(samples["a"]) else (lambda k: None)
+    return {
         "N_coef": _value(res.N_fit.coef, ci("N_coef")),
         "a": _value(res.N_fit.exponent, ci("a")),
         "D_coef": _value(res.D_fit.coef, ci("D_coef")),
         "b": _value(res.D_fit.exponent, ci("b")),
     }
-    entry = {"params": params, "a": params["a"], "b": params["b"], "formula": "N_opt = N_coef * C^a, D_opt = D_coef * C^b"}
-    sample_fn = None
-    if boot:
-        entry["bootstrap"] = {
-            "n_resamples": opts.bootstrap,
-            "seed": opts.seed,
-            "level": opts.ci_level,
-            "n_failed": int(samples["n_failed"]),
-            "samples": {k: np.asarray(samples[k]).tolist() for k in ("N_coef", "a", "D_coef", "b")},
-        }
 
-        def sample_fn(cs):
-            return (
-                samples["N_coef"][:, None] * cs ** samples["a"][:, None],
-                samples["D_coef"][:, None] * cs ** samples["b"][:, None],
-            )
 
-    entry["frontier"] = _frontier(lambda cs: (res.N_fit(cs), res.D_fit(cs)), sample_fn, c_table, c_grid, opts.ci_level)
+def _bootstrap_entry(samples: ap.BootstrapSamples, opts, entry) -> None:
+    counts = {"n_failed": samples.n_failed}
+    if entry["approach"] == 2:
+        counts["n_lost_budget"] = samples.n_lost_budget
+    entry["bootstrap"] = _accounting(samples.n_resamples, samples.n_used, samples.unit, opts.ci_level, opts.seed, **counts)
+    entry["bootstrap"]["samples"] = {k: np.asarray(samples[k]).tolist() for k in ("N_coef", "a", "D_coef", "b")}
+    if entry["bootstrap"]["flagged"]:
+        entry["warnings"].append(
+            f"approach {entry['approach']}: only {entry['bootstrap']['usable_fraction']:.0%} of bootstrap resamples are usable; its intervals are rough"
+        )
+
+
+def fit_approach2(points, opts: FitOptions, cost, groups, minima) -> dict:
+    res = ap.approach2(points, cost, groups=groups)
+    ok = res.accepted
+    samples = ap.bootstrap_approach2(points, groups, cost, opts.bootstrap, opts.seed) if opts.bootstrap else None
+    params = _power_law_params(res, samples, opts)
+    entry = {
+        "approach": 2,
+        "formula": "N_opt = N_coef * C^a (through the IsoFLOP minima); D_opt = C / c(N_opt)",
+        "frontier_model": "power law",
+        "params": params,
+        "a": params["a"],
+        "b": params["b"],
+        "n_points": int(len(points)),
+        "grouping": res.grouping,
+        "budget_gap_decades": opts.budget_gap,
+        "budgets": [dataclasses.asdict(b) for b in res.budgets],
+        "warnings": list(res.warnings),
+    }
+    if samples is not None:
+        _bootstrap_entry(samples, opts, entry)
+    entry["loss_law"] = fit_loglog([b.C for b in ok], [b.loss_opt for b in ok])
+    labels, values, _ = groups
+    resid = []
+    for b in ok:  # residuals of each local parabola over its window
+        k = int(np.argmin(np.abs(np.log(values / b.C))))
+        sub = points[(labels == k) & np.isin(points["N"].to_numpy(float), b.window)]
+        resid.append(sub["loss"].to_numpy(float) - np.polyval(b.coeffs, np.log10(sub["N"].to_numpy(float))))
+    resid = np.concatenate(resid) if resid else np.array([])
+    entry["goodness"] = {
+        "rmse_nats": float(np.sqrt(np.mean(resid**2))) if resid.size else None,
+        "rmse_what": "the local IsoFLOP parabolas' residuals over their windows",
+        "lobo": _lobo_power_law(ok, minima),
+    }
     return entry
 
 
-def fit_approach2(points, opts: FitOptions, c_table, c_grid) -> dict:
-    labels = ap.group_budgets(points, opts.budget_gap)
-    res = ap.approach2(points, groups=labels)
-    samples = ap.bootstrap_approach2(points, labels, opts.bootstrap, opts.seed) if opts.bootstrap else None
-    entry = _powerlaw_entry(res, samples, opts, c_table, c_grid)
-    entry.update(
-        approach=2,
-        n_points=int(len(points)),
-        grouping=res.grouping,
-        budget_gap_decades=opts.budget_gap,
-        budgets=[dataclasses.asdict(b) for b in res.budgets],
-        warnings=list(res.warnings),
-    )
+def _lobo_power_law(budgets, minima) -> dict:
+    """Approach 2 without each budget: power law and L*(C) through the others, at its C."""
+    rows = []
+    by_c = {m["C"]: m for m in minima}
+    for i, b in enumerate(budgets):
+        m = by_c.get(b.C)
+        row = {"C": b.C, "observed": {"N_opt": m["N_opt"], "loss": m["loss"], "how": m["how"]}}
+        rest = [x for j, x in enumerate(budgets) if j != i]
+        if len(rest) < 2:
+            row["skipped"] = "fewer than two other budgets"
+        else:
+            law = ap.fit_power_law([x.C for x in rest], [x.N_opt for x in rest])
+            loss = fit_loglog([x.C for x in rest], [x.loss_opt for x in rest])
+            row["predicted"] = {"N_opt": float(law(b.C)), "loss": float(loss["A"] * b.C ** -loss["gamma"])}
+        rows.append(row)
+    return _lobo_summary(rows)
+
+
+def fit_approach1(points, opts: FitOptions, cost, groups, minima) -> dict:
+    res = ap.approach1(points, cost)
+    samples = ap.bootstrap_approach1(points, cost, opts.bootstrap, opts.seed) if opts.bootstrap else None
+    params = _power_law_params(res, samples, opts)
+    entry = {
+        "approach": 1,
+        "formula": "N_opt = N_coef * C^a (through the envelope of end-of-run losses); D_opt = C / c(N_opt)",
+        "frontier_model": "power law",
+        "params": params,
+        "a": params["a"],
+        "b": params["b"],
+        "n_points": int(len(points)),
+        "loss": "final eval loss of each run (end-of-run points only, no smoothing), interpolated in log C between a size's horizons",
+        "n_sizes": int(res.n_sizes),
+        "left_out": list(res.left_out),
+        "envelope": {"C": res.C.tolist(), "N_opt": res.N_opt.tolist(), "D_opt": res.D_opt.tolist(), "loss": res.loss.tolist()},
+        "warnings": list(res.warnings),
+    }
+    if samples is not None:
+        _bootstrap_entry(samples, opts, entry)
+    rows = []
+    labels = groups[0]
+    for m in minima:
+        row = {"C": m["C"], "observed": {"N_opt": m["N_opt"], "loss": m["loss"], "how": m["how"]}}
+        try:
+            r = ap.approach1(points[labels != m["label"]].reset_index(drop=True), cost)
+            row["predicted"] = {"N_opt": float(r.N_fit(m["C"])), "loss": None}
+        except AnalysisError as e:
+            row["skipped"] = str(e)
+        rows.append(row)
+    entry["goodness"] = {"rmse_nats": None, "rmse_what": "Approach 1 has no loss model", "lobo": _lobo_summary(rows)}
     return entry
 
 
-def fit_approach1(curves, opts: FitOptions, c_table, c_grid) -> dict:
-    res = ap.approach1(curves)
-    samples = ap.bootstrap_approach1(curves, opts.bootstrap, opts.seed) if opts.bootstrap else None
-    entry = _powerlaw_entry(res, samples, opts, c_table, c_grid)
-    entry.update(
-        approach=1,
-        n_points=int(len(curves)),  # metrics lines of the kept runs
-        n_envelope=int(len(res.C)),
-        n_runs=res.n_runs,
-        loss=f"training loss curves (metrics.jsonl train_loss), rolling median over {ap.SMOOTH} logged steps",
-        envelope={"C": res.C.tolist(), "N_opt": res.N_opt.tolist(), "D_opt": res.D_opt.tolist(), "loss": res.loss.tolist()},
-        warnings=list(res.warnings),
-    )
-    return entry
+# ---------------------------------------------------------------- laws of one variable ----------
+def unlimited_points(points, law_name: str, groups) -> tuple:
+    """The points where the law's other variables do not limit the loss, and the rule:
+    L(N): per model size its lowest loss (its longest or best run); L(D): per token count its
+    lowest loss; L(C): per budget its lowest loss (the compute-optimal point)."""
+    if law_name == "power-N":
+        key, rule = points["N"], "per model size N, the point with the lowest loss (D is least limiting there)"
+    elif law_name == "power-D":
+        key, rule = points["D"], "per token count D, the point with the lowest loss (N is least limiting there)"
+    elif law_name == "power-C":
+        key, rule = groups[0], "per FLOP budget, the point with the lowest loss (the compute-optimal point)"
+    else:
+        return points, "every point (the law models all its inputs)"
+    best = points.assign(_k=np.asarray(key)).groupby("_k")["loss"].idxmin()
+    return points.loc[np.sort(best.to_numpy())].reset_index(drop=True), rule
 
 
-def holdout(points, opts: FitOptions) -> dict:
-    """Fit without the K largest-compute points; report how well the fit predicts them."""
+# ---------------------------------------------------------------- sensitivity and holdout --------
+def sensitivity(ds: Dataset, pts, opts, cost, entry3, c_max) -> list[dict]:
+    """a and N_opt at the largest budget under other conventions: C = 6ND instead of the
+    recorded cost; the other definition of N (total vs non-embedding), refitted."""
+    rows = []
+    params = {k: v["value"] for k, v in entry3["params"].items()}
+    c_lo = float(pts["C"].min())
+
+    def line(what, p, c):
+        a, _ = local_exponents(p, c, c_lo, c_max)
+        N, _, _ = chinchilla_frontier(p, c, np.array([c_max]))
+        return {"what": what, "a": float(a), "N_opt_at_C_max": float(N[0])}
+
+    rows.append(line(f"as fitted ({ds.conventions.get('N', 'N')}; {'C = 6ND' if cost.is_6N else 'recorded cost'})", params, cost))
+    if not cost.is_6N:
+        rows.append(line("C = 6ND instead of the recorded cost", params, SIX_N))
+    if "N_alt" in pts and np.all(np.isfinite(pts["N_alt"])):
+        alt = pts.assign(N=pts["N_alt"])
+        fit = fit_law(CHINCHILLA, alt, delta=opts.huber_delta, starts=_starts(CHINCHILLA, opts), warn=False)
+        alt_cost = cost_model_for(ds, N=alt["N"]) if not cost.is_6N else SIX_N
+        rows.append(line(f"N = {ds.alt_N_name} (refitted)", fit.params, alt_cost))
+    return rows
+
+
+def holdout(points, opts: FitOptions, cost, groups, minima) -> dict:
+    """Fit without the K largest budgets; report how well the fit predicts their points and minima."""
     k = opts.holdout_largest
+    labels, values, _ = groups
+    if k >= len(values):
+        raise AnalysisError(f"--holdout-largest {k} would hold out every one of the {len(values)} budgets")
+    held = set(np.argsort(values)[-k:].tolist())
+    test_mask = np.isin(labels, list(held))
     law = get_law(opts.law)
-    if k >= len(points) - law.n_params:
-        raise AnalysisError(f"--holdout-largest {k} leaves {len(points) - k} points, too few to fit {law.n_params} parameters")
-    order = np.argsort(points["C"].to_numpy(), kind="stable")
-    train, test = points.iloc[order[:-k]], points.iloc[order[-k:]]
+    train, test = points[~test_mask], points[test_mask]
+    if len(train) <= law.n_params:
+        raise AnalysisError(f"--holdout-largest {k} leaves {len(train)} points, too few to fit {law.n_params} parameters")
     fit = fit_law(law, train, delta=opts.huber_delta, starts=_starts(law, opts), warn=False)
     pred = law.predict(fit.params, **{c: test[c].to_numpy() for c in law.inputs})
     obs = test["loss"].to_numpy()
     rel = (pred - obs) / obs
-    return {
+    out = {
         "law": law.name,
         "k": int(k),
+        "budgets": sorted(float(values[i]) for i in held),
         "n_train": int(len(train)),
         "params": {n: float(v) for n, v in fit.params.items()},
         "points": [
@@ -241,9 +400,16 @@ def holdout(points, opts: FitOptions) -> dict:
         ],
         "mean_abs_rel_error": float(np.mean(np.abs(rel))),
         "max_abs_rel_error": float(np.max(np.abs(rel))),
-        "rmse_log": float(np.sqrt(np.mean((np.log(pred) - np.log(obs)) ** 2))),
+        "rmse_nats": float(np.sqrt(np.mean((pred - obs) ** 2))),
         "warnings": list(fit.warnings),
     }
+    if law is CHINCHILLA:
+        out["minima"] = []
+        for m in minima:
+            if m["label"] in held:
+                N, _, L = chinchilla_frontier(fit.params, cost, np.array([m["C"]]))
+                out["minima"].append({"C": m["C"], "observed": {"N_opt": m["N_opt"], "loss": m["loss"]}, "predicted": {"N_opt": float(N[0]), "loss": float(L[0])}})
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -251,15 +417,23 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
     """Every fit the options ask for, as the fit.json record."""
     opts = options.validate()
     pts = ds.points
-    c_lo = min(pts["C"].min(), TABLE_C[0])
-    c_grid = np.geomspace(c_lo, max(pts["C"].max(), TABLE_C[-1]), 60)
+    cost = cost_model_for(ds)
+    groups = ap.group_budgets(pts, opts.budget_gap)
+    c_min, c_max = float(pts["C"].min()), float(pts["C"].max())
+    c_range = (c_min, c_max) if c_max > c_min * 1.01 else (c_min, c_min * 10.0)
+    reach = max([c_max * FIGURE_REACH, *opts.at])
+    minima = budget_minima(pts, groups, cost) if len(groups[1]) >= 2 else []
     record = {
-        "schema": 1,
+        "schema": 2,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": ds.source,
         "n_points": int(len(pts)),
         "data_range": {c: [float(pts[c].min()), float(pts[c].max())] for c in ("N", "D", "C", "loss")},
-        "conventions": {**ds.conventions, "frontier": "Approach 3 minimises L(N, D) under C = 6*N*D"},
+        "n_budgets": int(len(groups[1])),
+        "budgets": [float(c) for c in groups[1]],
+        "entropy_floor": ds.entropy_floor,
+        "cost_model": cost.to_dict(),
+        "conventions": {**ds.conventions, "C_model": cost.describe()},
         "filters": ds.filters or {"min_tokens_per_param": None, "exclude_top_loss": 0, "dropped": [], "n_dropped": 0},
         "options": dataclasses.asdict(opts),
         "notes": list(ds.notes),
@@ -271,18 +445,41 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
         for a in wanted:
             try:
                 if a == "3":
-                    record["fits"]["approach3"] = fit_parametric("chinchilla", pts, opts, TABLE_C, c_grid)
+                    record["fits"]["approach3"] = fit_parametric("chinchilla", pts, opts, cost, groups, minima, c_range)
                 elif a == "2":
-                    record["fits"]["approach2"] = fit_approach2(pts, opts, TABLE_C, c_grid)
+                    record["fits"]["approach2"] = fit_approach2(pts, opts, cost, groups, minima)
                 else:
-                    record["fits"]["approach1"] = fit_approach1(ds.curves, opts, TABLE_C, c_grid)
+                    record["fits"]["approach1"] = fit_approach1(pts, opts, cost, groups, minima)
             except AnalysisError as e:
                 if opts.approach != "all" or a == "3":
                     raise
                 record["skipped"][f"approach{a}"] = str(e)
+        if "approach3" in record["fits"]:
+            record["sensitivity"] = sensitivity(ds, pts, opts, cost, record["fits"]["approach3"], c_max)
     else:
-        record["fits"][opts.law] = fit_parametric(opts.law, pts, opts, TABLE_C, c_grid)
+        used, rule = unlimited_points(pts, opts.law, groups)
+        entry = fit_parametric(opts.law, used, opts, cost, groups, minima, c_range)
+        entry["points_used"] = {"rule": rule, "runs": used["run"].astype(str).tolist()}
+        record["fits"][opts.law] = entry
+    table_c = anchors(c_max, opts.at)
+    grid_c = np.geomspace(c_min, reach, 60)
+    for name, e in record["fits"].items():
+        if "frontier_model" in e:
+            e["table"] = predict(record, name, table_c)
+            e["grid"] = _grid(predict(record, name, grid_c))
     if opts.holdout_largest:
-        record["holdout"] = holdout(pts, opts)
+        record["holdout"] = holdout(pts, opts, cost, groups, minima)
     record["warnings"] = [w for e in record["fits"].values() for w in e.get("warnings", [])] + record.get("holdout", {}).get("warnings", [])
     return record
+
+
+def _grid(rows: list[dict]) -> dict:
+    """Plot-ready columns: C, and [value, lo, hi] lists for N_opt, D_opt and loss."""
+    def cols(key):
+        vals = [r[key] for r in rows]
+        if any(v is None for v in vals):
+            return None
+        lo_hi = [v["ci"] or [np.nan, np.nan] for v in vals]
+        return [[v["value"] for v in vals], [x[0] for x in lo_hi], [x[1] for x in lo_hi]]
+
+    return {"C": [r["C"] for r in rows], "N_opt": cols("N_opt"), "D_opt": cols("D_opt"), "loss": cols("loss")}

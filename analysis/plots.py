@@ -62,12 +62,13 @@ def isoflop(record, points, out_dir) -> list[str]:
         tag = f"C = {b['C']:.2g}" + ("" if b["accepted"] else " (refused)")
         ax.scatter(n, loss, color=color, s=22, facecolors=color if b["accepted"] else "none", label=tag, zorder=3)
         if b["coeffs"] is not None:
-            x = np.linspace(np.log10(n.min()) - 0.1, np.log10(n.max()) + 0.1, 100)
+            w = np.asarray(b.get("window") or n)  # the local parabola holds only over its window
+            x = np.linspace(np.log10(w.min()) - 0.05, np.log10(w.max()) + 0.05, 100)
             c2, c1, c0 = b["coeffs"]
             ax.plot(10**x, c2 * x**2 + c1 * x + c0, color=color, lw=1.5, ls="-" if b["accepted"] else ":")
         if b["accepted"]:
             ax.scatter([b["N_opt"]], [b["loss_opt"]], marker="*", s=160, color=color, edgecolor="black", zorder=4)
-    ax.scatter([], [], marker="*", s=160, color="white", edgecolor="black", label="parabola minimum")
+    ax.scatter([], [], marker="*", s=160, color="white", edgecolor="black", label="local parabola's minimum")
     ax.set_xscale("log")
     ax.set_xlabel("Parameters N")
     ax.set_ylabel(LOSS_LABEL)
@@ -83,18 +84,24 @@ def loss_vs_compute(record, points, out_dir) -> list[str]:
     sc = ax.scatter(points["C"], points["loss"], c=points["N"], norm=LogNorm(), cmap="viridis", s=18, label="runs", zorder=3)
     fig.colorbar(sc, ax=ax, label="Parameters N")
     fits = record["fits"]
-    if "approach3" in fits:
-        p = _params(fits["approach3"])
-        c = np.asarray(fits["approach3"]["frontier"]["grid"]["C"])
-        c = c[(c >= points["C"].min() / 3) & (c <= points["C"].max() * 30)]
-        n_opt, d_opt = ap.compute_optimal(p, c)
-        ax.plot(c, get_law("chinchilla").predict(p, N=n_opt, D=d_opt), color=COLORS["approach3"], lw=2, label="Approach 3 frontier L(N_opt, D_opt)")
+    level = record["options"]["ci_level"]
+    for name in ("approach3", "approach2"):  # the approaches with a loss model: L*(C) and its bands
+        g = fits.get(name, {}).get("grid")
+        if not g or not g.get("loss"):
+            continue
+        c = np.asarray(g["C"])
+        v, lo, hi = (np.asarray(x, float) for x in g["loss"])
+        what = "L(N_opt, D_opt)" if name == "approach3" else "A·C^-γ through the minima"
+        ax.plot(c, v, color=COLORS[name], lw=2, label=f"{LABELS[name]}: L*(C) = {what}")
+        if np.isfinite(lo).any():
+            ax.fill_between(c, lo, hi, color=COLORS[name], alpha=0.15, lw=0, label=f"{level:.0%} interval")
     if "approach1" in fits:
         env = fits["approach1"]["envelope"]
         ax.plot(env["C"], env["loss"], color=COLORS["approach1"], lw=2, ls="--", label="Approach 1 envelope")
     if "approach2" in fits:
         ok = [b for b in fits["approach2"]["budgets"] if b["accepted"]]
         ax.scatter([b["C"] for b in ok], [b["loss_opt"] for b in ok], marker="*", s=140, color=COLORS["approach2"], edgecolor="black", zorder=4, label="Approach 2 minima")
+    ax.axvspan(points["C"].min(), points["C"].max(), color="grey", alpha=0.08, label="range of the data")
     ax.set_xscale("log")
     ax.set_xlabel(C_LABEL)
     ax.set_ylabel(LOSS_LABEL)
@@ -106,12 +113,12 @@ def loss_vs_compute(record, points, out_dir) -> list[str]:
 
 def frontier(record, points, out_dir) -> list[str]:
     """N_opt(C) and D_opt(C) for each approach with bootstrap bands."""
-    fits = {k: v for k, v in record["fits"].items() if "frontier" in v}
+    fits = {k: v for k, v in record["fits"].items() if "grid" in v}
     fig, axes = _figure(ncols=2, width=6.0)
     level = record["options"]["ci_level"]
     for ax, key, ylabel in zip(axes, ("N_opt", "D_opt"), ("Compute-optimal parameters N_opt", "Compute-optimal tokens D_opt")):
         for name, e in fits.items():
-            g = e["frontier"]["grid"]
+            g = e["grid"]
             c, (v, lo, hi) = np.asarray(g["C"]), (np.asarray(x, float) for x in g[key])
             exp = e["a" if key == "N_opt" else "b"]["value"]
             ax.plot(c, v, color=COLORS[name], lw=2, label=f"{LABELS[name]}: ∝ C^{exp:.3f}")
@@ -194,7 +201,7 @@ def draw_all(record, points: pd.DataFrame, out_dir) -> list[str]:
     paths = []
     if "approach2" in fits:
         paths += isoflop(record, points, out_dir)
-    if any(k.startswith("approach") for k in fits):
+    if any("grid" in e for e in fits.values()):
         paths += loss_vs_compute(record, points, out_dir)
         paths += frontier(record, points, out_dir)
     if "approach3" in fits or record["options"]["law"] in fits:

@@ -2,18 +2,20 @@
 re-draw the figures of an existing DIR; read numbers back out of a record.
 
     record = fit_and_report("runs/quickstart", "runs/quickstart/fit", {"approach": "all"})
-    print(summary(record))                      # the fitted laws, a, b, N_opt/D_opt at 10x max C
-    frontier_at(record, 1e21)                   # {"N_opt": {"value", "ci"}, "D_opt": {...}}
+    print(summary(record))                      # each approach, a, and the prediction at the next budget
+    predict(record, "approach3", [1e13])        # N_opt, D_opt, loss (ci, pi) at any C
     replot("runs/quickstart/fit")               # `scaling plot`
 
-fit.json (schema 1) holds, under "fits", one entry per law/approach fitted ("approach1",
-"approach2", "approach3" for --law chinchilla, else the law's name), each with "params" as
-{name: {"value", "ci": [lo, hi] or null}}, "a" and "b" (frontier exponents, approaches only),
-"n_points", its warnings, its "bootstrap" settings and samples, and "frontier" tables (C = 1e18
-... 1e24, and a grid for the plots); then the data "source", "data_range", "filters",
-"conventions" (what N, D, C mean), "options", "notes", "skipped" approaches (with the reason)
-and "holdout". Files are written atomically (temp file + os.replace): a reader never sees half
-a file.
+fit.json (schema 2) opens with the data: "data_range" (N, D, C, loss), "budgets", the
+"cost_model" every number uses (C = c(N)·D), "entropy_floor" where the runs record one, the
+"conventions", "filters" and "notes". Under "fits", one entry per approach ("approach1..3" for
+--law chinchilla, else the law's name), each with "params" as {name: {"value", "ci"}}, "a" and
+"b", its "bootstrap" accounting (resampled unit, used / failed / refused counts, flagged when
+under 80% usable) and usable samples, its "goodness" (residual RMSE in nats and the
+leave-one-budget-out check), the compute-optimal "table" at the anchors (C_max x 1, 3, 10, 100
+and any --at; each row with its "extrapolation" factor) and a "grid" for the figures. Then
+"sensitivity" (a and N_opt under other conventions), "skipped" approaches with the reason, and
+"holdout". Files are written atomically (temp file + os.replace): a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from analysis import plots
 from analysis.data import Dataset, apply_filters, load
 from analysis.errors import AnalysisError
 from analysis.pipeline import FitOptions, run_fits
+from analysis.predict import predict
 
 FIT_JSON, REPORT_MD, POINTS_CSV = "fit.json", "report.md", "points.csv"
 
@@ -49,18 +52,18 @@ def write_atomic(path, text: str) -> None:
         raise
 
 
-def _json_safe(x):
+def json_safe(x):
     """NaN/inf are not JSON: store null."""
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _json_safe(x.tolist())
+        return json_safe(x.tolist())
     if isinstance(x, np.generic):
-        return _json_safe(x.item())
+        return json_safe(x.item())
     return x
 
 
@@ -85,7 +88,7 @@ def fit_and_report(data, out_dir, options=None) -> dict:
         record["source"] = {**record["source"], "kind": "csv", "path": os.path.abspath(points_csv), "copied_from": "an in-memory data frame"}
         record["filters_applied_before_copy"] = True
     record["figures"] = [os.path.basename(p) for p in plots.draw_all(record, ds.points, out_dir)] if opts.figures else []
-    record = _json_safe(record)
+    record = json_safe(record)
     write_atomic(os.path.join(out_dir, FIT_JSON), json.dumps(record, indent=2, allow_nan=False) + "\n")
     write_atomic(os.path.join(out_dir, REPORT_MD), markdown(record))
     return record
@@ -121,86 +124,123 @@ def replot(out_dir) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------
-def summary(record: dict, C: float | None = None) -> str:
-    """A few lines for a terminal: each fit's parameters with intervals, a and b, and the
-    compute-optimal N and D at compute C (default: 10x the largest C in the data)."""
-    C = C or 10.0 * record["data_range"]["C"][1]
-    lines = []
-    for name, e in record["fits"].items():
-        params = ", ".join(f"{k}={_fmt(p['value'])}{' ' + _ci(p) if p.get('ci') else ''}" for k, p in e["params"].items())
-        lines.append(f"{name} ({e['n_points']} points): {params}")
-        if "a" in e and "frontier" in e:
-            lines.append(f"  N_opt ~ C^{e['a']['value']:.3f} {_ci(e['a']) if e['a'].get('ci') else ''}, D_opt ~ C^{e['b']['value']:.3f} {_ci(e['b']) if e['b'].get('ci') else ''}")
-            f = frontier_at(record, C, name)
-            n, d = f["N_opt"], f["D_opt"]
-            lines.append(
-                f"  at C = {C:.2g} FLOPs: N_opt = {_fmt(n['value'])} {_ci(n) if n['ci'] else ''}, "
-                f"D_opt = {_fmt(d['value'])} {_ci(d) if d['ci'] else ''} ({d['value'] / n['value']:.1f} tokens/param)"
-            )
-    for name, why in record.get("skipped", {}).items():
-        lines.append(f"{name} skipped: {why}")
-    ho = record.get("holdout")
-    if ho:
-        lines.append(f"holdout: without the {ho['k']} largest-C points the fit predicts them to {ho['mean_abs_rel_error']:.2%} mean |relative error|")
-    return "\n".join(lines)
-
-
-def frontier_at(record: dict, C, fit: str = "approach3", level: float | None = None) -> dict:
-    """Compute-optimal N and D at any compute C (scalar or array) from one fit of a record:
-    {"N_opt": {"value", "ci"}, "D_opt": {...}} with percentile intervals over the bootstrap
-    resamples stored in fit.json (ci None without a bootstrap). Approach 3 assumes C = 6ND."""
-    from analysis import approaches as ap
-    from analysis.bootstrap import intervals
-
-    if fit not in record["fits"] or "frontier" not in record["fits"][fit]:
-        raise AnalysisError(f"the record has no compute-optimal frontier for {fit!r}; it has {', '.join(record['fits'])}")
-    e = record["fits"][fit]
-    level = level or record["options"]["ci_level"]
-    cs = np.atleast_1d(np.asarray(C, float))
-
-    def nd(p):
-        if fit == "approach3":
-            return ap.compute_optimal(p, cs)
-        a, b = np.asarray(p["a"], float), np.asarray(p["b"], float)
-        nc, dc = np.asarray(p["N_coef"], float), np.asarray(p["D_coef"], float)
-        if a.ndim:
-            a, b, nc, dc = a[:, None], b[:, None], nc[:, None], dc[:, None]
-        return nc * cs**a, dc * cs**b
-
-    n, d = nd({k: v["value"] for k, v in e["params"].items()})
-    samples = (e.get("bootstrap") or {}).get("samples")
-    out = {}
-    for key, v, j in (("N_opt", n, 0), ("D_opt", d, 1)):
-        if samples:
-            lo, hi = intervals(nd({k: np.asarray(x, float) for k, x in samples.items()})[j], level)
-            cis = [[float(a_), float(b_)] for a_, b_ in zip(lo, hi)]
-        else:
-            cis = [None] * len(cs)
-        vals = [{"value": float(x), "ci": c} for x, c in zip(np.atleast_1d(v), cis)]
-        out[key] = vals[0] if np.ndim(C) == 0 else vals
-    return out
-
-
 def _fmt(v) -> str:
-    if v is None:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     return f"{v:.4g}"
 
 
-def _ci(p) -> str:
-    return f"[{_fmt(p['ci'][0])}, {_fmt(p['ci'][1])}]" if p.get("ci") else "-"
+def _ci(p, key="ci") -> str:
+    return f"[{_fmt(p[key][0])}, {_fmt(p[key][1])}]" if p and p.get(key) else ""
+
+
+def _extrap(factor: float) -> str:
+    return f"extrapolation x{factor:.3g}" if factor else "within the data"
+
+
+def data_range_line(record: dict) -> str:
+    r = record["data_range"]
+    return (
+        f"N {_fmt(r['N'][0])}..{_fmt(r['N'][1])} params, D {_fmt(r['D'][0])}..{_fmt(r['D'][1])} tokens, "
+        f"C {_fmt(r['C'][0])}..{_fmt(r['C'][1])} FLOPs in {record['n_budgets']} budget(s), "
+        f"loss {r['loss'][0]:.4f}..{r['loss'][1]:.4f} nats/token ({record['n_points']} points)"
+    )
+
+
+def prediction_lines(record: dict, C: float) -> list[str]:
+    """One line per approach: N_opt, D_opt and the loss (ci, pi) at C, and whether C extrapolates."""
+    lines = []
+    for name, e in record["fits"].items():
+        if "frontier_model" not in e:
+            continue
+        (row,) = predict(record, name, [C])
+        n, d, loss = row["N_opt"], row["D_opt"], row["loss"]
+        txt = f"  {name} at C = {C:.3g} ({_extrap(row['extrapolation'])}): N_opt = {_fmt(n['value'])} {_ci(n)}, D_opt = {_fmt(d['value'])} {_ci(d)}"
+        txt += f", loss = {loss['value']:.4f} {_ci(loss)} (prediction interval {_ci(loss, 'pi') or 'n/a'})" if loss else ", loss: no loss model"
+        lines.append(txt)
+    return lines
+
+
+def summary(record: dict, C: float | None = None) -> str:
+    """A few lines for a terminal: the data range, each fit with intervals, and the prediction at
+    compute C (default: 3x the largest C in the data)."""
+    C = C or 3.0 * record["data_range"]["C"][1]
+    lines = [f"data: {data_range_line(record)}", f"cost model: {record['cost_model']['description']}"]
+    for name, e in record["fits"].items():
+        params = ", ".join(f"{k}={_fmt(p['value'])}{' ' + _ci(p) if p.get('ci') else ''}" for k, p in e["params"].items())
+        lines.append(f"{name} ({e['n_points']} points): {params}")
+        if "a" in e and "a" not in e["params"]:
+            lines.append(f"  N_opt ~ C^{_fmt(e['a']['value'])} {_ci(e['a'])}, D_opt ~ C^{_fmt(e['b']['value'])} {_ci(e['b'])}")
+        boot = e.get("bootstrap")
+        if boot and boot["flagged"]:
+            lines.append(f"  warning: only {boot['n_used']} of {boot['n_resamples']} bootstrap resamples usable; intervals are rough")
+    lines += prediction_lines(record, C)
+    for name, why in record.get("skipped", {}).items():
+        lines.append(f"{name} skipped: {why}")
+    ho = record.get("holdout")
+    if ho:
+        lines.append(f"holdout: without the {ho['k']} largest budget(s) the fit predicts their points to {ho['mean_abs_rel_error']:.2%} mean |relative error|")
+    return "\n".join(lines)
+
+
+def _boot_line(e: dict, lvl: str) -> str:
+    b = e["bootstrap"]
+    extra = ", ".join(f"{k[2:].replace('_', ' ')}: {v}" for k, v in b.items() if k.startswith("n_") and k not in ("n_resamples", "n_used"))
+    line = (
+        f"{lvl} intervals from {b['n_used']} usable of {b['n_resamples']} bootstrap resamples "
+        f"(unit: {b['unit']}; seed {b['seed']}; {extra or 'none unusable'})."
+    )
+    if b["flagged"]:
+        line += f" **Flagged: under {80}% usable; the intervals are rough.**"
+    return line
+
+
+def _goodness_lines(e: dict) -> list[str]:
+    g = e.get("goodness") or {}
+    out = []
+    if g.get("rmse_nats") is not None:
+        out.append(f"Residual RMSE {g['rmse_nats']:.4f} nats ({g.get('rmse_what', 'fitted minus observed loss over the points')}).")
+    lobo = g.get("lobo")
+    if lobo and lobo["budgets"]:
+        head = f"Leave-one-budget-out: {lobo['n']} budget(s) predicted from the others"
+        if "mean_abs_log10_N_ratio" in lobo:
+            head += f"; N_opt off by a factor {10 ** lobo['mean_abs_log10_N_ratio']:.3g} on average"
+        if "mean_abs_loss_error_nats" in lobo:
+            head += f", minimum loss off by {lobo['mean_abs_loss_error_nats']:.4f} nats"
+        out += ["", head + ".", "", "| budget C | observed N_opt | predicted N_opt | observed min loss | predicted min loss |", "|---|---|---|---|---|"]
+        for r in lobo["budgets"]:
+            o, p = r["observed"], r.get("predicted")
+            if p is None:
+                out.append(f"| {r['C']:.3g} | {_fmt(o['N_opt'])} | skipped: {r.get('skipped', '')} | {o['loss']:.4f} | |")
+            else:
+                out.append(f"| {r['C']:.3g} | {_fmt(o['N_opt'])} | {_fmt(p['N_opt'])} | {o['loss']:.4f} | {_fmt(p.get('loss'))} |")
+        out.append("")
+        out.append("Observed optima: the budget's local IsoFLOP fit, or its lowest point where the minimum is not bracketed.")
+    return out
 
 
 def markdown(record: dict) -> str:
-    """report.md: the data, each fitted law with intervals, the compute-optimal table, checks."""
+    """report.md: the data range first, then the compute-optimal table anchored to the data, then
+    each approach with its intervals, accounting and goodness of fit, sensitivity and holdout."""
     lvl = f"{record['options']['ci_level']:.0%}"
     src = record["source"]
     lines = [
         "# Scaling-law fit",
         "",
-        f"- Data: {src['kind']} `{src['path']}`; {record['n_points']} points used.",
-        *[f"- {k}: {v}" for k, v in record["conventions"].items()],
+        f"**Data range:** {data_range_line(record)}. Every number below beyond C = {record['data_range']['C'][1]:.3g} is an extrapolation, marked with its factor.",
+        "",
+        f"- Data: {src['kind']} `{src['path']}`.",
+        f"- Cost model (used by every approach, table and figure): {record['cost_model']['description']}.",
+        *[f"- {k}: {v}" for k, v in record["conventions"].items() if k != "C_model"],
     ]
+    floor = record.get("entropy_floor")
+    e3 = record["fits"].get("approach3")
+    if floor is not None:
+        line = f"- Entropy floor recorded by the runs (best achievable loss over a training window): {floor:.4f} nats/token."
+        if e3:
+            E = e3["params"]["E"]
+            line += f" Fitted E = {E['value']:.4f} {_ci(E)}: {'consistent with' if E.get('ci') and E['ci'][0] <= floor <= E['ci'][1] else ('below' if E['value'] < floor else 'above')} the floor."
+        lines.append(line)
     f = record["filters"]
     lines.append(
         f"- Filters: min tokens per parameter = {f.get('min_tokens_per_param')}, exclude top loss = "
@@ -212,53 +252,76 @@ def markdown(record: dict) -> str:
         lines.append(f"- Note: {note}")
     for name, why in record.get("skipped", {}).items():
         lines.append(f"- Skipped {name}: {why}")
+
+    front = {k: e["table"] for k, e in record["fits"].items() if "table" in e}
+    if front:
+        lines += ["", "## Compute-optimal allocation", "", f"Anchored to the data: the largest budget x 1, 3, 10, 100 (and any --at). {lvl} intervals; the loss's prediction interval (pi) includes the scatter of a new run.", ""]
+        lines += ["| approach | C (FLOPs) | N_opt | D_opt | D/N | loss [ci] | loss pi | range |", "|---|---|---|---|---|---|---|---|"]
+        for name, rows in front.items():
+            for r in rows:
+                n, d, loss = r["N_opt"], r["D_opt"], r["loss"]
+                cells = [name, f"{r['C']:.3g}", f"{_fmt(n['value'])} {_ci(n)}", f"{_fmt(d['value'])} {_ci(d)}", _fmt(d["value"] / n["value"])]
+                cells += [f"{loss['value']:.4f} {_ci(loss)}", _ci(loss, "pi") or "n/a"] if loss else ["n/a (no loss model)", ""]
+                cells.append(_extrap(r["extrapolation"]))
+                lines.append("| " + " | ".join(cells) + " |")
+
     for name, e in record["fits"].items():
         lines += ["", f"## {name}: {e.get('formula', '')}", ""]
-        boot = e.get("bootstrap")
-        if boot:
-            lines.append(f"{lvl} intervals from {boot['n_resamples']} bootstrap resamples (seed {boot['seed']}, unit: {boot.get('unit', 'points within budget' if e.get('approach') == 2 else 'runs')}).")
+        if e.get("bootstrap"):
+            lines.append(_boot_line(e, lvl))
         if "huber_delta" in e:
             state = "converged" if e["converged"] else "did NOT converge"
             lines.append(f"Fitted on {e['n_points']} points: Huber loss (delta {e['huber_delta']:g}) of log residuals, L-BFGS from {e['n_starts']} starts; the best {state} ({e['status']}).")
         else:
             lines.append(f"Fitted on {e['n_points']} points.")
+        if e.get("points_used"):
+            lines.append(f"Points used: {e['points_used']['rule']} ({len(e['points_used']['runs'])} points).")
+        if e.get("loss"):
+            lines.append(f"Loss: {e['loss']}.")
+        for lo in e.get("left_out", []):
+            lines.append(f"Left out: {lo}.")
         lines += ["", f"| parameter | value | {lvl} interval |", "|---|---|---|"]
         for k, p in e["params"].items():
-            lines.append(f"| {k} | {_fmt(p['value'])} | {_ci(p)} |")
-        for k in ("a", "b", "G"):
+            lines.append(f"| {k} | {_fmt(p['value'])} | {_ci(p) or '-'} |")
+        for k in ("a", "b"):
             if k in e and k not in e["params"]:
-                lines.append(f"| {k} | {_fmt(e[k]['value'])} | {_ci(e[k])} |")
+                lines.append(f"| {k} | {_fmt(e[k]['value'])} | {_ci(e[k]) or '-'} |")
+        if e.get("exponents_note"):
+            lines += ["", e["exponents_note"] + "."]
+        if e.get("loss_law"):
+            ll = e["loss_law"]
+            lines += ["", f"L*(C) = {ll['A']:.4g} * C^-{ll['gamma']:.4f} through the budgets' minimum losses ({ll['dof']} residual dof; RMSE {ll['rmse_nats']:.4f} nats)."]
         if e.get("approach") == 2:
-            lines += ["", "| budget C | points | N_opt | D_opt | min loss | status |", "|---|---|---|---|---|---|"]
+            lines += ["", "| budget C | points | window | N_opt [+-1 se] | D_opt | min loss | status |", "|---|---|---|---|---|---|---|"]
             for b in e["budgets"]:
                 status = "used" if b["accepted"] else f"refused: {b['reason']}"
-                lines.append(f"| {b['C']:.3g} | {b['n_points']} | {_fmt(b['N_opt'])} | {_fmt(b['D_opt'])} | {_fmt(b['loss_opt'])} | {status} |")
+                se = b.get("log10_N_opt_se")
+                band = f" [{_fmt(b['N_opt'] / 10 ** se)}, {_fmt(b['N_opt'] * 10 ** se)}]" if se is not None and b["accepted"] and math.isfinite(se) else ""
+                lines.append(f"| {b['C']:.3g} | {b['n_points']} | {len(b.get('window') or [])} sizes | {_fmt(b['N_opt'])}{band} | {_fmt(b['D_opt'])} | {_fmt(b['loss_opt'])} | {status} |")
+            if e["budgets"] and e["budgets"][0].get("rule"):
+                lines += ["", f"Minimum rule: {e['budgets'][0]['rule']}"]
+        lines += [""] + _goodness_lines(e)
         for w in e.get("warnings", []):
             lines.append(f"\n> warning: {w}")
-    front = {k: e["frontier"]["table"] for k, e in record["fits"].items() if "frontier" in e}
-    if front:
-        names = list(front)
-        lines += ["", "## Compute-optimal allocation", "", "C = 6*N*D for Approach 3; Approaches 1-2 use the C the data record.", ""]
-        head = "| C (FLOPs) | " + " | ".join(f"N_opt {n} | D_opt {n} | D/N {n}" for n in names) + " |"
-        lines += [head, "|---" * (1 + 3 * len(names)) + "|"]
-        for i, c in enumerate(front[names[0]]["C"]):
-            cells = []
-            for n in names:
-                N, D = front[n]["N_opt"][i], front[n]["D_opt"][i]
-                cells += [f"{_fmt(N['value'])} {_ci(N) if N.get('ci') else ''}", f"{_fmt(D['value'])} {_ci(D) if D.get('ci') else ''}", _fmt(D["value"] / N["value"])]
-            lines.append(f"| {c:.0e} | " + " | ".join(cells) + " |")
+
+    sens = record.get("sensitivity")
+    if sens:
+        lines += ["", f"## Sensitivity (Approach 3 at the largest budget, C = {record['data_range']['C'][1]:.3g})", "", "| convention | a | N_opt at C_max |", "|---|---|---|"]
+        lines += [f"| {r['what']} | {_fmt(r['a'])} | {_fmt(r['N_opt_at_C_max'])} |" for r in sens]
     ho = record.get("holdout")
     if ho:
         lines += [
             "",
-            f"## Out-of-sample check: {ho['law']} fitted without the {ho['k']} largest-compute points",
+            f"## Out-of-sample check: {ho['law']} fitted without the {ho['k']} largest budget(s) ({', '.join(f'{c:.3g}' for c in ho['budgets'])})",
             "",
-            f"Mean |relative error| {ho['mean_abs_rel_error']:.3%}, max {ho['max_abs_rel_error']:.3%}, RMSE of log loss {ho['rmse_log']:.4g}.",
+            f"Mean |relative error| {ho['mean_abs_rel_error']:.3%}, max {ho['max_abs_rel_error']:.3%}, RMSE {ho['rmse_nats']:.4g} nats.",
             "",
             "| run | N | D | C | observed | predicted | rel. error |",
             "|---|---|---|---|---|---|---|",
             *[f"| {p['run']} | {p['N']:.3g} | {p['D']:.3g} | {p['C']:.3g} | {p['observed']:.4f} | {p['predicted']:.4f} | {p['rel_error']:+.2%} |" for p in ho["points"]],
         ]
+        for m in ho.get("minima", []):
+            lines.append(f"\nHeld-out budget {m['C']:.3g}: observed optimum N = {_fmt(m['observed']['N_opt'])}, loss {m['observed']['loss']:.4f}; predicted N = {_fmt(m['predicted']['N_opt'])}, loss {m['predicted']['loss']:.4f}.")
     figs = [f for f in record.get("figures", []) if f.endswith(".png")]
     if figs:
         lines += ["", "## Figures", "", *[f"![{f[:-4]}]({f})" for f in figs]]

@@ -23,7 +23,7 @@ BASE = RunConfig(
                     seq_len=2048, global_batch=512),
     optimizer=OptimizerConfig(name="adamw", lr=2e-3, b2=0.95, weight_decay=0.1, schedule="cosine", final_lr_frac=0.1),
     mesh=MeshConfig(preset="fsdp"),
-    train=TrainConfig(eval_batches=16, keep_checkpoints=2, flops_convention="chinchilla"),
+    train=TrainConfig(eval_tokens=16 * 512 * 2048, keep_checkpoints=2, flops_convention="chinchilla"),
 )
 
 

@@ -1,10 +1,11 @@
-"""`scaling fit` and `scaling plot`: thin command-line wrappers over analysis.report.
+"""`scaling fit`, `scaling plot` and `scaling predict`: thin command-line wrappers over analysis.
 
     scaling fit --csv FILE --out DIR [--law chinchilla|power-N|power-D|power-C|kaplan]
-    scaling fit RUN_ROOT --out DIR [--approach 1|2|3|all] [--bootstrap K] [--params total|non_embedding]
+    scaling fit RUN_ROOT --out DIR [--approach 1|2|3|all] [--bootstrap K] [--params total|non_embedding] [--at C]
     scaling plot DIR
+    scaling predict DIR --at C [--at C2 ...] [--json]
 
-`register(subparsers)` adds both subcommands to the `scaling` parser (experiments/cli.py); each
+`register(subparsers)` adds the subcommands to the `scaling` parser (experiments/cli.py); each
 sets `func(args) -> exit code`. Bad input prints one `error:` line and exits 1, never a traceback.
 """
 
@@ -36,7 +37,9 @@ def register(subparsers) -> None:
     p.add_argument("--exclude-top-loss", type=int, default=0, metavar="K", help="drop the K highest-loss points")
     p.add_argument("--params", choices=["total", "non_embedding"], default="total", help="which N a run store gives (default total)")
     p.add_argument("--holdout-largest", type=int, default=0, metavar="K",
-                   help="also fit without the K largest-compute points and report the error predicting them")
+                   help="also fit without the K largest budgets and report the error predicting them")
+    p.add_argument("--at", type=float, action="append", default=[], metavar="C",
+                   help="also tabulate the compute-optimal allocation at C FLOPs (repeatable; figures reach it too)")
     p.add_argument("--n-starts", type=int, metavar="K", help="a seeded subset of K starting points instead of the law's whole grid (quick looks)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.set_defaults(func=cmd_fit)
@@ -44,6 +47,12 @@ def register(subparsers) -> None:
     q = subparsers.add_parser("plot", help="re-draw the figures of a fit from DIR/fit.json and the data it names")
     q.add_argument("dir", help="a folder written by `scaling fit`")
     q.set_defaults(func=cmd_plot)
+
+    r = subparsers.add_parser("predict", help="compute-optimal N, D and the loss to expect at compute C, from a fit")
+    r.add_argument("dir", help="a folder written by `scaling fit` (or `scaling run`'s ROOT/fit)")
+    r.add_argument("--at", type=float, action="append", required=True, metavar="C", help="compute in FLOPs (repeatable)")
+    r.add_argument("--json", action="store_true", help="print JSON: {C: [...], approaches: {name: [row per C]}}")
+    r.set_defaults(func=cmd_predict)
 
 
 def _error(command: str, message: str) -> int:
@@ -69,6 +78,7 @@ def cmd_fit(args) -> int:
         "params": args.params,
         "holdout_largest": args.holdout_largest,
         "n_starts": args.n_starts,
+        "at": tuple(args.at),
         "figures": not args.no_figures,
     }
     if args.csv is not None:
@@ -101,6 +111,29 @@ def cmd_plot(args) -> int:
     except AnalysisError as e:
         return _error("plot", str(e))
     print(f"re-drew {len(paths)} figure files in {args.dir}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import json
+
+    from analysis.errors import AnalysisError
+    from analysis.predict import predict
+    from analysis.report import json_safe, prediction_lines, read_record
+
+    try:
+        record = read_record(args.dir)
+        names = [n for n, e in record["fits"].items() if "frontier_model" in e]
+        if not names:
+            raise AnalysisError(f"{args.dir}/fit.json has no compute-optimal frontier (fit with --law chinchilla)")
+        if args.json:
+            out = {"C": [float(c) for c in args.at], "approaches": {n: predict(record, n, args.at) for n in names}}
+            print(json.dumps(json_safe(out), indent=2, allow_nan=False))
+            return 0
+        for c in args.at:
+            print("\n".join(prediction_lines(record, c)))
+    except AnalysisError as e:
+        return _error("predict", str(e))
     return 0
 
 

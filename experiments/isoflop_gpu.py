@@ -2,8 +2,9 @@
 
     scaling run isoflop_gpu --root runs/isoflop_gpu
 
-Data: the embedded synthetic language made big enough not to be memorised at this scale
-(vocab 512, 1M phrases; no download, so it runs on machines without network). For real text:
+Data: the embedded synthetic language (vocab 512, Zipf 1.3 over ~7e16 phrases: the mass a model
+has not memorised falls as rank^-0.3, one power law over every rank these models can store; no
+download, so it runs on machines without network). For real text:
     --set data.source=hf --set data.dataset=<hub name> --set model.vocab_size=<tokenizer size>
 FLOPs: Chinchilla appendix-F convention (attention included). bf16 compute, fp32 parameters.
 Rough cost: 5 budgets x ~5 sizes, ~7e17 FLOPs in all -- about an hour on an H100 at 40% MFU.
@@ -19,9 +20,9 @@ BUDGETS = [1e15, 3e15, 1e16, 3e16, 1e17]
 
 BASE = RunConfig(
     model=ModelConfig(compute_dtype="bfloat16", mlp="swiglu", d_ff=0),
-    data=DataConfig(seq_len=1024, global_batch=256, synth_vocab=512, synth_phrases=1_000_000, synth_zipf=1.1),
+    data=DataConfig(seq_len=1024, global_batch=256, synth_vocab=512, synth_zipf=1.3),
     optimizer=OptimizerConfig(name="adamw", lr=3e-3, weight_decay=0.1, schedule="cosine", final_lr_frac=0.1),
-    train=TrainConfig(eval_batches=8, keep_checkpoints=1, flops_convention="chinchilla"),
+    train=TrainConfig(eval_tokens=8 * 256 * 1024, keep_checkpoints=1, flops_convention="chinchilla"),
 )
 
 

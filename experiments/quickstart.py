@@ -23,7 +23,7 @@ BASE = RunConfig(
     model=ModelConfig(),
     data=DataConfig(source="synthetic", seq_len=32, global_batch=32),
     optimizer=OptimizerConfig(name="adamw", lr=2e-2, schedule="cosine", final_lr_frac=0.1),
-    train=TrainConfig(eval_batches=16, keep_checkpoints=1, flops_convention="chinchilla"),
+    train=TrainConfig(eval_tokens=16 * 32 * 32, keep_checkpoints=1, flops_convention="chinchilla"),
 )
 
 

@@ -161,15 +161,16 @@ def fit_and_summarise(root) -> int:
     from analysis.report import fit_and_report, summary
 
     out = os.path.join(os.fspath(root), "fit")
+    next_c = _next_budget(root)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FitWarning)  # the record carries them; printed once below
-            record = fit_and_report(os.fspath(root), out, {"approach": "all"})
+            record = fit_and_report(os.fspath(root), out, {"approach": "all", "at": [next_c] if next_c else []})
     except AnalysisError as e:
         print(f"fit: {e}", file=sys.stderr)
         return 1
     print(f"\nfit -> {out}")
-    print(summary(record, C=_next_budget(root)))
+    print(summary(record, C=next_c))
     for line in record.get("notes", []) + record.get("warnings", []):
         print(f"  warning: {line}")
     print(f"figures and report: {out}/report.md, " + ", ".join(f for f in record.get("figures", []) if f.endswith(".png")))
@@ -180,7 +181,7 @@ def _next_budget(root) -> float | None:
     """One step past the sweep's largest FLOP budget, at the ratio of its last two."""
     budgets = sorted({b for b in load_runs(root)["budget"].dropna()})
     if len(budgets) < 2:
-        return None  # analysis.report.summary then uses 10x the largest C
+        return None  # analysis.report.summary then uses 3x the largest C
     return budgets[-1] * budgets[-1] / budgets[-2]
 
 

@@ -65,12 +65,11 @@ class DataConfig:
     seq_len: int = 64
     global_batch: int = 32
     seed: int = 0
-    # synthetic phrase language (lib/data/synthetic.py)
-    synth_vocab: int = 64
-    synth_phrases: int = 20_000
-    synth_zipf: float = 1.3
-    synth_min_len: int = 3
-    synth_max_len: int = 10
+    # synthetic phrase language (lib/data/synthetic.py): phrase = ID digits of its rank + filler + boundary
+    synth_vocab: int = 64  # boundary 0, ID digits 1..(vocab-1)//2, filler tokens above
+    synth_zipf: float = 1.3  # p_rank ~ rank^-zipf; the unmemorised tail mass falls as rank^-(zipf-1)
+    synth_filler_len: int = 5  # filler tokens per phrase (what a model memorises per phrase)
+    synth_id_digits: int = 0  # the lexicon has base^digits - 1 phrases; 0: the most int64 ranks allow (~1e17)
     # Hugging Face datasets / local files (lib/data/text.py)
     dataset: str = ""  # hub name, or a builder: text | json | parquet | csv
     dataset_config: str = ""  # hub config (subset) name, e.g. "en" for allenai/c4, "sample-10BT" for fineweb
@@ -123,7 +122,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     eval_every: int = 100  # also evaluated at the last step
-    eval_batches: int = 4
+    # Held-out tokens scored per evaluation, the same rows for every run whatever its batch: the
+    # first ceil(eval_tokens / seq_len) rows of the eval stream.
+    eval_tokens: int = 65536
     checkpoint_every: int = 100  # also at the last step and on SIGTERM
     keep_checkpoints: int = 2
     flops_convention: str = "chinchilla"
@@ -204,7 +205,8 @@ class RunConfig:
         return self
 
 
-_BOOKKEEPING_TRAIN_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_batches")
+# eval_tokens is not bookkeeping: it decides which tokens the summary's eval_loss averages over.
+_BOOKKEEPING_TRAIN_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "eval_every")
 
 
 def parse_set_args(items: list[str] | None) -> dict[str, Any]:
@@ -294,9 +296,20 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
     _require(d.seq_len > 0, "data.seq_len", f"sequence length must be positive, got {d.seq_len}")
     _require(d.global_batch > 0, "data.global_batch", "must be positive")
     if d.source == "synthetic":
-        _require(d.synth_vocab >= 3, "data.synth_vocab", "needs at least 3 tokens")
-        _require(1 <= d.synth_min_len <= d.synth_max_len, "data.synth_min_len", "need 1 <= synth_min_len <= synth_max_len")
-        _require(d.synth_phrases > 0, "data.synth_phrases", "must be positive")
+        _require(d.synth_vocab >= 5, "data.synth_vocab", f"needs at least 5 tokens (boundary, 2 ID digits, 2 filler tokens), got {d.synth_vocab}")
+        _require(
+            1.0 < d.synth_zipf <= 10.0 and math.isfinite(d.synth_zipf),
+            "data.synth_zipf",
+            f"must be in (1, 10] so the rank law has a finite entropy, got {d.synth_zipf}; e.g. 1.3",
+        )
+        _require(d.synth_filler_len >= 1, "data.synth_filler_len", f"needs at least 1 filler token (it ends the ID), got {d.synth_filler_len}")
+        limit = synth_max_id_digits(d.synth_vocab)
+        _require(
+            0 <= d.synth_id_digits <= limit,
+            "data.synth_id_digits",
+            f"got {d.synth_id_digits}; ranks of more than {limit} base-{(d.synth_vocab - 1) // 2} digits overflow int64: "
+            f"use 1..{limit}, or 0 for {limit}",
+        )
     else:
         _require(bool(d.dataset), "data.dataset", "set a hub name or a builder (text|json|parquet|csv), e.g. --set data.dataset=text")
         _require(d.max_tokens >= 0, "data.max_tokens", f"must be >= 0 (0: the whole split), got {d.max_tokens}")
@@ -304,8 +317,9 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
 
     _require(t.steps > 0, "train.steps", f"step count must be positive, got {t.steps}")
     _require(t.grad_accum > 0, "train.grad_accum", "must be positive")
-    for name in ("log_every", "eval_every", "checkpoint_every", "eval_batches", "keep_checkpoints"):
+    for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
         _require(getattr(t, name) > 0, f"train.{name}", "must be positive")
+    _require(t.eval_tokens > 0, "train.eval_tokens", f"held-out tokens per evaluation must be positive, got {t.eval_tokens}; e.g. 65536")
     _one_of(t.flops_convention, FLOPS_CONVENTIONS, "train.flops_convention")
 
     _one_of(o.name, OPTIMIZERS, "optimizer.name")
@@ -350,6 +364,26 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
             f"global batch {per_step} is not divisible by data-parallel size (data*fsdp = {dp}) x grad_accum "
             f"({t.grad_accum}); use a multiple of {dp * t.grad_accum}",
         )
+        rows = eval_rows(t.eval_tokens, d.seq_len)
+        _require(
+            rows % dp == 0,
+            "train.eval_tokens",
+            f"the eval set of {rows} rows (eval_tokens {t.eval_tokens} / seq_len {d.seq_len}, rounded up) is not divisible "
+            f"by the data-parallel size (data*fsdp = {dp}); use a multiple of {dp * d.seq_len} tokens",
+        )
+
+
+def synth_max_id_digits(vocab: int) -> int:
+    """The synthetic language's ID digits are base b = (vocab - 1) // 2; ranks b^digits <= 2^62 fit int64."""
+    base, n = (vocab - 1) // 2, 1
+    while base ** (n + 1) <= 1 << 62:
+        n += 1
+    return n
+
+
+def eval_rows(eval_tokens: int, seq_len: int) -> int:
+    """Rows in the eval set: whole rows of seq_len scored tokens, at least eval_tokens tokens."""
+    return -(-eval_tokens // seq_len)
 
 
 def resolve_axis_sizes(mesh: MeshConfig, device_count: int) -> tuple[int, int, int]:

@@ -47,7 +47,7 @@ PEAK_FLOPS_BF16 = (
 
 def param_counts(m: ModelConfig) -> dict[str, int]:
     d, f, V, L = m.d_model, m.ffw_size, m.vocab_size, m.n_layers
-    attn = 4 * d * d  # q, k, v, o with n_heads * head_dim == d_model
+    attn = 4 * d * (m.n_heads * m.head_dim)  # q, k, v: d -> H*dh, o: H*dh -> d (H*dh need not equal d)
     mlp = (3 if m.mlp == "swiglu" else 2) * d * f
     norms = 2 * d
     per_layer = attn + mlp + norms

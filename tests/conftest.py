@@ -32,8 +32,8 @@ def tiny_config():
     return RunConfig(
         name="t",
         model=ModelConfig(d_model=32, n_layers=2, n_heads=4),
-        data=DataConfig(seq_len=32, global_batch=16, synth_phrases=2000),
+        data=DataConfig(seq_len=32, global_batch=16),
         optimizer=OptimizerConfig(lr=3e-3, warmup_steps=5),
-        train=TrainConfig(steps=30, log_every=5, eval_every=15, eval_batches=2, checkpoint_every=10),
+        train=TrainConfig(steps=30, log_every=5, eval_every=15, eval_tokens=1024, checkpoint_every=10),
         tracking=TrackingConfig(console=False),
     )

@@ -34,6 +34,14 @@ def test_csv_with_c_and_no_d_derives_tokens(tmp_path):
     assert "D = C/(6*N)" in ds.conventions["D"]
 
 
+def test_a_c_column_far_from_6nd_is_named_by_line(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("N,D,C,loss\n1e8,2e9,1.2e18,3.0\n2e8,2e9,2.4e20,2.9\n4e8,2e9,4.8e18,2.8\n")  # line 3: 100x
+    with pytest.warns(FitWarning, match=r"C disagrees with 6\*N\*D by more than 10x in 1 rows: line 3 \(C/6ND = 100\)"):
+        ds = load_csv(path)
+    assert len(ds.points) == 3 and ds.cost_source == "given"  # warned, not dropped
+
+
 def test_missing_column_names_it_and_the_columns_present(tmp_path):
     with pytest.raises(AnalysisError, match=r"lacks column\(s\) loss \(it has: N, D, eval\)"):
         load_csv(write_csv(tmp_path, "N,D,eval\n1,2,3\n"))
@@ -115,7 +123,8 @@ def test_run_store_keeps_finished_runs_and_lists_the_others(tmp_path):
     assert list(ds.points.run) == ["a", "b"] and list(ds.points.loss) == [3.5, 3.6]
     np.testing.assert_allclose(ds.points.N, [0.9e8, 1.8e8])  # non-embedding
     assert "non-embedding" in ds.conventions["N"] and "6N" in ds.conventions["C"]
-    assert list(ds.curves.run.unique()) == ["a"] and len(ds.curves) == 5
+    np.testing.assert_allclose(ds.points.N_alt, [1e8, 2e8])  # the other count: total
+    assert ds.cost_source == "recorded" and ds.alt_N_name == "total parameters"
     assert ds.source == {"kind": "runs", "path": str(root), "params": "non_embedding", "runs": 4}
 
 

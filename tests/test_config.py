@@ -22,6 +22,12 @@ BAD = [
     ({"model.family": "rnn"}, "model.family", "choose one of transformer"),
     ({"mesh.preset": "zero3"}, "mesh.preset", "choose one of dp, fsdp, fsdp_tp"),
     ({"mesh.preset": "fsdp_tp", "model.n_heads": 1, "model.d_model": 32}, "mesh.tensor", "not divisible by the tensor-parallel size"),
+    ({"train.eval_tokens": 0}, "train.eval_tokens", "must be positive"),
+    ({"train.eval_tokens": 4 * 64}, "train.eval_tokens", "4 rows (eval_tokens 256 / seq_len 64, rounded up) is not divisible by the data-parallel size (data*fsdp = 8); use a multiple of 512 tokens"),
+    ({"data.synth_zipf": 1.0}, "data.synth_zipf", "must be in (1, 10]"),
+    ({"data.synth_vocab": 4}, "data.synth_vocab", "needs at least 5 tokens"),
+    ({"data.synth_filler_len": 0}, "data.synth_filler_len", "needs at least 1 filler token"),
+    ({"data.synth_id_digits": -1}, "data.synth_id_digits", "use 1..12, or 0 for 12"),
 ]
 
 
@@ -63,6 +69,9 @@ def test_json_round_trip_and_hash_stability():
     same = cfg.with_overrides({"mesh.preset": "fsdp", "tracking.wandb": True, "name": "other", "train.log_every": 3})
     assert same.content_hash() == cfg.content_hash()
     assert len(cfg.content_hash()) == 6 and cfg.content_hash() == RunConfig.from_dict(json.loads(cfg.to_json())).content_hash()
+    # How often a run evaluates is bookkeeping; how many tokens its eval_loss averages over is not.
+    assert cfg.with_overrides({"train.eval_every": 7}).content_hash() == cfg.content_hash()
+    assert cfg.with_overrides({"train.eval_tokens": 4096}).content_hash() != cfg.content_hash()
 
 
 def test_cli_reports_a_bad_config_before_compiling(tmp_path):

@@ -233,7 +233,7 @@ def test_one_host_and_several_simulated_hosts_see_the_same_global_batch(small_so
         whole = src.batch(step, 0, 1)
         for count in (2, 4):
             np.testing.assert_array_equal(np.concatenate([src.batch(step, i, count) for i in range(count)]), whole)
-        np.testing.assert_array_equal(np.concatenate([src.eval_batch(step, i, 2) for i in range(2)]), src.eval_batch(step))
+        np.testing.assert_array_equal(np.concatenate([src.eval_rows(step * 8, 8, i, 2) for i in range(2)]), src.eval_rows(step * 8, 8))
     # One process assembles its rows into the global jax.Array the train step receives.
     from lib.parallel import sharding
     from lib.config import MeshConfig
@@ -247,11 +247,14 @@ def test_resuming_at_step_k_gives_the_batches_of_an_uninterrupted_run(small_sour
     resumed = TextSource(small_source.cfg, data_root=tmp_path / "store")  # a new process's view
     for s in range(37, 60):
         np.testing.assert_array_equal(resumed.batch(s), uninterrupted[s])
-    # Eval windows: the held-out stream in order, wrapping when a batch asks for more.
+    # Eval rows: the held-out windows in order, wrapping when more rows are asked for than there are.
     ev = np.asarray(resumed.store.tokens("eval"))
     n_eval = len(ev) // 16
-    want = ev[: n_eval * 16].reshape(n_eval, 16)[(3 * 8 + np.arange(8)) % n_eval]
-    np.testing.assert_array_equal(resumed.eval_batch(3), want)
+    want = ev[: n_eval * 16].reshape(n_eval, 16)[(24 + np.arange(8)) % n_eval]
+    np.testing.assert_array_equal(resumed.eval_rows(24, 8), want)
+    np.testing.assert_array_equal(resumed.eval_rows(n_eval - 3, 6), ev[: n_eval * 16].reshape(n_eval, 16)[np.arange(n_eval - 3, n_eval + 3) % n_eval])
+    other_batch = TextSource(dataclasses.replace(small_source.cfg, global_batch=16), data_root=tmp_path / "store")
+    np.testing.assert_array_equal(other_batch.eval_rows(0, 32), resumed.eval_rows(0, 32))  # eval rows ignore the batch size
 
 
 # ================================================================================================
@@ -266,7 +269,7 @@ def trained_text_run(tmp_path_factory):
         model=ModelConfig(d_model=64, n_layers=2, n_heads=4),
         data=DataConfig(source="hf", dataset="text", data_files=str(root / "corpus.txt"), seq_len=64, global_batch=32),
         optimizer=OptimizerConfig(lr=1e-2, warmup_steps=10),
-        train=TrainConfig(steps=150, log_every=50, eval_every=150, checkpoint_every=150, eval_batches=2),
+        train=TrainConfig(steps=150, log_every=50, eval_every=150, checkpoint_every=150, eval_tokens=4096),
         tracking=TrackingConfig(console=False),
     )
     from lib.train.loop import train
@@ -312,7 +315,7 @@ def test_resuming_after_the_corpus_changed_is_refused(tmp_path):
     cfg = RunConfig(
         name="text", model=ModelConfig(d_model=32, n_layers=1, n_heads=4),
         data=DataConfig(source="hf", dataset="text", data_files=str(tmp_path / "corpus.txt"), seq_len=32, global_batch=8),
-        optimizer=OptimizerConfig(warmup_steps=1), train=TrainConfig(steps=4, checkpoint_every=2, eval_batches=1),
+        optimizer=OptimizerConfig(warmup_steps=1), train=TrainConfig(steps=4, checkpoint_every=2, eval_tokens=256),
         tracking=TrackingConfig(console=False),
     )
     workdir = tmp_path / "runs" / "r"

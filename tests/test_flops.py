@@ -58,3 +58,42 @@ def test_mfu_uses_the_peak_table_and_is_empty_on_cpu():
     assert peak_flops_per_device("TPU v4") == 275e12
     assert mfu(494.5e12 * 2, "NVIDIA H200", 2) == pytest.approx(0.5)
     assert mfu(1e9, "cpu", 1) is None
+
+
+def _tree_params(cfg: ModelConfig) -> dict[str, int]:
+    """Parameter counts read off the real model's parameter tree (shapes only, via jax.eval_shape)."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lib.models.transformer import make_model
+
+    shapes = jax.eval_shape(lambda: nn.unbox(make_model(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
+    flat = {jax.tree_util.keystr(path): int(np.prod(leaf.shape)) for path, leaf in jax.tree_util.tree_leaves_with_path(shapes)}
+    total = sum(flat.values())
+    return {"total": total, "embedding": flat["['embed']"], "attention": sum(v for k, v in flat.items() if "'attn'" in k)}
+
+
+class _WideHeads(ModelConfig):
+    """A head_dim option (the config derives d_model // n_heads): here 2 * d_model // n_heads, so H*dh = 2d."""
+
+    @property
+    def head_dim(self) -> int:
+        return 2 * self.d_model // self.n_heads
+
+
+@pytest.mark.parametrize("cfg", [
+    CFG,
+    ModelConfig(vocab_size=64, d_model=48, n_layers=3, n_heads=4, mlp="swiglu", tie_embeddings=False, d_ff=80),
+    ModelConfig(vocab_size=100, d_model=32, n_layers=2, n_heads=2, scan_layers=True),
+    _WideHeads(vocab_size=64, d_model=32, n_layers=2, n_heads=4),
+], ids=["by-hand", "swiglu-untied", "scanned", "h-times-dh-is-2d"])
+def test_param_counts_equal_the_model_parameter_tree(cfg):
+    tree = _tree_params(cfg)
+    counts = param_counts(cfg)
+    assert counts["total"] == tree["total"]
+    assert counts["embedding"] == tree["embedding"]
+    assert tree["attention"] == cfg.n_layers * 4 * cfg.d_model * cfg.n_heads * cfg.head_dim
+    if isinstance(cfg, _WideHeads):
+        assert cfg.n_heads * cfg.head_dim == 2 * cfg.d_model  # the shape the old 4*d*d count got wrong

@@ -25,8 +25,8 @@ from gcs_emulator import BUCKET, list_objects, recorded_requests, running_emulat
 
 GS = f"gs://{BUCKET}"
 SETS = [
-    "model.d_model=32", "model.n_layers=2", "data.seq_len=32", "data.global_batch=16", "data.synth_phrases=2000",
-    "train.log_every=10", "train.eval_every=100", "train.eval_batches=2", "optimizer.warmup_steps=10",
+    "model.d_model=32", "model.n_layers=2", "data.seq_len=32", "data.global_batch=16",
+    "train.log_every=10", "train.eval_every=100", "train.eval_tokens=1024", "optimizer.warmup_steps=10",
     "train.steps=200", "train.checkpoint_every=50",
 ]
 STEPS, EVERY = 200, 50

@@ -17,8 +17,8 @@ from lib.store.runstore import RunDir
 from lib.train.loop import train
 
 SETS = {
-    "mesh.preset": "fsdp", "model.d_model": 32, "data.seq_len": 32, "data.global_batch": 16, "data.synth_phrases": 2000,
-    "train.steps": 60, "train.log_every": 5, "train.eval_every": 30, "train.eval_batches": 2,
+    "mesh.preset": "fsdp", "model.d_model": 32, "data.seq_len": 32, "data.global_batch": 16,
+    "train.steps": 60, "train.log_every": 5, "train.eval_every": 30, "train.eval_tokens": 1024,
     "train.checkpoint_every": 10, "optimizer.warmup_steps": 5, "tracking.console": True,
 }
 TOL = 2e-5  # relative, on every logged loss: only the order of float32 reductions differs

@@ -27,9 +27,9 @@ EXPERIMENT = textwrap.dedent(
         base = RunConfig(
             name="ray",
             model=ModelConfig(d_model=32, n_layers=2, n_heads=4),
-            data=DataConfig(seq_len=32, global_batch=16, synth_phrases=500),
+            data=DataConfig(seq_len=32, global_batch=16),
             optimizer=OptimizerConfig(lr=3e-3, warmup_steps=5),
-            train=TrainConfig(steps=300, log_every=20, eval_every=300, eval_batches=1, checkpoint_every=20, keep_checkpoints=2),
+            train=TrainConfig(steps=300, log_every=20, eval_every=300, eval_tokens=512, checkpoint_every=20, keep_checkpoints=2),
         )
         return Grid(base, {"data.seed": [0, 1]})
     """

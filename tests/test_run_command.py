@@ -17,9 +17,9 @@ EXPERIMENT = textwrap.dedent(
 
     def sweep():
         base = RunConfig(
-            data=DataConfig(seq_len=16, global_batch=16, synth_phrases=300),
+            data=DataConfig(seq_len=16, global_batch=16),
             optimizer=OptimizerConfig(lr=1e-2),
-            train=TrainConfig(eval_batches=2, keep_checkpoints=1),
+            train=TrainConfig(eval_tokens=512, keep_checkpoints=1),
         )
         sizes = [dict(d_model=d, n_layers=1, n_heads=2) for d in (8, 12, 16, 24)]
         return IsoFlop([4e8, 1.2e9], sizes, base=base, name="mini", min_steps=30,
@@ -39,7 +39,8 @@ def test_scaling_run_trains_fits_plots_and_summarises(tmp_path):
     planned = int(re.search(r"sweep mini: (\d+) runs into", proc.stdout).group(1))
     assert planned >= 6 and f"sweep mini: {planned} trained, 0 already done, 0 failed" in proc.stdout
     # The console summary: the fitted law with intervals and the frontier one budget up (1.2e9^2/4e8).
-    assert "approach3" in proc.stdout and "at C = 3.6e+09 FLOPs: N_opt =" in proc.stdout
+    assert re.search(r"approach3 at C = 3\.6e\+09 \(extrapolation x(2\.9\d|3)\): N_opt = .* loss = .*prediction interval", proc.stdout)
+    assert proc.stdout.index("data: N ") < proc.stdout.index("approach3 (")  # the data range comes first
     record = json.loads((root / "fit" / "fit.json").read_text())
     params = record["fits"]["approach3"]["params"]
     assert set(params) == {"E", "A", "B", "alpha", "beta"}
@@ -49,4 +50,5 @@ def test_scaling_run_trains_fits_plots_and_summarises(tmp_path):
     figures = record["figures"]
     assert figures and all((root / "fit" / f).stat().st_size > 1000 for f in figures)
     assert any(f.endswith(".png") for f in figures) and any(f.endswith(".svg") for f in figures)
-    assert (root / "fit" / "report.md").read_text().count("|") > 10  # the compute-optimal table
+    report = (root / "fit" / "report.md").read_text()
+    assert report.count("|") > 10 and re.search(r"extrapolation x(2\.9\d|3)\b", report)  # the table reaches the next budget

@@ -21,9 +21,9 @@ EXPERIMENT = textwrap.dedent(
         base = RunConfig(
             name="tg",
             model=ModelConfig(d_model=16, n_layers=1, n_heads=2),
-            data=DataConfig(seq_len=16, global_batch=8, synth_phrases=200),
+            data=DataConfig(seq_len=16, global_batch=8),
             optimizer=OptimizerConfig(lr=3e-3, warmup_steps=2),
-            train=TrainConfig(steps=STEPS, log_every=10, eval_every=STEPS, eval_batches=1,
+            train=TrainConfig(steps=STEPS, log_every=10, eval_every=STEPS, eval_tokens=128,
                               checkpoint_every={checkpoint_every}, keep_checkpoints=2),
         )
         return Grid(base, {axes})

@@ -53,9 +53,47 @@ def test_a_tiny_run_writes_the_run_store_and_learns(tiny_config, tmp_path):
 
     # Above the exact floor, well below what a context-free (unigram) model can do.
     lang = PhraseLanguage(cfg.data)
-    assert on_disk["entropy_floor"] == pytest.approx(lang.entropy_floor)
+    assert on_disk["entropy_floor"] == pytest.approx(lang.entropy_floor)  # the window floor at seq_len 32
+    assert on_disk["entropy_rate"] == pytest.approx(lang.entropy_rate) and lang.entropy_rate < lang.entropy_floor
+    assert on_disk["eval_tokens"] == cfg.train.eval_tokens == 1024
     assert lang.entropy_floor < summary["eval_loss"] < lang.unigram_entropy() - 1.0
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 1.0
+
+
+def test_runs_that_differ_only_in_batch_evaluate_the_very_same_tokens(tiny_config):
+    """One set of parameters scored under batch 16, 8 and 12 (chunks of 16, 8, gcd(32, 12) = 4 rows):
+    the same 32 eval rows each time, and the same loss as one direct pass over those rows."""
+    import jax.numpy as jnp
+
+    from lib.data import make_source, resolve_vocab
+    from lib.models.transformer import make_model
+    from lib.parallel import sharding
+    from lib.train.loop import make_evaluate
+    from lib.train.step import build_steps, lm_loss
+
+    class Spy:
+        def __init__(self, source):
+            self.source, self.rows = source, []
+
+        def eval_rows(self, first, n, process_index=0, process_count=1):
+            self.rows += range(first, first + n)
+            return self.source.eval_rows(first, n, process_index, process_count)
+
+    mesh = sharding.make_mesh(tiny_config.mesh, one_device())
+    losses, params = {}, None
+    with sharding.activate(mesh):
+        for batch in (16, 8, 12):
+            cfg = tiny_config.with_overrides({"data.global_batch": batch})
+            source = Spy(make_source(cfg.data))
+            cfg = resolve_vocab(cfg, source.source)
+            steps = build_steps(cfg, mesh)
+            params = steps.init(jax.random.key(0)).params if params is None else params
+            evaluate, eval_tokens = make_evaluate(cfg, steps, source, mesh)
+            losses[batch] = evaluate(params)
+            assert source.rows == list(range(32)) and eval_tokens == 32 * 32 == cfg.train.eval_tokens
+    rows = PhraseLanguage(cfg.data).eval_rows(0, 32)
+    direct = float(lm_loss(jax.device_get(params), make_model(cfg.model), jnp.asarray(rows)))
+    np.testing.assert_allclose(list(losses.values()), direct, rtol=2e-6)
 
 
 def test_runs_of_different_lengths_share_one_compiled_step(tiny_config):
@@ -140,8 +178,8 @@ def test_gradient_accumulation_matches_the_full_batch(tiny_config, tmp_path):
 # ---- kill and resume, in subprocesses -------------------------------------------------------
 SMALL = [
     "--set", "model.d_model=32", "--set", "model.n_layers=2", "--set", "data.seq_len=32", "--set", "data.global_batch=16",
-    "--set", "data.synth_phrases=2000", "--set", "train.log_every=10", "--set", "train.eval_every=100",
-    "--set", "train.eval_batches=2", "--set", "optimizer.warmup_steps=10",
+    "--set", "train.log_every=10", "--set", "train.eval_every=100",
+    "--set", "train.eval_tokens=1024", "--set", "optimizer.warmup_steps=10",
 ]
 
 

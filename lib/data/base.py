@@ -13,13 +13,16 @@ import numpy as np
 
 class Source(Protocol):
     vocab_size: int
-    entropy_floor: float | None  # nats/token the best possible model reaches, when known
+    entropy_floor: float | None  # best mean loss (nats/token) over a row of seq_len tokens, when known
 
     def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
         """This process's rows of training batch `step`: int32 [global_batch / process_count, seq_len + 1]."""
 
-    def eval_batch(self, index: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
-        """This process's rows of held-out batch `index` (same shape as `batch`)."""
+    def eval_rows(self, start_row: int, n_rows: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
+        """This process's block of held-out rows start_row .. start_row + n_rows - 1: int32 [n_rows / process_count, seq_len + 1].
+
+        A pure function of the row index (not of the batch size), so runs with different batches
+        evaluate on identical rows."""
 
     def epoch(self, step: int) -> float | None:
         """Passes over the data after `step` steps (None for an infinite source)."""

@@ -11,13 +11,12 @@ Batches: the stream is cut into non-overlapping windows of seq_len + 1 tokens (a
 window is unused). Global row r of step s is sample g = s * B + r; sample g reads window
 perm_e[g mod n] of epoch e = g // n, where perm_e = default_rng([seed, e]).permutation(n). So
 windows are drawn without replacement within an epoch, `batch(step)` is a pure function of
-(seed, step), and each process reads only its own rows. Eval batch i row r is eval window
-(i * B + r) mod n_eval, in corpus order.
+(seed, step), and each process reads only its own rows. Eval row i is eval window i mod n_eval, in
+corpus order, whatever the batch size.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import time
@@ -34,8 +33,6 @@ from lib.store.storage import is_url
 # A BPE learns its merges from at most this many characters of training text (the first ones):
 # plenty for a stable vocabulary, and it bounds the one-off training time on huge corpora.
 BPE_TRAIN_CHARS = 256 << 20
-
-log = logging.getLogger(__name__)
 
 
 class TextSource:
@@ -55,20 +52,16 @@ class TextSource:
         self._train_windows = _windows(self.store.tokens("train"), cfg.seq_len + 1)
         self._eval_windows = _windows(self.store.tokens("eval"), cfg.seq_len + 1)
         self.n_windows, self.n_eval_windows = len(self._train_windows), len(self._eval_windows)
-        self._check_sizes()
-        if self.n_eval_windows < cfg.global_batch:
-            log.warning(
-                "held-out set has %d windows, fewer than one batch of %d: eval batches repeat windows; "
-                "raise data.holdout_fraction for a steadier eval loss", self.n_eval_windows, cfg.global_batch)
+        self._check_sizes()  # the train loop warns when train.eval_tokens asks for more rows than there are held-out windows
         self._permutations: dict[int, np.ndarray] = {}
 
     # -- the Source interface ---------------------------------------------------------------------
     def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
         return np.asarray(self._train_windows[self.window_ids(step, process_index, process_count)], np.int32)
 
-    def eval_batch(self, index: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
-        rows = local_rows(self.cfg.global_batch, process_index, process_count)
-        samples = index * self.cfg.global_batch + np.arange(rows.start, rows.stop)
+    def eval_rows(self, start_row: int, n_rows: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
+        rows = local_rows(n_rows, process_index, process_count)
+        samples = start_row + np.arange(rows.start, rows.stop, dtype=np.int64)
         return np.asarray(self._eval_windows[samples % self.n_eval_windows], np.int32)
 
     def epoch(self, step: int) -> float:

@@ -252,16 +252,17 @@ def load_runs(root):
                 "C": flops.get("value"),
                 "flops_convention": flops.get("convention"),
                 "entropy_floor": summary.get("entropy_floor"),
+                "entropy_rate": summary.get("entropy_rate"),
                 "sweep": summary.get("sweep"),
                 "budget": summary.get("budget"),
             }
         )
     columns = [
         "run_id", "state", "reason", "path", "eval_loss", "train_loss", "N_total", "N_embedding",
-        "N_non_embedding", "D", "C", "flops_convention", "entropy_floor", "sweep", "budget",
+        "N_non_embedding", "D", "C", "flops_convention", "entropy_floor", "entropy_rate", "sweep", "budget",
     ]
     df = pd.DataFrame(rows, columns=columns)
-    numeric = ["eval_loss", "train_loss", "N_total", "N_embedding", "N_non_embedding", "D", "C", "entropy_floor", "budget"]
+    numeric = ["eval_loss", "train_loss", "N_total", "N_embedding", "N_non_embedding", "D", "C", "entropy_floor", "entropy_rate", "budget"]
     df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
     return df
 

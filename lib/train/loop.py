@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from lib import flops as flops_lib
-from lib.config import ConfigError, RunConfig
+from lib.config import ConfigError, RunConfig, eval_rows
 from lib.data import make_source, resolve_vocab
 from lib.parallel import sharding
 from lib.store.checkpoint import Checkpointer
@@ -118,9 +118,11 @@ def _train_loop(cfg: RunConfig, run: RunDir, run_id: str, source, devices, track
             spent[kind] += time.perf_counter() - t0
             return out
 
-        def evaluate(params) -> float:
-            losses = [steps.eval_step(params, sharding.global_batch(source.eval_batch(i, pi, pc), mesh)) for i in range(t.eval_batches)]
-            return float(np.mean(jax.device_get(losses)))
+        evaluate, eval_tokens = make_evaluate(cfg, steps, source, mesh)
+        held_out = getattr(source, "n_eval_windows", None)  # finite held-out sets (text)
+        if held_out is not None and held_out * cfg.data.seq_len < eval_tokens:
+            tracker.say(f"warning: train.eval_tokens asks for {eval_tokens // cfg.data.seq_len} eval rows but the held-out set "
+                        f"has {held_out} windows, so rows repeat; raise data.holdout_fraction or lower train.eval_tokens")
 
         # ---- the loop ---------------------------------------------------------------------------
         stop = _PreemptionFlag()
@@ -181,7 +183,9 @@ def _train_loop(cfg: RunConfig, run: RunDir, run_id: str, source, devices, track
         "flops": {"value": tokens * flops_per_token, "convention": t.flops_convention},
         "flops_per_token": flops_per_token,
         "flops_all_conventions": {c: tokens * flops_lib.flops_per_token(cfg.model, cfg.data.seq_len, c) for c in flops_lib.CONVENTIONS},
-        "entropy_floor": source.entropy_floor,
+        "entropy_floor": getattr(source, "entropy_floor", None),  # best mean loss over a row of seq_len tokens
+        "entropy_rate": getattr(source, "entropy_rate", None),  # the source's rate (long windows), when known
+        "eval_tokens": eval_tokens,  # held-out tokens behind eval_loss
         "sweep": cfg.sweep or None,
         "budget": cfg.budget or None,
         "steps": t.steps,
@@ -197,6 +201,28 @@ def _train_loop(cfg: RunConfig, run: RunDir, run_id: str, source, devices, track
         "data": source.describe(),
         "epochs": source.epoch(t.steps),
     }
+
+
+def make_evaluate(cfg: RunConfig, steps, source, mesh):
+    """`(evaluate(params) -> mean loss over the run's eval set, number of held-out tokens in it)`.
+
+    Every run of a sweep scores the same held-out rows whatever its batch: rows 0..n-1 of the eval
+    stream, n = ceil(eval_tokens / seq_len), in equal chunks of gcd(n, global_batch) rows (one
+    compiled shape; a multiple of the data-parallel size since validate() checks that both n and
+    global_batch are), so the mean of the chunk means is the mean over all n * seq_len tokens.
+    """
+    pi, pc = jax.process_index(), jax.process_count()
+    n_rows = eval_rows(cfg.train.eval_tokens, cfg.data.seq_len)
+    chunk = math.gcd(n_rows, cfg.data.global_batch)
+
+    def evaluate(params) -> float:
+        losses = [
+            steps.eval_step(params, sharding.global_batch(source.eval_rows(first, chunk, pi, pc), mesh))
+            for first in range(0, n_rows, chunk)
+        ]
+        return float(np.mean(jax.device_get(losses)))
+
+    return evaluate, n_rows * cfg.data.seq_len
 
 
 def _check_finite(done: int, metrics) -> dict:

@@ -1,0 +1,173 @@
+"""Predictions from a fit record at any compute C: the compute-optimal N and D, the loss to
+expect there, their intervals, and how far C lies beyond the data.
+
+One function, `predict`, serves the report's table, the figures' frontier curves and
+`scaling predict`, so they can never disagree. Per approach:
+
+    approach3  N_opt, D_opt minimise the fitted L(N, D) under the record's cost model
+               C = c(N) D (numerically; the closed form when c = 6N); the loss is the law at that
+               optimum. Intervals: percentiles over the usable bootstrap refits. Prediction
+               interval of the loss: the refits' frontier losses plus a draw of the fit's own
+               residual scatter (a new run scatters around the law as the fitted runs did).
+    approach2  N_opt = N_coef C^a through the IsoFLOP minima; D_opt = C / c(N_opt); the loss
+               from L*(C) = A C^-gamma fitted through the per-budget minimum losses (least
+               squares in log-log, with the t-based prediction interval of a new budget's minimum).
+    approach1  N_opt = N_coef C^a through the envelope; D_opt = C / c(N_opt); no loss model (the
+               envelope is a set of observed losses, not a law): loss is None.
+
+Extrapolation: the factor C / C_max of the data when C > C_max, else 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+from analysis.bootstrap import intervals
+from analysis.costmodel import CostModel, constrained_optimum
+from analysis.errors import AnalysisError
+
+RESIDUAL_DRAWS_SEED = 12345  # fixed: the same record always gives the same prediction interval
+
+
+# ---------------------------------------------------------------- Approach 3 ---------------------
+def chinchilla_frontier(params: dict, cost: CostModel, C) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N_opt, D_opt, loss_opt) of L(N, D) = E + A/N^alpha + B/D^beta under cost `cost`.
+
+    Parameters may be arrays [R] and C [m]: results are then [R, m]. NaN where the law has no
+    compute-optimal frontier (alpha or beta <= 0, or non-finite parameters)."""
+    p = {k: np.asarray(params[k], float) for k in ("E", "A", "B", "alpha", "beta")}
+    C = np.asarray(C, float)
+    if np.ndim(p["A"]):
+        p = {k: v[:, None] for k, v in p.items()}
+    valid = (p["alpha"] > 0) & (p["beta"] > 0) & (p["A"] > 0) & (p["B"] > 0) & np.isfinite(p["E"])
+    with np.errstate(all="ignore"):
+        # the closed form (Hoffmann et al. eq. 4) at the cost's typical overhead centres the search
+        G = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1.0 / (p["alpha"] + p["beta"]))
+        a = p["beta"] / (p["alpha"] + p["beta"])
+        mid = 10 ** np.mean(cost.log10_N_range)
+        guess = G * (C / (6.0 * cost.ratio(mid))) ** a
+        guess = np.where(valid & np.isfinite(guess) & (guess > 0), guess, np.nan)
+
+        def law(N, D):
+            return p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
+
+        N, D, L = constrained_optimum(law, cost, C, guess)
+    return N, D, L
+
+
+def local_exponents(params: dict, cost: CostModel, c_lo: float, c_hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b): slopes of log N_opt and log D_opt between c_lo and c_hi (the data's C range).
+    Under c = 6N they equal beta/(alpha+beta) and alpha/(alpha+beta) exactly."""
+    N, D, _ = chinchilla_frontier(params, cost, np.array([c_lo, c_hi]))
+    dlc = np.log(c_hi / c_lo)
+    with np.errstate(invalid="ignore"):  # NaN where the law has no frontier, said by the NaN
+        return np.log(N[..., 1] / N[..., 0]) / dlc, np.log(D[..., 1] / D[..., 0]) / dlc
+
+
+# ---------------------------------------------------------------- one record ----------------------
+def _value(v, ci=None) -> dict:
+    ok = ci is not None and np.all(np.isfinite(ci))
+    return {"value": float(v), "ci": [float(ci[0]), float(ci[1])] if ok else None}
+
+
+def _samples(entry: dict) -> dict | None:
+    boot = entry.get("bootstrap") or {}
+    s = boot.get("samples")
+    return {k: np.asarray(v, float) for k, v in s.items()} if s else None
+
+
+def predict(record: dict, fit: str, C, level: float | None = None) -> list[dict]:
+    """One dict per C: {"C", "N_opt": {"value", "ci"}, "D_opt": {...}, "loss": {"value", "ci",
+    "pi"} or None, "extrapolation": C / C_max of the data if C > C_max else 0}."""
+    if fit not in record["fits"]:
+        raise AnalysisError(f"the record has no fit {fit!r}; it has {', '.join(record['fits']) or 'none'}")
+    entry = record["fits"][fit]
+    if "frontier_model" not in entry:
+        raise AnalysisError(f"{fit} has no compute-optimal frontier (only approaches 1-3 do)")
+    level = level or record["options"]["ci_level"]
+    cost = CostModel.from_dict(record["cost_model"])
+    cs = np.atleast_1d(np.asarray(C, float))
+    if np.any(~np.isfinite(cs) | (cs <= 0)):
+        raise AnalysisError(f"compute values must be positive and finite, not {cs.tolist()}")
+    c_max = record["data_range"]["C"][1]
+    samples = _samples(entry)
+    kind = entry["frontier_model"]
+
+    bands = {}  # name -> (lo[m], hi[m]); a missing name has no interval
+    if kind == "chinchilla":
+        values = {k: v["value"] for k, v in entry["params"].items()}
+        n, d, loss = (x.ravel() for x in chinchilla_frontier(values, cost, cs))
+        if samples:
+            ns, ds, ls = chinchilla_frontier(samples, cost, cs)
+            scatter = entry["goodness"]["rmse_nats"] * np.random.default_rng(RESIDUAL_DRAWS_SEED).standard_normal(ls.shape)
+            bands = {"N_opt": intervals(ns, level), "D_opt": intervals(ds, level), "loss": intervals(ls, level), "pi": intervals(ls + scatter, level)}
+    else:  # a power law N_opt = N_coef C^a through approach 1 or 2's optima
+        law = entry["params"]
+        n = law["N_coef"]["value"] * cs ** law["a"]["value"]
+        d = cost.tokens(n, cs)
+        if samples:
+            ns = samples["N_coef"][:, None] * cs ** samples["a"][:, None]
+            bands = {"N_opt": intervals(ns, level), "D_opt": intervals(cost.tokens(ns, cs), level)}
+        loss = None
+        if entry.get("loss_law"):
+            loss, bands["loss"], bands["pi"] = _loglog_prediction(entry["loss_law"], cs, level)
+
+    def band(key, i):
+        return (bands[key][0][i], bands[key][1][i]) if key in bands else None
+
+    out = []
+    for i, c in enumerate(cs):
+        row = {"C": float(c), "N_opt": _value(n[i], band("N_opt", i)), "D_opt": _value(d[i], band("D_opt", i)), "loss": None}
+        if loss is not None and np.isfinite(loss[i]):
+            pi = band("pi", i)
+            row["loss"] = {**_value(loss[i], band("loss", i)), "pi": [float(pi[0]), float(pi[1])] if pi and np.all(np.isfinite(pi)) else None}
+        row["extrapolation"] = float(c / c_max) if c > c_max * (1 + 1e-9) else 0.0
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------- L*(C) through minima ----------
+def fit_loglog(C, loss) -> dict:
+    """Least squares of log L = log A - gamma log C through the per-budget minimum losses, with
+    what a prediction interval needs (the coefficients' covariance, residual variance, dof)."""
+    x, y = np.log(np.asarray(C, float)), np.log(np.asarray(loss, float))
+    n = x.size
+    if n < 2 or np.ptp(x) == 0:
+        raise AnalysisError("L*(C) needs minimum losses at two or more budgets")
+    X = np.stack([np.ones(n), x], axis=1)
+    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+    resid = y - X @ beta
+    dof = n - 2
+    s2 = float(resid @ resid / dof) if dof > 0 else float("nan")
+    return {
+        "formula": "L*(C) = A * C^(-gamma)",
+        "A": float(np.exp(beta[0])),
+        "gamma": float(-beta[1]),
+        "log_coeffs": [float(beta[0]), float(beta[1])],
+        "xtx_inv": np.linalg.inv(X.T @ X).tolist(),
+        "resid_var": s2,
+        "dof": int(dof),
+        "rmse_nats": float(np.sqrt(np.mean((np.exp(X @ beta) - np.exp(y)) ** 2))),
+    }
+
+
+def _loglog_prediction(law: dict, cs: np.ndarray, level: float):
+    """Point, confidence band of the mean, and prediction band of a new budget's minimum."""
+    b0, b1 = law["log_coeffs"]
+    x = np.log(cs)
+    mean = b0 + b1 * x
+    if law["dof"] < 1 or not np.isfinite(law["resid_var"]):
+        nan = np.full_like(cs, np.nan)
+        return np.exp(mean), (nan, nan), (nan, nan)
+    V = np.asarray(law["xtx_inv"])
+    lev = V[0, 0] + 2 * V[0, 1] * x + V[1, 1] * x * x
+    t = stats.t.ppf(0.5 + level / 2, law["dof"])
+    se_mean = np.sqrt(law["resid_var"] * lev)
+    se_new = np.sqrt(law["resid_var"] * (1 + lev))
+    return np.exp(mean), (np.exp(mean - t * se_mean), np.exp(mean + t * se_mean)), (np.exp(mean - t * se_new), np.exp(mean + t * se_new))
+
+
+def anchors(c_max: float, extra=()) -> list[float]:
+    """The report's compute-optimal table: the largest budget x 1, 3, 10, 100, plus any --at."""
+    return sorted({float(c_max * k) for k in (1, 3, 10, 100)} | {float(c) for c in extra})
