@@ -449,7 +449,7 @@ def _size_curves(points: pd.DataFrame, n_grid: int) -> _Curves:
     for size, g in df.groupby("size", sort=True):
         h = g.groupby("horizon", sort=True).agg(logc=("logc", "mean"), loss=("loss", "mean"), run=("run", "first")).sort_values("logc")
         if len(h) < MIN_HORIZONS:
-            left_out.append(f"N={10**size:.3g}: {len(h)} horizon(s) (needs >= {MIN_HORIZONS} end-of-run points at different token counts)")
+            left_out.append(f"N={10**size:.3g}: {len(h)} horizon(s)")
         else:
             kept.append((float(g["N"].iloc[0]), h, len(g)))
     if len(kept) < MIN_SIZES:
@@ -457,7 +457,7 @@ def _size_curves(points: pd.DataFrame, n_grid: int) -> _Curves:
         raise AnalysisError(
             f"Approach 1 needs >= {MIN_HORIZONS} horizons per model size for {MIN_SIZES} or more sizes (end-of-run points of "
             f"runs trained to different token counts, or cooldown branches); sizes with enough: {enough}"
-            + (f"; left out: {'; '.join(left_out)}" if left_out else "")
+            + (f"; left out (fewer than {MIN_HORIZONS} token counts): {', '.join(left_out)}" if left_out else "")
         )
     lo = min(h["logc"].iloc[0] for _, h, _ in kept)
     hi = max(h["logc"].iloc[-1] for _, h, _ in kept)
@@ -495,7 +495,7 @@ def _envelope(cv: _Curves, rows: np.ndarray, cost: CostModel) -> EnvelopeResult:
             f"Approach 1: one model size (N={N_opt[0]:.3g}) is best at every FLOP count; "
             "the envelope needs a range of sizes that take turns being best"
         )
-    msgs = [f"approach 1 left out {s}" for s in cv.left_out]
+    msgs = [f"approach 1 left out {s} (needs >= {MIN_HORIZONS} end-of-run points at different token counts)" for s in cv.left_out]
     if np.unique(N_opt).size < 3:
         msgs.append("approach 1: only two model sizes appear on the envelope; its exponents are rough")
     D_opt = np.asarray(cost.tokens(N_opt, C), float)

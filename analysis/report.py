@@ -261,7 +261,7 @@ def markdown(record: dict) -> str:
             for r in rows:
                 n, d, loss = r["N_opt"], r["D_opt"], r["loss"]
                 cells = [name, f"{r['C']:.3g}", f"{_fmt(n['value'])} {_ci(n)}", f"{_fmt(d['value'])} {_ci(d)}", _fmt(d["value"] / n["value"])]
-                cells += [f"{loss['value']:.4f} {_ci(loss)}", _ci(loss, "pi") or "n/a"] if loss else ["n/a (no loss model)", ""]
+                cells += [f"{loss['value']:.4f} {_ci(loss) or '(no interval)'}", _ci(loss, "pi") or "n/a"] if loss else ["n/a (no loss model)", ""]
                 cells.append(_extrap(r["extrapolation"]))
                 lines.append("| " + " | ".join(cells) + " |")
 
@@ -290,7 +290,8 @@ def markdown(record: dict) -> str:
             lines += ["", e["exponents_note"] + "."]
         if e.get("loss_law"):
             ll = e["loss_law"]
-            lines += ["", f"L*(C) = {ll['A']:.4g} * C^-{ll['gamma']:.4f} through the budgets' minimum losses ({ll['dof']} residual dof; RMSE {ll['rmse_nats']:.4f} nats)."]
+            lines += ["", f"L*(C) = {ll['A']:.4g} * C^-{ll['gamma']:.4f} through the budgets' minimum losses ({ll['dof']} residual dof; RMSE {ll['rmse_nats']:.4f} nats)"
+                      + ("; with no residual dof its loss predictions carry no interval." if ll["dof"] < 1 else ".")]
         if e.get("approach") == 2:
             lines += ["", "| budget C | points | window | N_opt [+-1 se] | D_opt | min loss | status |", "|---|---|---|---|---|---|---|"]
             for b in e["budgets"]:

@@ -263,7 +263,7 @@ def test_a_size_with_two_horizons_is_left_out_and_named():
 def test_approach1_with_fewer_than_two_usable_sizes_is_an_error_with_the_reason():
     frame = end_of_run(sizes=np.array([1e8, 3e8]))
     frame = pd.concat([frame[frame.N == 1e8], frame[frame.N == 3e8].iloc[:2]])
-    why = r"needs >= 3 horizons per model size .*cooldown branches\); sizes with enough: N=1e\+08; left out: N=3e\+08: 2 horizon"
+    why = r"needs >= 3 horizons per model size .*cooldown branches\); sizes with enough: N=1e\+08; left out \(fewer than 3 token counts\): N=3e\+08: 2 horizon"
     with pytest.raises(AnalysisError, match=why):
         ap.approach1(frame, SIX_N)
 
