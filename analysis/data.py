@@ -23,6 +23,13 @@ from analysis.errors import AnalysisError, FitWarning
 COLUMNS = ("N", "D", "C", "loss", "run", "budget", "N_alt")
 C_AGREEMENT = 10.0  # a given C more than this factor away from 6ND is named in a warning
 _SHOW = 10  # bad rows listed by name before "and k more"
+PARAMS_CHOICES = ("total", "non_embedding", "active")  # which N a run store gives (summary.json params.<choice>)
+CHECK_SUFFIX = "-check"  # a run whose sweep is named "<sweep>-check" tests a fit (scaling verify): never fitted
+
+
+def is_check_sweep(name) -> bool:
+    """Whether a run's sweep name marks it as a prediction-check run."""
+    return isinstance(name, str) and name.endswith(CHECK_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -164,14 +171,24 @@ def _runstore():
     return runstore
 
 
+def _sweep_names(rs, runs) -> list:
+    """Each run's sweep: its summary's, or for a run without one yet (not done) its config's."""
+    names = list(runs["sweep"])
+    for i, (name, state, path) in enumerate(zip(runs["sweep"], runs["state"], runs["path"])):
+        if not isinstance(name, str) and state != "done":
+            names[i] = (rs.RunDir(path, writer=False).config() or {}).get("sweep")
+    return names
+
+
 def load_run_store(root, params: str = "total") -> Dataset:
     """Every finished run under `root` (lib.store.runstore layout); others are listed and left out.
 
-    N is the run's total or non-embedding parameter count (`params`), D its tokens, C its recorded
-    FLOPs, loss its final eval loss (train loss, said so, where a run has no eval loss).
+    N is the run's total, non-embedding or active parameter count (`params`; active: what one token
+    passes through, which differs from total only for routed (moe) models), D its tokens, C its
+    recorded FLOPs, loss its final eval loss (train loss, said so, where a run has no eval loss).
     """
-    if params not in ("total", "non_embedding"):
-        raise AnalysisError(f"--params must be total or non_embedding, not {params!r}")
+    if params not in PARAMS_CHOICES:
+        raise AnalysisError(f"--params must be one of {', '.join(PARAMS_CHOICES)}, not {params!r}")
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise AnalysisError(f"run root {root} is not a directory")
@@ -180,6 +197,18 @@ def load_run_store(root, params: str = "total") -> Dataset:
     if len(runs) == 0:
         raise AnalysisError(f"no runs under {root} (a run is a folder holding config.json)")
     notes = []
+    check = pd.Series([is_check_sweep(s) for s in _sweep_names(rs, runs)], index=runs.index, dtype=bool)
+    if check.any():  # they test the fit (check.json); fitting them would move what they test
+        notes.append(f"left out {int(check.sum())} prediction-check run(s) (sweep '*{CHECK_SUFFIX}': {', '.join(runs.run_id[check][:_SHOW])}); "
+                     "they are reported in check.json, not fitted")
+        runs = runs[~check].reset_index(drop=True)
+        if len(runs) == 0:
+            raise AnalysisError(f"the only runs under {root} are prediction-check runs; nothing to fit")
+    trunks = runs["role"] == "trunk" if "role" in runs else pd.Series(False, index=runs.index)
+    if trunks.any():  # constant-rate trunks (lib/sweeps/cooldowns.py): their branches are the points
+        notes.append(f"left out {int(trunks.sum())} WSD trunk run(s) ({', '.join(runs.run_id[trunks][:_SHOW])}): constant-rate "
+                     "prefixes of their cooldown branches, which are fitted")
+        runs = runs[~trunks].reset_index(drop=True)
     done = runs["state"] == "done"
     if (~done).any():
         left = [f"{r.run_id} ({r.state}{': ' + str(r.reason) if isinstance(r.reason, str) and r.reason else ''})" for r in runs[~done].itertuples()]
@@ -188,7 +217,7 @@ def load_run_store(root, params: str = "total") -> Dataset:
     runs = runs[done].reset_index(drop=True)
     if len(runs) == 0:
         raise AnalysisError(f"none of the runs under {root} has finished (state 'done'); nothing to fit")
-    n_col = "N_total" if params == "total" else "N_non_embedding"
+    n_col = f"N_{params}"
     alt_col = "N_non_embedding" if params == "total" else "N_total"
     loss = runs["eval_loss"].astype(float)
     use_train = loss.isna() & runs["train_loss"].notna()
@@ -211,7 +240,8 @@ def load_run_store(root, params: str = "total") -> Dataset:
     if len(conv) > 1:
         notes.append(_warn(f"runs record C in different FLOP conventions ({', '.join(conv)}); their C values are not comparable"))
     conventions = {
-        "N": f"{params.replace('_', '-')} parameters (summary.json params.{params})",
+        "N": f"{params.replace('_', '-')} parameters (summary.json params.{params}"
+             + ("; per token: a moe model's routed experts and router, not all its experts" if params == "active" else "") + ")",
         "D": "training tokens (summary.json tokens)",
         "C": f"recorded training FLOPs, convention {', '.join(conv) or 'unknown'} (summary.json flops)",
         "loss": "final eval loss (summary.json eval_loss)",
@@ -219,9 +249,17 @@ def load_run_store(root, params: str = "total") -> Dataset:
     floors = runs.loc[runs["run_id"].isin(frame["run"]), "entropy_floor"].dropna().astype(float).unique()
     if len(floors) > 1:
         notes.append(_warn(f"runs record different entropy floors ({', '.join(f'{f:.4g}' for f in floors)}); none is reported"))
+    source = {"kind": "runs", "path": os.path.abspath(root), "params": params, "runs": int(len(done))}
+    if "trunk" in runs:
+        branch = runs["trunk"].notna() & runs["run_id"].isin(frame["run"])
+        if branch.any():  # cooldown branches of WSD trunks: end-of-run points like any run, flops = trunk prefix + branch
+            source["branches"] = {"n": int(branch.sum()), "runs": sorted(runs.run_id[branch]),
+                                  "trunks": sorted({str(t) for t in runs.trunk[branch]})}
+            notes.append(f"{int(branch.sum())} of the points are cooldown branches of {len(source['branches']['trunks'])} WSD trunk(s); "
+                         "each is recorded with its whole compute (trunk prefix + branch), as a from-scratch run")
     return Dataset(
         points=_finish(frame, root),
-        source={"kind": "runs", "path": os.path.abspath(root), "params": params, "runs": int(len(done))},
+        source=source,
         conventions=conventions,
         notes=tuple(notes + dropped),
         cost_source="recorded",

@@ -36,7 +36,7 @@ class FitOptions:
     huber_delta: float = 1e-3
     min_tokens_per_param: float | None = None
     exclude_top_loss: int = 0
-    params: str = "total"  # total | non_embedding (run stores)
+    params: str = "total"  # total | non_embedding | active (run stores; analysis.data.PARAMS_CHOICES)
     holdout_largest: int = 0  # refit without the K largest budgets and predict them
     ci_level: float = 0.95
     n_starts: int | None = None  # None: the law's whole grid; k: a seeded subset of k starts
@@ -437,6 +437,7 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
         "filters": ds.filters or {"min_tokens_per_param": None, "exclude_top_loss": 0, "dropped": [], "n_dropped": 0},
         "options": dataclasses.asdict(opts),
         "notes": list(ds.notes),
+        "branches": (ds.source or {}).get("branches"),  # which points are WSD cooldown branches (lib/sweeps/cooldowns.py)
         "fits": {},
         "skipped": {},
     }

@@ -47,6 +47,45 @@ def _params(entry) -> dict:
     return {k: v["value"] for k, v in entry["params"].items()}
 
 
+def _check(ax, record, key) -> None:
+    """The prediction check (record["check"], from check.json): each approach's prediction at
+    its C with its interval as a bar (diamonds), and what the trained run achieved (a cross).
+    key: "loss" (prediction interval; achieved loss), "N_opt" or "D_opt" (ci; the trained N or D)."""
+    check = record.get("check")
+    if not check or not check.get("checks"):
+        return
+    runs = {r["run_id"]: r for r in check.get("runs", [])}
+    entries = check["checks"]
+    for i, e in enumerate(entries):
+        x = e["C"] * 10 ** (0.025 * (i - (len(entries) - 1) / 2))  # side by side on the log axis
+        if key == "loss":
+            v, band = e["predicted"]["value"], e["predicted"]["pi"]
+        else:
+            p = (check.get("predictions") or {}).get(e["approach"], {}).get(key)
+            if not p:
+                continue
+            v, band = p["value"], p.get("ci")
+        yerr = [[v - band[0]], [band[1] - v]] if band else None
+        what = "prediction interval" if key == "loss" else "ci"
+        ax.errorbar([x], [v], yerr=yerr, fmt="D", ms=8, color=COLORS.get(e["approach"], "black"), mec="black", capsize=4, zorder=5,
+                    label=f"{e['approach']} predicted at C = {e['C']:.3g}" + (f" ({what})" if band else ""))
+    shown = set()
+    for r in check.get("runs", []):
+        y = r.get("achieved") if key == "loss" else r.get("N" if key == "N_opt" else "D")
+        if y is None or (key == "loss" and r.get("state") != "done"):
+            continue
+        role = r.get("role", "check")
+        what = {"loss": "achieved loss", "N_opt": "N trained", "D_opt": "D trained"}[key]
+        label = (f"check run: {what}" if role == "check" else f"neighbour runs: {what}") if role not in shown else None
+        shown.add(role)
+        ax.scatter([check["C"]], [y], marker="X" if role == "check" else "x", s=140 if role == "check" else 70,
+                   color="crimson" if role == "check" else "dimgrey", edgecolor="black" if role == "check" else None, zorder=6, label=label)
+    failed = [r for r in runs.values() if r.get("role", "check") == "check" and r.get("state") != "done"]
+    if failed and key == "loss":
+        ax.annotate(f"check run {failed[0].get('state', 'failed')}", (check["C"], entries[0]["predicted"]["value"]), xytext=(8, -14),
+                    textcoords="offset points", fontsize=8, color="crimson")
+
+
 # ------------------------------------------------------------------------------------------------
 def isoflop(record, points, out_dir) -> list[str]:
     """Loss vs N per FLOP budget, the fitted parabolas and their minima (refused ones hollow)."""
@@ -101,6 +140,7 @@ def loss_vs_compute(record, points, out_dir) -> list[str]:
     if "approach2" in fits:
         ok = [b for b in fits["approach2"]["budgets"] if b["accepted"]]
         ax.scatter([b["C"] for b in ok], [b["loss_opt"] for b in ok], marker="*", s=140, color=COLORS["approach2"], edgecolor="black", zorder=4, label="Approach 2 minima")
+    _check(ax, record, "loss")
     ax.axvspan(points["C"].min(), points["C"].max(), color="grey", alpha=0.08, label="range of the data")
     ax.set_xscale("log")
     ax.set_xlabel(C_LABEL)
@@ -130,6 +170,7 @@ def frontier(record, points, out_dir) -> list[str]:
         if "approach1" in fits:
             env = fits["approach1"]["envelope"]
             ax.scatter(env["C"], env[key], s=6, color=COLORS["approach1"], alpha=0.5, label="envelope points")
+        _check(ax, record, key)
         ax.axvspan(points["C"].min(), points["C"].max(), color="grey", alpha=0.08, label="range of the data")
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -33,6 +33,7 @@ from analysis.data import Dataset, apply_filters, load
 from analysis.errors import AnalysisError
 from analysis.pipeline import FitOptions, run_fits
 from analysis.predict import predict
+from analysis.verify import attach as attach_check, markdown_lines as check_lines, read_check
 
 FIT_JSON, REPORT_MD, POINTS_CSV = "fit.json", "report.md", "points.csv"
 
@@ -87,10 +88,11 @@ def fit_and_report(data, out_dir, options=None) -> dict:
         write_atomic(points_csv, ds.points.to_csv(index=False))
         record["source"] = {**record["source"], "kind": "csv", "path": os.path.abspath(points_csv), "copied_from": "an in-memory data frame"}
         record["filters_applied_before_copy"] = True
-    record["figures"] = [os.path.basename(p) for p in plots.draw_all(record, ds.points, out_dir)] if opts.figures else []
+    check = read_check(out_dir)  # a prediction check of an earlier fit here: shown, marked stale if this fit differs
+    record["figures"] = [os.path.basename(p) for p in plots.draw_all(attach_check(record, check), ds.points, out_dir)] if opts.figures else []
     record = json_safe(record)
     write_atomic(os.path.join(out_dir, FIT_JSON), json.dumps(record, indent=2, allow_nan=False) + "\n")
-    write_atomic(os.path.join(out_dir, REPORT_MD), markdown(record))
+    write_atomic(os.path.join(out_dir, REPORT_MD), markdown(attach_check(record, check)))
     return record
 
 
@@ -120,7 +122,15 @@ def replot(out_dir) -> list[str]:
             f"the data at {src['path']} now give {len(ds.points)} points, fit.json was fitted on "
             f"{record['n_points']}; fit again rather than draw a fit over other data"
         )
-    return plots.draw_all(record, ds.points, out_dir)
+    return plots.draw_all(attach_check(record, read_check(out_dir)), ds.points, out_dir)
+
+
+def render(out_dir) -> list[str]:
+    """Re-draw the figures and rewrite report.md from DIR/fit.json and DIR/check.json (after
+    `scaling verify` writes the check). Returns the figure paths."""
+    record = read_record(out_dir)
+    write_atomic(os.path.join(out_dir, REPORT_MD), markdown(attach_check(record, read_check(out_dir))))
+    return replot(out_dir) if record.get("figures") else []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -229,6 +239,7 @@ def markdown(record: dict) -> str:
         "",
         f"**Data range:** {data_range_line(record)}. Every number below beyond C = {record['data_range']['C'][1]:.3g} is an extrapolation, marked with its factor.",
         "",
+        *(check_lines(record["check"], record) if record.get("check") else []),
         f"- Data: {src['kind']} `{src['path']}`.",
         f"- Cost model (used by every approach, table and figure): {record['cost_model']['description']}.",
         *[f"- {k}: {v}" for k, v in record["conventions"].items() if k != "C_model"],

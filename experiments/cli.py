@@ -25,7 +25,7 @@ def load_experiment(spec: str) -> ModuleType:
     if not path.exists():
         path = EXPERIMENTS_DIR / f"{spec}.py"
     if not path.exists():
-        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py") if not p.stem.startswith("_") and p.stem not in ("cli", "fit_cmd", "sweep_cmd"))
+        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py") if not p.stem.startswith("_") and p.stem not in ("cli", "fit_cmd", "sweep_cmd", "verify_cmd", "tune_cmd"))
         raise ConfigError(f"experiment '{spec}' not found: give a path to a .py file or one of: {', '.join(known)}")
     module_spec = importlib.util.spec_from_file_location(f"experiment_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_distributed_args(p)
     p.set_defaults(func=cmd_train)
 
-    for module_name in ("experiments.fit_cmd", "experiments.sweep_cmd"):
+    for module_name in ("experiments.fit_cmd", "experiments.sweep_cmd", "experiments.verify_cmd", "experiments.tune_cmd"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:

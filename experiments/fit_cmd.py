@@ -1,7 +1,7 @@
 """`scaling fit`, `scaling plot` and `scaling predict`: thin command-line wrappers over analysis.
 
     scaling fit --csv FILE --out DIR [--law chinchilla|power-N|power-D|power-C|kaplan]
-    scaling fit RUN_ROOT --out DIR [--approach 1|2|3|all] [--bootstrap K] [--params total|non_embedding] [--at C]
+    scaling fit RUN_ROOT --out DIR [--approach 1|2|3|all] [--bootstrap K] [--params total|non_embedding|active] [--at C]
     scaling plot DIR
     scaling predict DIR --at C [--at C2 ...] [--json]
 
@@ -35,7 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--huber-delta", type=float, default=1e-3, help="Huber delta on log residuals (default 1e-3)")
     p.add_argument("--min-tokens-per-param", type=float, metavar="R", help="drop points with D/N < R")
     p.add_argument("--exclude-top-loss", type=int, default=0, metavar="K", help="drop the K highest-loss points")
-    p.add_argument("--params", choices=["total", "non_embedding"], default="total", help="which N a run store gives (default total)")
+    p.add_argument("--params", choices=["total", "non_embedding", "active"], default="total",
+                   help="which N a run store gives (default total; active: per token, differs from total for moe runs; the report says which)")
     p.add_argument("--holdout-largest", type=int, default=0, metavar="K",
                    help="also fit without the K largest budgets and report the error predicting them")
     p.add_argument("--at", type=float, action="append", default=[], metavar="C",

@@ -1,13 +1,15 @@
 """`scaling sweep`, `scaling status` and `scaling run` (sweep, then fit, figures and a summary).
 
-    scaling sweep EXP --root DIR [--set KEY=VALUE ...] [--retries 2] [--worker i/n]
+    scaling sweep EXP --root DIR [--set KEY=VALUE ...] [--retries 2] [--worker i/n] [--pack auto|K|1]
                   [--executor local|processes [--devices-per-worker k] [--workers n]]
     scaling status DIR
-    scaling run EXP --root DIR [the sweep options]
+    scaling run EXP --root DIR [the sweep options] [--no-verify] [--neighbours]
 
 An experiment file defines `sweep()` returning a lib.sweeps.plans sweep, or `config()` for a single run.
 `--set` overrides apply to every run of the sweep. Relaunching the same command trains only what
 is missing: finished runs are skipped, cut runs resume, failed runs are retried up to --retries.
+Runs of one shape train together as packs (one vmapped program, lib/train/step.py); each still
+has its own folder, and `status` shows runs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lib.sweeps.plans import Grid, Plan, Sweep
 
 MANIFESTS = ".sweeps"  # <root>/.sweeps/<name>.json: the full plan, so `status` can show missing runs
 MAX_NOTES = 10
+TUNE_SUFFIX = ":tune"  # `EXP:tune` names EXP's tune grid
 
 
 @dataclasses.dataclass
@@ -43,10 +46,15 @@ class SweepOptions:
     spec: str = ""  # the experiment's path or name: worker processes load it again
     sets: tuple[str, ...] = ()  # the raw --set items, passed on to worker processes
     ray_address: str | None = None  # ray executor: None/local starts one here; auto or host:port joins a cluster
-    ray_resources: dict[str, float] = dataclasses.field(default_factory=lambda: {"CPU": 1})  # per run
+    ray_resources: dict[str, float] = dataclasses.field(default_factory=lambda: {"CPU": 1})  # per task (a pack of runs)
+    pack: str = "auto"  # runs of one shape train together: auto (as many as fit the device memory) | K | 1 (each alone)
 
 
 def load_sweep(spec: str) -> Sweep:
+    if spec.endswith(TUNE_SUFFIX):  # the experiment's tune grid (experiments/tune_cmd.py), as worker processes name it
+        from experiments.tune_cmd import load_tune
+
+        return load_tune(spec[: -len(TUNE_SUFFIX)])
     module = load_experiment(spec)
     if hasattr(module, "sweep"):
         sweep = module.sweep()
@@ -67,7 +75,7 @@ def run_sweep(sweep: Sweep, root, options: SweepOptions | None = None) -> SweepR
     overrides = dict(options.overrides)
     if not options.run_logs:
         overrides.setdefault("tracking.console", False)  # not part of the run id's hash
-    plan = sweep.plan(overrides)
+    plan = sweep.plan(overrides, root=root)  # root: a "tuned" lr rule reads <root>/tune/lr_rule.json
     if options.executor not in ("local", "processes", "ray"):
         raise ConfigError(f"--executor: unknown value '{options.executor}'; choose local, processes or ray")
     envs = _worker_envs(options) if options.executor == "processes" else []  # fail before writing anything
@@ -85,17 +93,19 @@ def run_sweep(sweep: Sweep, root, options: SweepOptions | None = None) -> SweepR
         say(f"  note: {note}")
     if len(plan.notes) > MAX_NOTES:
         say(f"  ... and {len(plan.notes) - MAX_NOTES} more notes, all in {os.path.join(root, MANIFESTS, plan.name + '.json')}")
+    for line in plan.lr_lines():  # each run's batch and lr (under an lr rule, or when they vary)
+        say(f"  {line}")
     bar = options.progress == "on" or (options.progress == "auto" and sys.stderr.isatty())
     progress = executors.Progress(share, enabled=bar, quiet=not is_writer)
 
     if options.executor == "local":
         executors.enable_compile_cache(_cache_dir(root, options.compile_cache))
-        report = executors.run_local(share, root, retries=options.retries, progress=progress)
+        report = executors.run_local(share, root, retries=options.retries, progress=progress, pack=options.pack)
     elif options.executor == "ray":
         from lib.sweeps.ray import run_ray
 
         report = run_ray(share, root, options.ray_address, options.retries, options.ray_resources,
-                         compile_cache=_cache_dir(root, options.compile_cache), progress=progress)
+                         compile_cache=_cache_dir(root, options.compile_cache), progress=progress, pack=options.pack)
     else:
         report = _run_worker_processes(share, root, options, envs, progress)
     for line in report.lines():
@@ -125,7 +135,7 @@ def _run_worker_processes(share: Plan, root: str, options: SweepOptions, envs, p
     for i, env in enumerate(envs):
         j, m = a + b * i, b * n  # worker i of this host's n takes share j of m overall
         argv = [sys.executable, "-m", "experiments.cli", "sweep", spec, "--root", root, "--worker", f"{j}/{m}",
-                "--retries", str(options.retries), "--progress", "off", "--compile-cache", options.compile_cache]
+                "--retries", str(options.retries), "--progress", "off", "--compile-cache", options.compile_cache, "--pack", str(options.pack)]
         argv += [x for s in options.sets for x in ("--set", s)] + (["--run-logs"] if options.run_logs else [])
         commands.append((argv, env))
         logs.append(os.path.join(root, ".logs", f"{share.name}-worker{j}of{m}.log"))
@@ -179,16 +189,38 @@ def fit_and_summarise(root) -> int:
 
 def _next_budget(root) -> float | None:
     """One step past the sweep's largest FLOP budget, at the ratio of its last two."""
-    budgets = sorted({b for b in load_runs(root)["budget"].dropna()})
+    from analysis.data import is_check_sweep
+
+    runs = load_runs(root)
+    budgets = sorted({b for b, s in zip(runs["budget"], runs["sweep"]) if b > 0 and not is_check_sweep(s)})  # not the check runs'
     if len(budgets) < 2:
         return None  # analysis.report.summary then uses 3x the largest C
     return budgets[-1] * budgets[-1] / budgets[-2]
 
 
 def cmd_run(args) -> int:
+    from experiments.tune_cmd import tune_stage
+
+    code = tune_stage(args)  # when the sweep's lr_rule is "tuned"; a no-op once <root>/tune/lr_rule.json exists
+    if code:
+        return code
     code = cmd_sweep(args)
+    if code in (0, 1):  # the experiment's sensitivity sweeps (e.g. the old single lr), into <root>/sensitivity/
+        from experiments.tune_cmd import report_stage, sensitivity_stage
+
+        code = max(code, sensitivity_stage(args))
+    own_fit = getattr(load_experiment(args.experiment), "analyse", None)  # e.g. experiments/families.py: a law per family
+    if own_fit is not None:
+        return max(code, own_fit(args.root)) if code in (0, 1) and _process_index() == 0 else code
     if code in (0, 1) and _process_index() == 0:  # fit what finished, even if some runs failed
-        code = max(code, fit_and_summarise(args.root))
+        fit_code = fit_and_summarise(args.root)
+        code = max(code, fit_code)
+        if fit_code == 0:  # the lr rule and the sensitivity lines, into the report
+            code = max(code, report_stage(args))
+        if fit_code == 0 and not args.no_verify:  # the prediction check at the next budget (experiments/verify_cmd.py)
+            from experiments.verify_cmd import run_stage
+
+            code = max(code, run_stage(args, _next_budget(args.root)))
     return code
 
 
@@ -206,11 +238,18 @@ def options_from_args(args) -> SweepOptions:
         progress=args.progress,
         compile_cache=args.compile_cache,
         run_logs=args.run_logs,
+        pack=_parse_pack(args.pack),
         spec=args.experiment,
         sets=tuple(args.set),
         ray_address=args.address,
         ray_resources=_parse_resources(args.resources),
     )
+
+
+def _parse_pack(text: str) -> str:
+    if text == "auto" or (text.isdigit() and int(text) >= 1):
+        return text
+    raise ConfigError(f"--pack expects auto or a number of runs >= 1 (1: every run alone), got '{text}'")
 
 
 def _parse_resources(items: list[str]) -> dict[str, float]:
@@ -327,6 +366,9 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bar on stderr (auto: when a terminal)")
     p.add_argument("--compile-cache", default="auto", help="JAX persistent compilation cache: auto (<root>/.jax_cache), off, or a directory")
     p.add_argument("--run-logs", action="store_true", help="print every run's per-step lines (default: one line per run)")
+    p.add_argument("--pack", default="auto", metavar="auto|K|1",
+                   help="train runs of one shape together as one vmapped program: auto (default: as many as fit the device memory, "
+                        "at most 32), at most K, or 1 (every run alone)")
     add_distributed_args(p)
 
 
@@ -337,6 +379,9 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("run", help="sweep, then fit the laws, draw the figures and print a summary")
     _add_sweep_args(p)
+    from experiments.verify_cmd import add_run_args
+
+    add_run_args(p)  # --no-verify, --neighbours
     p.set_defaults(func=cmd_run)
 
     p = subparsers.add_parser("status", help="table of a root's runs: state, attempts, step, losses")

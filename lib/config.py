@@ -13,17 +13,23 @@ import json
 import math
 from typing import Any, Mapping
 
-MODEL_FAMILIES = ("transformer",)
+MODEL_FAMILIES = ("transformer", "lstm", "gru", "mlp", "cnn", "moe")  # lib/models/__init__.py registers each
+ATTENTION_FAMILIES = ("transformer", "moe")  # the families n_heads / RoPE / tensor-parallel heads apply to
 MLP_KINDS = ("gelu", "swiglu")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("xla", "cudnn")
+PARAMETRIZATIONS = ("sp", "mup")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "linear", "step", "exponential", "wsd")
+WSD_DECAY_SHAPES = ("linear", "cosine", "1-sqrt")  # the wsd schedule's cooldown (Hägele et al. 2024)
+MESH_AXES = ("data", "fsdp", "expert", "tensor")  # lib/parallel/sharding.py builds the mesh in this order
 MESH_PRESETS = {
-    # preset -> (data, fsdp, tensor); -1 means "all remaining devices".
-    "dp": (-1, 1, 1),
-    "fsdp": (1, -1, 1),
-    "fsdp_tp": (1, -1, 2),
+    # preset -> (data, fsdp, expert, tensor); -1 means "all remaining devices".
+    "dp": (-1, 1, 1, 1),
+    "fsdp": (1, -1, 1, 1),
+    "fsdp_tp": (1, -1, 1, 2),
+    "ep": (1, 1, -1, 1),  # experts (and the batch) over every device: expert parallelism for moe
+    "fsdp_ep": (1, -1, 2, 1),  # experts 2 ways, the rest fsdp
 }
 FLOPS_CONVENTIONS = ("6N", "kaplan", "chinchilla")
 DATA_SOURCES = ("synthetic", "hf")
@@ -49,6 +55,34 @@ class ModelConfig:
     attention_impl: str = "xla"
     scan_layers: bool = False
     remat: bool = False
+    # sp: every matrix N(0, 0.02), one Adam learning rate, 1/sqrt(head_dim) attention.
+    # mup: Tensor Programs V (Yang et al. 2022): hidden matrices init std 0.02*sqrt(base_width/d_model)
+    # and Adam lr x base_width/d_model, embeddings and vectors unscaled, 1/head_dim attention,
+    # logits x base_width/d_model (lib/models/transformer.py, lib/train/optim.py). Equal to sp's
+    # init, rates and logits at d_model == base_width (attention aside), so an lr tuned there transfers.
+    parametrization: str = "sp"
+    base_width: int = 0  # mup: the d_model whose hyperparameters transfer; 0 (unused) with sp
+    # -- the other families (lib/models/): fields a family does not use are ignored by it --------
+    # lstm / gru: n_layers stacked recurrent layers of rnn_hidden units (0: d_model), scanned over time;
+    # rnn_proj > 0 projects each layer's output to rnn_proj units (lstm: LSTMP, Sak et al. 2014, the
+    # projection is also the recurrent state; gru: the output only).
+    rnn_hidden: int = 0
+    rnn_proj: int = 0
+    # mlp: each position sees the embeddings of its last `context` tokens (itself included), concatenated
+    # and projected to d_model, then n_layers residual MLP blocks (Bengio et al. 2003 with a residual stack).
+    context: int = 8
+    # cnn: n_layers residual blocks of a causal 1-D convolution (kernel_size taps, d_model -> 2 d_model)
+    # and a gated linear unit (Dauphin et al. 2017); layer l is dilated by 2^(l mod dilation_cycle).
+    kernel_size: int = 4
+    dilation_cycle: int = 1
+    # moe: the transformer with each MLP replaced by n_experts experts (each an MLP of d_ff), top_k
+    # routing, capacity_factor * top_k * seq_len / n_experts slots per expert and sequence; the
+    # load-balancing loss (x moe_aux_weight) and router z-loss (x moe_z_weight) join the LM loss.
+    n_experts: int = 8
+    top_k: int = 2
+    capacity_factor: float = 1.25
+    moe_aux_weight: float = 0.01
+    moe_z_weight: float = 0.001
 
     @property
     def ffw_size(self) -> int:
@@ -101,6 +135,7 @@ class OptimizerConfig:
     decay_factor: float = 0.1
     decay_rate: float = 0.0  # exponential: 0 -> reach final_lr_frac at the last step
     wsd_decay_frac: float = 0.2  # warmup-stable-decay: fraction of steps spent decaying
+    wsd_decay_shape: str = "linear"  # wsd cooldown: linear | cosine | 1-sqrt (lr falls as 1 - sqrt(progress))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,10 +144,12 @@ class MeshConfig:
     data: int = 0  # 0: from the preset; -1: all remaining devices
     fsdp: int = 0
     tensor: int = 0
+    expert: int = 0  # shards the experts of a moe model (and, like data, the batch)
 
-    def axis_sizes(self) -> tuple[int, int, int]:
+    def axis_sizes(self) -> tuple[int, int, int, int]:
+        """(data, fsdp, expert, tensor), the order of MESH_AXES."""
         preset = MESH_PRESETS[self.preset]
-        return tuple(given or default for given, default in zip((self.data, self.fsdp, self.tensor), preset))
+        return tuple(given or default for given, default in zip((self.data, self.fsdp, self.expert, self.tensor), preset))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +165,13 @@ class TrainConfig:
     checkpoint_every: int = 100  # also at the last step and on SIGTERM
     keep_checkpoints: int = 2
     flops_convention: str = "chinchilla"
+    # Trunks and branches (lib/sweeps/cooldowns.py). A trunk keeps its checkpoints at keep_steps
+    # (where its branches start) whatever keep_checkpoints says. A branch names its trunk's run id
+    # (a sibling folder in the same root) and the step it starts from: with no checkpoint of its
+    # own it restores the trunk's checkpoint at branch_start, then trains to its own end.
+    keep_steps: tuple = ()
+    trunk: str = ""
+    branch_start: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +218,10 @@ class RunConfig:
         d["train"] = {k: v for k, v in d["train"].items() if k not in _BOOKKEEPING_TRAIN_FIELDS}
         for key in ("data_root", "streaming"):  # where the token store lives / how it was read
             d["data"].pop(key)
+        for section, fields in _HASHED_UNLESS_DEFAULT.items():  # fields added later: old run ids stay valid
+            for key, default in fields.items():
+                if d[section].get(key) == default:
+                    d[section].pop(key)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:length]
 
@@ -206,6 +254,13 @@ class RunConfig:
 
 
 # eval_tokens is not bookkeeping: it decides which tokens the summary's eval_loss averages over.
+# Fields that joined the config after runs were recorded: hashed only when they differ from the
+# default, so a run recorded before they existed keeps its id.
+_HASHED_UNLESS_DEFAULT = {"model": {"parametrization": "sp", "base_width": 0, "rnn_hidden": 0, "rnn_proj": 0, "context": 8,
+                                     "kernel_size": 4, "dilation_cycle": 1, "n_experts": 8, "top_k": 2, "capacity_factor": 1.25,
+                                     "moe_aux_weight": 0.01, "moe_z_weight": 0.001},
+                          "optimizer": {"wsd_decay_shape": "linear"},
+                          "train": {"keep_steps": (), "trunk": "", "branch_start": 0}}
 _BOOKKEEPING_TRAIN_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "eval_every")
 
 
@@ -258,6 +313,10 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"'{key}' must be a number, got {value!r}")
         return float(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"'{key}' must be a list of integers, got {value!r}")
+        return tuple(value)
     if isinstance(default, str):
         if not isinstance(value, str):
             value = json.dumps(value) if not isinstance(value, (int, float)) else str(value)
@@ -284,13 +343,30 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
         _require(getattr(m, name) > 0, f"model.{name}", "must be positive")
     _require(m.vocab_size >= 0, "model.vocab_size", "must be positive (or 0 to take it from the data)")
     _require(m.d_ff >= 0, "model.d_ff", "must be positive (or 0 for 4 * d_model)")
-    _require(
-        m.d_model % m.n_heads == 0,
-        "model.d_model",
-        f"d_model={m.d_model} is not divisible by n_heads={m.n_heads}; pick d_model a multiple of n_heads",
-    )
-    _require(m.head_dim % 2 == 0, "model.d_model", f"head_dim = d_model/n_heads = {m.head_dim} must be even for RoPE")
+    if m.family in ATTENTION_FAMILIES:
+        _require(
+            m.d_model % m.n_heads == 0,
+            "model.d_model",
+            f"d_model={m.d_model} is not divisible by n_heads={m.n_heads}; pick d_model a multiple of n_heads",
+        )
+        _require(m.head_dim % 2 == 0, "model.d_model", f"head_dim = d_model/n_heads = {m.head_dim} must be even for RoPE")
+    _validate_family(m)
     _require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+    _one_of(m.parametrization, PARAMETRIZATIONS, "model.parametrization")
+    _require(m.base_width >= 0, "model.base_width", f"must be >= 0, got {m.base_width}")
+    if m.parametrization == "mup":
+        _require(m.family == "transformer", "model.parametrization", f"mup is implemented for the transformer family, not '{m.family}'; use sp")
+        _require(m.base_width > 0, "model.base_width", "muP needs the width its learning rate was tuned at, e.g. --set model.base_width=32")
+        _require(
+            m.base_width <= m.d_model,
+            "model.base_width",
+            f"base_width {m.base_width} is larger than the model (d_model {m.d_model}); use the smallest width of the ladder",
+        )
+        _require(
+            cfg.optimizer.name in ("adam", "adamw"),
+            "model.parametrization",
+            f"mup implements Adam's per-layer rates; optimizer.name '{cfg.optimizer.name}' is not Adam: use adam or adamw",
+        )
 
     _one_of(d.source, DATA_SOURCES, "data.source")
     _require(d.seq_len > 0, "data.seq_len", f"sequence length must be positive, got {d.seq_len}")
@@ -332,12 +408,21 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
     if o.schedule == "step":
         _require(o.decay_every > 0, "optimizer.decay_every", "the step schedule needs decay_every > 0")
     _require(0.0 < o.wsd_decay_frac <= 1.0, "optimizer.wsd_decay_frac", "must be in (0, 1]")
+    _one_of(o.wsd_decay_shape, WSD_DECAY_SHAPES, "optimizer.wsd_decay_shape")
+    _require(all(0 < k <= t.steps for k in t.keep_steps), "train.keep_steps",
+             f"steps to keep checkpoints at must be in 1..train.steps ({t.steps}), got {list(t.keep_steps)}")
+    if t.trunk:
+        _require(o.schedule == "wsd", "optimizer.schedule", f"a branch (train.trunk set) cools down with the wsd schedule, got '{o.schedule}'")
+        _require(o.warmup_steps <= t.branch_start < t.steps, "train.branch_start",
+                 f"a branch starts after its warmup ({o.warmup_steps} steps) and before its end ({t.steps}), got {t.branch_start}")
+    else:
+        _require(t.branch_start == 0, "train.branch_start", "only a branch (train.trunk set) has a start step; set train.trunk or drop it")
 
     _one_of(mesh.preset, tuple(MESH_PRESETS), "mesh.preset")
     sizes = mesh.axis_sizes()
-    for name, size in zip(("data", "fsdp", "tensor"), sizes):
+    for name, size in zip(MESH_AXES, sizes):
         _require(size == -1 or size >= 1, f"mesh.{name}", f"must be a positive size or -1 (the rest), got {size}")
-    _require(sizes.count(-1) <= 1, "mesh", f"at most one axis may be -1, got data,fsdp,tensor = {sizes}")
+    _require(sizes.count(-1) <= 1, "mesh", f"at most one axis may be -1, got data,fsdp,expert,tensor = {sizes}")
     if device_count is not None:
         fixed = math.prod(s for s in sizes if s != -1)
         if -1 in sizes:
@@ -347,21 +432,28 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
         _require(
             ok,
             "mesh",
-            f"mesh sizes data,fsdp,tensor = {sizes} do not multiply to the {device_count} devices; "
+            f"mesh sizes data,fsdp,expert,tensor = {sizes} do not multiply to the {device_count} devices; "
             f"set them so the product is {device_count}, or use -1 for one axis",
         )
-        data, fsdp, tensor = resolve_axis_sizes(mesh, device_count)
+        data, fsdp, expert, tensor = resolve_axis_sizes(mesh, device_count)
         _require(
-            m.n_heads % tensor == 0,
+            m.family not in ATTENTION_FAMILIES or m.n_heads % tensor == 0,
             "mesh.tensor",
             f"n_heads={m.n_heads} is not divisible by the tensor-parallel size {tensor}; pick a tensor size dividing n_heads",
         )
         per_step = d.global_batch
-        dp = data * fsdp
+        if m.family == "moe":
+            _require(
+                m.n_experts % expert == 0,
+                "mesh.expert",
+                f"n_experts={m.n_experts} is not divisible by the expert-parallel size {expert}; pick mesh.expert dividing "
+                f"n_experts (e.g. --set mesh.expert={math.gcd(m.n_experts, expert)}) or more experts",
+            )
+        dp = data * fsdp * expert  # the batch is split over the expert axis too (the experts' tokens arrive by all-to-all)
         _require(
             per_step % (dp * t.grad_accum) == 0,
             "data.global_batch",
-            f"global batch {per_step} is not divisible by data-parallel size (data*fsdp = {dp}) x grad_accum "
+            f"global batch {per_step} is not divisible by data-parallel size (data*fsdp*expert = {dp}) x grad_accum "
             f"({t.grad_accum}); use a multiple of {dp * t.grad_accum}",
         )
         rows = eval_rows(t.eval_tokens, d.seq_len)
@@ -369,7 +461,7 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
             rows % dp == 0,
             "train.eval_tokens",
             f"the eval set of {rows} rows (eval_tokens {t.eval_tokens} / seq_len {d.seq_len}, rounded up) is not divisible "
-            f"by the data-parallel size (data*fsdp = {dp}); use a multiple of {dp * d.seq_len} tokens",
+            f"by the data-parallel size (data*fsdp*expert = {dp}); use a multiple of {dp * d.seq_len} tokens",
         )
 
 
@@ -386,8 +478,41 @@ def eval_rows(eval_tokens: int, seq_len: int) -> int:
     return -(-eval_tokens // seq_len)
 
 
-def resolve_axis_sizes(mesh: MeshConfig, device_count: int) -> tuple[int, int, int]:
-    """Replace the -1 axis by whatever is left of `device_count`."""
+def _validate_family(m: ModelConfig) -> None:
+    """The fields of the non-transformer families (lib/models/): each named with its fix."""
+    if m.family in ("lstm", "gru"):
+        _require(m.rnn_hidden >= 0, "model.rnn_hidden", f"must be positive (or 0 for d_model), got {m.rnn_hidden}")
+        _require(m.rnn_proj >= 0, "model.rnn_proj", f"must be positive (or 0 for no projection), got {m.rnn_proj}")
+        out = m.rnn_proj or m.rnn_hidden or m.d_model
+        _require(
+            out == m.d_model or not m.tie_embeddings,
+            "model.tie_embeddings",
+            f"the {m.family}'s output size ({out}: rnn_proj, else rnn_hidden) differs from d_model={m.d_model}, so the "
+            f"embedding cannot be tied to the output head; set model.rnn_proj={m.d_model} or model.tie_embeddings=false",
+        )
+        _require(not m.scan_layers, "model.scan_layers",
+                 f"{m.family} layers differ in input size and are not scanned; use --set model.scan_layers=false")
+    if m.family == "mlp":
+        _require(m.context >= 1, "model.context", f"the window must hold at least the current token, got {m.context}; e.g. 8")
+        _require(not m.scan_layers, "model.scan_layers", "the mlp family does not scan its layers; use --set model.scan_layers=false")
+    if m.family == "cnn":
+        _require(m.kernel_size >= 1, "model.kernel_size", f"must be >= 1 tap, got {m.kernel_size}; e.g. 4")
+        _require(1 <= m.dilation_cycle <= 16, "model.dilation_cycle",
+                 f"must be in 1..16 (layer l is dilated by 2^(l mod dilation_cycle); 1: no dilation), got {m.dilation_cycle}")
+        _require(not m.scan_layers, "model.scan_layers", "the cnn family does not scan its layers (dilations differ); use --set model.scan_layers=false")
+    if m.family == "moe":
+        _require(m.n_experts >= 1, "model.n_experts", f"must be >= 1, got {m.n_experts}; e.g. 8")
+        _require(1 <= m.top_k <= m.n_experts, "model.top_k",
+                 f"top_k={m.top_k} must be in 1..n_experts ({m.n_experts}); e.g. --set model.top_k={min(2, max(m.n_experts, 1))}")
+        _require(m.capacity_factor > 0 and math.isfinite(m.capacity_factor), "model.capacity_factor",
+                 f"must be > 0 (slots per expert = capacity_factor * top_k * seq_len / n_experts), got {m.capacity_factor}; e.g. 1.25")
+        for name in ("moe_aux_weight", "moe_z_weight"):
+            value = getattr(m, name)
+            _require(value >= 0 and math.isfinite(value), f"model.{name}", f"must be >= 0 (0 turns the loss off), got {value}")
+
+
+def resolve_axis_sizes(mesh: MeshConfig, device_count: int) -> tuple[int, int, int, int]:
+    """Replace the -1 axis by whatever is left of `device_count`: (data, fsdp, expert, tensor)."""
     sizes = mesh.axis_sizes()
     fixed = math.prod(s for s in sizes if s != -1)
     return tuple(device_count // fixed if s == -1 else s for s in sizes)

@@ -1,20 +1,27 @@
 """Parameter and FLOP counting: the one place the codebase counts N and C.
 
 Sweeps plan with these numbers, the train loop logs them, and analysis fits with them, so a run's
-summary records which convention its C used.
+summary records which convention its C used. Each model family owns its closed forms
+(lib/models/base.py states the contract and the shared pieces); this module dispatches on
+`model.family` and is what every other part of the code calls.
 
-Parameters (decoder-only transformer of lib/models/transformer.py, no biases):
+Parameters:
   embedding     = vocab * d_model                 (the token table; a lookup costs no matmul FLOPs)
   non_embedding = everything else, including an untied output head (it is a matmul like any other)
   total         = embedding + non_embedding
+  active        = what one token passes through: total for dense families; for moe the top_k experts
+                  of each layer plus the router, not every expert (embedding included, like total)
 
 FLOPs per token, training (forward + backward), three conventions:
-  "6N"         : 6 * N_total                                         (Kaplan et al. 2020, eq. 2.1 simplified)
-  "kaplan"     : 6 * N_non_embedding + 6 * n_layers * n_ctx * d_attn (Kaplan et al. 2020, table 1: C_fwd = 2N + 2 n_layer n_ctx d_attn)
+  "6N"         : 6 * N_active (= N_total for dense families)          (Kaplan et al. 2020, eq. 2.1 simplified)
+  "kaplan"     : 6 * N_active_non_embedding + 6 * n_layers * n_ctx * d_attn (attention families; Kaplan et al.
+                 2020, table 1: C_fwd = 2N + 2 n_layer n_ctx d_attn), + 0 for recurrent, mlp and cnn
   "chinchilla" : 3 * forward, forward counted as in Hoffmann et al. 2022, appendix F:
                    embeddings  2 * V * d
-                   per layer   QKV 2*3*d*(H*dh), logits 2*T*(H*dh), softmax 3*H*T,
-                               softmax@V 2*T*(H*dh), out proj 2*(H*dh)*d, MLP 2*k*d*f (k=2 gelu, 3 swiglu)
+                   per layer   the family's matmuls, 2 x multiply-accumulates. Transformer: QKV 2*3*d*(H*dh),
+                               logits 2*T*(H*dh), softmax 3*H*T, softmax@V 2*T*(H*dh), out proj 2*(H*dh)*d,
+                               MLP 2*k*d*f (k=2 gelu, 3 swiglu); moe: the MLP replaced by the router
+                               2*d*E + top_k expert MLPs; lstm/gru/mlp/cnn: see their modules
                    logits      2 * d * V
                  (per token: the appendix's per-sequence counts divided by T; full T^2 attention,
                  no causal discount, as in the paper).
@@ -22,6 +29,7 @@ FLOPs per token, training (forward + backward), three conventions:
 
 from __future__ import annotations
 
+from lib import models
 from lib.config import ModelConfig
 
 CONVENTIONS = ("6N", "kaplan", "chinchilla")
@@ -46,37 +54,24 @@ PEAK_FLOPS_BF16 = (
 
 
 def param_counts(m: ModelConfig) -> dict[str, int]:
-    d, f, V, L = m.d_model, m.ffw_size, m.vocab_size, m.n_layers
-    attn = 4 * d * (m.n_heads * m.head_dim)  # q, k, v: d -> H*dh, o: H*dh -> d (H*dh need not equal d)
-    mlp = (3 if m.mlp == "swiglu" else 2) * d * f
-    norms = 2 * d
-    per_layer = attn + mlp + norms
-    embedding = V * d
-    head = 0 if m.tie_embeddings else d * V
-    non_embedding = L * per_layer + d + head  # + final norm
-    return {"total": embedding + non_embedding, "embedding": embedding, "non_embedding": non_embedding}
+    """total, embedding, non_embedding and active (= total unless the family routes tokens)."""
+    counts = dict(models.family(m).param_counts(m))
+    counts.setdefault("active", counts["total"])
+    return counts
 
 
 def flops_per_token(m: ModelConfig, seq_len: int, convention: str = "chinchilla") -> float:
     """Training FLOPs (forward + backward) per token of context length `seq_len`."""
-    if convention == "6N":
-        return 6.0 * param_counts(m)["total"]
-    if convention == "kaplan":
-        d_attn = m.n_heads * m.head_dim
-        return 6.0 * param_counts(m)["non_embedding"] + 6.0 * m.n_layers * seq_len * d_attn
-    if convention == "chinchilla":
-        return 3.0 * forward_flops_per_token_chinchilla(m, seq_len)
-    raise ValueError(f"unknown FLOP convention {convention!r}; choose one of {CONVENTIONS}")
+    return models.family(m).flops_per_token(m, seq_len, convention)
+
+
+def forward_flops_per_token(m: ModelConfig, seq_len: int) -> float:
+    """The family's closed-form forward FLOPs per token (appendix-F style; chinchilla = 3x this)."""
+    return float(models.family(m).forward_flops(m, seq_len))
 
 
 def forward_flops_per_token_chinchilla(m: ModelConfig, seq_len: int) -> float:
-    d, f, V, T, H = m.d_model, m.ffw_size, m.vocab_size, seq_len, m.n_heads
-    hd = H * m.head_dim
-    embeddings = 2 * V * d
-    attention = 2 * 3 * d * hd + 2 * T * hd + 3 * H * T + 2 * T * hd + 2 * hd * d
-    dense = (3 if m.mlp == "swiglu" else 2) * 2 * d * f
-    logits = 2 * d * V
-    return float(embeddings + m.n_layers * (attention + dense) + logits)
+    return forward_flops_per_token(m, seq_len)
 
 
 def peak_flops_per_device(device_kind: str) -> float | None:

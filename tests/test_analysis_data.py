@@ -135,5 +135,5 @@ def test_run_store_without_finished_runs_or_runs_at_all_is_an_error(tmp_path):
     write_run(tmp_path / "r", "x", "failed", reason="oom")
     with pytest.warns(FitWarning), pytest.raises(AnalysisError, match="none of the runs .* has finished"):
         load_run_store(tmp_path / "r")
-    with pytest.raises(AnalysisError, match="--params must be total or non_embedding"):
+    with pytest.raises(AnalysisError, match="--params must be one of total, non_embedding, active"):
         load_run_store(tmp_path / "r", params="embedding")

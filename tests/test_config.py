@@ -23,7 +23,7 @@ BAD = [
     ({"mesh.preset": "zero3"}, "mesh.preset", "choose one of dp, fsdp, fsdp_tp"),
     ({"mesh.preset": "fsdp_tp", "model.n_heads": 1, "model.d_model": 32}, "mesh.tensor", "not divisible by the tensor-parallel size"),
     ({"train.eval_tokens": 0}, "train.eval_tokens", "must be positive"),
-    ({"train.eval_tokens": 4 * 64}, "train.eval_tokens", "4 rows (eval_tokens 256 / seq_len 64, rounded up) is not divisible by the data-parallel size (data*fsdp = 8); use a multiple of 512 tokens"),
+    ({"train.eval_tokens": 4 * 64}, "train.eval_tokens", "4 rows (eval_tokens 256 / seq_len 64, rounded up) is not divisible by the data-parallel size (data*fsdp*expert = 8); use a multiple of 512 tokens"),
     ({"data.synth_zipf": 1.0}, "data.synth_zipf", "must be in (1, 10]"),
     ({"data.synth_vocab": 4}, "data.synth_vocab", "needs at least 5 tokens"),
     ({"data.synth_filler_len": 0}, "data.synth_filler_len", "needs at least 1 filler token"),

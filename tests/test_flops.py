@@ -13,7 +13,7 @@ T = 256
 def test_param_counts_by_hand():
     # per layer: attention 4*128*128 = 65536, MLP 2*128*512 = 131072, two norms 256 -> 196864
     # 4 layers = 787456, final norm 128 -> non-embedding 787584; embedding 1000*128 = 128000
-    assert param_counts(CFG) == {"total": 915584, "embedding": 128000, "non_embedding": 787584}
+    assert param_counts(CFG) == {"total": 915584, "embedding": 128000, "non_embedding": 787584, "active": 915584}  # dense: active = total
 
 
 def test_6n_by_hand():

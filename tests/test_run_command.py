@@ -33,7 +33,8 @@ def test_scaling_run_trains_fits_plots_and_summarises(tmp_path):
     exp = tmp_path / "mini.py"
     exp.write_text(EXPERIMENT)
     root = tmp_path / "root"
-    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "run", str(exp), "--root", str(root), "--progress", "off"],
+    # --no-verify: the prediction check stage has its own end-to-end test (tests/test_verify.py)
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "run", str(exp), "--root", str(root), "--progress", "off", "--no-verify"],
                           env=clean_env(tmp_path), capture_output=True, text=True, timeout=540)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     planned = int(re.search(r"sweep mini: (\d+) runs into", proc.stdout).group(1))
@@ -47,6 +48,7 @@ def test_scaling_run_trains_fits_plots_and_summarises(tmp_path):
     assert all(len(p["ci"]) == 2 and p["ci"][0] <= p["value"] <= p["ci"][1] for p in params.values())
     # Approach 2 is fitted, or refused with the reason (too few sizes per budget for a parabola).
     assert "approach2" in record["fits"] or "Approach 2" in record["skipped"]["approach2"]
+    assert not (root / "fit" / "check.json").exists()  # --no-verify skipped the check
     figures = record["figures"]
     assert figures and all((root / "fit" / f).stat().st_size > 1000 for f in figures)
     assert any(f.endswith(".png") for f in figures) and any(f.endswith(".svg") for f in figures)

@@ -18,10 +18,10 @@ def test_the_suite_really_has_eight_devices():
     assert jax.device_count() == 8  # forced in conftest; sharding tests must never fall back to 1
 
 
-@pytest.mark.parametrize("preset,shape", [("dp", (8, 1, 1)), ("fsdp", (1, 8, 1)), ("fsdp_tp", (1, 4, 2))])
+@pytest.mark.parametrize("preset,shape", [("dp", (8, 1, 1, 1)), ("fsdp", (1, 8, 1, 1)), ("fsdp_tp", (1, 4, 1, 2)), ("ep", (1, 1, 8, 1)), ("fsdp_ep", (1, 4, 2, 1))])
 def test_presets_make_the_expected_mesh(preset, shape):
     mesh = sharding.make_mesh(MeshConfig(preset=preset))
-    assert tuple(mesh.shape.values()) == shape and mesh.axis_names == ("data", "fsdp", "tensor")
+    assert tuple(mesh.shape.values()) == shape and mesh.axis_names == ("data", "fsdp", "expert", "tensor")
 
 
 def test_parameter_specs_follow_the_rules_table():
@@ -48,7 +48,7 @@ def test_activation_constraints_take_effect_only_under_the_mesh_and_rules():
         constrained = fwd.lower(params, tokens).as_text()
     unconstrained = jax.jit(lambda p, t: model.apply({"params": p}, t)).lower(params, tokens).as_text()
     assert constrained.count("sdy.sharding_constraint") >= 5
-    assert '[{"data", "fsdp"}, {}, {"tensor"}, {}]' in constrained  # q/k/v: batch over data+fsdp, heads over tensor
+    assert '[{"data", "fsdp", "expert"}, {}, {"tensor"}, {}]' in constrained  # q/k/v: batch over data+fsdp+expert, heads over tensor
     assert "sharding_constraint" not in unconstrained
 
 

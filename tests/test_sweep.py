@@ -15,10 +15,16 @@ from lib.sweeps.plans import Grid, IsoFlop, TokensPerParam, run_id
 SIZES = [dict(d_model=d, n_layers=L, n_heads=h) for d, L, h in [(16, 1, 2), (32, 2, 2), (64, 2, 4), (96, 3, 6), (128, 4, 8)]]
 
 
+def _untuned(sweep):
+    """The shipped sweep with its "tuned" lr rule (which needs a root's lr_rule.json) set aside:
+    expansion, budgets and ids are what this file checks (tests/test_tune.py checks the rule)."""
+    return dataclasses.replace(sweep, lr_rule=None)
+
+
 def _sweeps():
     small = IsoFlop([3e10, 1e11, 3e11, 1e12], SIZES, base=RunConfig(data=DataConfig(seq_len=32, global_batch=32)), tpp_range=(1, 500))
     kaplan = IsoFlop([1e11, 1e12], SIZES, base=RunConfig(data=DataConfig(seq_len=64, global_batch=16)).with_overrides({"train.flops_convention": "kaplan"}), name="kap")
-    named = {name: load_experiment(name).sweep() for name in ("quickstart", "isoflop_gpu", "chinchilla_tpu")}
+    named = {name: _untuned(load_experiment(name).sweep()) for name in ("quickstart", "isoflop_gpu", "chinchilla_tpu")}
     return {"small": small, "kaplan": kaplan, **named}
 
 
@@ -52,7 +58,8 @@ def test_isoflop_drops_runs_outside_the_tokens_per_param_range_with_a_note():
 
 def test_isoflop_per_budget_window_follows_its_center():
     module = load_experiment("quickstart")
-    sweep, plan = module.sweep(), module.sweep().plan()
+    sweep = _untuned(module.sweep())
+    plan = sweep.plan()
     for budget in sweep.budgets:
         kept = {(r.cfg.model.d_model, r.cfg.model.n_layers, r.cfg.model.n_heads) for r in plan.runs if r.cfg.budget == budget}
         # Recompute: the 5 in-range sizes whose D/N is nearest the center for this budget.

@@ -31,8 +31,8 @@ def _checkpoint_steps(run):
 
 
 def _start_and_signal_mid_second_run(exp, root, env, signum) -> subprocess.Popen:
-    """Launch the sweep; once its first run is done and the second has a checkpoint, send `signum`."""
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "sweep", str(exp), "--root", str(root), "--progress", "off"],
+    """Launch the sweep (one run at a time); once its first run is done and the second has a checkpoint, send `signum`."""
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "sweep", str(exp), "--root", str(root), "--progress", "off", "--pack", "1"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 240
@@ -68,7 +68,7 @@ def test_sigkill_mid_sweep_then_relaunch_completes_only_the_missing_runs(tmp_pat
     assert 0 < cut_at < 300
     done_files = files_with_mtimes(root / done_id)
 
-    res = scaling("sweep", exp, "--root", root, "--progress", "off", "--run-logs", env=env, timeout=240)
+    res = scaling("sweep", exp, "--root", root, "--progress", "off", "--run-logs", "--pack", "1", env=env, timeout=240)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "1 already done" in res.stdout
     assert f"[{cut_id}] resumed from checkpoint at step {cut_at}" in res.stdout  # not restarted
@@ -93,7 +93,7 @@ def test_sigterm_checkpoints_the_current_run_and_stops_the_sweep(tmp_path):
     ids = _run_ids(root)
     cut = next(r for r in ids if RunDir(root / r).state() != "done")
     assert len(ids) == 2 and RunDir(root / cut).state() == "interrupted"  # the third run never started
-    res = scaling("sweep", exp, "--root", root, "--progress", "off", env=env, timeout=240)
+    res = scaling("sweep", exp, "--root", root, "--progress", "off", "--pack", "1", env=env, timeout=240)
     assert res.returncode == 0 and "2 trained, 1 already done" in res.stdout, res.stdout + res.stderr
 
 

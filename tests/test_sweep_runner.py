@@ -94,16 +94,16 @@ def test_failed_runs_are_retried_up_to_retries_then_reported(tmp_path, monkeypat
         return real_train(cfg, workdir, devices)
 
     monkeypatch.setattr(lib.train.loop, "train", flaky)
-    report = run_sweep(sweep, root, opts(retries=1))
+    report = run_sweep(sweep, root, opts(retries=1, pack="1"))  # one run at a time: train() per run
     assert calls == ["tg-seed0", "tg-seed1", "tg-seed1", "tg-seed2"]  # the others still ran
     failed = report.of("failed")
     assert [o.run_id.rsplit("-", 1)[0] for o in failed] == ["tg-seed1"] and "after 2 attempts" in failed[0].reason
     assert report.exit_code == 1 and "disk went away" in "\n".join(report.lines())
 
     calls.clear()  # retries used up: reported, not tried
-    report = run_sweep(sweep, root, opts(retries=1))
+    report = run_sweep(sweep, root, opts(retries=1, pack="1"))
     assert calls == [] and "gave up after 2 attempts" in report.of("failed")[0].reason
-    report = run_sweep(sweep, root, opts(retries=2))  # one more allowed
+    report = run_sweep(sweep, root, opts(retries=2, pack="1"))  # one more allowed
     assert calls == ["tg-seed1"]
 
 
@@ -115,7 +115,7 @@ def test_three_workers_take_every_run_exactly_once(tmp_path, monkeypatch, opts):
     monkeypatch.setattr(lib.train.loop, "train", lambda cfg, wd, devices=None: trained.append(cfg.name) or real_train(cfg, wd, devices))
     shares = []
     for i in range(3):
-        report = run_sweep(sweep, root, opts(worker=(i, 3)))
+        report = run_sweep(sweep, root, opts(worker=(i, 3), pack="1"))  # train() per run
         assert report.exit_code == 0
         shares.append({o.run_id for o in report.outcomes if o.result == "done"})
     everything = {r.run_id for r in sweep.plan().runs}

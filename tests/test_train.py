@@ -42,7 +42,7 @@ def test_a_tiny_run_writes_the_run_store_and_learns(tiny_config, tmp_path):
 
     on_disk = run.summary()
     assert on_disk["eval_loss"] == pytest.approx(summary["eval_loss"])
-    assert set(on_disk["params"]) == {"total", "embedding", "non_embedding"}
+    assert set(on_disk["params"]) == {"total", "embedding", "non_embedding", "active"}  # active: per token (moe < total)
     assert on_disk["flops"]["convention"] == "chinchilla" and on_disk["tokens"] == 200 * 16 * 32
     assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == [100, 200]
 

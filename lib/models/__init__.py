@@ -1,4 +1,95 @@
-"""Model families, one file each (`transformer.py`): flax.linen modules with logical axis names.
+"""Model families, one file each, and the registry: `family(name)`, `make_model(cfg)`, `apply_with_aux`.
+
+The contract a family implements is `lib.models.base.Family` (read its docstring): a flax.linen
+module factory, closed-form `param_counts` and `forward_flops` (lib/flops.py dispatches to them for
+every convention), and the logical axis names its parameters and activations use (each has a rule
+in lib/parallel/sharding.py's one table). Registered families (config: `model.family`):
+
+  transformer  lib/models/transformer.py   decoder-only transformer (RMSNorm, RoPE, GELU/SwiGLU)
+  lstm, gru    lib/models/recurrent.py     stacked recurrent layers scanned over time, optional projection
+  mlp          lib/models/mlp.py           fixed-window feed-forward LM with a residual MLP stack
+  cnn          lib/models/cnn.py           causal gated convolutions, residual, dilations
+  moe          lib/models/moe.py           the transformer with routed experts (top-k, capacity, aux losses)
 
 May import: lib.config. Not lib.flops (it counts for the families, so it sits above them).
 """
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lib.config import MODEL_FAMILIES, ModelConfig
+from lib.models import base, cnn, mlp, moe, recurrent, transformer
+from lib.models.base import Family
+
+TRANSFORMER = Family(
+    name="transformer",
+    module=transformer.Transformer,
+    param_counts=base.transformer_param_counts,
+    forward_flops=base.transformer_forward_flops,
+    context_flops=base.attention_context_flops,
+    logical_axes=(
+        "vocab", "embed", "mlp", "heads", "kv", "norm", "layers",
+        "act_batch", "act_len", "act_embed", "act_heads", "act_kv", "act_mlp", "act_vocab",
+    ),
+)
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (TRANSFORMER, recurrent.LSTM, recurrent.GRU, mlp.MLP, cnn.CNN, moe.MOE)}
+assert tuple(FAMILIES) == MODEL_FAMILIES, "lib.config.MODEL_FAMILIES and the registry must list the same families"
+
+
+def family(name_or_cfg: str | ModelConfig) -> Family:
+    name = name_or_cfg if isinstance(name_or_cfg, str) else name_or_cfg.family
+    if name not in FAMILIES:
+        raise ValueError(f"model.family: unknown family {name!r}; choose one of {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def make_model(cfg: ModelConfig) -> nn.Module:
+    """The flax.linen module of `cfg.family`: (tokens_BT, deterministic=True) -> logits_BTV float32."""
+    if cfg.vocab_size <= 0:
+        raise ValueError("model.vocab_size is unset; resolve it from the data source first (lib.data.resolve_vocab)")
+    return family(cfg).module(cfg)
+
+
+def param_axes(cfg: ModelConfig, seq_len: int = 8):
+    """The parameter tree with each leaf replaced by its tuple of logical axis names (no compute)."""
+    boxed = jax.eval_shape(lambda: make_model(cfg).init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))["params"])
+    return jax.tree.map(lambda x: tuple(x.names), boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def has_aux(cfg: ModelConfig) -> bool:
+    """Whether the family sows auxiliary training terms (then the loss runs `apply_with_aux`)."""
+    return bool(family(cfg).aux_weights)
+
+
+def apply_with_aux(model: nn.Module, params, tokens_BT, **kwargs):
+    """`(logits_BTV, penalty, metrics)`: the forward pass, the weighted sum of the auxiliary losses
+    the family sows (0 when none), and each sown term averaged over layers (for the train metrics,
+    logged apart from the LM loss). Families without aux terms run a plain `apply`."""
+    fam = family(model.cfg)
+    if not fam.aux_weights:
+        return model.apply({"params": params}, tokens_BT, **kwargs), jnp.zeros((), jnp.float32), {}
+    logits, state = model.apply({"params": params}, tokens_BT, mutable=["intermediates"], **kwargs)
+    metrics = sown_means(state.get("intermediates", {}), [name for name, _ in fam.aux_weights])
+    penalty = sum((getattr(model.cfg, weight) * metrics[name] for name, weight in fam.aux_weights if weight), jnp.zeros((), jnp.float32))
+    return logits, penalty, metrics
+
+
+def sown_means(intermediates, names) -> dict:
+    """Mean over every sown value (every layer; scanned layers stack them) of each name in `names`."""
+    found: dict[str, list] = {n: [] for n in names}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(intermediates):
+        keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+        hit = next((k for k in reversed(keys) if k in found), None)
+        if hit is not None:
+            found[hit].append(jnp.ravel(leaf).astype(jnp.float32))
+    missing = [n for n, v in found.items() if not v]
+    if missing:
+        raise ValueError(f"the model sowed none of {missing}; its family declares them in aux_weights")
+    return {n: jnp.mean(jnp.concatenate(v)) for n, v in found.items()}
+
+
+__all__ = ["FAMILIES", "Family", "apply_with_aux", "family", "has_aux", "make_model", "param_axes", "sown_means"]

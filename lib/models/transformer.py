@@ -4,6 +4,14 @@
 Shape suffixes: B batch, T time (sequence), D d_model, H heads, K head_dim, F ffw size, V vocab.
 Parameters are float32 and carry logical axis names (see lib/sharding.py for the rules); compute
 runs in `cfg.compute_dtype`; logits come out float32 so the loss is computed in full precision.
+
+Parametrization (`cfg.parametrization`):
+  sp   every matrix N(0, 0.02), embeddings N(0, 1), attention logits / sqrt(head_dim), tied logits / sqrt(D).
+  mup  Tensor Programs V (Yang et al. 2022, table 3 in its output-multiplier form), with m = D / base_width:
+       hidden matrices (two dimensions that grow with width: qkv, out, wi, wo, wg) N(0, 0.02^2 / m);
+       embeddings, the untied head and norm scales as in sp; attention logits / head_dim; logits x 1/m
+       (tied: / sqrt(base_width) x 1/m, which is sp's 1/sqrt(D) at m = 1). The per-layer Adam rates
+       (hidden matrices x 1/m) are in lib/train/optim.py, found from the logical axis names here.
 """
 
 from __future__ import annotations
@@ -21,7 +29,10 @@ ACT_BTHK = ("act_batch", "act_len", "act_heads", "act_kv")
 ACT_BTF = ("act_batch", "act_len", "act_mlp")
 ACT_BTV = ("act_batch", "act_len", "act_vocab")
 
-_init_dense = nn.initializers.normal(stddev=0.02)
+INIT_STD = 0.02
+_init_dense = nn.initializers.normal(stddev=INIT_STD)
+# Logical names of the dimensions that grow with d_model (heads x kv together are one: d_attn).
+WIDTH_AXES = ("embed", "mlp", "heads", "kv")
 
 
 def _param(module: nn.Module, name: str, shape, axes, init=_init_dense):
@@ -30,6 +41,28 @@ def _param(module: nn.Module, name: str, shape, axes, init=_init_dense):
 
 def _dtype(cfg: ModelConfig):
     return jnp.dtype(cfg.compute_dtype)
+
+
+def width_mult(cfg: ModelConfig) -> float:
+    """m = d_model / base_width under muP (1 under sp): how far this model is from the tuned width."""
+    return cfg.d_model / cfg.base_width if cfg.parametrization == "mup" else 1.0
+
+
+def is_hidden(axes) -> bool:
+    """A hidden matrix has two dimensions that grow with width (heads and kv count as one)."""
+    grown = {"heads" if a == "kv" else a for a in axes if a in WIDTH_AXES}
+    return len(grown) >= 2
+
+
+def _hidden_init(cfg: ModelConfig):
+    """Hidden matrices: N(0, 0.02) under sp; variance / m under muP (1/fan_in scaling from base_width)."""
+    return nn.initializers.normal(stddev=INIT_STD / width_mult(cfg) ** 0.5)
+
+
+def logical_axes(cfg: ModelConfig, seq_len: int = 8):
+    """The parameter tree with each leaf replaced by its tuple of logical axis names (no compute)."""
+    boxed = jax.eval_shape(lambda: Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))["params"])
+    return jax.tree.map(lambda x: tuple(x.names), boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
 class RMSNorm(nn.Module):
@@ -61,14 +94,16 @@ class Attention(nn.Module):
     def __call__(self, x_BTD):
         cfg, dt = self.cfg, _dtype(self.cfg)
         D, H, K = cfg.d_model, cfg.n_heads, cfg.head_dim
-        w_qkv = _param(self, "qkv", (3, D, H, K), (None, "embed", "heads", "kv"))
-        w_out = _param(self, "out", (H, K, D), ("heads", "kv", "embed"))
+        w_qkv = _param(self, "qkv", (3, D, H, K), (None, "embed", "heads", "kv"), _hidden_init(cfg))
+        w_out = _param(self, "out", (H, K, D), ("heads", "kv", "embed"), _hidden_init(cfg))
         qkv = jnp.einsum("btd,cdhk->cbthk", x_BTD, w_qkv.astype(dt))
         q_BTHK = nn.with_logical_constraint(rope(qkv[0], cfg.rope_theta), ACT_BTHK)
         k_BTHK = nn.with_logical_constraint(rope(qkv[1], cfg.rope_theta), ACT_BTHK)
         v_BTHK = nn.with_logical_constraint(qkv[2], ACT_BTHK)
+        scale = 1.0 / K if cfg.parametrization == "mup" else None  # None: 1/sqrt(K)
         o_BTHK = jax.nn.dot_product_attention(
-            q_BTHK, k_BTHK, v_BTHK, is_causal=True, implementation=None if cfg.attention_impl == "xla" else cfg.attention_impl
+            q_BTHK, k_BTHK, v_BTHK, scale=scale, is_causal=True,
+            implementation=None if cfg.attention_impl == "xla" else cfg.attention_impl,
         )
         o_BTHK = nn.with_logical_constraint(o_BTHK, ACT_BTHK)
         return jnp.einsum("bthk,hkd->btd", o_BTHK, w_out.astype(dt))
@@ -81,11 +116,11 @@ class Mlp(nn.Module):
     def __call__(self, x_BTD):
         cfg, dt = self.cfg, _dtype(self.cfg)
         D, F = cfg.d_model, cfg.ffw_size
-        w_in = _param(self, "wi", (D, F), ("embed", "mlp"))
-        w_out = _param(self, "wo", (F, D), ("mlp", "embed"))
+        w_in = _param(self, "wi", (D, F), ("embed", "mlp"), _hidden_init(cfg))
+        w_out = _param(self, "wo", (F, D), ("mlp", "embed"), _hidden_init(cfg))
         h_BTF = x_BTD @ w_in.astype(dt)
         if cfg.mlp == "swiglu":
-            w_gate = _param(self, "wg", (D, F), ("embed", "mlp"))
+            w_gate = _param(self, "wg", (D, F), ("embed", "mlp"), _hidden_init(cfg))
             h_BTF = nn.silu(x_BTD @ w_gate.astype(dt)) * h_BTF
         else:
             h_BTF = nn.gelu(h_BTF)
@@ -145,11 +180,16 @@ class Transformer(nn.Module):
 
         x_BTD = RMSNorm(name="ln_f")(x_BTD)
         if cfg.tie_embeddings:
-            # Scaled so tied logits start O(1) despite the unit-variance embedding table.
-            logits_BTV = jnp.einsum("btd,vd->btv", x_BTD, embed_VD.astype(dt)) / jnp.sqrt(cfg.d_model).astype(dt)
+            # Scaled so tied logits start O(1) despite the unit-variance embedding table; under muP
+            # 1/sqrt(base_width) x 1/m, so trained logits stay O(1) as the width grows.
+            width = cfg.base_width if cfg.parametrization == "mup" else cfg.d_model
+            divisor = width**0.5 * width_mult(cfg)
+            logits_BTV = jnp.einsum("btd,vd->btv", x_BTD, embed_VD.astype(dt)) / jnp.asarray(divisor, dt)
         else:
             head_DV = _param(self, "head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"))
             logits_BTV = x_BTD @ head_DV.astype(dt)
+            if cfg.parametrization == "mup":
+                logits_BTV = logits_BTV * jnp.asarray(1.0 / width_mult(cfg), dt)
         return nn.with_logical_constraint(logits_BTV.astype(jnp.float32), ACT_BTV)
 
 

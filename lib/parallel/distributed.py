@@ -25,6 +25,8 @@ def initialize(
     `heartbeat_timeout_s`: how soon a dead peer is noticed (the survivors then stop with an
     error instead of waiting in a collective); JAX's default is 100 s.
     """
+    if jax.distributed.is_initialized():  # `scaling run` joins once, before its first stage
+        return
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
         num_processes = int(os.environ["JAX_NUM_PROCESSES"])

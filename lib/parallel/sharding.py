@@ -1,12 +1,21 @@
 """Device mesh and the one logical-axis rules table.
 
-Mesh axes are ("data", "fsdp", "tensor"). Presets (lib.config.MESH_PRESETS) only choose axis
-sizes; the rules below are the same for all of them, and an axis of size 1 shards nothing:
+Mesh axes are ("data", "fsdp", "expert", "tensor"). Presets (lib.config.MESH_PRESETS) only choose
+axis sizes; the rules below are the same for all of them, and an axis of size 1 shards nothing:
   dp      : data=-1            -> batch split, parameters replicated
   fsdp    : fsdp=-1            -> batch split, parameters (and optimizer state) split on d_model
   fsdp_tp : fsdp=-1, tensor=2  -> as fsdp, plus heads / mlp / vocab split over tensor
-Activations use their own logical names so "batch over (data, fsdp)" and "d_model over fsdp"
-never map one mesh axis twice in one array.
+  ep      : expert=-1          -> batch split, a moe model's experts split over the same devices
+  fsdp_ep : fsdp=-1, expert=2  -> as fsdp, plus the experts split 2 ways
+Activations use their own logical names so "batch over (data, fsdp, expert)" and "d_model over
+fsdp" never map one mesh axis twice in one array.
+
+Expert parallelism: the batch is split over `expert` like any data axis (attention and the dense
+parts stay data-parallel there), and the experts' weights [experts, ...] are split over `expert`.
+A moe layer dispatches tokens [groups, slots, d] -> [experts, groups, capacity, d] with an einsum;
+the constraint `act_experts` -> expert on its output (with `act_group` -> (data, fsdp)) makes the
+compiler move each token to its expert's device: an all-to-all over `expert`, and back on combine.
+Every family's logical names (lib.models.Family.logical_axes) must have a rule here.
 """
 
 from __future__ import annotations
@@ -19,12 +28,15 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from lib.config import MeshConfig, resolve_axis_sizes
+from lib.config import MESH_AXES, MeshConfig, resolve_axis_sizes
 
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+# MESH_AXES (from lib.config) = ("data", "fsdp", "expert", "tensor"): tensor innermost (fastest-varying).
+BATCH_AXES = ("data", "fsdp", "expert")
+GROUP_AXES = ("data", "fsdp")  # the batch's split once `expert` carries the experts (moe dispatch)
 
 RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    # a pack's leading run axis (lib/train/step.py): replicated here; pack_rules(spread=True) puts it on data
+    ("run", None),
     # parameters
     ("embed", "fsdp"),
     ("vocab", "tensor"),
@@ -33,6 +45,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kv", None),
     ("norm", None),
     ("layers", None),
+    ("experts", "expert"),  # moe: the leading [n_experts] dim of the experts' weights
     # activations
     ("act_batch", BATCH_AXES),
     ("act_len", None),
@@ -41,6 +54,9 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("act_kv", None),
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
+    ("act_experts", "expert"),  # moe dispatched tokens [experts, groups, capacity, d]
+    ("act_group", GROUP_AXES),
+    ("act_capacity", None),
 )
 
 
@@ -64,10 +80,10 @@ def activate(mesh: Mesh):
         yield
 
 
-def logical_shardings(abstract_tree, mesh: Mesh):
+def logical_shardings(abstract_tree, mesh: Mesh, rules=RULES):
     """NamedShardings for a tree of (boxed) abstract values from `jax.eval_shape(init)`."""
     specs = nn.get_partition_spec(abstract_tree)
-    return nn.logical_to_mesh_sharding(specs, mesh, RULES)
+    return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -89,3 +105,44 @@ def global_batch(local_rows: np.ndarray, mesh: Mesh) -> jax.Array:
     sharding = batch_sharding(mesh)
     global_shape = (local_rows.shape[0] * jax.process_count(), *local_rows.shape[1:])
     return jax.make_array_from_process_local_data(sharding, local_rows, global_shape)
+
+
+# ---- packs: K runs trained as one program, with a leading "run" axis (lib/train/step.py) ----------
+RUN_MESH_AXIS = "data"  # where a spread pack puts its run axis
+
+
+def pack_rules(spread: bool):
+    """The rules for a pack's arrays, derived from the one table.
+
+    Replicated (spread=False): the table as it is; the run axis is on no mesh axis, so every device
+    holds every run and data/fsdp/tensor shard inside each run as they would for a lone run.
+    Spread: the run axis takes `data` -- each data-parallel device trains whole models, with no
+    collective between runs -- and every other rule drops `data`, which no other dimension of the
+    same array may then use (the batch inside a run is split over the remaining batch axes).
+    """
+    if not spread:
+        return RULES
+
+    def without_data(axes):
+        if isinstance(axes, tuple):
+            rest = tuple(a for a in axes if a != RUN_MESH_AXIS)
+            return rest or None
+        return None if axes == RUN_MESH_AXIS else axes
+
+    return tuple((name, RUN_MESH_AXIS if name == "run" else without_data(axes)) for name, axes in RULES)
+
+
+def with_run_axis(specs):
+    """Logical PartitionSpecs of one run's arrays -> those of a pack's (a leading "run" dimension)."""
+    return jax.tree.map(lambda spec: P("run", *spec), specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def pack_batch_sharding(mesh: Mesh, rules) -> NamedSharding:
+    """A pack's token batches [K, B, T+1]: the run axis as `rules` place it, rows as act_batch."""
+    return nn.logical_to_mesh_sharding(P("run", "act_batch", None), mesh, rules)
+
+
+def pack_global_batch(local_KBT: np.ndarray, mesh: Mesh, rules) -> jax.Array:
+    """Assemble a pack's global batch from this process's rows of every run ([K, B / processes, T+1])."""
+    global_shape = (local_KBT.shape[0], local_KBT.shape[1] * jax.process_count(), *local_KBT.shape[2:])
+    return jax.make_array_from_process_local_data(pack_batch_sharding(mesh, rules), local_KBT, global_shape)

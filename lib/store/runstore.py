@@ -117,7 +117,7 @@ class RunDir:
             "attempts": old.get("attempts", 0) + (1 if state == "running" else 0),
         }
         status.update(extra)
-        for key in ("host", "pid"):  # who trained it last stays on record through done/failed
+        for key in ("host", "pid", "pack"):  # who trained it last (in a pack of how many) stays on record through done/failed
             if key in old:
                 status.setdefault(key, old[key])
         if state != "running" and self._remote:
@@ -228,7 +228,10 @@ def run_dirs(root) -> list[RunDir]:
 
 
 def load_runs(root):
-    """One row per run: run_id, state, reason, path, losses, N (each convention), D, C, ..."""
+    """One row per run: run_id, state, reason, path, losses, N (each convention), D, C, family, ...
+
+    N_active is what one token passes through (summary params.active: the routed experts of a moe
+    model, not all of them); runs recorded before it existed are dense, so it is their N_total."""
     import pandas as pd
 
     rows = []
@@ -248,6 +251,7 @@ def load_runs(root):
                 "N_total": params.get("total"),
                 "N_embedding": params.get("embedding"),
                 "N_non_embedding": params.get("non_embedding"),
+                "N_active": params.get("active", params.get("total")),
                 "D": summary.get("tokens"),
                 "C": flops.get("value"),
                 "flops_convention": flops.get("convention"),
@@ -255,14 +259,18 @@ def load_runs(root):
                 "entropy_rate": summary.get("entropy_rate"),
                 "sweep": summary.get("sweep"),
                 "budget": summary.get("budget"),
+                "family": ((run.config() or {}).get("model") or {}).get("family", "transformer"),
+                "trunk": summary.get("trunk"),  # a cooldown branch: its trunk's run id (lib/sweeps/cooldowns.py)
+                "role": summary.get("role"),  # "trunk": a constant-rate trunk, no point to fit
             }
         )
     columns = [
         "run_id", "state", "reason", "path", "eval_loss", "train_loss", "N_total", "N_embedding",
-        "N_non_embedding", "D", "C", "flops_convention", "entropy_floor", "entropy_rate", "sweep", "budget",
+        "N_non_embedding", "N_active", "D", "C", "flops_convention", "entropy_floor", "entropy_rate", "sweep", "budget", "family",
+        "trunk", "role",
     ]
     df = pd.DataFrame(rows, columns=columns)
-    numeric = ["eval_loss", "train_loss", "N_total", "N_embedding", "N_non_embedding", "D", "C", "entropy_floor", "entropy_rate", "budget"]
+    numeric = ["eval_loss", "train_loss", "N_total", "N_embedding", "N_non_embedding", "N_active", "D", "C", "entropy_floor", "entropy_rate", "budget"]
     df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
     return df
 

@@ -44,6 +44,7 @@ class Tracker:
             name=t.name or self.run_id,
             id=self.run_id,
             resume="allow",
+            reinit="create_new",  # the runs of a pack each have their own wandb run, side by side
             dir=os.environ["WANDB_DIR"],
             config=self.cfg.to_dict(),
         )

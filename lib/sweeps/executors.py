@@ -1,13 +1,20 @@
-"""Executors: train a plan's runs into a root, in this process one after another, or in worker processes.
+"""Executors: train a plan's runs into a root, in this process pack after pack, in worker processes, or on Ray.
+
+Runs that can share one compiled step (same model, data shape, batch, optimizer kind and mesh:
+`lib.train.step.pack_key`) train together as a pack -- one vmapped program -- up to a size that fits
+the device memory (`auto_pack_size`); `--pack 1` trains every run alone. Each run of a pack still
+has its own folder, status, metrics and summary, and all that follows is decided per run.
 
 What a run needs is read from its folder in the root, once, before anything trains (so every host
 of a multi-controller program takes the same decisions):
     done                          -> skipped
     failed, diverged              -> reported, not retried (the same data and seed diverge again)
     failed, attempts > retries    -> reported
-    anything else                 -> train(): starts, or resumes from its last checkpoint
+    anything else                 -> trained (in a pack): starts, or resumes from its last checkpoint
                                      (a "running" left by a killed process is such a run)
-A failing run never stops the sweep; a preemption (SIGTERM) does, after the run checkpointed.
+A failing run never stops the sweep: a diverging run leaves its pack, the others finish; a pack
+that fails otherwise is retried with its unfinished runs. A preemption (SIGTERM) stops the sweep,
+after every run of the pack checkpointed.
 """
 
 from __future__ import annotations
@@ -78,13 +85,13 @@ class SweepStopped(BaseException):
 
 
 # ================================================================================================
-# In-process, sequential
+# In-process, one pack after another
 # ================================================================================================
-def run_local(plan: Plan, root, retries: int = 2, devices=None, progress: "Progress | None" = None) -> SweepReport:
-    """Train `plan`'s runs one after another in this process (compiled steps shared via the caches)."""
+def run_local(plan: Plan, root, retries: int = 2, devices=None, progress: "Progress | None" = None, pack="auto") -> SweepReport:
+    """Train `plan`'s runs in this process, pack by pack (see `make_packs`; pack=1: one run at a time)."""
     import jax
 
-    from lib.train.loop import Preempted, RunDiverged, train
+    from lib.train.loop import Preempted, RunDiverged, train, train_pack
 
     devices = list(jax.devices() if devices is None else devices)
     for r in plan.runs:  # every config error before the first step of the first run
@@ -93,48 +100,176 @@ def run_local(plan: Plan, root, retries: int = 2, devices=None, progress: "Progr
     progress = progress or Progress(plan, enabled=False)
     t_start, stopped = time.perf_counter(), ""
     progress.skipped([outcomes[r.run_id] for r in plan.runs if r.run_id in outcomes], plan)
+    packs = make_packs([r for r in plan.runs if r.run_id not in outcomes], pack, devices)
 
     with _sigterm_raises():
-        for r in plan.runs:
-            if r.run_id in outcomes:
+        for members in packs:
+            members = _without_diverged_trunks(members, root, outcomes, runs, progress)  # trunks train first (plan order)
+            if not members:
                 continue
-            path, run = os.path.join(root, r.run_id), runs[r.run_id]
-            progress.started(r)
-            attempts = snapshot[r.run_id].get("attempts", 0)  # counted in memory from here: no re-reads
-            while True:
-                t0 = time.perf_counter()
+            attempts = {r.run_id: snapshot[r.run_id].get("attempts", 0) for r in members}  # counted in memory from here
+            progress.started(members[0], len(members))
+            left, t0 = list(members), time.perf_counter()
+            while left:
+                def on_done(i, result, left=tuple(left)):
+                    r = left[i]
+                    if isinstance(result, RunDiverged):
+                        outcomes[r.run_id] = Outcome(r.run_id, FAILED, str(result), time.perf_counter() - t0)
+                    else:
+                        outcomes[r.run_id] = Outcome(r.run_id, DONE, "", time.perf_counter() - t0, result.get("eval_loss"))
+                    progress.finished(r, outcomes[r.run_id], trained=True)
+
                 try:
-                    summary = train(r.cfg, path, devices)
+                    if len(left) == 1:  # a pack of one is a run: train() (what tests and tools patch)
+                        try:
+                            on_done(0, train(left[0].cfg, os.path.join(root, left[0].run_id), devices))
+                        except RunDiverged as e:
+                            on_done(0, e)
+                    else:
+                        train_pack([r.cfg for r in left], [os.path.join(root, r.run_id) for r in left], devices, on_done=on_done)
                 except Preempted as e:
                     stopped = str(e)
-                    outcomes[r.run_id] = Outcome(r.run_id, NOT_RUN, "interrupted: checkpointed", time.perf_counter() - t0)
+                    for r in left:
+                        if r.run_id not in outcomes:
+                            outcomes[r.run_id] = Outcome(r.run_id, NOT_RUN, "interrupted: checkpointed", time.perf_counter() - t0)
                 except SweepStopped:
-                    run.set_state("interrupted", reason="SIGTERM before the training loop; relaunch to resume")
+                    for r in left:
+                        if r.run_id not in outcomes:
+                            runs[r.run_id].set_state("interrupted", reason="SIGTERM before the training loop; relaunch to resume")
                     stopped = "SIGTERM"
                 except KeyboardInterrupt:
-                    run.set_state("interrupted", reason="KeyboardInterrupt; relaunch to resume")
+                    for r in left:
+                        if r.run_id not in outcomes:
+                            runs[r.run_id].set_state("interrupted", reason="KeyboardInterrupt; relaunch to resume")
                     raise
-                except RunDiverged as e:
-                    run.set_state("failed", reason=str(e), diverged=True, step=diverged_step(str(e)))
-                    outcomes[r.run_id] = Outcome(r.run_id, FAILED, str(e), time.perf_counter() - t0)
-                except Exception as e:  # noqa: BLE001  (any other failure: retry, then report)
-                    attempts += 1
+                except Exception as e:  # noqa: BLE001  (any other failure: retry what did not finish, then report)
                     reason = f"{type(e).__name__}: {e}"
-                    if attempts < retries + 1:
-                        progress.say(f"{r.run_id}: attempt {attempts} failed ({reason}); retrying")
+                    retry = []
+                    for r in left:
+                        if r.run_id in outcomes:
+                            continue
+                        attempts[r.run_id] += 1
+                        if attempts[r.run_id] < retries + 1:
+                            retry.append(r)
+                        else:
+                            outcomes[r.run_id] = Outcome(r.run_id, FAILED, f"{reason} (after {attempts[r.run_id]} attempts)", time.perf_counter() - t0)
+                            progress.finished(r, outcomes[r.run_id], trained=True)
+                    if retry:
+                        progress.say(f"{', '.join(r.run_id for r in retry)}: attempt failed ({reason}); retrying")
+                        left = retry
                         continue
-                    outcomes[r.run_id] = Outcome(r.run_id, FAILED, f"{reason} (after {attempts} attempts)", time.perf_counter() - t0)
-                else:
-                    outcomes[r.run_id] = Outcome(r.run_id, DONE, "", time.perf_counter() - t0, summary.get("eval_loss"))
                 break
             if stopped:
                 break
-            progress.finished(r, outcomes[r.run_id], trained=True)
 
     for r in plan.runs:
         outcomes.setdefault(r.run_id, Outcome(r.run_id, NOT_RUN, "the sweep stopped first"))
     progress.close()
     return SweepReport(plan.name, [outcomes[r.run_id] for r in plan.runs], time.perf_counter() - t_start, stopped)
+
+
+def _without_diverged_trunks(members: list[PlannedRun], root, outcomes: dict, runs: dict, progress) -> list[PlannedRun]:
+    """`members` less the branches whose trunk (lib/sweeps/cooldowns.py) diverged: each is failed
+    with the trunk's reason (not retried: its prefix would diverge again)."""
+    keep = []
+    for r in members:
+        trunk = r.cfg.train.trunk
+        status = (RunDir(os.path.join(root, trunk), writer=False).status() or {}) if trunk else {}
+        if status.get("state") == "failed" and status.get("diverged"):
+            reason = f"trunk {trunk} diverged: {status.get('reason', '')}"
+            runs[r.run_id].set_state("failed", reason=reason, diverged=True)
+            outcomes[r.run_id] = Outcome(r.run_id, FAILED, reason)
+            progress.finished(r, outcomes[r.run_id], trained=False)
+        else:
+            keep.append(r)
+    return keep
+
+
+# ================================================================================================
+# Packs: runs that can share one compiled step train together (lib.train.step.pack_key)
+# ================================================================================================
+MAX_PACK = 32  # --pack auto never packs more runs than this
+DEVICE_MEMORY_FRACTION = 0.8  # of an accelerator's memory (memory_stats()["bytes_limit"])
+HOST_MEMORY_FRACTION = 0.25  # of the host's physical memory (CPU), shared by its devices
+MIN_OVERLAP = 0.5  # a pack's shortest run is at least this fraction of its longest
+
+
+def make_packs(runs: Sequence[PlannedRun], pack="auto", devices=None) -> list[list[PlannedRun]]:
+    """Cut `runs` into packs: runs with one `lib.train.step.pack_key` (model, data shape, batch,
+    optimizer kind, mesh -- everything but what a run may trace or keep for itself), at most
+    `pack_size` of them per pack, longest first, and none shorter than MIN_OVERLAP (half) of its
+    pack's longest run: a pack is rebuilt (one compile) each time a run leaves it, which pays only
+    while its runs overlap for most of their lengths. pack: "auto", an int K, 1 (every run alone),
+    or a function (cfg, devices) -> K. Packs come in the order of their first run in `runs`."""
+    from lib.train.step import pack_key
+
+    groups: dict[str, list[PlannedRun]] = {}
+    for r in runs:
+        groups.setdefault(pack_key(r.cfg), []).append(r)
+    order = {r.run_id: i for i, r in enumerate(runs)}
+    packs = []
+    for members in groups.values():
+        k = pack_size(pack, members[0].cfg, devices) if len(members) > 1 else 1
+        current: list[PlannedRun] = []
+        for r in sorted(members, key=lambda r: (-r.cfg.train.steps, order[r.run_id])):
+            if current and (len(current) == k or r.cfg.train.steps < MIN_OVERLAP * current[0].cfg.train.steps):
+                packs.append(current)
+                current = []
+            current.append(r)
+        packs.append(current)
+    return sorted(packs, key=lambda p: min(order[r.run_id] for r in p))
+
+
+def pack_size(pack, cfg, devices=None) -> int:
+    """--pack: "auto" -> auto_pack_size(cfg, devices); an integer K >= 1 -> K; a function -> pack(cfg, devices)."""
+    if callable(pack):
+        return pack(cfg, devices)
+    if str(pack) == "auto":
+        return auto_pack_size(cfg, devices)
+    try:
+        k = int(pack)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise ValueError(f"--pack expects auto or a number of runs >= 1 (1: every run alone), got {pack!r}")
+    return k
+
+
+def auto_pack_size(cfg, devices=None, cap: int = MAX_PACK) -> int:
+    """How many runs like `cfg` one pack holds on `devices`:
+
+        K = min(cap, floor(budget / per_run)), at least 1, where
+        per_run = the bytes per device of one run's compiled train step (XLA's memory analysis:
+                  arguments + outputs - the donated state they alias + temporaries; a pack of K
+                  holds K states and K runs' activations, so it needs about K times that);
+        budget  = DEVICE_MEMORY_FRACTION (80%) of the device's memory limit on an accelerator,
+                  HOST_MEMORY_FRACTION (25%) of the host's physical memory (os.sysconf), split
+                  between this process's devices, on CPU.
+    """
+    import jax
+
+    from lib.data import make_source, resolve_vocab
+    from lib.parallel import sharding
+    from lib.train.step import step_memory_bytes
+
+    devices = list(jax.devices() if devices is None else devices)
+    if not cfg.model.vocab_size:
+        cfg = resolve_vocab(cfg, make_source(cfg.data))
+    mesh = sharding.make_mesh(cfg.mesh, devices)
+    with sharding.activate(mesh):
+        per_run = step_memory_bytes(cfg, mesh)
+    return max(1, min(cap, int(device_memory_budget(devices[0]) // max(per_run, 1))))
+
+
+def device_memory_budget(device) -> float:
+    """Bytes a pack may use on `device` (the rule in auto_pack_size)."""
+    import jax
+
+    if device.platform != "cpu":
+        limit = (device.memory_stats() or {}).get("bytes_limit")
+        if limit:
+            return DEVICE_MEMORY_FRACTION * limit
+    return HOST_MEMORY_FRACTION * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / max(jax.local_device_count(), 1)
 
 
 def enable_compile_cache(path: str | None) -> None:
@@ -176,11 +311,6 @@ def _skip_reason(status: dict, retries: int, run: RunDir) -> tuple[str, str] | N
     if state == "failed" and status.get("attempts", 0) >= retries + 1:
         return FAILED, f"{status.get('reason', '')} (gave up after {status.get('attempts')} attempts; raise --retries to try again)"
     return None
-
-
-def diverged_step(message: str) -> int | None:
-    m = re.search(r"at step (\d+)", message)
-    return int(m.group(1)) if m else None
 
 
 class _sigterm_raises:
@@ -309,11 +439,17 @@ def run_processes(
 # ================================================================================================
 # Progress: runs done/total, the current run, ETA from the FLOPs still to train
 # ================================================================================================
+def _work(r: PlannedRun) -> float:
+    """The FLOPs run r trains: a cooldown branch only its steps after branch_start (lib/sweeps/cooldowns.py)."""
+    t = r.cfg.train
+    return r.flops * (t.steps - t.branch_start) / t.steps if t.trunk else r.flops
+
+
 class Progress:
     """tqdm over runs on stderr; one plain line per finished run on `stream` either way."""
 
     def __init__(self, plan: Plan, enabled: bool, stream=None, quiet: bool = False):
-        self.total_flops = sum(r.flops for r in plan.runs) or 1.0
+        self.total_flops = sum(_work(r) for r in plan.runs) or 1.0
         self.n = len(plan.runs)
         self.flops_left = self.total_flops
         self.trained_flops = 0.0
@@ -331,7 +467,7 @@ class Progress:
 
     def skipped(self, outcomes: list[Outcome], plan: Plan) -> None:
         """Runs decided before training: one line for those already done, one per failure not retried."""
-        flops = {r.run_id: r.flops for r in plan.runs}
+        flops = {r.run_id: _work(r) for r in plan.runs}
         done = [o for o in outcomes if o.result == SKIPPED]
         self.count += len(outcomes)
         self.flops_left -= sum(flops[o.run_id] for o in outcomes)
@@ -346,17 +482,18 @@ class Progress:
     def start_clock(self) -> None:
         self._begin = self._begin or time.perf_counter()
 
-    def started(self, r: PlannedRun) -> None:
+    def started(self, r: PlannedRun, pack: int = 1) -> None:
+        """Run r starts training (the first of a pack of `pack` runs)."""
         self.start_clock()
         if self.bar is not None:
-            self.bar.set_description_str(r.run_id, refresh=False)
+            self.bar.set_description_str(r.run_id + (f" +{pack - 1} packed" if pack > 1 else ""), refresh=False)
             self.bar.set_postfix_str(f"ETA {self.eta()}")
 
     def finished(self, r: PlannedRun, outcome: Outcome, trained: bool) -> None:
         self.count += 1
-        self.flops_left -= r.flops
+        self.flops_left -= _work(r)
         if trained and outcome.result == DONE:
-            self.trained_flops += r.flops
+            self.trained_flops += _work(r)
         loss = f" eval {outcome.eval_loss:.4f}" if outcome.eval_loss is not None else ""
         took = f" in {outcome.seconds:.1f}s" if outcome.seconds else ""
         reason = f": {outcome.reason}" if outcome.reason else ""

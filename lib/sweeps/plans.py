@@ -3,11 +3,17 @@
     Grid(base, {"optimizer.lr": [1e-3, 3e-3]})        every combination of the axes' values
     IsoFlop(budgets, sizes, base=...)                 each size trained for budget C: D = C / flops_per_token
     TokensPerParam(sizes, ratios, base=...)           each size trained for D = ratio * N tokens
+    Tune(sizes, lrs, base=..., steps=100)             each size at each learning rate, a short horizon
 
-`sweep.plan(overrides)` returns a `Plan`: runs sorted by (budget, N, run id) -- the order every
+`sweep.plan(overrides, root)` returns a `Plan`: runs sorted by (budget, N, run id) -- the order every
 host agrees on, which `--worker i/n` partitions -- and notes on what was dropped and why.
 Run id = readable name + content hash (`iso-3e11-d32-L2-3f2a9c`), so a relaunch finds its runs.
 Each run gets its own `train.steps`, so its learning-rate schedule ends at its own last step.
+
+Learning rates follow `lr_rule` (lib/sweeps/rules.py): None (base's optimizer.lr for all), a
+callable of the run config, or "tuned" (the rule `scaling tune` wrote under `root`). A run whose
+batch differs from the one its lr was set for gets lr x sqrt(B / B_ref) (`lr_batch_scaling`).
+The notes state both rules and `Plan.lr_lines()` lists each run's batch and lr.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from lib import flops as flops_lib
 from lib.config import ConfigError, ModelConfig, RunConfig
+from lib.sweeps import rules
 
 Size = Mapping[str, Any] | ModelConfig  # model fields, e.g. {"d_model": 64, "n_layers": 2, "n_heads": 4}
 _SHAPE_FIELDS = ("d_model", "n_layers", "n_heads", "d_ff")
@@ -39,12 +46,26 @@ class Plan:
     name: str
     runs: tuple[PlannedRun, ...]
     notes: tuple[str, ...] = ()
+    lr_rule: str = ""  # the learning-rate rule the runs follow, described; "" when none
 
     def partition(self, worker: int, n_workers: int) -> "Plan":
-        """Static share of worker i of n: runs i, i+n, i+2n, ... of the agreed order."""
+        """Static share of worker i of n: runs i, i+n, i+2n, ... of the agreed order, where a trunk
+        and its branches (lib/sweeps/cooldowns.py) count as one run: they go to the same worker."""
         if not 0 <= worker < n_workers:
             raise ConfigError(f"--worker {worker}/{n_workers}: need 0 <= i < n, e.g. --worker 0/{max(n_workers, 1)}")
-        return dataclasses.replace(self, runs=self.runs[worker::n_workers])
+        groups: dict[str, list[PlannedRun]] = {}
+        for r in self.runs:
+            groups.setdefault(r.cfg.train.trunk or r.run_id, []).append(r)
+        mine = list(groups.values())[worker::n_workers]
+        return dataclasses.replace(self, runs=tuple(r for g in mine for r in g))
+
+    def lr_lines(self) -> list[str]:
+        """One line per run with its N, batch and learning rate; none when there is no rule and every
+        run shares them."""
+        if not self.lr_rule and len({(r.cfg.optimizer.lr, r.cfg.data.global_batch) for r in self.runs}) <= 1:
+            return []
+        width = max(len(r.run_id) for r in self.runs)
+        return [f"{r.run_id:<{width}}  N {r.params:>9.3g}  batch {r.cfg.data.global_batch:>4}  lr {r.cfg.optimizer.lr:.3g}" for r in self.runs]
 
 
 def run_id(cfg: RunConfig) -> str:
@@ -79,18 +100,27 @@ class Sweep:
 
     name: str
     base: RunConfig
+    lr_rule: Any = None  # None | "tuned" | callable(RunConfig) -> lr (lib/sweeps/rules.py)
+    lr_batch_scaling: str = "sqrt"  # lr x sqrt(B / B_ref) when a run's batch differs from the lr's | "none"
+    sets_batch: bool = False  # the expansion picks each run's batch (then its lr follows the batch rule)
 
-    def plan(self, overrides: Mapping[str, Any] | None = None) -> Plan:
+    def plan(self, overrides: Mapping[str, Any] | None = None, root=None) -> Plan:
         """Expand with `overrides` (from --set) applied to the base, then again to every run, so a
-        value the sweep derives per run (e.g. train.steps) is forced when the user sets it."""
+        value the sweep derives per run (e.g. train.steps) is forced when the user sets it.
+        `root`: where the sweep trains; an lr_rule of "tuned" reads <root>/tune/lr_rule.json."""
         overrides = dict(overrides or {})
         base = _with_planning_vocab(self.base.with_overrides(overrides))
+        rule = rules.resolve_lr_rule(self.lr_rule, root)
+        ref_batch = rules.rule_batch(rule, base)
         runs: dict[str, PlannedRun] = {}
-        notes: list[str] = [f"--set {k} overrides the planned value in every run" for k in overrides if k in self.derived]
+        derived = self.derived + (("optimizer.lr",) if rule is not None else ())
+        notes: list[str] = [f"--set {k} overrides the planned value in every run" for k in overrides if k in derived]
+        notes += self._hyperparameter_notes(rule, ref_batch)
         for cfg, note in self._expand(base, overrides):
             if cfg is None:
                 notes.append(note)
                 continue
+            cfg = self._with_lr(cfg, rule, ref_batch)
             cfg = cfg.with_overrides({**overrides, "sweep": self.name})
             try:
                 cfg.validate()
@@ -104,12 +134,30 @@ class Sweep:
         if not runs:
             raise ConfigError(f"sweep '{self.name}' expands to no runs: " + ("; ".join(notes) or "no sizes/axes given"))
         ordered = sorted(runs.values(), key=lambda r: (r.cfg.budget, r.params, r.run_id))
-        return Plan(self.name, tuple(ordered), tuple(notes))
+        return Plan(self.name, tuple(ordered), tuple(notes), rules.describe(rule) if rule is not None else "")
 
     derived: tuple[str, ...] = ()  # config keys the expansion sets per run
 
     def _expand(self, base: RunConfig, overrides: Mapping[str, Any]) -> Iterable[tuple[RunConfig | None, str]]:
         raise NotImplementedError
+
+    def _with_lr(self, cfg: RunConfig, rule, ref_batch: int) -> RunConfig:
+        """The run's lr: the rule's at its size (else its own), scaled when its batch is not ref_batch."""
+        if rule is None and not self.sets_batch:
+            return cfg
+        lr = rules.check_lr(rule(cfg), f"sweep '{self.name}', run '{cfg.name}'") if rule is not None else cfg.optimizer.lr
+        lr = rules.batch_scaled(lr, cfg.data.global_batch, ref_batch, self.lr_batch_scaling)
+        return cfg if lr == cfg.optimizer.lr else cfg.with_overrides({"optimizer.lr": lr})
+
+    def _hyperparameter_notes(self, rule, ref_batch: int) -> list[str]:
+        if rule is None and not self.sets_batch:
+            return []
+        notes = [f"learning rate: {rules.describe(rule)}"]
+        if self.lr_batch_scaling == "sqrt":
+            notes.append(f"learning rate x sqrt(B / {ref_batch}) for a run whose batch B is not the {ref_batch} its lr was set for")
+        else:
+            notes.append(f"learning rate not rescaled when a run's batch differs from the {ref_batch} it was set for (lr_batch_scaling='none')")
+        return notes
 
 
 # ================================================================================================
@@ -120,9 +168,13 @@ class Grid(Sweep):
     base: RunConfig
     axes: Mapping[str, Sequence[Any]] = dataclasses.field(default_factory=dict)
     name: str = ""
+    lr_rule: Any = None
+    lr_batch_scaling: str = "sqrt"
 
     def __post_init__(self):
         self.name = self.name or self.base.name
+        if self.lr_rule is not None and "optimizer.lr" in self.axes:
+            raise ConfigError("Grid: an lr_rule and an optimizer.lr axis both set the learning rate; drop one")
 
     def _expand(self, base, overrides):
         keys = list(self.axes)
@@ -136,8 +188,14 @@ class Grid(Sweep):
 class IsoFlop(Sweep):
     """For each budget C and size: D = C / flops_per_token(size), steps = round(D / (batch * seq_len)).
 
-    Batch rule: `base.data.global_batch`, halved (not below `min_batch`) while the run would have
-    fewer than `min_steps` steps (never when --set fixes data.global_batch). Dropped with a note:
+    Batch rule (`batch_rule`), never applied when --set fixes data.global_batch:
+      "budget" (default): one batch per budget, so batch is not confounded with N within it:
+          `base.data.global_batch`, halved (not below `min_batch`) while any of the budget's sizes
+          would have fewer than `min_steps` steps;
+      "run": the same halving per run (the largest sizes of a budget then train at a smaller batch);
+      a callable budget -> batch: B(C), one batch per budget.
+    Wherever a run's batch is not the one its lr was set for, its lr is x sqrt(B / B_ref) (see
+    `Sweep.lr_batch_scaling`); the plan notes state it. Dropped with a note:
       - tokens-per-parameter D/N outside `tpp_range`;
       - with `per_budget` set, all but the `per_budget` sizes whose D/N is nearest `center_tpp` (a
         number, or a function of the budget): a ladder of sizes then gives each budget a window
@@ -157,8 +215,23 @@ class IsoFlop(Sweep):
     min_batch: int = 8
     tolerance: float = 0.02
     schedule: Schedule = Schedule()
+    lr_rule: Any = None
+    lr_batch_scaling: str = "sqrt"
+    batch_rule: str | Callable[[float], int] = "budget"
 
     derived = ("train.steps", "optimizer.warmup_steps", *(f"model.{k}" for k in _SHAPE_FIELDS))
+    sets_batch = True
+
+    def _hyperparameter_notes(self, rule, ref_batch):
+        if callable(self.batch_rule):
+            how = "batch: B(C) from the sweep's batch_rule, one per budget"
+        elif self.batch_rule == "budget":
+            how = f"batch: one per budget, the largest (<= {self.base.data.global_batch}) giving each of its sizes >= {self.min_steps} steps"
+        elif self.batch_rule == "run":
+            how = f"batch: per run, halved from {self.base.data.global_batch} while it has < {self.min_steps} steps (varies with N)"
+        else:
+            raise ConfigError(f"IsoFlop.batch_rule: unknown value {self.batch_rule!r}; use 'budget', 'run' or a callable budget -> batch")
+        return [how] + super()._hyperparameter_notes(rule, ref_batch)
 
     def _expand(self, base, overrides):
         convention, T = base.train.flops_convention, base.data.seq_len
@@ -182,13 +255,27 @@ class IsoFlop(Sweep):
                     if all(label != n[0] for n in nearest):
                         yield None, f"{label}: dropped, not among the {self.per_budget} sizes with D/N nearest {center:.3g}"
                 candidates = [c for c in candidates if c in nearest]
+            batch = None  # per run
+            if candidates and not fixed_batch and self.batch_rule == "budget":
+                batch = min(self._halved(base.data.global_batch, tokens, T) for _, _, tokens, _ in candidates)
+            elif candidates and not fixed_batch and callable(self.batch_rule):
+                batch = int(self.batch_rule(budget))
+                if batch < 1:
+                    raise ConfigError(f"IsoFlop.batch_rule gave batch {batch} at budget {budget:g}; it must be a positive integer")
             for label, cfg, tokens, _ in candidates:
-                yield self._sized(label, cfg, budget, tokens, convention, T, fixed_batch)
+                if batch is None and not fixed_batch:
+                    run_batch = self._halved(cfg.data.global_batch, tokens, T)
+                else:
+                    run_batch = batch or cfg.data.global_batch
+                yield self._sized(label, cfg, budget, tokens, convention, T, run_batch)
 
-    def _sized(self, label: str, cfg: RunConfig, budget: float, tokens: float, convention: str, T: int, fixed_batch: bool):
-        batch = cfg.data.global_batch
-        while not fixed_batch and tokens / (batch * T) < self.min_steps and batch // 2 >= self.min_batch:
+    def _halved(self, batch: int, tokens: float, T: int) -> int:
+        """`batch`, halved (not below min_batch) while `tokens` would take fewer than min_steps steps."""
+        while tokens / (batch * T) < self.min_steps and batch // 2 >= self.min_batch:
             batch //= 2
+        return batch
+
+    def _sized(self, label: str, cfg: RunConfig, budget: float, tokens: float, convention: str, T: int, batch: int):
         steps = int(round(tokens / (batch * T)))
         realised = steps * batch * T * flops_lib.flops_per_token(cfg.model, T, convention)
         if steps < 1 or abs(realised / budget - 1) > self.tolerance:
@@ -209,6 +296,8 @@ class TokensPerParam(Sweep):
     base: RunConfig = RunConfig()
     name: str = "tpp"
     schedule: Schedule = Schedule()
+    lr_rule: Any = None
+    lr_batch_scaling: str = "sqrt"
 
     derived = IsoFlop.derived
 
@@ -224,6 +313,87 @@ class TokensPerParam(Sweep):
                     yield None, f"{label}: dropped, {ratio:g} x {n} tokens is less than one batch of {B * T}"
                     continue
                 yield self.schedule.apply(cfg.with_overrides({"name": label}), steps), ""
+
+
+@dataclasses.dataclass
+class Tune(Sweep):
+    """The tuning stage: each size trained at each learning rate of a grid, for `steps` steps.
+
+    `scaling tune` fits lr*(N) = c * N^-gamma to each size's best lr (analysis/lr_rule.py) and
+    writes <root>/tune/lr_rule.json, which a sweep with lr_rule="tuned" reads. All runs of one size
+    have the same shape and length, so they pack into one program where packing is on.
+    `extra_lrs` (size tag -> lrs) extends one size's grid, e.g. past an edge where its best lr sat.
+    Horizon: `steps` for every size; or (steps=0) `tokens_per_param` > 0: D = tokens_per_param * N;
+    or (steps=0) `budget` > 0: the length that spends C FLOPs, each size's run in an IsoFLOP budget
+    C -- the optimum lr falls as runs get longer, so a rule tuned at a horizon far shorter than the
+    sweep's runs overshoots for them.
+    """
+
+    sizes: Sequence[Size]
+    lrs: Sequence[float]
+    base: RunConfig = RunConfig()
+    name: str = "tune"
+    steps: int = 100
+    tokens_per_param: float = 0.0
+    budget: float = 0.0
+    extra_lrs: Mapping[str, Sequence[float]] = dataclasses.field(default_factory=dict)
+    schedule: Schedule = Schedule(log_points=10, eval_points=1, checkpoints=1)
+
+    derived = ("optimizer.lr", *IsoFlop.derived)
+
+    def __post_init__(self):
+        lrs = list(self.lrs)
+        if len(set(lrs)) < 3:
+            raise ConfigError(f"Tune.lrs: a learning-rate grid needs at least 3 distinct values to locate a minimum, got {lrs}; e.g. [3e-3, 1e-2, 3e-2]")
+        for lr in [*lrs, *(x for v in self.extra_lrs.values() for x in v)]:
+            if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+                raise ConfigError(f"Tune.lrs: learning rates must be positive and finite, got {lr!r}")
+        if not self.sizes:
+            raise ConfigError("Tune.sizes: give at least one model size (two or more to fit lr*(N))")
+        horizons = {"steps": self.steps, "tokens_per_param": self.tokens_per_param, "budget": self.budget}
+        if sum(v > 0 for v in horizons.values()) != 1:
+            raise ConfigError(f"Tune: set exactly one of {', '.join(f'{k} ({v:g})' for k, v in horizons.items())} above 0: the tuning runs' horizon")
+
+    @classmethod
+    def from_sweep(cls, sweep: Sweep, lrs: Sequence[float] | None = None, steps: int = 100, every: int = 1, **kwargs) -> "Tune":
+        """Tune the sizes of `sweep`'s ladder (every `every`-th one) on its base; default grid: the
+        base lr x 2^-2 .. 2^2."""
+        base = sweep.base
+        sizes = list(getattr(sweep, "sizes", None) or [base.model])[::every]
+        lrs = lrs or [base.optimizer.lr * 2.0**k for k in range(-2, 3)]
+        return cls(sizes, lrs, base=base, steps=steps, **kwargs)
+
+    def plan(self, overrides: Mapping[str, Any] | None = None, root=None) -> Plan:
+        """As Sweep.plan, with the grid extensions the tune stage recorded under `root` (the tune
+        folder), so every process and every relaunch plans the same runs."""
+        extra = rules.read_grid_extensions(root) if root is not None else {}
+        if extra:
+            merged = {tag: [*self.extra_lrs.get(tag, ()), *extra.get(tag, ())] for tag in {*self.extra_lrs, *extra}}
+            return Sweep.plan(dataclasses.replace(self, extra_lrs=merged), overrides, root)
+        return Sweep.plan(self, overrides, root)
+
+    def grid(self, tag: str) -> list[float]:
+        """The learning rates of the size tagged `tag`, ascending."""
+        return sorted(set(self.lrs) | set(self.extra_lrs.get(tag, ())))
+
+    def _expand(self, base, overrides):
+        T, B = base.data.seq_len, base.data.global_batch
+        for size in self.sizes:
+            cfg = _with_size(base, size)
+            tag = _size_tag(cfg.model)
+            if self.budget:
+                tokens = self.budget / flops_lib.flops_per_token(cfg.model, T, base.train.flops_convention)
+            else:
+                tokens = self.tokens_per_param * flops_lib.param_counts(cfg.model)["total"]
+            steps = self.steps or max(int(round(tokens / (B * T))), 1)
+            for lr in self.grid(tag):
+                label = f"{self.name}-{tag}-lr{_fmt(float(lr))}"
+                yield self.schedule.apply(cfg.with_overrides({"name": label, "optimizer.lr": float(lr)}), steps), ""
+
+
+def size_tag(cfg: RunConfig) -> str:
+    """The readable size part of run names (`d32-L2`), as the tune stage groups runs by it."""
+    return _size_tag(cfg.model)
 
 
 # ================================================================================================

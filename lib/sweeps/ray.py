@@ -1,9 +1,12 @@
-"""Sweeps on a Ray cluster: each run is one Ray task with its resource request.
+"""Sweeps on a Ray cluster: each pack of runs is one Ray task with its resource request.
 
-Ray does the scheduling, placement and retries (a task whose worker died -- a preempted node,
-an OOM kill -- or that raised is retried up to `retries` times); every task trains with the same
-`lib.train.loop.train` into the shared run root (a shared filesystem or gs://), so a resumed task picks
-up its run's last checkpoint and the root ends up exactly as with the local executor.
+Runs are grouped into packs as the local executor does (lib.sweeps.executors.make_packs; `--pack
+auto` sizes them from the memory of a device the tasks would get, found by one probe task with
+the same resources). Ray does the scheduling, placement and retries (a task whose worker died -- a
+preempted node, an OOM kill -- or that raised is retried up to `retries` times); every task trains
+with the same `lib.train.loop.train_pack` into the shared run root (a shared filesystem or gs://),
+so a retried task skips its finished runs, resumes the others from their last checkpoints, and the
+root ends up exactly as with the local executor.
 """
 
 from __future__ import annotations
@@ -11,26 +14,32 @@ from __future__ import annotations
 import os
 import time
 
-from lib.sweeps.executors import DONE, FAILED, NOT_RUN, Outcome, Progress, SweepReport, diverged_step, triage
-from lib.store.runstore import RunDir
+from lib.sweeps.executors import DONE, FAILED, NOT_RUN, Outcome, Progress, SweepReport, make_packs, triage
 from lib.store.storage import is_url
 from lib.sweeps.plans import Plan
 
 
-def train_one(cfg_json: str, path: str, compile_cache: str | None) -> dict:
-    """The body of one Ray task. A diverged run returns "failed" (retrying would diverge again);
-    any other failure raises, so that Ray retries it."""
+def train_pack_task(cfg_jsons: list[str], paths: list[str], compile_cache: str | None, *after) -> list[dict]:
+    """The body of one Ray task: a pack of runs (or one). A diverged run comes back "failed" (it is
+    marked so; retrying would diverge again); any other failure raises, so that Ray retries the pack.
+    `after`: the results of the tasks of the trunks of these runs' branches (lib/sweeps/cooldowns.py),
+    passed only so that Ray starts this task once they are done."""
     from lib.config import RunConfig
     from lib.sweeps.executors import enable_compile_cache
-    from lib.train.loop import RunDiverged, train
+    from lib.train.loop import RunDiverged, train_pack
 
     enable_compile_cache(compile_cache)
-    try:
-        summary = train(RunConfig.from_json(cfg_json), path)
-    except RunDiverged as e:
-        RunDir(path).set_state("failed", reason=str(e), diverged=True, step=diverged_step(str(e)))
-        return {"result": FAILED, "reason": str(e)}
-    return {"result": DONE, "eval_loss": summary.get("eval_loss")}
+    results = train_pack([RunConfig.from_json(c) for c in cfg_jsons], paths)
+    return [{"result": FAILED, "reason": str(x)} if isinstance(x, RunDiverged) else {"result": DONE, "eval_loss": x.get("eval_loss")}
+            for x in results]
+
+
+def pack_sizes_task(cfg_jsons: list[str]) -> list[int]:
+    """--pack auto, on a worker with a task's resources: auto_pack_size of each config."""
+    from lib.config import RunConfig
+    from lib.sweeps.executors import auto_pack_size
+
+    return [auto_pack_size(RunConfig.from_json(c)) for c in cfg_jsons]
 
 
 def run_ray(
@@ -42,11 +51,13 @@ def run_ray(
     env: dict[str, str] | None = None,
     compile_cache: str | None = None,
     progress: Progress | None = None,
+    pack="auto",
 ) -> SweepReport:
-    """Submit every run still to do as a task; collect outcomes as tasks finish.
+    """Submit every pack of runs still to do as a task; collect outcomes as tasks finish.
 
     address: None or "local" starts a local Ray instance; "auto" or "host:port" / "ray://..." joins a
-    cluster. resources: per run, e.g. {"CPU": 1, "GPU": 1} or {"TPU": 4}. env: variables for the tasks.
+    cluster. resources: per task (a pack), e.g. {"CPU": 1, "GPU": 1} or {"TPU": 4}. env: variables
+    for the tasks. pack: "auto", K or 1, as for the local executor.
     """
     import ray
 
@@ -62,29 +73,51 @@ def run_ray(
     t_start = time.perf_counter()
 
     resources = dict(resources or {"CPU": 1})
-    task = ray.remote(train_one).options(
+    options = dict(
         num_cpus=resources.pop("CPU", 1),
         num_gpus=resources.pop("GPU", 0),
         resources=resources or None,  # custom ones, e.g. TPU chips
-        max_retries=retries,  # the worker died (node preempted, killed)
-        retry_exceptions=True,  # train() raised: it marked the run failed; a retry resumes it
         runtime_env={"env_vars": dict(env)} if env else None,
     )
-    pending = {}
-    for r in plan.runs:
-        if r.run_id not in outcomes:
-            pending[task.remote(r.cfg.to_json(), os.path.join(root, r.run_id), compile_cache)] = r
-            progress.started(r)
+    task = ray.remote(train_pack_task).options(
+        **options,
+        max_retries=retries,  # the worker died (node preempted, killed)
+        retry_exceptions=True,  # train_pack() raised: it marked its runs failed; a retry resumes them
+    )
+    todo = [r for r in plan.runs if r.run_id not in outcomes]
+    packs = make_packs(todo, _probe_sizes(ray, options, todo) if str(pack) == "auto" else pack)
+    pending, ref_of = {}, {}
+    for members in packs:  # a branch's task depends on its trunk's (make_packs puts trunks first), so it starts after it
+        after = [ref_of[t] for t in sorted({r.cfg.train.trunk for r in members if r.cfg.train.trunk}) if t in ref_of]
+        ref = task.remote([r.cfg.to_json() for r in members], [os.path.join(root, r.run_id) for r in members], compile_cache, *after)
+        ref_of.update({r.run_id: ref for r in members})
+        pending[ref] = members
+        progress.started(members[0], len(members))
     while pending:
         [ref], _ = ray.wait(list(pending), num_returns=1)
-        r = pending.pop(ref)
+        members = pending.pop(ref)
         try:
-            result = ray.get(ref)
-            outcome = Outcome(r.run_id, result["result"], result.get("reason", ""), eval_loss=result.get("eval_loss"))
+            results = ray.get(ref)
+            done = [Outcome(r.run_id, x["result"], x.get("reason", ""), eval_loss=x.get("eval_loss")) for r, x in zip(members, results)]
         except ray.exceptions.RayError as e:  # retries used up
-            outcome = Outcome(r.run_id, FAILED, f"{type(e).__name__}: {str(e).splitlines()[0]} (after {retries + 1} attempts)")
-        outcomes[r.run_id] = outcome
-        progress.finished(r, outcome, trained=True)
+            done = [Outcome(r.run_id, FAILED, f"{type(e).__name__}: {str(e).splitlines()[0]} (after {retries + 1} attempts)") for r in members]
+        for r, outcome in zip(members, done):
+            outcomes[r.run_id] = outcome
+            progress.finished(r, outcome, trained=True)
     progress.close()
     ordered = [outcomes.get(r.run_id, Outcome(r.run_id, NOT_RUN)) for r in plan.runs]
     return SweepReport(plan.name, ordered, time.perf_counter() - t_start)
+
+
+def _probe_sizes(ray, options: dict, runs) -> "callable":
+    """--pack auto for Ray: one probe task (with a pack task's resources) sizes every distinct pack."""
+    from lib.train.step import pack_key
+
+    firsts = {}
+    for r in runs:
+        firsts.setdefault(pack_key(r.cfg), r.cfg)
+    if not firsts:
+        return lambda cfg, devices=None: 1
+    sizes = ray.get(ray.remote(pack_sizes_task).options(**options).remote([c.to_json() for c in firsts.values()]))
+    by_key = dict(zip(firsts, sizes))
+    return lambda cfg, devices=None: by_key[pack_key(cfg)]

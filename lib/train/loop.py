@@ -1,20 +1,29 @@
-"""The `train(cfg, workdir)` loop around the pure steps of `lib.train.step`.
+"""The training loop around the pure steps of `lib.train.step`.
 
-Read top to bottom: setup (validate, data, mesh, model) -> state (init or resume) -> compiled
-steps -> the loop (log, eval, checkpoint, preemption) -> summary. The loop dispatches step n and
-only then reads step n-1's metrics, so the host never stalls the device.
+`train(cfg, workdir)` trains one run; `train_pack(cfgs, workdirs)` trains K runs of one shape as
+one vmapped program (`lib.train.step.Pack`), each into its own folder exactly as it would be alone.
+A single run is a pack of one: the same loop, and for K = 1 the compiled step is a lone run's
+program, bit for bit.
+
+Read top to bottom: setup (validate, data, each run's folder) -> state (init or resume each run
+from its own checkpoint, then stack them) -> the loop (each tick advances every run of the pack by
+one step; per run: log, eval, checkpoint; a run that diverges or finishes leaves the pack, which
+goes on with the others) -> each run's summary as it finishes. The loop dispatches tick n and only
+then reads tick n-1's metrics, so the host never stalls the device.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import os
 import signal
 import socket
 import threading
 import time
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -27,7 +36,7 @@ from lib.store.checkpoint import Checkpointer
 from lib.store.runstore import RunDir
 from lib.store.storage import default_data_root, is_url
 from lib.store.tracking import Tracker
-from lib.train.step import build_steps
+from lib.train.step import build_pack, build_steps, pack_key
 
 
 class RunDiverged(RuntimeError):
@@ -35,171 +44,393 @@ class RunDiverged(RuntimeError):
 
 
 class Preempted(RuntimeError):
-    """SIGTERM arrived; a checkpoint was written and the run can be relaunched to resume."""
+    """SIGTERM arrived; every run of the pack checkpointed and can be relaunched to resume."""
+
+    def __init__(self, message: str, reasons: dict[str, str] | None = None):
+        super().__init__(message)
+        self.reasons = reasons or {}  # run id -> where that run stopped
+
+
+@dataclasses.dataclass(eq=False)
+class _Run:
+    """One run of a pack as the host sees it: its folder, data, tracker and where it stands."""
+
+    cfg: RunConfig
+    run: RunDir
+    run_id: str
+    source: Any
+    tracker: Tracker | None = None
+    ckpt: Checkpointer | None = None
+    step: int = 0  # updates applied
+    last: dict = dataclasses.field(default_factory=dict)  # the latest logged metrics (and eval loss)
+    log_step: int = 0  # the step, wall time and non-training time of the last metrics row
+    log_time: float = 0.0
+    log_spent: float = 0.0
+    result: Any = None  # once it left the pack: its summary, or the RunDiverged it failed with
+    restored_from_trunk: bool | None = None  # a branch: started from its trunk's checkpoint (False: from step 0)
 
 
 def train(cfg: RunConfig, workdir, devices: Sequence[jax.Device] | None = None) -> dict:
     """Train (or resume, or skip if finished) the run `cfg` in `workdir`; returns its summary."""
+    [result] = train_pack([cfg], [workdir], devices)
+    if isinstance(result, RunDiverged):
+        raise result
+    return result
+
+
+def train_pack(
+    cfgs: Sequence[RunConfig],
+    workdirs: Sequence,
+    devices: Sequence[jax.Device] | None = None,
+    spread: bool | None = None,
+    on_done: Callable[[int, Any], None] | None = None,
+    chunk: int | None | str = "auto",
+) -> list:
+    """Train the runs `cfgs` (one `lib.train.step.pack_key`) together, run i into `workdirs[i]`.
+
+    Returns each run's summary, or the RunDiverged it failed with (marked failed with its step;
+    the others go on). A finished run is not retrained (its summary comes back as it is); the
+    others resume from their own checkpoints. SIGTERM: every run checkpoints, is marked
+    interrupted, and Preempted is raised. Any other error marks every unfinished run failed and
+    propagates. `on_done(i, result)` is called as run i leaves the pack. `spread`: put the run
+    axis on the mesh's data axis (True), replicate it (False), or choose (None; see `_placement`).
+    `chunk`: runs computed at once (lib.train.step.build_pack; "auto": all, or one by one on CPU).
+    """
     # ---- setup --------------------------------------------------------------------------------
     devices = list(jax.devices() if devices is None else devices)
+    sources: dict = {}  # runs with the same data config share one source (a batch is read once)
+    runs = [_open(cfg, workdir, devices, sources) for cfg, workdir in zip(cfgs, workdirs, strict=True)]
+    todo = [r for r in runs if r.result is None]
+    if len({pack_key(r.cfg) for r in todo}) > 1:
+        raise ConfigError("train_pack: these runs differ in what a pack shares (model, data shape, optimizer kind, mesh); "
+                          "group them with lib.train.step.pack_key")
+    for r in todo:
+        r.run.write_config(r.cfg.to_dict())
+        r.run.set_state("running", host=socket.gethostname(), pid=os.getpid(), pack=len(todo))  # who trains it, for ops
+        r.tracker = Tracker(r.run, r.cfg, r.run_id, jax.process_index() == 0)
+
+    def done(r: _Run, result) -> None:
+        r.result = result
+        if on_done is not None:
+            on_done(runs.index(r), result)
+
+    try:
+        if todo:
+            _train_loop(todo, devices, spread, chunk, done)
+    except Preempted as e:
+        for r in todo:
+            if r.result is None:
+                r.run.set_state("interrupted", reason=e.reasons.get(r.run_id, str(e)))
+                r.tracker.finish()
+        raise
+    except BaseException as e:
+        for r in todo:
+            if r.result is None:
+                r.run.set_state("failed", reason=f"{type(e).__name__}: {e}")
+                r.tracker.finish(failed=True)
+        raise
+    return [r.result for r in runs]
+
+
+def _open(cfg: RunConfig, workdir, devices, sources: dict) -> _Run:
+    """Validate `cfg`, find its data, check its folder belongs to it; a finished run comes back done."""
     cfg.validate(len(devices))
     workdir = os.fspath(workdir)
     if not is_url(workdir):
         workdir = os.path.abspath(workdir)  # orbax needs absolute paths
-    source = make_source(cfg.data, data_root=cfg.data.data_root or default_data_root(workdir))  # local even for gs://
+    data_root = cfg.data.data_root or default_data_root(workdir)  # local even for gs://
+    key = (json.dumps(dataclasses.asdict(cfg.data), sort_keys=True), data_root)
+    if key not in sources:
+        sources[key] = make_source(cfg.data, data_root=data_root)
+    source = sources[key]
     cfg = resolve_vocab(cfg, source).validate(len(devices))
-    is_writer = jax.process_index() == 0
-    run = RunDir(workdir, writer=is_writer)
-    run_id = os.path.basename(os.path.normpath(workdir))
+    run = RunDir(workdir, writer=jax.process_index() == 0)
+    r = _Run(cfg, run, os.path.basename(os.path.normpath(workdir)), source)
     _check_same_run(run, cfg)
     _check_same_data(run, source)
     if run.state() == "done" and run.summary() is not None:
-        if cfg.tracking.console and is_writer:
-            print(f"[{run_id}] already finished; nothing to do", flush=True)
-        return run.summary()
-    run.write_config(cfg.to_dict())
-    run.set_state("running", host=socket.gethostname(), pid=os.getpid())  # who is training it, for ops
-    tracker = Tracker(run, cfg, run_id, is_writer)
-    try:
-        summary = _train_loop(cfg, run, run_id, source, devices, tracker)
-    except RunDiverged as e:
-        run.set_state("failed", reason=str(e))
-        tracker.finish(failed=True)
-        raise
-    except Preempted as e:
-        run.set_state("interrupted", reason=str(e))
-        tracker.finish()
-        raise
-    except BaseException as e:
-        run.set_state("failed", reason=f"{type(e).__name__}: {e}")
-        tracker.finish(failed=True)
-        raise
-    run.write_summary(summary)
-    run.set_state("done")
-    tracker.finish(summary)
-    return summary
+        if cfg.tracking.console and run.writer:
+            print(f"[{r.run_id}] already finished; nothing to do", flush=True)
+        r.result = run.summary()
+    return r
 
 
-def _train_loop(cfg: RunConfig, run: RunDir, run_id: str, source, devices, tracker: Tracker) -> dict:
-    t = cfg.train
+def _train_loop(runs: list[_Run], devices, spread: bool | None, chunk, done: Callable[[_Run, Any], None]) -> None:
+    """Train `runs` (none finished yet) to their ends; `done(run, result)` as each one leaves."""
+    cfg = runs[0].cfg
     mesh = sharding.make_mesh(cfg.mesh, devices)
     pi, pc = jax.process_index(), jax.process_count()
+    device_kind = devices[0].device_kind
+    spent = {"compile": 0.0, "eval": 0.0, "checkpoint": 0.0}  # time inside the loop that is not training
+
+    def timed(kind: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        spent[kind] += time.perf_counter() - t0
+        return out
+
+    with sharding.activate(mesh), contextlib.ExitStack() as exits:
+        # ---- state: init or resume each run from its own checkpoint -----------------------------
+        t0 = time.perf_counter()
+        lone = build_steps(cfg, mesh)  # one run's init and layout: every run of the pack has them
+        states = {}
+        for r in runs:
+            r.ckpt = exits.enter_context(Checkpointer(r.run.checkpoint_dir, r.cfg.train.keep_checkpoints, keep_steps=r.cfg.train.keep_steps))
+            latest = r.ckpt.latest_step()
+            if latest is None and r.cfg.train.trunk:  # a branch's first launch: its trunk's state at branch_start
+                states[r] = _restore_trunk(r, lone)
+            elif latest is None:
+                states[r] = lone.init(jax.random.key(r.cfg.train.seed))
+                r.run.truncate_metrics(0)  # rows a run killed before its first checkpoint logged
+            else:
+                states[r] = r.ckpt.restore(latest, lone.abstract_state)
+                r.run.truncate_metrics(latest)
+                r.tracker.say(f"resumed from checkpoint at step {latest}")
+            r.step = r.log_step = int(jax.device_get(states[r].step))
+        init_s = time.perf_counter() - t0
+        loop_start = time.perf_counter()
+        for r in runs:
+            r.log_time = loop_start
+
+        def finish(r: _Run) -> None:
+            """A run that reached its last step: wait for its checkpoint, write its summary, mark it done."""
+            if "eval_loss" not in r.last:  # resumed at the very end: evaluate the restored state
+                evaluate, _ = make_evaluate(r.cfg, lone, r.source, mesh)
+                r.last["eval_loss"] = timed("eval", evaluate, states[r].params)
+            timed("checkpoint", r.ckpt.wait)
+            train_s = time.perf_counter() - loop_start - sum(spent.values())
+            summary = _summary(r, device_kind, len(devices), init_s, train_s, spent)
+            r.run.write_summary(summary)
+            r.run.set_state("done")
+            r.tracker.finish(summary)
+            done(r, summary)
+
+        for r in runs:
+            if r.step >= r.cfg.train.steps:
+                finish(r)
+
+        # ---- the loop: each tick advances every run of the pack by one step ---------------------
+        stop = _PreemptionFlag()
+        pack, slots, state, pending = None, [], None, None
+        with stop.installed():
+            while True:
+                active = [r for r in runs if r.result is None]
+                if [s for s in slots if s is not None] != active:  # first tick, or a run left: (re)form the pack
+                    if pending is not None:  # the last tick's losses first: a run that diverged there leaves too
+                        _read(pending, done)
+                        pending = None
+                        continue
+                    if not active:
+                        break
+                    if pack is not None:
+                        states = {r: pack.take(state, slots.index(r)) for r in active}
+                    t0 = time.perf_counter()
+                    placed, n_slots = _placement(len(active), mesh, spread)
+                    slots = active + [None] * (n_slots - len(active))  # padding: computed, never applied
+                    pack = build_pack([(r or active[0]).cfg for r in slots], mesh, placed, chunk)
+                    state = pack.stack(*(states[r or active[0]] for r in slots))
+                    states.clear()
+                    step_fn = pack.train_step.lower(*_abstract_args(pack, state, cfg, mesh)).compile()
+                    evaluate = _pack_evaluate(cfg, pack, slots, mesh)
+                    advance = (None, None)
+                    spent["compile"] += time.perf_counter() - t0
+                    tracker_line = f"compiled a pack of {len(active)} in {time.perf_counter() - t0:.1f}s" if n_slots > 1 else \
+                        f"compiled train step in {time.perf_counter() - t0:.1f}s"
+                    for r in active:
+                        r.tracker.say(f"{tracker_line}; training steps {r.step}..{r.cfg.train.steps} on {len(devices)} x {device_kind}")
+
+                # Runs step in lockstep: one resumed from a later checkpoint waits for the others.
+                low = min(r.step for r in active)
+                moving = [r for r in active if r.step == low]
+                mask = np.array([r in moving for r in slots])
+                if advance[0] is None or not np.array_equal(mask, advance[0]):
+                    advance = (mask, sharding.replicated_array(mask, mesh))
+                batch = pack.batch(_rows(slots, lambda r: r.source.batch(r.step, pi, pc), lambda r: (id(r.source), r.step)), mesh)
+                state, metrics = step_fn(state, advance[1], batch, pack.hparams)
+                if pending is not None:  # the tick before: a non-finite loss fails its run
+                    _read(pending, done)
+                for r in moving:
+                    r.step += 1
+                pending = (slots, {r: r.step for r in moving}, metrics)
+                moving = [r for r in moving if r.result is None]
+                preempt = stop.requested(low + 1)
+
+                logs = [r for r in moving if _due(r, "log") or _due(r, "eval")]
+                saves = [r for r in moving if _due(r, "checkpoint") or preempt]
+                if logs or saves:  # read this tick's metrics now: nothing is logged or saved unchecked
+                    values = _read(pending, done)
+                    pending = None
+                    logs, saves = [r for r in logs if r.result is None], [r for r in saves if r.result is None]
+                    losses = timed("eval", evaluate, state.params) if any(_due(r, "eval") for r in logs) else None
+                    for r in logs:
+                        row = _row(r, values[r], spent, device_kind, len(devices))
+                        if _due(r, "eval"):
+                            row["eval_loss"] = r.last["eval_loss"] = float(losses[slots.index(r)])
+                        r.tracker.log(row)
+                    for r in saves:
+                        timed("checkpoint", r.ckpt.save, r.step, pack.take(state, slots.index(r)), force=True)
+                for r in moving:
+                    if r.result is None and r.step == r.cfg.train.steps:
+                        finish(r)
+                if preempt:
+                    stopping = [r for r in active if r.result is None]
+                    for r in stopping:
+                        if r not in saves:  # held back this tick: checkpoint where it stands
+                            timed("checkpoint", r.ckpt.save, r.step, pack.take(state, slots.index(r)), force=True)
+                        r.ckpt.wait()
+                    reasons = {r.run_id: f"SIGTERM: checkpointed at step {r.step} of {r.cfg.train.steps}; relaunch to resume" for r in stopping}
+                    message = next(iter(reasons.values())) if len(reasons) == 1 else f"SIGTERM: checkpointed {len(reasons)} runs; relaunch to resume"
+                    raise Preempted(message, reasons)
+
+
+def _restore_trunk(r: _Run, lone):
+    """A branch with no checkpoint of its own: its trunk's state at branch_start (the trunk's
+    folder is a sibling of the branch's), and the trunk's metrics rows up to there, so its curve
+    starts at step 0. The branch's schedule equals the trunk's constant rate before branch_start,
+    so where that checkpoint is missing (deleted, or the trunk not there yet) the branch trains
+    the prefix itself from step 0: the same numbers, bit for bit, at the prefix's cost again."""
+    t = r.cfg.train
+    trunk_dir = RunDir(os.path.join(os.path.dirname(str(r.run.path).rstrip("/")), t.trunk), writer=False)
+    status = trunk_dir.status() or {}
+    if status.get("state") == "failed" and status.get("diverged"):
+        raise RunDiverged(f"trunk {t.trunk} diverged: {status.get('reason', '')}")
+    steps = []
+    if trunk_dir.checkpoint_dir.exists():
+        with Checkpointer(trunk_dir.checkpoint_dir, 1, read_only=True) as trunk_ckpt:
+            steps = trunk_ckpt.all_steps()
+            if t.branch_start in steps:
+                state = trunk_ckpt.restore(t.branch_start, lone.abstract_state)
+                r.run.truncate_metrics(0)
+                r.run.append_metrics([row for row in trunk_dir.metrics() if row.get("step", 0) <= t.branch_start])
+                r.restored_from_trunk = True
+                r.tracker.say(f"branch of {t.trunk}: restored its checkpoint at step {t.branch_start}")
+                return state
+    r.restored_from_trunk = False
+    r.tracker.say(f"branch of {t.trunk}: no trunk checkpoint at step {t.branch_start} (it has {steps}); "
+                  f"training the prefix from step 0 (the same numbers as the trunk's)")
+    r.run.truncate_metrics(0)
+    return lone.init(jax.random.key(t.seed))
+
+
+def _abstract_args(pack, state, cfg: RunConfig, mesh):
+    """(state, advance, batch, hparams) as the compiler sees them, for compiling before the first tick."""
+    K = pack.size
+    advance = jax.ShapeDtypeStruct((K,), np.bool_, sharding=sharding.replicated(mesh))
+    batch = jax.ShapeDtypeStruct((K, cfg.data.global_batch, cfg.data.seq_len + 1), np.int32,
+                                 sharding=sharding.pack_batch_sharding(mesh, pack.rules))
+    return state, advance, batch, pack.hparams
+
+
+def _placement(n_runs: int, mesh, spread: bool | None) -> tuple[bool, int]:
+    """(spread, slots). Spread -- run i trains on data slice i, whole models per device, no
+    collectives -- when asked, or by default when one process drives a mesh whose data axis is
+    more than half filled by the runs; slots then round up to a multiple of the data size (the
+    padding computes and is never applied). Otherwise the run axis is replicated and each run is
+    sharded over the mesh as it would be alone."""
+    data = mesh.shape[sharding.RUN_MESH_AXIS]
+    if spread is None:
+        spread = jax.process_count() == 1 and data > 1 and 2 * n_runs > data
+    if spread and jax.process_count() > 1:
+        raise ConfigError("a spread pack (run axis on data) is single-process only; use spread=False on several processes")
+    return spread, (-(-n_runs // data) * data if spread else n_runs)
+
+
+def _rows(slots: list, rows_of, key) -> np.ndarray:
+    """Stack each slot's rows [K, ...], read once per distinct key(run); padding copies slot 0's."""
+    cache: dict = {}
+    for r in slots:
+        r = r or slots[0]
+        if key(r) not in cache:
+            cache[key(r)] = rows_of(r)
+    return np.stack([cache[key(r or slots[0])] for r in slots])
+
+
+def _due(r: _Run, what: str) -> bool:
+    t, done = r.cfg.train, r.step
+    every = {"log": t.log_every, "eval": t.eval_every, "checkpoint": t.checkpoint_every}[what]
+    return done % every == 0 or done == t.steps or (what == "checkpoint" and done in t.keep_steps)
+
+
+def _read(pending, done: Callable[[_Run, Any], None]) -> dict:
+    """Fetch a tick's metrics: {run: its values}; a run whose loss is not finite leaves the pack, failed."""
+    slots, moved, metrics = pending
+    values = jax.device_get(metrics)
+    out = {}
+    for i, r in enumerate(slots):
+        if r is None or r not in moved or r.result is not None:
+            continue
+        v = {k: float(x[i]) for k, x in values.items()}
+        if math.isfinite(v["train_loss"]):
+            out[r] = v
+            continue
+        message = f"diverged: non-finite loss ({v['train_loss']}) at step {moved[r]}"
+        r.run.set_state("failed", reason=message, diverged=True, step=moved[r])
+        r.tracker.say(message)
+        r.tracker.finish(failed=True)
+        done(r, RunDiverged(message))
+    return out
+
+
+def _row(r: _Run, values: dict, spent: dict, device_kind: str, n_devices: int) -> dict:
+    """The metrics row of run r at its current step (step time: the pack's, per tick, less eval/ckpt/compile)."""
+    cfg, now, done = r.cfg, time.perf_counter(), r.step
+    tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
+    flops_per_token = flops_lib.flops_per_token(cfg.model, cfg.data.seq_len, cfg.train.flops_convention)
+    training = now - r.log_time - (sum(spent.values()) - r.log_spent)
+    step_time = training / max(done - r.log_step, 1)
+    r.last = dict(values)
+    row = {
+        "step": done,
+        "tokens": done * tokens_per_step,
+        "flops": done * tokens_per_step * flops_per_token,
+        **values,
+        "step_time_s": step_time,
+        "tokens_per_s": tokens_per_step / step_time,
+        "flops_per_s": tokens_per_step * flops_per_token / step_time,
+        "mfu": flops_lib.mfu(tokens_per_step * flops_per_token / step_time, device_kind, n_devices),
+    }
+    if r.source.epoch(done) is not None:
+        row["epoch"] = r.source.epoch(done)
+    r.log_step, r.log_time, r.log_spent = done, now, sum(spent.values())
+    return row
+
+
+def _summary(r: _Run, device_kind: str, n_devices: int, init_s: float, train_s: float, spent: dict) -> dict:
+    cfg, t, source = r.cfg, r.cfg.train, r.source
     tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
     flops_per_token = flops_lib.flops_per_token(cfg.model, cfg.data.seq_len, t.flops_convention)
-    device_kind = devices[0].device_kind
-
-    with sharding.activate(mesh), Checkpointer(run.checkpoint_dir, t.keep_checkpoints) as ckpt:
-        # ---- state: init or resume ----------------------------------------------------------
-        t0 = time.perf_counter()
-        steps = build_steps(cfg, mesh)
-        latest = ckpt.latest_step()
-        if latest is None:
-            state = steps.init(jax.random.key(t.seed))
-            run.truncate_metrics(0)  # rows a run killed before its first checkpoint logged
-        else:
-            state = ckpt.restore(latest, steps.abstract_state)
-            run.truncate_metrics(latest)
-            tracker.say(f"resumed from checkpoint at step {latest}")
-        start = int(jax.device_get(state.step))
-        init_s = time.perf_counter() - t0
-
-        # ---- compile ----------------------------------------------------------------------------
-        first_batch = sharding.global_batch(source.batch(start, pi, pc), mesh)
-        t0 = time.perf_counter()
-        step_fn = steps.train_step.lower(state, first_batch, steps.horizon).compile()
-        compile_s = time.perf_counter() - t0
-        tracker.say(f"compiled train step in {compile_s:.1f}s; training steps {start}..{t.steps} on {len(devices)} x {device_kind}")
-
-        spent = {"eval": 0.0, "checkpoint": 0.0}  # time inside the loop that is not training
-
-        def timed(kind: str, fn, *args, **kwargs):
-            t0 = time.perf_counter()
-            out = fn(*args, **kwargs)
-            spent[kind] += time.perf_counter() - t0
-            return out
-
-        evaluate, eval_tokens = make_evaluate(cfg, steps, source, mesh)
-        held_out = getattr(source, "n_eval_windows", None)  # finite held-out sets (text)
-        if held_out is not None and held_out * cfg.data.seq_len < eval_tokens:
-            tracker.say(f"warning: train.eval_tokens asks for {eval_tokens // cfg.data.seq_len} eval rows but the held-out set "
-                        f"has {held_out} windows, so rows repeat; raise data.holdout_fraction or lower train.eval_tokens")
-
-        # ---- the loop ---------------------------------------------------------------------------
-        stop = _PreemptionFlag()
-        pending = None  # (completed_steps, metrics on device) of the step before
-        loop_start = last_log_time = time.perf_counter()
-        last_log_step, spent_at_log, last = start, 0.0, {}
-        with stop.installed():
-            for step in range(start, t.steps):
-                batch = first_batch if step == start else sharding.global_batch(source.batch(step, pi, pc), mesh)
-                state, metrics = step_fn(state, batch, steps.horizon)
-                if pending is not None:
-                    last = _check_finite(*pending)
-                done = step + 1
-                pending = (done, metrics)
-                is_last = done == t.steps
-                if done % t.log_every == 0 or is_last or done % t.eval_every == 0:
-                    last = _check_finite(*pending)
-                    training = time.perf_counter() - last_log_time - (sum(spent.values()) - spent_at_log)
-                    step_time = training / max(done - last_log_step, 1)
-                    row = {
-                        "step": done,
-                        "tokens": done * tokens_per_step,
-                        "flops": done * tokens_per_step * flops_per_token,
-                        **last,
-                        "step_time_s": step_time,
-                        "tokens_per_s": tokens_per_step / step_time,
-                        "flops_per_s": tokens_per_step * flops_per_token / step_time,
-                        "mfu": flops_lib.mfu(tokens_per_step * flops_per_token / step_time, device_kind, len(devices)),
-                    }
-                    if source.epoch(done) is not None:
-                        row["epoch"] = source.epoch(done)
-                    if done % t.eval_every == 0 or is_last:
-                        row["eval_loss"] = last["eval_loss"] = timed("eval", evaluate, state.params)
-                    tracker.log(row)
-                    last_log_time, last_log_step, pending = time.perf_counter(), done, None
-                    spent_at_log = sum(spent.values())
-                if done % t.checkpoint_every == 0 or is_last or stop.requested(done):
-                    timed("checkpoint", ckpt.save, done, state, force=True)
-                if stop.requested(done) and not is_last:
-                    ckpt.wait()
-                    raise Preempted(f"SIGTERM: checkpointed at step {done} of {t.steps}; relaunch to resume")
-            if pending is not None:
-                last = _check_finite(*pending)
-            timed("checkpoint", ckpt.wait)
-            train_time = time.perf_counter() - loop_start - sum(spent.values())
-
-        if "eval_loss" not in last:  # resumed at the very end: evaluate the restored state
-            last["eval_loss"] = timed("eval", evaluate, state.params)
-
-    counts = flops_lib.param_counts(cfg.model)
     tokens = t.steps * tokens_per_step
     return {
-        "run_id": run_id,
-        "eval_loss": last.get("eval_loss"),
-        "train_loss": last.get("train_loss"),
-        "params": counts,
+        "run_id": r.run_id,
+        "eval_loss": r.last.get("eval_loss"),
+        "train_loss": r.last.get("train_loss"),
+        "params": flops_lib.param_counts(cfg.model),
         "tokens": tokens,
         "flops": {"value": tokens * flops_per_token, "convention": t.flops_convention},
         "flops_per_token": flops_per_token,
         "flops_all_conventions": {c: tokens * flops_lib.flops_per_token(cfg.model, cfg.data.seq_len, c) for c in flops_lib.CONVENTIONS},
         "entropy_floor": getattr(source, "entropy_floor", None),  # best mean loss over a row of seq_len tokens
         "entropy_rate": getattr(source, "entropy_rate", None),  # the source's rate (long windows), when known
-        "eval_tokens": eval_tokens,  # held-out tokens behind eval_loss
+        "eval_tokens": eval_rows(t.eval_tokens, cfg.data.seq_len) * cfg.data.seq_len,  # held-out tokens behind eval_loss
         "sweep": cfg.sweep or None,
         "budget": cfg.budget or None,
         "steps": t.steps,
         "seq_len": cfg.data.seq_len,
         "global_batch": cfg.data.global_batch,
+        # Timings are the pack's (shared by its runs) up to the moment this run finished.
         "init_time_s": init_s,  # state init (with its compile) or checkpoint restore
-        "compile_time_s": compile_s,  # the train step
-        "train_time_s": train_time,  # the loop, less eval and checkpoint time
+        "compile_time_s": spent["compile"],  # the train step
+        "train_time_s": train_s,  # the loop, less compile, eval and checkpoint time
         "eval_time_s": spent["eval"],
         "checkpoint_time_s": spent["checkpoint"],
         "device_kind": device_kind,
-        "n_devices": len(devices),
+        "n_devices": n_devices,
         "data": source.describe(),
         "epochs": source.epoch(t.steps),
+        # Trunks and branches (lib/sweeps/cooldowns.py): a branch's flops above are its point's whole
+        # compute (trunk prefix + branch), as a from-scratch run's; a trunk is no point to fit.
+        **({"trunk": t.trunk, "branch_start": t.branch_start, "branch_restored": r.restored_from_trunk} if t.trunk else {}),
+        **({"role": "trunk", "branch_points": list(t.keep_steps)} if t.keep_steps and cfg.optimizer.schedule == "constant" else {}),
     }
 
 
@@ -212,24 +443,31 @@ def make_evaluate(cfg: RunConfig, steps, source, mesh):
     global_batch are), so the mean of the chunk means is the mean over all n * seq_len tokens.
     """
     pi, pc = jax.process_index(), jax.process_count()
+    evaluate, tokens = _chunked_evaluate(cfg, steps.eval_step, lambda first, n: sharding.global_batch(source.eval_rows(first, n, pi, pc), mesh))
+    return (lambda params: float(evaluate(params))), tokens
+
+
+def _pack_evaluate(cfg: RunConfig, pack, slots: list, mesh):
+    """evaluate(pack params) -> [K] each run's mean loss over its own eval set (as make_evaluate)."""
+    pi, pc = jax.process_index(), jax.process_count()
+    def rows(first, n):
+        return pack.batch(_rows(slots, lambda r: r.source.eval_rows(first, n, pi, pc), lambda r: id(r.source)), mesh)
+
+    return _chunked_evaluate(cfg, pack.eval_step, rows)[0]
+
+
+def _chunked_evaluate(cfg: RunConfig, eval_step, rows):
     n_rows = eval_rows(cfg.train.eval_tokens, cfg.data.seq_len)
     chunk = math.gcd(n_rows, cfg.data.global_batch)
+    batches = []  # the same rows at every evaluation: built once
 
-    def evaluate(params) -> float:
-        losses = [
-            steps.eval_step(params, sharding.global_batch(source.eval_rows(first, chunk, pi, pc), mesh))
-            for first in range(0, n_rows, chunk)
-        ]
-        return float(np.mean(jax.device_get(losses)))
+    def evaluate(params):
+        if not batches:
+            batches.extend(rows(first, chunk) for first in range(0, n_rows, chunk))
+        losses = [eval_step(params, batch) for batch in batches]
+        return np.mean(jax.device_get(losses), axis=0)
 
     return evaluate, n_rows * cfg.data.seq_len
-
-
-def _check_finite(done: int, metrics) -> dict:
-    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not math.isfinite(values["train_loss"]):
-        raise RunDiverged(f"diverged: non-finite loss ({values['train_loss']}) at step {done}")
-    return values
 
 
 def _check_same_run(run: RunDir, cfg: RunConfig) -> None:

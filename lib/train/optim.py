@@ -9,15 +9,23 @@ last two as a traced array (`horizon`) rather than baking them in: the runs of a
 a shape then share one compiled step (and one persistent-cache entry), whatever their lengths.
 That works because every optimizer here applies the learning rate as its final scaling, so the
 unit-rate update times lr(step) is exactly the scheduled optimizer's update.
+
+muP's per-layer rates (`model.parametrization = "mup"`) are one more static link of that chain:
+`optax.multi_transform` scales the updates of hidden matrices (found from the parameters' logical
+axis names, lib.models.transformer.is_hidden) by base_width / d_model and leaves embeddings, the
+untied head and vectors alone. The scale is a property of the parameter tree, not of the run's
+traced hyperparameters, so runs of one shape share it.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from lib.config import OptimizerConfig
+from lib.config import OptimizerConfig, RunConfig
+from lib.models import transformer
 
 
 def learning_rate(cfg: OptimizerConfig, step, total_steps, warmup_steps):
@@ -40,14 +48,38 @@ def learning_rate(cfg: OptimizerConfig, step, total_steps, warmup_steps):
     elif cfg.schedule == "step":
         after = peak * cfg.decay_factor ** jnp.floor((step - warmup) / cfg.decay_every)
     elif cfg.schedule == "wsd":
-        # warmup, hold at peak, then linear decay to `final` over the last wsd_decay_frac of the run.
+        # warmup, hold at peak, then decay to `final` over the last wsd_decay_frac of the run, in the
+        # shape wsd_decay_shape. Before the decay starts the rate is exactly `peak` (the constant
+        # schedule's), so a constant-rate trunk's state at any step before it is this run's, bit for
+        # bit: lib/sweeps/cooldowns.py branches from there (wsd_decay_start gives the step).
         n_decay = jnp.maximum(jnp.round(cfg.wsd_decay_frac * (last - warmup)), 1.0)
         decay_start = warmup + jnp.maximum(last - warmup - n_decay, 0.0)
-        after = peak + (final - peak) * jnp.clip((step - decay_start) / n_decay, 0.0, 1.0)
+        p = jnp.clip((step - decay_start) / n_decay, 0.0, 1.0)
+        shape = getattr(cfg, "wsd_decay_shape", "linear")
+        if shape == "linear":
+            after = peak + (final - peak) * p
+        elif shape == "cosine":
+            after = final + (peak - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * p))
+        elif shape == "1-sqrt":
+            after = final + (peak - final) * (1.0 - jnp.sqrt(p))
+        else:
+            raise ValueError(f"optimizer.wsd_decay_shape: unknown value {shape!r}")
+        after = jnp.where(step <= decay_start, jnp.asarray(peak, jnp.float32), after)
     else:
         raise ValueError(f"optimizer.schedule: unknown value {cfg.schedule!r}")
     ramp = peak * step / jnp.maximum(warmup, 1.0)
     return jnp.where(step < warmup, ramp, after)
+
+
+def wsd_decay_start(total_steps: int, warmup_steps: int, decay_frac: float) -> int:
+    """The step at which the wsd schedule of a run of `total_steps` starts its decay (its rate there
+    is still the peak; every earlier step's is the constant schedule's): computed in float32 as
+    `learning_rate` does, so a constant-rate trunk checkpointed here branches into exactly that run."""
+    f32 = np.float32
+    last = max(f32(total_steps) - f32(1.0), f32(1.0))
+    warmup = f32(warmup_steps)
+    n_decay = max(np.round(f32(decay_frac) * (last - warmup)), f32(1.0))
+    return int(warmup + max(last - warmup - n_decay, f32(0.0)))
 
 
 def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
@@ -72,9 +104,30 @@ def make_direction(cfg: OptimizerConfig) -> optax.GradientTransformation:
         opt = optax.adamw(1.0, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=_decay_mask)
     else:
         raise ValueError(f"optimizer.name: unknown value {cfg.name!r}")
-    if cfg.clip_norm > 0:
+    if not isinstance(cfg.clip_norm, (int, float)) or cfg.clip_norm > 0:  # traced (a pack's per-run norms): on
         opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
     return opt
+
+
+def make_run_direction(cfg: RunConfig) -> optax.GradientTransformation:
+    """The run's direction: the optimizer's, then muP's per-layer scale when the model asks for it."""
+    direction = make_direction(cfg.optimizer)
+    if cfg.model.parametrization == "mup":
+        direction = optax.chain(direction, mup_scale(cfg))
+    return direction
+
+
+def mup_scale(cfg: RunConfig) -> optax.GradientTransformation:
+    """Hidden matrices' updates x base_width/d_model (Adam's muP rates); everything else x 1."""
+    labels = mup_labels(cfg)
+    m = transformer.width_mult(cfg.model)
+    return optax.multi_transform({"hidden": optax.scale(1.0 / m), "vector": optax.identity()}, labels)
+
+
+def mup_labels(cfg: RunConfig):
+    """"hidden" or "vector" per parameter, from its logical axis names."""
+    axes = transformer.logical_axes(cfg.model, cfg.data.seq_len)
+    return jax.tree.map(lambda names: "hidden" if transformer.is_hidden(names) else "vector", axes, is_leaf=lambda x: isinstance(x, tuple))
 
 
 def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:

@@ -2,12 +2,15 @@
 
 Everything here is a pure function traced by jax; `build_steps` compiles them for a mesh (with the
 shardings from the one rules table) and is what the loop and the throughput benchmark both call.
+`build_pack` compiles the same `train_step` for K runs at once (a pack): `jax.vmap` over a leading
+run axis of the whole state, the numbers the runs differ in traced per run (`pack_hparams`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import json
+from typing import Any, Sequence
 
 import flax
 import flax.linen as nn
@@ -17,10 +20,10 @@ import numpy as np
 import optax
 
 from lib.config import RunConfig
-from lib.models.transformer import make_model
+from lib.models import apply_with_aux, make_model
 from lib.parallel import sharding
 from lib.store.checkpoint import abstract_with_shardings
-from lib.train.optim import learning_rate, make_direction
+from lib.train.optim import learning_rate, make_run_direction
 
 
 @flax.struct.dataclass
@@ -39,17 +42,71 @@ def lm_loss(params, model: nn.Module, tokens_BT1, dropout_rng=None):
     return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT).mean()
 
 
-def make_train_step(model, direction, cfg: RunConfig):
-    """`train_step(state, tokens_BT1, horizon)`; horizon = [total_steps, warmup_steps] (int32, traced)."""
-    accum, seed, use_dropout = cfg.train.grad_accum, cfg.train.seed, cfg.model.dropout > 0
+def train_loss(params, model: nn.Module, tokens_BT1, dropout_rng=None):
+    """(what training minimises, what it logs): the LM loss plus the family's weighted auxiliary
+    losses (moe: load balancing, router z-loss; lib.models.apply_with_aux), and {"train_loss": the
+    LM loss alone, each auxiliary term by name}. Eval scores `lm_loss` only."""
+    inputs_BT, targets_BT = tokens_BT1[:, :-1], tokens_BT1[:, 1:]
+    deterministic = dropout_rng is None
+    rngs = None if deterministic else {"dropout": dropout_rng}
+    logits_BTV, penalty, aux = apply_with_aux(model, params, inputs_BT, deterministic=deterministic, rngs=rngs)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT).mean()
+    return loss + penalty, {"train_loss": loss, **aux}
 
-    def loss_and_grad(params, tokens_BT1, rng):
-        return jax.value_and_grad(lm_loss)(params, model, tokens_BT1, rng if use_dropout else None)
 
-    def train_step(state: TrainState, tokens_BT1, horizon):
-        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+# ---- a run's traced numbers -----------------------------------------------------------------------
+# Optimizer fields that runs of one pack may set differently: where they do, each becomes a traced
+# per-run value (see pack_hparams). Fields that steer Python (optimizer, schedule, clipping on or
+# off, an exponential schedule's rate) stay constants that a pack's runs share (see pack_key).
+TRACEABLE_OPTIMIZER_FIELDS = ("lr", "b1", "b2", "eps", "momentum", "weight_decay", "clip_norm", "final_lr_frac",
+                              "decay_every", "decay_factor", "decay_rate", "wsd_decay_frac")
+_INT_FIELDS = ("decay_every", "seed")
+
+
+def horizon(cfg: RunConfig) -> dict[str, int]:
+    """The schedule's run-specific numbers, always traced: runs of one shape share a compiled step."""
+    return {"total_steps": cfg.train.steps, "warmup_steps": cfg.optimizer.warmup_steps}
+
+
+def traceable_fields(cfg: RunConfig) -> tuple[str, ...]:
+    """What a pack of runs like `cfg` may trace: optimizer fields (by name) and "seed" (train.seed: dropout)."""
+    o = cfg.optimizer
+    skip = {"final_lr_frac", "decay_rate"} if o.schedule == "exponential" else set()  # `rate or max(...)`: Python
+    if not o.clip_norm > 0:
+        skip.add("clip_norm")  # off is a different chain, not a value
+    fields = tuple(f for f in TRACEABLE_OPTIMIZER_FIELDS if f not in skip)
+    return fields + (("seed",) if cfg.model.dropout > 0 else ())
+
+
+def with_traced(cfg: RunConfig, traced: tuple[str, ...], hp) -> RunConfig:
+    """`cfg` with each traced field replaced by this run's value in `hp` (a tracer inside the step)."""
+    if not traced:
+        return cfg
+    opt = dataclasses.replace(cfg.optimizer, **{k: hp[k] for k in traced if k != "seed"})
+    train = dataclasses.replace(cfg.train, seed=hp["seed"]) if "seed" in traced else cfg.train
+    return dataclasses.replace(cfg, optimizer=opt, train=train)
+
+
+def make_train_step(model, cfg: RunConfig, traced: tuple[str, ...] = ()):
+    """`train_step(state, tokens_BT1, hp) -> (state, metrics)`: one update of one run.
+
+    `hp` holds the run's traced numbers: "total_steps" and "warmup_steps" always (so runs of one
+    shape share a compiled step whatever their lengths), and each field named in `traced` (see
+    `pack_hparams`: what the runs of a pack set differently). Every other number is `cfg`'s, baked
+    into the program as it always was.
+    """
+    accum, use_dropout = cfg.train.grad_accum, cfg.model.dropout > 0
+
+    def loss_and_grad(params, tokens_BT1, rng):  # -> (logged {"train_loss", aux terms}, grads)
+        (_, logged), grads = jax.value_and_grad(train_loss, has_aux=True)(params, model, tokens_BT1, rng if use_dropout else None)
+        return logged, grads
+
+    def train_step(state: TrainState, tokens_BT1, hp):
+        run_cfg = with_traced(cfg, traced, hp)
+        direction = make_run_direction(run_cfg)  # the same chain init() built, with this run's numbers
+        rng = jax.random.fold_in(jax.random.key(run_cfg.train.seed), state.step)
         if accum == 1:
-            loss, grads = loss_and_grad(state.params, tokens_BT1, rng)
+            logged, grads = loss_and_grad(state.params, tokens_BT1, rng)
         else:
             # Microbatch j takes rows j, j+accum, ...: every device keeps an equal share of each
             # microbatch, so no data moves between devices.
@@ -58,19 +115,20 @@ def make_train_step(model, direction, cfg: RunConfig):
             micro_ABT1 = nn.with_logical_constraint(micro_ABT1, (None, "act_batch", None))
 
             def one(carry, xs):
-                loss_sum, grad_sum = carry
+                logged_sum, grad_sum = carry
                 tokens, j = xs
-                loss, grads = loss_and_grad(state.params, tokens, jax.random.fold_in(rng, j))
-                return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+                logged, grads = loss_and_grad(state.params, tokens, jax.random.fold_in(rng, j))
+                return (jax.tree.map(jnp.add, logged_sum, logged), jax.tree.map(jnp.add, grad_sum, grads)), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
-            (loss, grads), _ = jax.lax.scan(one, (jnp.zeros((), jnp.float32), zeros), (micro_ABT1, jnp.arange(accum)))
-            loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
-        lr = learning_rate(cfg.optimizer, state.step, horizon[0], horizon[1])
+            no_logs = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(loss_and_grad, state.params, micro_ABT1[0], rng)[0])
+            (logged, grads), _ = jax.lax.scan(one, (no_logs, zeros), (micro_ABT1, jnp.arange(accum)))
+            logged, grads = jax.tree.map(lambda v: v / accum, logged), jax.tree.map(lambda g: g / accum, grads)
+        lr = learning_rate(run_cfg.optimizer, state.step, hp["total_steps"], hp["warmup_steps"])
         direction_updates, opt_state = direction.update(grads, state.opt_state, state.params)
         updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), direction_updates)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"train_loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr}
+        metrics = {**logged, "grad_norm": optax.tree.norm(grads), "lr": lr}  # train_loss: the LM loss
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
@@ -105,13 +163,13 @@ class Steps:
     eval_step: Any  # (params, tokens) -> mean loss
     state_shardings: Any
     abstract_state: Any  # ShapeDtypeStructs carrying the shardings, for checkpoint restore
-    horizon: Any  # [total_steps, warmup_steps], replicated: the schedule's run-specific numbers
+    horizon: Any  # {"total_steps", "warmup_steps"}, replicated: the schedule's run-specific numbers
 
 
 def build_steps(cfg: RunConfig, mesh) -> Steps:
     """Model, optimizer and shardings -> jitted init/train/eval (the benchmark times these too)."""
     model = make_model(cfg.model)
-    direction = make_direction(cfg.optimizer)
+    direction = make_run_direction(cfg)  # the optimizer, with muP per-layer scales if asked
     # Shardings come from the logical axis names on the boxed parameters; the state itself is unboxed.
     abstract_boxed = jax.eval_shape(make_init(model, direction, cfg, boxed=True), jax.random.key(0))
     state_shardings = sharding.logical_shardings(abstract_boxed, mesh)
@@ -120,7 +178,7 @@ def build_steps(cfg: RunConfig, mesh) -> Steps:
     return Steps(
         init=jax.jit(make_init(model, direction, cfg, boxed=False), out_shardings=state_shardings),
         train_step=jax.jit(
-            make_train_step(model, direction, cfg),
+            make_train_step(model, cfg),
             in_shardings=(state_shardings, batch_sharding, replicated),
             out_shardings=(state_shardings, replicated),
             donate_argnums=0,
@@ -128,5 +186,164 @@ def build_steps(cfg: RunConfig, mesh) -> Steps:
         eval_step=jax.jit(make_eval_step(model), in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated),
         state_shardings=state_shardings,
         abstract_state=abstract_with_shardings(abstract, state_shardings),
-        horizon=sharding.replicated_array(np.array([cfg.train.steps, cfg.optimizer.warmup_steps], np.int32), mesh),
+        horizon={k: sharding.replicated_array(np.asarray(v, np.int32), mesh) for k, v in horizon(cfg).items()},
     )
+
+
+# ================================================================================================
+# Packs: K runs of one shape trained as one program, vmapped over a leading run axis
+# ================================================================================================
+# What each run of a pack keeps for itself: host-side bookkeeping, its data seed (its own source),
+# its length and warmup (traced, see horizon) and the traceable fields. Everything else -- model,
+# data shape, batch, optimizer and schedule kind, mesh, eval set size -- makes the program and must
+# be shared; a config field added later is shared unless listed here, which is the safe default.
+_PER_RUN_TOP = ("name", "sweep", "budget", "tracking")
+_PER_RUN_TRAIN = ("steps", "seed", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "flops_convention",
+                  "keep_steps", "trunk", "branch_start")  # a branch's trunk and start: per run (its state is its own)
+
+
+def pack_key(cfg: RunConfig) -> str:
+    """Runs with equal keys can train in one pack (one compiled step for all of them)."""
+    d = cfg.to_dict()
+    for k in _PER_RUN_TOP:
+        d.pop(k)
+    for k in _PER_RUN_TRAIN:
+        d["train"].pop(k)
+    d["data"].pop("seed")
+    d["optimizer"].pop("warmup_steps")
+    for k in traceable_fields(cfg):
+        d["optimizer"].pop(k, None)
+    d["optimizer"]["clips"] = cfg.optimizer.clip_norm > 0
+    return json.dumps(d, sort_keys=True, separators=(",", ":"))
+
+
+def pack_hparams(cfgs: Sequence[RunConfig]) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
+    """(the fields a pack of `cfgs` traces, {name: per-run values [K]}).
+
+    Length and warmup are always traced; a traceable field only where the runs differ in it, so a
+    value they share stays a constant of the program -- a pack of one compiles exactly a lone
+    run's step, and packs that differ only in a traced field's values share one compiled program.
+    """
+    hp = {k: np.array([horizon(c)[k] for c in cfgs], np.int32) for k in ("total_steps", "warmup_steps")}
+    traced = []
+    for name in traceable_fields(cfgs[0]):
+        values = [c.train.seed if name == "seed" else getattr(c.optimizer, name) for c in cfgs]
+        if len(set(values)) > 1:
+            traced.append(name)
+            hp[name] = np.array(values, np.int32 if name in _INT_FIELDS else np.float32)
+    return tuple(traced), hp
+
+
+def over_runs(fn, size: int, spmd_axis: str | None = None, chunk: int | None = None):
+    """`fn` mapped over a leading run axis of every argument and result: `jax.vmap` over all runs
+    (chunk None), or over `chunk` runs at a time with the chunks in sequence inside the program
+    (`jax.lax.map`; chunk 1: each run's own unbatched step in turn). One run calls `fn` on the
+    squeezed arrays -- exactly a lone run's program (bit for bit)."""
+    if size > 1 and (chunk is None or chunk >= size):
+        return jax.vmap(fn, spmd_axis_name=spmd_axis)
+    if size > 1:
+        return lambda *args: jax.lax.map(lambda xs: fn(*xs), args, batch_size=chunk if chunk > 1 else None)
+
+    def one(*args):
+        out = fn(*jax.tree.map(lambda x: x[0], args))
+        return jax.tree.map(lambda x: x[None], out)
+
+    return one
+
+
+@dataclasses.dataclass(frozen=True)
+class Pack:
+    """The jitted steps of `size` runs trained together; every state array has a leading run axis.
+
+    Nothing in the program mixes runs: loss, gradients, global-norm clipping and norms, the update
+    and the schedule are each run's own, so a run's numbers are its own (equal to a lone run's up to
+    the float rounding of batched kernels). `train_step` applies a run's update only where
+    `advance` is set and its loss is finite: a diverged run keeps its last finite state, a run
+    ahead of the others (resumed from a later checkpoint) waits for them.
+    """
+
+    size: int
+    spread: bool  # the run axis on the mesh's data axis (whole models per device), else replicated
+    chunk: int | None  # runs computed at once (vmapped); None: all (see over_runs)
+    traced: tuple[str, ...]  # the fields the runs differ in, traced (besides length and warmup)
+    train_step: Any  # (state, advance[K] bool, tokens[K, B, T+1], hp) -> (state, metrics {name: [K]}); state donated
+    eval_step: Any  # (params, tokens[K, n, T+1]) -> [K] mean losses
+    stack: Any  # (state of run 0, state of run 1, ...) -> pack state
+    take: Any  # (pack state, i) -> run i's state, laid out as a lone run's (its checkpoint)
+    hparams: Any  # {name: [K]}, replicated
+    rules: Any  # the rules table the pack's arrays follow (sharding.pack_rules)
+
+    def batch(self, local_KBT: np.ndarray, mesh) -> jax.Array:
+        """This process's rows of every run's batch [K, B / processes, T+1] -> the global pack batch."""
+        return sharding.pack_global_batch(local_KBT, mesh, self.rules)
+
+
+def build_pack(cfgs: Sequence[RunConfig], mesh, spread: bool = False, chunk: int | None | str = "auto") -> Pack:
+    """The jitted pack of `cfgs` (runs with one pack_key) on `mesh`; spread puts run i on data slice i.
+
+    chunk: how many runs the program computes at once (`over_runs`). "auto": all of them (one
+    vmap) on accelerators and whenever spread; on CPU one at a time -- XLA:CPU's batched kernels
+    transpose and spill out of cache, and measure 0.5-0.7x the speed of the runs in sequence for
+    d_model >= 24, while the runs in turn inside one program measure 1.1-1.6x
+    (benchmarks/packed_throughput.py).
+    """
+    cfg, size = cfgs[0], len(cfgs)
+    if chunk == "auto" or spread:  # a spread pack is one vmap: each device computes its own runs
+        chunk = 1 if mesh.devices.flat[0].platform == "cpu" and not spread else None
+    if len({pack_key(c) for c in cfgs}) > 1:
+        raise ValueError("a pack's runs must share the model, data shape, optimizer kind and mesh (lib.train.step.pack_key)")
+    if spread and size % mesh.shape[sharding.RUN_MESH_AXIS]:
+        raise ValueError(f"a spread pack needs a multiple of the {mesh.shape[sharding.RUN_MESH_AXIS]} data devices, got {size} runs")
+    model = make_model(cfg.model)
+    direction = make_run_direction(cfg)
+    rules = sharding.pack_rules(spread)
+    spmd_axis = sharding.RUN_MESH_AXIS if spread else None
+    traced, hp = pack_hparams(cfgs)
+    abstract_boxed = jax.eval_shape(make_init(model, direction, cfg, boxed=True), jax.random.key(0))
+    state_shardings = nn.logical_to_mesh_sharding(sharding.with_run_axis(nn.get_partition_spec(abstract_boxed)), mesh, rules)
+    lone_shardings = sharding.logical_shardings(abstract_boxed, mesh)
+    batch_sharding, replicated = sharding.pack_batch_sharding(mesh, rules), sharding.replicated(mesh)
+    train_step = make_train_step(model, cfg, traced)
+
+    def run_step(state, advance, tokens_BT1, hp):
+        new, metrics = train_step(state, tokens_BT1, hp)
+        keep = advance & jnp.isfinite(metrics["train_loss"])
+        return jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, state), metrics
+
+    def under_rules(fn):  # trace with the pack's rules (activation constraints inside each run)
+        def traced_fn(*args):
+            with nn.logical_axis_rules(rules):
+                return fn(*args)
+
+        return traced_fn
+
+    return Pack(
+        size=size,
+        spread=spread,
+        chunk=chunk,
+        traced=traced,
+        train_step=jax.jit(
+            under_rules(over_runs(run_step, size, spmd_axis, chunk)),
+            in_shardings=(state_shardings, replicated, batch_sharding, replicated),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=0,
+        ),
+        eval_step=jax.jit(
+            under_rules(over_runs(make_eval_step(model), size, spmd_axis, chunk)),
+            in_shardings=(state_shardings.params, batch_sharding),
+            out_shardings=replicated,
+        ),
+        stack=jax.jit(lambda *states: jax.tree.map(lambda *xs: jnp.stack(xs), *states), out_shardings=state_shardings),
+        take=jax.jit(lambda state, i: jax.tree.map(lambda x: x[i], state), out_shardings=lone_shardings),
+        hparams={k: sharding.replicated_array(v, mesh) for k, v in hp.items()},
+        rules=rules,
+    )
+
+
+def step_memory_bytes(cfg: RunConfig, mesh) -> int:
+    """Bytes per device that one run's compiled train step needs: arguments + outputs - what the
+    donated state aliases + temporaries (XLA's memory analysis). A pack of K needs about K times it."""
+    steps = build_steps(cfg, mesh)
+    batch = jax.ShapeDtypeStruct((cfg.data.global_batch, cfg.data.seq_len + 1), jnp.int32, sharding=sharding.batch_sharding(mesh))
+    m = steps.train_step.lower(steps.abstract_state, batch, steps.horizon).compile().memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes)

@@ -1,0 +1,307 @@
+"""`scaling verify`: train the model a fit recommends at the next budget and compare its loss with
+the prediction (also the last stage of `scaling run`, unless --no-verify).
+
+    scaling verify FIT_DIR [--at C] [--root R] [--experiment EXP] [--neighbours] [--set KEY=VALUE ...]
+
+From FIT_DIR/fit.json: each approach's compute-optimal N_opt and predicted loss (with its
+prediction interval) at C (default: the sweep's next budget up, C_max^2 / C_previous, or 3x C_max
+with one budget). The shape trained is the experiment's own size ladder's trainable shape nearest
+N_opt in log N (no interpolation), planned at C by the experiment's IsoFlop with every per-budget
+filter off, so it gets the sweep's hyperparameter, batch and schedule rules and its run-id scheme;
+it trains into the same root (R, default: the run store the fit read) under the sweep name
+"<sweep>-check", which `scaling fit` leaves out of the fit (with a note), so rerunning `scaling run`
+neither refits on it nor retrains it. --neighbours also trains the ladder shapes nearest N_opt/2 and
+2 N_opt at the same C. Writes FIT_DIR/check.json (analysis/verify.py has the schema) and redraws
+report.md and the figures. Exit code 0 when the check ran or was skipped with a reason (no usable
+frontier), 1 when its run failed (reported in check.json and report.md), 2 on a config error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+from analysis import verify as V
+from analysis.data import CHECK_SUFFIX, is_check_sweep
+from analysis.errors import AnalysisError
+from analysis.report import json_safe, read_record, render, write_atomic
+from experiments.cli import add_set_arg
+from experiments.sweep_cmd import MANIFESTS, TUNE_SUFFIX, SweepOptions, load_sweep, run_sweep
+from lib import flops as flops_lib
+from lib.config import ConfigError, parse_set_args
+from lib.store.runstore import RunDir, read_json
+from lib.sweeps.executors import SweepStopped
+from lib.sweeps.plans import IsoFlop, Plan, Sweep, TokensPerParam
+
+
+class NoLadder(Exception):
+    """The experiment gives no size ladder to pick the check's shape from."""
+
+
+# ---------------------------------------------------------------- planning ----------------------
+def check_sweep(sweep, C: float) -> IsoFlop:
+    """The experiment's own planner at budget C over its whole size ladder, the per-budget size
+    filters off (tpp_range, per_budget): its lr rule, batch rule (one batch for budget C that suits
+    every ladder shape), schedule and run-id scheme, under the sweep name "<sweep>-check"."""
+    name = sweep.name + CHECK_SUFFIX
+    if isinstance(sweep, IsoFlop):
+        return dataclasses.replace(sweep, budgets=[float(C)], name=name, tpp_range=(0.0, math.inf), per_budget=0)
+    if isinstance(sweep, TokensPerParam) and sweep.sizes:  # same base, schedule and lr rule; D from C instead of a ratio
+        rules = {k: getattr(sweep, k) for k in ("lr_rule", "lr_batch_scaling") if hasattr(sweep, k)}
+        return IsoFlop([float(C)], list(sweep.sizes), base=sweep.base, name=name, schedule=sweep.schedule, tpp_range=(0.0, math.inf), **rules)
+    raise NoLadder(f"the experiment's sweep is a {type(sweep).__name__} without a size ladder (the check needs IsoFlop or TokensPerParam sizes)")
+
+
+def ladder(sweep, C: float, overrides: dict, params: str, root=None) -> tuple[Plan, list[dict], list[str]]:
+    """The check's plan at C and every ladder shape trainable there: {"run" (PlannedRun), "N"} with
+    N counted as the fit counts it (`params`: total or non_embedding)."""
+    try:
+        plan = check_sweep(sweep, C).plan(overrides, root=root)
+    except ConfigError as e:
+        raise NoLadder(f"no shape of the ladder is trainable at C = {C:.3g}: {e}") from None
+    shapes = [{"run": r, "N": float(flops_lib.param_counts(r.cfg.model)[params])} for r in plan.runs]
+    return plan, shapes, [n for n in plan.notes if "dropped" in n]
+
+
+class _Planned(Sweep):
+    """Runs already planned (a subset of the check's plan): run_sweep trains them exactly as planned."""
+
+    def __init__(self, plan: Plan):
+        self.name, self._plan = plan.name, plan
+
+    def plan(self, overrides=None, root=None) -> Plan:
+        return self._plan
+
+
+def _shape_tag(cfg) -> str:
+    m = cfg.model
+    return f"d_model {m.d_model}, n_layers {m.n_layers}, n_heads {m.n_heads}"
+
+
+def experiment_of(root) -> str:
+    """The experiment a root's sweep came from, as its manifest (<root>/.sweeps/) records it."""
+    folder = os.path.join(os.fspath(root), MANIFESTS)
+    specs = set()
+    if os.path.isdir(folder):
+        for name in sorted(os.listdir(folder)):
+            m = read_json(os.path.join(folder, name)) or {}
+            if m.get("experiment") and not is_check_sweep(m.get("name")):
+                specs.add(m["experiment"].removesuffix(TUNE_SUFFIX))  # EXP:tune is EXP's tune grid
+    if len(specs) != 1:
+        found = f"several ({', '.join(sorted(specs))})" if specs else "none"
+        raise ConfigError(f"cannot tell which experiment made {root} (its sweep manifests name {found}); give --experiment EXP")
+    return specs.pop()
+
+
+def _plan_matches_root(sweep, overrides: dict, root) -> str | None:
+    """A note when the experiment, planned now, is not the sweep the root holds (other --set?)."""
+    manifest = read_json(os.path.join(os.fspath(root), MANIFESTS, f"{sweep.name}.json"))
+    if not manifest:
+        return None
+    planned = {r.run_id for r in sweep.plan(overrides, root=root).runs}
+    if planned != set(manifest.get("runs", [])):
+        return (f"the experiment planned now gives other run ids than the sweep in {root} holds (different --set?); "
+                "the check run may not share the sweep's hyperparameters")
+    return None
+
+
+# ---------------------------------------------------------------- the check ---------------------
+def _result(root, planned, params: str) -> dict:
+    """What a trained (or failed) run left in its folder."""
+    run = RunDir(os.path.join(os.fspath(root), planned.run_id), writer=False)
+    status, summary = run.status() or {}, run.summary() or {}
+    state = status.get("state", "missing")
+    achieved = summary.get("eval_loss") if summary.get("eval_loss") is not None else summary.get("train_loss")
+    done = state == "done" and achieved is not None and math.isfinite(achieved)
+    return {
+        "run_id": planned.run_id,
+        "state": "done" if done else ("diverged" if status.get("diverged") else state),
+        "reason": "" if done else (status.get("reason") or f"state {state}"),
+        "N": float((summary.get("params") or {}).get(params) or flops_lib.param_counts(planned.cfg.model)[params]),
+        "D": float(summary.get("tokens") or planned.tokens),
+        "achieved": float(achieved) if done else None,
+        "shape": _shape_tag(planned.cfg),
+    }
+
+
+def _law_at(record: dict, N: float, D: float) -> float | None:
+    e = record["fits"].get("approach3")
+    if not e:
+        return None
+    from analysis.laws import get_law
+
+    with np.errstate(all="ignore"):  # a parameter at 0 (e.g. E) is fine here; its log is not needed
+        return float(get_law(e["law"]).predict({k: v["value"] for k, v in e["params"].items()}, N=N, D=D)[0])
+
+
+def _write(fit_dir, check: dict) -> None:
+    write_atomic(os.path.join(os.fspath(fit_dir), V.CHECK_JSON), json.dumps(json_safe(check), indent=2, allow_nan=False) + "\n")
+    try:
+        render(fit_dir)
+    except AnalysisError as e:  # report.md is rewritten first; only the figures could not be redrawn
+        print(f"verify: figures not redrawn: {e}", file=sys.stderr)
+
+
+def verify(fit_dir, root=None, C: float | None = None, experiment: str | None = None, neighbours: bool = False,
+           options: SweepOptions | None = None) -> int:
+    """Check the fit in `fit_dir` at C by training in `root`; write check.json, report.md, figures."""
+    fit_dir = os.fspath(fit_dir)
+    record = read_record(fit_dir)
+    C = float(C or V.next_budget(record))
+    options = dataclasses.replace(options or SweepOptions(), worker=None)
+    if options.executor == "processes":  # its workers would plan the experiment's sweep, not the check
+        options = dataclasses.replace(options, executor="local")
+    rows, why = V.predictions(record, C)
+    if why is None:
+        try:
+            return _check(fit_dir, record, C, rows, root, experiment, neighbours, options)
+        except NoLadder as e:
+            why = str(e)
+    check = V.skipped(C, why)
+    _write(fit_dir, check)
+    print("\n".join(V.console_lines(check)))
+    return 0
+
+
+def _check(fit_dir, record, C, rows, root, experiment, neighbours, options) -> int:
+    src = record.get("source") or {}
+    if root is None:
+        if src.get("kind") != "runs":
+            raise ConfigError(f"{fit_dir}/fit.json was fitted on {src.get('kind')} data, not a run store: give --root (and --experiment) to train the check")
+        root = src["path"]
+    params = src.get("params", record["options"].get("params", "total"))
+    spec = experiment or experiment_of(root)
+    sweep = load_sweep(spec)
+    overrides = dict(options.overrides)
+    if not options.run_logs:
+        overrides.setdefault("tracking.console", False)  # as run_sweep plans (not part of the run id)
+    plan, shapes, notes = ladder(sweep, C, overrides, params, root)
+    note = _plan_matches_root(sweep, overrides, root)
+    notes = ([note] if note else []) + notes
+    Ns = [s["N"] for s in shapes]
+
+    chosen: dict[int, dict] = {}  # index into shapes -> {"role", "approaches"}
+    for name, row in rows.items():
+        i = V.nearest(Ns, row["N_opt"]["value"])
+        chosen.setdefault(i, {"role": "check", "approaches": []})["approaches"].append(name)
+    nb_plan = None
+    if neighbours:
+        primary = "approach3" if "approach3" in rows else next(iter(rows))
+        centre = next(i for i, c in chosen.items() if primary in c["approaches"])
+        n_opt = rows[primary]["N_opt"]["value"]
+        lo, hi = V.neighbour_indices(Ns, centre, n_opt)
+        missing = [f"no ladder shape {side} the chosen one near {what} = {n_opt * f:.3g}"
+                   for side, what, f, i in (("below", "N_opt/2", 0.5, lo), ("above", "2 N_opt", 2.0, hi)) if i is None]
+        for i in (lo, hi):
+            if i is not None:
+                chosen.setdefault(i, {"role": "neighbour", "approaches": []})
+        nb_plan = {"approach": primary, "centre": centre, "members": [i for i in (lo, centre, hi) if i is not None], "missing": missing}
+
+    order = sorted(chosen)
+    ids = {shapes[i]["run"].run_id for i in order}
+    try:
+        run_sweep(_Planned(dataclasses.replace(plan, runs=tuple(r for r in plan.runs if r.run_id in ids))), root, options)
+    except SweepStopped:
+        print("verify stopped by SIGTERM; relaunch the same command to resume", file=sys.stderr)
+        return 143
+
+    results = {}
+    for i in order:
+        r = _result(root, shapes[i]["run"], params)
+        r.update(role=chosen[i]["role"], approaches=chosen[i]["approaches"], law_at_run=_law_at(record, r["N"], r["D"]) if r["achieved"] is not None else None)
+        results[i] = r
+    by_approach = {a: results[i] for i in order for a in chosen[i]["approaches"]}
+    entries = [V.entry(a, C, by_approach[a], rows[a]) for a in rows]
+    failed = [r for r in results.values() if r["role"] == "check" and r["state"] != "done"]
+    check = {
+        "C": C,
+        "status": "failed" if failed else "done",
+        "reason": "; ".join(f"run {r['run_id']} {r['state']}: {r['reason']}" for r in failed),
+        "shape_rule": V.SHAPE_RULE,
+        "experiment": spec,
+        "root": os.path.abspath(root) if "://" not in os.fspath(root) else os.fspath(root),
+        "params": params,
+        "checks": entries,
+        "runs": [results[i] for i in order],
+        "predictions": rows,
+        "notes": notes,
+    }
+    for r in check["runs"]:
+        n_opt = rows[r["approaches"][0]]["N_opt"]["value"] if r["approaches"] else None
+        if n_opt and abs(math.log(r["N"] / n_opt)) > math.log(1.5):
+            notes.append(f"{r['run_id']}: the ladder's nearest shape is {max(r['N'] / n_opt, n_opt / r['N']):.2f}x "
+                         f"{'above' if r['N'] > n_opt else 'below'} {r['approaches'][0]}'s N_opt = {n_opt:.3g}; the check tests the law off its optimum")
+    if nb_plan:
+        members = [results[i] for i in nb_plan["members"]]
+        check["neighbours"] = {"approach": nb_plan["approach"], **V.neighbours_verdict(members, results[nb_plan["centre"]]["run_id"]),
+                               "missing": nb_plan["missing"]}
+    _write(fit_dir, check)
+    print("\n".join(V.console_lines(check)))
+    for n in notes:
+        print(f"  note: {n}")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- commands ----------------------
+def run_stage(args, C: float | None) -> int:
+    """The last stage of `scaling run`: check <root>/fit at C with the sweep's own options."""
+    from experiments.sweep_cmd import _process_index, options_from_args
+
+    if getattr(args, "no_verify", False):
+        return 0
+    if args.worker and not args.worker.startswith("0/"):
+        print("verify: left to worker 0")
+        return 0
+    if _process_count() > 1:
+        print(f"verify: not run under several processes; run `scaling verify {os.path.join(args.root, 'fit')}` on one host")
+        return 0
+    assert _process_index() == 0
+    return verify(os.path.join(os.fspath(args.root), "fit"), args.root, C, args.experiment, args.neighbours, options_from_args(args))
+
+
+def _process_count() -> int:
+    import jax
+
+    return jax.process_count()
+
+
+def add_run_args(p) -> None:
+    """`scaling run`'s verify options."""
+    p.add_argument("--no-verify", action="store_true", help="skip the prediction check (training the fit's recommended model at the next budget)")
+    p.add_argument("--neighbours", action="store_true", help="prediction check: also train N_opt/2 and 2 N_opt at the same budget")
+
+
+def cmd_verify(args) -> int:
+    from lib.parallel.distributed import initialize_from_args
+
+    initialize_from_args(args)
+    options = SweepOptions(overrides=parse_set_args(args.set), retries=args.retries, progress=args.progress,
+                           compile_cache=args.compile_cache, run_logs=args.run_logs, spec=args.experiment or "", sets=tuple(args.set))
+    try:
+        return verify(args.fit_dir, args.root, args.at, args.experiment, args.neighbours, options)
+    except AnalysisError as e:
+        print(f"scaling verify: error: {e}", file=sys.stderr)
+        return 1
+
+
+def register(subparsers) -> None:
+    from experiments.cli import add_distributed_args
+
+    p = subparsers.add_parser("verify", help="train the fit's compute-optimal model at the next budget and compare its loss with the prediction")
+    p.add_argument("fit_dir", help="a folder written by `scaling fit` / `scaling run` (ROOT/fit)")
+    p.add_argument("--at", type=float, metavar="C", help="compute budget in FLOPs (default: the sweep's next budget up)")
+    p.add_argument("--root", help="run root to train into (default: the run store the fit read)")
+    p.add_argument("--experiment", help="experiment file or name (default: the one the root's sweep manifest names)")
+    p.add_argument("--neighbours", action="store_true", help="also train the ladder shapes nearest N_opt/2 and 2 N_opt at the same C")
+    add_set_arg(p)
+    p.add_argument("--retries", type=int, default=2, help="retry a failed check run up to this many times (default 2)")
+    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bar on stderr (auto: when a terminal)")
+    p.add_argument("--compile-cache", default="auto", help="JAX persistent compilation cache: auto (<root>/.jax_cache), off, or a directory")
+    p.add_argument("--run-logs", action="store_true", help="print the check run's per-step lines")
+    add_distributed_args(p)
+    p.set_defaults(func=cmd_verify)

@@ -1,0 +1,208 @@
+"""Mixture-of-experts transformer, the `moe` family: the transformer (lib/models/transformer.py's
+attention and norms) with each MLP replaced by `n_experts` routed experts.
+
+Routing, per group of S tokens (a group is one sequence, so routing never depends on how the batch
+is split over devices):
+  router    logits_GSE = x W_r (float32, no bias); p = softmax(logits)
+  top-k     each token picks its top_k experts; gate weights are p of the chosen experts,
+            renormalised to sum to 1 when top_k > 1 (GShard), the raw p when top_k = 1 (Switch)
+  capacity  C = min(S, ceil(capacity_factor * top_k * S / n_experts)) slots per expert and group;
+            slots are served first come, first served in token order, so whether token t is dropped
+            depends only on tokens <= t and the model stays causal (GShard's "first choices first"
+            priority would let a later token's first choice push out an earlier token's second).
+            A dropped (token, expert) assignment contributes nothing: the residual carries the token.
+  dispatch  expert_in[e, g, c] = sum_s dispatch[g, s, e, c] x[g, s]  (einsum, GShard style); the
+            constraint act_experts -> mesh `expert` on it makes the compiler exchange tokens between
+            devices (all-to-all), and the combine einsum brings them back.
+Auxiliary losses (sown per layer into "intermediates", averaged over layers, logged separately
+from the LM loss; lib.models.apply_with_aux adds them to the training loss):
+  moe_aux_loss      E * sum_e f_e P_e (Switch, Fedus et al. 2022; GShard): f_e the share of the
+                    top_k * S assignments routed to e (before capacity), P_e the mean router
+                    probability: 1 for uniform routing, E * sum_e P_e^2 >= 1 (Cauchy-Schwarz) when
+                    f follows P, and up to E when everything goes to one expert; it can dip just
+                    below 1 where f and P disagree slightly. Weighted by moe_aux_weight.
+  moe_z_loss        mean over tokens of logsumexp(logits)^2 (ST-MoE, Zoph et al. 2022). x moe_z_weight.
+  moe_dropped_frac  the share of assignments dropped for capacity (logged, not a loss).
+
+Counts (lib/models/base.py conventions), per layer: attention and two norms as the transformer,
+the router d*E, and E experts of (2 or 3)*d*f each.
+  total   every expert;  active  the top_k experts a token uses, plus the router (embedding included)
+  forward as the transformer with the MLP replaced by 2*d*E (router) + top_k expert MLPs.
+What the implementation computes on top (`dispatch_overhead_flops`): every capacity slot, used or
+not (E*C slots per group instead of top_k*S), and the dispatch and combine einsums (2 * 2*E*C*d
+per token); XLA's count includes both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lib.config import ModelConfig
+from lib.models import base
+from lib.models.transformer import ACT_BTD, Attention, RMSNorm, _dtype, _param
+
+ACT_ECGD = ("act_experts", "act_group", "act_capacity", "act_embed")
+ACT_ECGF = ("act_experts", "act_group", "act_capacity", "act_mlp")
+LOGICAL_AXES = (
+    "vocab", "embed", "mlp", "heads", "kv", "norm", "layers", "experts",
+    "act_batch", "act_len", "act_embed", "act_heads", "act_kv", "act_mlp", "act_vocab",
+    "act_experts", "act_group", "act_capacity",
+)
+AUX_WEIGHTS = (("moe_aux_loss", "moe_aux_weight"), ("moe_z_loss", "moe_z_weight"), ("moe_dropped_frac", None))
+
+
+def capacity(cfg: ModelConfig, group_size: int) -> int:
+    """Slots per expert in a group of `group_size` tokens (an expert gets a token at most once)."""
+    return int(min(group_size, max(1, math.ceil(cfg.capacity_factor * cfg.top_k * group_size / cfg.n_experts))))
+
+
+def route(logits_GSE, top_k: int, capacity: int):
+    """Top-k routing with capacity. Returns (dispatch_GSEC in {0, 1}, combine_GSEC gate weights,
+    stats {moe_aux_loss, moe_z_loss, moe_dropped_frac}), all float32."""
+    logits_GSE = logits_GSE.astype(jnp.float32)
+    E = logits_GSE.shape[-1]
+    probs = jax.nn.softmax(logits_GSE, axis=-1)
+    remaining, masks, gates = probs, [], []
+    for _ in range(top_k):
+        mask = jax.nn.one_hot(jnp.argmax(remaining, axis=-1), E, dtype=jnp.float32)
+        masks.append(mask)
+        gates.append(jnp.sum(probs * mask, axis=-1, keepdims=True))
+        remaining = jnp.where(mask > 0, -1.0, remaining)  # probabilities are >= 0: never picked again
+    chosen_GSE = sum(masks)
+    if top_k > 1:
+        total = sum(gates)
+        weight_GSE = sum(m * g / total for m, g in zip(masks, gates))
+    else:
+        weight_GSE = probs * chosen_GSE
+    slot_GSE = jnp.cumsum(chosen_GSE, axis=1) - chosen_GSE  # assignments to e from earlier tokens
+    keep_GSE = chosen_GSE * (slot_GSE < capacity)
+    dispatch_GSEC = jax.nn.one_hot(slot_GSE.astype(jnp.int32), capacity, dtype=jnp.float32) * keep_GSE[..., None]
+    combine_GSEC = dispatch_GSEC * weight_GSE[..., None]
+    f_E = jnp.mean(chosen_GSE, axis=(0, 1)) / top_k
+    p_E = jnp.mean(probs, axis=(0, 1))
+    stats = {
+        "moe_aux_loss": E * jnp.sum(f_E * p_E),
+        "moe_z_loss": jnp.mean(jax.nn.logsumexp(logits_GSE, axis=-1) ** 2),
+        "moe_dropped_frac": 1.0 - jnp.sum(keep_GSE) / jnp.sum(chosen_GSE),
+    }
+    return dispatch_GSEC, combine_GSEC, stats
+
+
+class MoeMlp(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_GSD):
+        cfg, dt = self.cfg, _dtype(self.cfg)
+        D, F, E = cfg.d_model, cfg.ffw_size, cfg.n_experts
+        router_DE = _param(self, "router", (D, E), ("embed", None))
+        w_in = _param(self, "wi", (E, D, F), ("experts", "embed", "mlp"))
+        w_out = _param(self, "wo", (E, F, D), ("experts", "mlp", "embed"))
+        logits_GSE = jnp.einsum("gsd,de->gse", x_GSD.astype(jnp.float32), router_DE)
+        dispatch, combine, stats = route(logits_GSE, cfg.top_k, capacity(cfg, x_GSD.shape[1]))
+        for name, value in stats.items():
+            self.sow("intermediates", name, value)
+        x_EGCD = jnp.einsum("gsec,gsd->egcd", dispatch.astype(dt), x_GSD)
+        x_EGCD = nn.with_logical_constraint(x_EGCD, ACT_ECGD)  # the all-to-all: tokens to their experts
+        h_EGCF = jnp.einsum("egcd,edf->egcf", x_EGCD, w_in.astype(dt))
+        if cfg.mlp == "swiglu":
+            w_gate = _param(self, "wg", (E, D, F), ("experts", "embed", "mlp"))
+            h_EGCF = nn.silu(jnp.einsum("egcd,edf->egcf", x_EGCD, w_gate.astype(dt))) * h_EGCF
+        else:
+            h_EGCF = nn.gelu(h_EGCF)
+        h_EGCF = nn.with_logical_constraint(h_EGCF, ACT_ECGF)
+        y_EGCD = nn.with_logical_constraint(jnp.einsum("egcf,efd->egcd", h_EGCF, w_out.astype(dt)), ACT_ECGD)
+        y_GSD = jnp.einsum("gsec,egcd->gsd", combine.astype(dt), y_EGCD)  # and back
+        return nn.with_logical_constraint(y_GSD, ACT_BTD)
+
+
+class MoeBlock(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTD, deterministic: bool):
+        drop = nn.Dropout(self.cfg.dropout)
+        x_BTD = x_BTD + drop(Attention(self.cfg, name="attn")(RMSNorm(name="ln1")(x_BTD)), deterministic)
+        x_BTD = nn.with_logical_constraint(x_BTD, ACT_BTD)
+        x_BTD = x_BTD + drop(MoeMlp(self.cfg, name="moe")(RMSNorm(name="ln2")(x_BTD)), deterministic)
+        return nn.with_logical_constraint(x_BTD, ACT_BTD)
+
+
+class ScannedMoeBlock(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTD, _, deterministic: bool):
+        return MoeBlock(self.cfg, name="block")(x_BTD, deterministic), None
+
+
+class MoeTransformer(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BT, deterministic: bool = True):
+        cfg, dt = self.cfg, _dtype(self.cfg)
+        embed_VD = _param(self, "embed", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), nn.initializers.normal(1.0))
+        x_BTD = nn.with_logical_constraint(jnp.take(embed_VD, tokens_BT, axis=0).astype(dt), ACT_BTD)
+        if cfg.scan_layers:
+            block = nn.remat(ScannedMoeBlock, static_argnums=(3,), prevent_cse=False) if cfg.remat else ScannedMoeBlock
+            stack = nn.scan(
+                block,
+                variable_axes={"params": 0, "intermediates": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=cfg.n_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x_BTD, _ = stack(cfg, name="layers")(x_BTD, None, deterministic)
+        else:
+            block = nn.remat(MoeBlock, static_argnums=(2,)) if cfg.remat else MoeBlock
+            for i in range(cfg.n_layers):
+                x_BTD = block(cfg, name=f"layer_{i}")(x_BTD, deterministic)
+        x_BTD = RMSNorm(name="ln_f")(x_BTD)
+        if cfg.tie_embeddings:
+            logits_BTV = jnp.einsum("btd,vd->btv", x_BTD, embed_VD.astype(dt)) / jnp.sqrt(jnp.asarray(cfg.d_model, dt))
+        else:
+            head_DV = _param(self, "head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"))
+            logits_BTV = x_BTD @ head_DV.astype(dt)
+        return nn.with_logical_constraint(logits_BTV.astype(jnp.float32), ("act_batch", "act_len", "act_vocab"))
+
+
+# -- closed forms -----------------------------------------------------------------------------------
+def param_counts(cfg: ModelConfig) -> dict[str, int]:
+    D, E, k = cfg.d_model, cfg.n_experts, cfg.top_k
+    shared = base.attention_params(cfg) + 2 * D + D * E  # attention, two norms, router
+    embedding = base.embedding_params(cfg)
+    rest = D + base.head_params(cfg)  # final norm, untied head
+    non_embedding = cfg.n_layers * (shared + E * base.mlp_params(cfg)) + rest
+    active_non_embedding = cfg.n_layers * (shared + k * base.mlp_params(cfg)) + rest
+    return {
+        "total": embedding + non_embedding,
+        "embedding": embedding,
+        "non_embedding": non_embedding,
+        "active": embedding + active_non_embedding,
+    }
+
+
+def forward_flops(cfg: ModelConfig, seq_len: int) -> float:
+    routed = 2.0 * cfg.d_model * cfg.n_experts + cfg.top_k * base.mlp_forward(cfg)
+    return base.embed_and_logits_forward(cfg) + cfg.n_layers * (base.attention_forward(cfg, seq_len) + routed)
+
+
+def dispatch_overhead_flops(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward FLOPs per token the implementation spends beyond `forward_flops`: all E*C capacity
+    slots of a group run their expert (instead of top_k*S assignments), plus the dispatch and
+    combine einsums, 2*E*C*d each per token (groups are sequences: S = seq_len)."""
+    S, C, E, D = seq_len, capacity(cfg, seq_len), cfg.n_experts, cfg.d_model
+    slots = (E * C / S - cfg.top_k) * base.mlp_forward(cfg)
+    return cfg.n_layers * (slots + 2 * 2.0 * E * C * D)
+
+
+MOE = base.Family(
+    name="moe", module=MoeTransformer, param_counts=param_counts, forward_flops=forward_flops, logical_axes=LOGICAL_AXES,
+    context_flops=base.attention_context_flops, aux_weights=AUX_WEIGHTS,
+)
