@@ -24,7 +24,7 @@ from scipy import stats
 
 from analysis.data import PARAMS_CHOICES
 from analysis.errors import AnalysisError
-from analysis.plots import LOSS_LABEL, _figure, _save
+from analysis.plots import LOSS_LABEL, new_figure, save_figure
 
 FAMILIES_JSON, REPORT_MD, FIGURE = "families.json", "report.md", "families"
 COLORS = {"transformer": "#1f77b4", "lstm": "#d62728", "gru": "#ff7f0e", "mlp": "#2ca02c", "cnn": "#9467bd", "moe": "#8c564b"}
@@ -113,7 +113,7 @@ def fit_families(root, out_dir, params: str = "non_embedding", figures: bool = T
 
 
 def draw(record: dict, pts: pd.DataFrame, out_dir) -> list[str]:
-    fig, (ax,) = _figure()
+    fig, (ax,) = new_figure()
     for fam, group in pts.groupby("family", sort=True):
         color = COLORS.get(fam, None)
         ax.scatter(group.N, group.loss, color=color, edgecolor="black", zorder=3, label=f"{fam} runs")
@@ -132,7 +132,7 @@ def draw(record: dict, pts: pd.DataFrame, out_dir) -> list[str]:
     d = record["D"]
     ax.set_title(f"Loss vs N per model family, D = {d[0]:.3g} tokens per run" if len(d) == 1 else "Loss vs N per model family")
     ax.legend(fontsize=8)
-    return _save(fig, out_dir, FIGURE)
+    return save_figure(fig, out_dir, FIGURE)
 
 
 def markdown(record: dict) -> str:

@@ -203,12 +203,10 @@ def report_lines(record: Mapping, sensitivity: Iterable[str] = (), rule_dir=None
 def plot_lr_rule(record: Mapping, out_dir) -> list[str]:
     """Loss vs lr for each size (lr* marked, edges hollow) and lr* vs N with the fitted rule and its band."""
     import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(13, 5), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax_loss, ax_rule = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    from analysis.plots import new_figure, save_figure
+
+    fig, (ax_loss, ax_rule) = new_figure(ncols=2, width=6.5)
     cmap = matplotlib.colormaps["viridis"]
     sizes = record["sizes"]
     for k, s in enumerate(sizes):
@@ -234,11 +232,4 @@ def plot_lr_rule(record: Mapping, out_dir) -> list[str]:
     ax_rule.plot([], [], "o", mfc="none", mec="gray", label="on a grid edge (not fitted)")
     ax_rule.set(xscale="log", yscale="log", xlabel="Parameters N (total)", ylabel="Best learning rate lr*", title="Learning-rate rule")
     ax_rule.legend(fontsize=8)
-    paths = []
-    for ext in ("png", "svg"):
-        path = os.path.join(out_dir, f"{FIGURE}.{ext}")
-        tmp = path + ".tmp"
-        fig.savefig(tmp, dpi=120, format=ext)
-        os.replace(tmp, path)
-        paths.append(path)
-    return paths
+    return save_figure(fig, out_dir, FIGURE)

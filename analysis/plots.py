@@ -25,14 +25,14 @@ LOSS_LABEL = "Final loss (nats/token)"
 C_LABEL = "Training compute C (FLOPs)"
 
 
-def _figure(ncols=1, width=7.0, height=5.0):
+def new_figure(ncols=1, width=7.0, height=5.0):
     fig = Figure(figsize=(width * ncols, height), layout="constrained")
     FigureCanvasAgg(fig)
     axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
     return fig, axes
 
 
-def _save(fig, out_dir, name) -> list[str]:
+def save_figure(fig, out_dir, name) -> list[str]:
     paths = []
     for ext in ("png", "svg"):
         path = os.path.join(out_dir, f"{name}.{ext}")
@@ -91,7 +91,7 @@ def isoflop(record, points, out_dir) -> list[str]:
     """Loss vs N per FLOP budget, the fitted parabolas and their minima (refused ones hollow)."""
     entry = record["fits"]["approach2"]
     labels, values, _ = ap.group_budgets(points, entry["budget_gap_decades"])
-    fig, (ax,) = _figure()
+    fig, (ax,) = new_figure()
     cmap = matplotlib.colormaps["viridis"]
     norm = LogNorm(vmin=min(values), vmax=max(values) * 1.0001)
     for k, b in enumerate(entry["budgets"]):
@@ -114,12 +114,12 @@ def isoflop(record, points, out_dir) -> list[str]:
     ax.set_title("IsoFLOP profiles (Approach 2)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, title="budget (FLOPs)", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncols=2 if len(values) > 12 else 1)
-    return _save(fig, out_dir, "isoflop")
+    return save_figure(fig, out_dir, "isoflop")
 
 
 def loss_vs_compute(record, points, out_dir) -> list[str]:
     """Every point's loss vs its compute (colour: N) with each approach's compute-optimal loss."""
-    fig, (ax,) = _figure()
+    fig, (ax,) = new_figure()
     sc = ax.scatter(points["C"], points["loss"], c=points["N"], norm=LogNorm(), cmap="viridis", s=18, label="runs", zorder=3)
     fig.colorbar(sc, ax=ax, label="Parameters N")
     fits = record["fits"]
@@ -148,13 +148,13 @@ def loss_vs_compute(record, points, out_dir) -> list[str]:
     ax.set_title("Loss vs compute")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=9)
-    return _save(fig, out_dir, "loss_vs_compute")
+    return save_figure(fig, out_dir, "loss_vs_compute")
 
 
 def frontier(record, points, out_dir) -> list[str]:
     """N_opt(C) and D_opt(C) for each approach with bootstrap bands."""
     fits = {k: v for k, v in record["fits"].items() if "grid" in v}
-    fig, axes = _figure(ncols=2, width=6.0)
+    fig, axes = new_figure(ncols=2, width=6.0)
     level = record["options"]["ci_level"]
     for ax, key, ylabel in zip(axes, ("N_opt", "D_opt"), ("Compute-optimal parameters N_opt", "Compute-optimal tokens D_opt")):
         for name, e in fits.items():
@@ -179,7 +179,7 @@ def frontier(record, points, out_dir) -> list[str]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Compute-optimal frontier")
-    return _save(fig, out_dir, "frontier")
+    return save_figure(fig, out_dir, "frontier")
 
 
 def fitted_vs_observed(record, points, out_dir) -> list[str]:
@@ -189,7 +189,7 @@ def fitted_vs_observed(record, points, out_dir) -> list[str]:
     law = get_law(entry["law"])
     pred = law.predict(_params(entry), **{c: points[c].to_numpy() for c in law.inputs})
     obs = points["loss"].to_numpy()
-    fig, (ax, ax2) = _figure(ncols=2, width=6.0)
+    fig, (ax, ax2) = new_figure(ncols=2, width=6.0)
     sc1 = ax.scatter(obs, pred, s=16, c=points["C"], norm=LogNorm(), cmap="plasma", label="fitted points")
     fig.colorbar(sc1, ax=ax, label=C_LABEL)
     lim = [min(obs.min(), pred.min()) * 0.98, max(obs.max(), pred.max()) * 1.02]
@@ -212,7 +212,7 @@ def fitted_vs_observed(record, points, out_dir) -> list[str]:
     for a in (ax, ax2):
         a.grid(True, alpha=0.3)
         a.legend(fontsize=8)
-    return _save(fig, out_dir, "fitted_vs_observed")
+    return save_figure(fig, out_dir, "fitted_vs_observed")
 
 
 def one_variable_law(record, points, out_dir) -> list[str]:
@@ -220,7 +220,7 @@ def one_variable_law(record, points, out_dir) -> list[str]:
     entry = record["fits"][record["options"]["law"]]
     law = get_law(entry["law"])
     (x,) = law.inputs
-    fig, (ax,) = _figure()
+    fig, (ax,) = new_figure()
     ax.scatter(points[x], points["loss"], s=16, color="#444444", label="points")
     grid = np.geomspace(points[x].min(), points[x].max(), 200)
     p = _params(entry)
@@ -232,7 +232,7 @@ def one_variable_law(record, points, out_dir) -> list[str]:
     ax.set_title(f"Power law in {x}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=9)
-    return _save(fig, out_dir, f"power_{x}")
+    return save_figure(fig, out_dir, f"power_{x}")
 
 
 def draw_all(record, points: pd.DataFrame, out_dir) -> list[str]:
