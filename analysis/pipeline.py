@@ -231,6 +231,20 @@ def _power_law_params(res, samples, opts) -> dict:
     }
 
 
+def _power_law_entry(approach: int, through: str, res, samples, opts, points) -> dict:
+    """The part of the Approach 1 and 2 entries that is the same: N_opt = N_coef C^a through `through`."""
+    params = _power_law_params(res, samples, opts)
+    return {
+        "approach": approach,
+        "formula": f"N_opt = N_coef * C^a (through {through}); D_opt = C / c(N_opt)",
+        "frontier_model": "power law",
+        "params": params,
+        "a": params["a"],
+        "b": params["b"],
+        "n_points": int(len(points)),
+    }
+
+
 def _bootstrap_entry(samples: ap.BootstrapSamples, opts, entry) -> None:
     counts = {"n_failed": samples.n_failed}
     if entry["approach"] == 2:
@@ -247,15 +261,8 @@ def fit_approach2(points, opts: FitOptions, cost, groups, minima) -> dict:
     res = ap.approach2(points, cost, groups=groups)
     ok = res.accepted
     samples = ap.bootstrap_approach2(points, groups, cost, opts.bootstrap, opts.seed) if opts.bootstrap else None
-    params = _power_law_params(res, samples, opts)
     entry = {
-        "approach": 2,
-        "formula": "N_opt = N_coef * C^a (through the IsoFLOP minima); D_opt = C / c(N_opt)",
-        "frontier_model": "power law",
-        "params": params,
-        "a": params["a"],
-        "b": params["b"],
-        "n_points": int(len(points)),
+        **_power_law_entry(2, "the IsoFLOP minima", res, samples, opts, points),
         "grouping": res.grouping,
         "budget_gap_decades": opts.budget_gap,
         "budgets": [dataclasses.asdict(b) for b in res.budgets],
@@ -300,15 +307,8 @@ def _lobo_power_law(budgets, minima) -> dict:
 def fit_approach1(points, opts: FitOptions, cost, groups, minima) -> dict:
     res = ap.approach1(points, cost)
     samples = ap.bootstrap_approach1(points, cost, opts.bootstrap, opts.seed) if opts.bootstrap else None
-    params = _power_law_params(res, samples, opts)
     entry = {
-        "approach": 1,
-        "formula": "N_opt = N_coef * C^a (through the envelope of end-of-run losses); D_opt = C / c(N_opt)",
-        "frontier_model": "power law",
-        "params": params,
-        "a": params["a"],
-        "b": params["b"],
-        "n_points": int(len(points)),
+        **_power_law_entry(1, "the envelope of end-of-run losses", res, samples, opts, points),
         "loss": "final eval loss of each run (end-of-run points only, no smoothing), interpolated in log C between a size's horizons",
         "n_sizes": int(res.n_sizes),
         "left_out": list(res.left_out),
