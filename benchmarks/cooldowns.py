@@ -71,7 +71,8 @@ def main(argv=None) -> int:
         acc = accounting(sweep.plan())
         result["accounting"][label] = acc
         print(f"{label:<11} {acc['trunks']} trunks + {acc['branches']:>2} branches: spent {acc['spent']:.3g} FLOPs, "
-              f"from scratch {acc['from_scratch']:.3g} -> {acc['ratio']:.1%}")
+              f"from scratch {acc['from_scratch']:.3g} -> {acc['ratio']:.1%} (floor for these points, a zero-length "
+              f"cooldown: {acc['floor_ratio']:.1%})")
     if args.train:
         from lib.sweeps.executors import enable_compile_cache, run_local
 
@@ -88,9 +89,14 @@ def main(argv=None) -> int:
             result["train"][label] = {"wall_s": wall, "flops_spent": spent, "runs": len(plan.runs),
                                       "failed": [o.run_id for o in report.outcomes if o.result == "failed"], "fit": _fit(root)}
             print(f"{label}: {len(plan.runs)} runs, {spent:.3g} FLOPs, {wall:.0f}s; fit {json.dumps(result['train'][label]['fit'])}", flush=True)
-    os.makedirs(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"), exist_ok=True)
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "cooldowns.json"), "w") as f:
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "cooldowns.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if "train" not in result and os.path.exists(path):  # accounting only: keep the last trained comparison
+        with open(path) as f:
+            result["train"] = json.load(f).get("train")
+    with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=2)
+    os.replace(path + ".tmp", path)
     return 0
 
 

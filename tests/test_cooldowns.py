@@ -158,6 +158,7 @@ def test_spent_vs_from_scratch_compute_by_hand():
     acc = accounting(plan)
     assert acc["spent"] == pytest.approx((24 + 5 + 8) * B * T * fpt, rel=1e-12)
     assert acc["from_scratch"] == pytest.approx((20 + 32) * B * T * fpt, rel=1e-12)
+    assert acc["floor_ratio"] == pytest.approx(32 / (20 + 32), rel=1e-12)  # no plan spends less than the longest point
     assert acc["ratio"] == pytest.approx(37 / 52)
     assert any("37" in n or "spend" in n for n in plan.notes)
 

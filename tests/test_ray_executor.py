@@ -108,3 +108,25 @@ def test_per_run_resources_parse_from_the_command_line():
     assert _parse_resources(["CPU=2"]) == {"CPU": 2.0}
     with pytest.raises(ConfigError, match="--resources expects NAME=AMOUNT"):
         _parse_resources(["GPU"])
+
+
+@pytest.mark.timeout(600)
+def test_cooldown_branches_wait_for_their_trunk_task_and_match_the_local_executor(cluster, tmp_path):
+    """A trunk and its two branches through Ray: each branch's task depends on its trunk's, so every
+    branch starts from the trunk's checkpoint, and the numbers equal the in-process executor's."""
+    from lib.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig
+    from lib.sweeps.cooldowns import Cooldowns
+    from lib.sweeps.plans import Schedule
+
+    base = RunConfig(model=ModelConfig(n_heads=2), data=DataConfig(seq_len=16, global_batch=8), optimizer=OptimizerConfig(lr=1e-2),
+                     train=TrainConfig(eval_tokens=128, keep_checkpoints=1))
+    plan = Cooldowns([dict(d_model=16, n_layers=1)], tokens=[20 * 128, 32 * 128], decay_frac=0.25, base=base, name="raycd",
+                     schedule=Schedule(warmup_frac=0.1, log_points=4, eval_points=1, checkpoints=2)).plan({"tracking.console": False})
+    local = tmp_path / "local"
+    assert run_local(plan, local, devices=jax.devices()[:1]).exit_code == 0
+    report = run_ray(plan, tmp_path / "ray", retries=1)
+    assert [o.result for o in report.outcomes] == ["done"] * 3, report.lines()
+    for r in plan.runs[1:]:
+        summary = RunDir(tmp_path / "ray" / r.run_id).summary()
+        assert summary["trunk"] == plan.runs[0].run_id and summary["branch_restored"] is True
+    assert _eval_losses(tmp_path / "ray", plan) == pytest.approx(_eval_losses(local, plan), rel=1e-6)

@@ -5,6 +5,7 @@ import json
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -97,23 +98,52 @@ def test_sigterm_checkpoints_the_current_run_and_stops_the_sweep(tmp_path):
     assert res.returncode == 0 and "2 trained, 1 already done" in res.stdout, res.stdout + res.stderr
 
 
+COOLDOWN_EXPERIMENT = textwrap.dedent(
+    """
+    from lib.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig
+    from lib.sweeps.cooldowns import Cooldowns
+    from lib.sweeps.plans import Schedule
+
+    def sweep():
+        base = RunConfig(
+            model=ModelConfig(n_heads=2),
+            data=DataConfig(seq_len=16, global_batch=8),
+            optimizer=OptimizerConfig(lr=1e-2),
+            train=TrainConfig(eval_tokens=128, keep_checkpoints=1),
+        )
+        sizes = [dict(d_model=16, n_layers=1), dict(d_model=16, n_layers=2)]
+        return Cooldowns(sizes, tokens=[20 * 128, 32 * 128], decay_frac=0.25, base=base, name="pc",
+                         schedule=Schedule(warmup_frac=0.1, log_points=4, eval_points=1, checkpoints=2))
+    """
+)
+
+
 @pytest.mark.timeout(300)
-def test_worker_processes_on_cpu_share_the_sweep(tmp_path):
+def test_worker_processes_on_cpu_share_a_cooldown_sweep_trunks_with_their_branches(tmp_path):
+    """Two worker processes, two trunks with two branches each: `--worker i/n` gives a trunk and its
+    branches to one worker, which trains the trunk first, so every branch starts from its trunk's
+    checkpoint; nobody trains a run twice."""
     env = clean_env(tmp_path)
-    exp = write_experiment(tmp_path, steps=20, checkpoint_every=20, axes='{"data.seed": [0, 1, 2, 3]}')
+    exp = tmp_path / "cooldown_sweep.py"
+    exp.write_text(COOLDOWN_EXPERIMENT)
     root = tmp_path / "root"
     res = scaling("sweep", exp, "--root", root, "--executor", "processes", "--workers", "2", "--devices-per-worker", "2",
                   "--progress", "off", env=env, timeout=280)
     assert res.returncode == 0, res.stdout + res.stderr
     ids = _run_ids(root)
-    assert len(ids) == 4 and all(RunDir(root / r).status()["state"] == "done" for r in ids)
+    assert len(ids) == 6 and all(RunDir(root / r).status()["state"] == "done" for r in ids)
     assert all(RunDir(root / r).status()["attempts"] == 1 for r in ids)  # nobody trained a run twice
     logs = sorted((root / ".logs").glob("*.log"))
-    assert [p.name for p in logs] == ["tg-worker0of2.log", "tg-worker1of2.log"]
+    assert [p.name for p in logs] == ["pc-worker0of2.log", "pc-worker1of2.log"]
     trained = [{r for r in ids if f"{r} done" in p.read_text()} for p in logs]
     assert trained[0] | trained[1] == set(ids) and not trained[0] & trained[1]
-    assert all(RunDir(root / r).summary()["n_devices"] == 2 for r in ids)  # each worker saw its own group
-    assert "4 trained" in res.stdout
+    summaries = {r: RunDir(root / r).summary() for r in ids}
+    branches = {r: s for r, s in summaries.items() if s.get("trunk")}
+    assert len(branches) == 4 and all(s["branch_restored"] is True for s in branches.values())
+    for share in trained:  # each worker trained whole trunks with their own branches
+        assert all(s["trunk"] in share for r, s in branches.items() if r in share)
+    assert all(s["n_devices"] == 2 for s in summaries.values())  # each worker saw its own group
+    assert "6 trained" in res.stdout
 
 
 @pytest.mark.timeout(120)

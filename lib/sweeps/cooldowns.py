@@ -118,7 +118,8 @@ class Cooldowns(Sweep):
         plan = dataclasses.replace(plan, runs=tuple(ordered))
         acc = accounting(plan)
         note = (f"compute: {len(trunks)} trunks + {acc['branches']} branches spend {acc['spent']:.4g} FLOPs; separate from-scratch runs "
-                f"of the same {acc['branches']} points would spend {acc['from_scratch']:.4g} ({acc['ratio']:.1%} of that)")
+                f"of the same {acc['branches']} points would spend {acc['from_scratch']:.4g} ({acc['ratio']:.1%} of that; no trunk-and-branch "
+                f"plan of these points spends under {acc['floor_ratio']:.1%}, its longest point per size)")
         return dataclasses.replace(plan, notes=(note, *plan.notes))
 
 
@@ -144,15 +145,27 @@ def branch_tail_flops(r: PlannedRun) -> float:
 def accounting(plan: Plan) -> dict:
     """{"spent": each trunk once + every branch's tail, "from_scratch": every branch point trained
     from step 0 (the sum of the branches' recorded flops), "ratio", "trunks", "branches"} in FLOPs.
-    A branch whose trunk is not in the plan counts whole (it would train its prefix itself)."""
+    A branch whose trunk is not in the plan counts whole (it would train its prefix itself).
+
+    "floor_ratio": the least any trunk-and-branch plan of these points could spend, as a share of
+    from scratch -- each size trains at least to its longest point, so spent >= sum of each trunk's
+    longest branch. With k token counts D_1 < ... < D_k per size and cooldown fraction f the ratio
+    is f + (1 - f) D_k / sum(D_i) (warmup rounding aside), never below f + (1 - f) / k: with f = 0.2
+    and 4 counts, 40% only as the counts become equal."""
     trunks = {r.run_id: r for r in plan.runs if is_trunk(r)}
     branches = [r for r in plan.runs if r.cfg.train.trunk]
     others = [r for r in plan.runs if r.run_id not in trunks and not r.cfg.train.trunk]
     spent = sum(t.flops for t in trunks.values()) + sum(r.flops for r in others)
     spent += sum(branch_tail_flops(r) if r.cfg.train.trunk in trunks else r.flops for r in branches)
     scratch = sum(r.flops for r in branches) + sum(r.flops for r in others)
-    return {"spent": spent, "from_scratch": scratch, "ratio": spent / scratch if scratch else float("nan"),
-            "trunks": len(trunks), "branches": len(branches)}
+    longest: dict[str, float] = {}
+    for r in branches:
+        key = r.cfg.train.trunk if r.cfg.train.trunk in trunks else r.run_id
+        longest[key] = max(longest.get(key, 0.0), r.flops)
+    floor = sum(longest.values()) + sum(r.flops for r in others)
+    nan = float("nan")
+    return {"spent": spent, "from_scratch": scratch, "ratio": spent / scratch if scratch else nan,
+            "floor_ratio": floor / scratch if scratch else nan, "trunks": len(trunks), "branches": len(branches)}
 
 
 def groups(runs: Sequence[PlannedRun]) -> list[list[PlannedRun]]:
