@@ -152,7 +152,7 @@ class ScannedBlock(nn.Module):
         return Block(self.cfg, name="block")(x_BTD, deterministic), None
 
 
-def _one_layer(cfg: ModelConfig, deterministic: bool):
+def one_layer(cfg: ModelConfig, deterministic: bool):
     """(params of one scanned layer, x_BTD) -> x_BTD: a layer of the stack as a pure function."""
     block = ScannedBlock(cfg, parent=None)  # detached: not a child of the module tracing it
 
@@ -177,7 +177,7 @@ class Transformer(nn.Module):
         x_BTD = nn.with_logical_constraint(x_BTD, ACT_BTD)
 
         if cfg.scan_layers and self.layer_stack is not None and not self.is_initializing():
-            x_BTD = self.layer_stack(_one_layer(cfg, deterministic), self.variables["params"]["layers"], x_BTD)
+            x_BTD = self.layer_stack(one_layer(cfg, deterministic), self.variables["params"]["layers"], x_BTD)
         elif cfg.scan_layers:
             block = ScannedBlock
             if cfg.remat:
