@@ -174,3 +174,15 @@ def test_a_pipelined_run_refuses_to_train_in_a_pack(cfg, tmp_path):
     piped = cfg.with_overrides({"mesh.stage": 2, "mesh.data": 2, "mesh.fsdp": 2, "train.microbatches": 4})
     with pytest.raises(ConfigError, match="train.microbatches: a pipelined run trains alone"):
         train_pack([piped, piped.with_overrides({"optimizer.lr": 1e-3})], [tmp_path / "a", tmp_path / "b"], devices=jax.devices())
+
+
+def test_a_sweep_trains_pipelined_runs_one_at_a_time(cfg):
+    from lib.sweeps import executors
+    from lib.sweeps.plans import PlannedRun
+
+    def planned(c, i):
+        return PlannedRun(f"r{i}", c.with_overrides({"optimizer.lr": 1e-3 * (i + 1)}), params=0, tokens=0, flops=0.0)
+
+    piped = cfg.with_overrides({"mesh.stage": 2, "mesh.data": 2, "mesh.fsdp": 2, "train.microbatches": 4})
+    assert [len(p) for p in executors.make_packs([planned(cfg, i) for i in range(3)], 4)] == [3]  # without: one pack
+    assert [len(p) for p in executors.make_packs([planned(piped, i) for i in range(3)], 4)] == [1, 1, 1]
