@@ -52,7 +52,7 @@ def _losses(run: RunDir):
 
 
 # ---- the schedule alone -----------------------------------------------------------------------------
-@pytest.mark.parametrize("stages,microbatches", [(2, 2), (2, 3), (4, 4), (4, 6)])
+@pytest.mark.parametrize("stages,microbatches", [(1, 3), (2, 2), (2, 3), (4, 4), (4, 6)])
 def test_the_schedule_equals_the_plain_layer_scan_forward_and_backward(stages, microbatches):
     mesh = sharding.make_mesh(MeshConfig(stage=stages, data=8 // stages, preset="dp"))
     L, B, D = 8, 12 * 2, 8  # rows: a multiple of every M here and of the data axis
@@ -75,7 +75,7 @@ def test_the_schedule_equals_the_plain_layer_scan_forward_and_backward(stages, m
     np.testing.assert_allclose(value, ref_value, rtol=1e-6)
     for got, want in ((g_ws, ref_ws), (g_x, ref_x)):  # float32 sums in another order: 1e-6 of the largest entry
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
-    assert "collective_permute" in hlo  # activations really move stage to stage
+    assert ("collective_permute" in hlo) == (stages > 1)  # activations really move stage to stage
 
 
 def test_microbatch_rows_interleave_and_come_back():

@@ -2,8 +2,10 @@
 `jax.nn.dot_product_attention`, GELU or SwiGLU MLP, tied or untied embeddings.
 
 Shape suffixes: B batch, T time (sequence), D d_model, H heads, K head_dim, F ffw size, V vocab.
-Parameters are float32 and carry logical axis names (see lib/sharding.py for the rules); compute
-runs in `cfg.compute_dtype`; logits come out float32 so the loss is computed in full precision.
+Parameters are float32 and carry logical axis names (see lib/parallel/sharding.py for the rules);
+compute runs in `cfg.compute_dtype`; logits come out float32 so the loss is computed in full precision.
+With a `layer_stack` (lib/parallel/pipeline.py's schedule) the scanned layers run through it; the
+embedding before and the final norm and head after stay here, outside it.
 
 Parametrization (`cfg.parametrization`):
   sp   every matrix N(0, 0.02), embeddings N(0, 1), attention logits / sqrt(head_dim), tied logits / sqrt(D).

@@ -89,7 +89,7 @@ def _schedule(layer_fn, S: int, M: int, stage_layers, x_Mb):
     def tick(received_b, t):
         x_b = jnp.where(s == 0, x_Mb[jnp.minimum(t, M - 1)], received_b)
         y_b = apply_stage(x_b)
-        return jax.lax.ppermute(y_b, STAGE_AXIS, to_next), y_b
+        return (jax.lax.ppermute(y_b, STAGE_AXIS, to_next) if S > 1 else y_b), y_b
 
     start_b = jax.lax.pcast(jnp.zeros_like(x_Mb[0]), (STAGE_AXIS,), to="varying")  # the carry differs per stage
     _, y_Tb = jax.lax.scan(tick, start_b, jnp.arange(M + S - 1))
