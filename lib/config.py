@@ -22,14 +22,16 @@ PARAMETRIZATIONS = ("sp", "mup")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "linear", "step", "exponential", "wsd")
 WSD_DECAY_SHAPES = ("linear", "cosine", "1-sqrt")  # the wsd schedule's cooldown (Hägele et al. 2024)
-MESH_AXES = ("data", "fsdp", "expert", "tensor")  # lib/parallel/sharding.py builds the mesh in this order
+# lib/parallel/sharding.py builds the mesh in this order: stage outermost (pipeline stages may sit on
+# slices joined by slow links: only activations cross them), tensor innermost (fastest links).
+MESH_AXES = ("stage", "data", "fsdp", "expert", "tensor")
 MESH_PRESETS = {
-    # preset -> (data, fsdp, expert, tensor); -1 means "all remaining devices".
-    "dp": (-1, 1, 1, 1),
-    "fsdp": (1, -1, 1, 1),
-    "fsdp_tp": (1, -1, 1, 2),
-    "ep": (1, 1, -1, 1),  # experts (and the batch) over every device: expert parallelism for moe
-    "fsdp_ep": (1, -1, 2, 1),  # experts 2 ways, the rest fsdp
+    # preset -> (stage, data, fsdp, expert, tensor); -1 means "all remaining devices".
+    "dp": (1, -1, 1, 1, 1),
+    "fsdp": (1, 1, -1, 1, 1),
+    "fsdp_tp": (1, 1, -1, 1, 2),
+    "ep": (1, 1, 1, -1, 1),  # experts (and the batch) over every device: expert parallelism for moe
+    "fsdp_ep": (1, 1, -1, 2, 1),  # experts 2 ways, the rest fsdp
 }
 FLOPS_CONVENTIONS = ("6N", "kaplan", "chinchilla")
 DATA_SOURCES = ("synthetic", "hf")
@@ -145,17 +147,25 @@ class MeshConfig:
     fsdp: int = 0
     tensor: int = 0
     expert: int = 0  # shards the experts of a moe model (and, like data, the batch)
+    # pipeline stages: the scanned layer stack split into `stage` contiguous groups of layers, one per
+    # device group, run as a microbatched schedule (train.microbatches; lib/parallel/pipeline.py)
+    stage: int = 0
 
-    def axis_sizes(self) -> tuple[int, int, int, int]:
-        """(data, fsdp, expert, tensor), the order of MESH_AXES."""
+    def axis_sizes(self) -> tuple[int, int, int, int, int]:
+        """(stage, data, fsdp, expert, tensor), the order of MESH_AXES."""
         preset = MESH_PRESETS[self.preset]
-        return tuple(given or default for given, default in zip((self.data, self.fsdp, self.expert, self.tensor), preset))
+        given = (self.stage, self.data, self.fsdp, self.expert, self.tensor)
+        return tuple(g or default for g, default in zip(given, preset))
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps: int = 200
     grad_accum: int = 1
+    # The layer stack as a pipeline schedule over this many microbatches of each (grad_accum) batch:
+    # needed (>= mesh.stage) when mesh.stage > 1; 0: no schedule. Layout, not numbers: it changes
+    # only the order of float sums, so it is not hashed (like the mesh; see content_hash).
+    microbatches: int = 0
     seed: int = 0
     log_every: int = 10
     eval_every: int = 100  # also evaluated at the last step
@@ -215,7 +225,7 @@ class RunConfig:
         d = self.to_dict()
         for key in ("mesh", "tracking", "name", "sweep"):
             d.pop(key)
-        d["train"] = {k: v for k, v in d["train"].items() if k not in _BOOKKEEPING_TRAIN_FIELDS}
+        d["train"] = {k: v for k, v in d["train"].items() if k not in _BOOKKEEPING_TRAIN_FIELDS + _LAYOUT_TRAIN_FIELDS}
         for key in ("data_root", "streaming"):  # where the token store lives / how it was read
             d["data"].pop(key)
         for section, fields in _HASHED_UNLESS_DEFAULT.items():  # fields added later: old run ids stay valid
@@ -262,6 +272,9 @@ _HASHED_UNLESS_DEFAULT = {"model": {"parametrization": "sp", "base_width": 0, "r
                           "optimizer": {"wsd_decay_shape": "linear"},
                           "train": {"keep_steps": (), "trunk": "", "branch_start": 0}}
 _BOOKKEEPING_TRAIN_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "eval_every")
+# Layout, like the mesh: how the layer stack is scheduled over the devices (lib/parallel/pipeline.py)
+# moves only the order of float sums, so a run may resume under another stage layout (or none).
+_LAYOUT_TRAIN_FIELDS = ("microbatches",)
 
 
 def parse_set_args(items: list[str] | None) -> dict[str, Any]:
@@ -422,7 +435,8 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
     sizes = mesh.axis_sizes()
     for name, size in zip(MESH_AXES, sizes):
         _require(size == -1 or size >= 1, f"mesh.{name}", f"must be a positive size or -1 (the rest), got {size}")
-    _require(sizes.count(-1) <= 1, "mesh", f"at most one axis may be -1, got data,fsdp,expert,tensor = {sizes}")
+    _require(sizes.count(-1) <= 1, "mesh", f"at most one axis may be -1, got stage,data,fsdp,expert,tensor = {sizes}")
+    _validate_pipeline_shape(cfg, sizes[0])
     if device_count is not None:
         fixed = math.prod(s for s in sizes if s != -1)
         if -1 in sizes:
@@ -432,10 +446,10 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
         _require(
             ok,
             "mesh",
-            f"mesh sizes data,fsdp,expert,tensor = {sizes} do not multiply to the {device_count} devices; "
+            f"mesh sizes stage,data,fsdp,expert,tensor = {sizes} do not multiply to the {device_count} devices; "
             f"set them so the product is {device_count}, or use -1 for one axis",
         )
-        data, fsdp, expert, tensor = resolve_axis_sizes(mesh, device_count)
+        stage, data, fsdp, expert, tensor = resolve_axis_sizes(mesh, device_count)
         _require(
             m.family not in ATTENTION_FAMILIES or m.n_heads % tensor == 0,
             "mesh.tensor",
@@ -449,7 +463,9 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
                 f"n_experts={m.n_experts} is not divisible by the expert-parallel size {expert}; pick mesh.expert dividing "
                 f"n_experts (e.g. --set mesh.expert={math.gcd(m.n_experts, expert)}) or more experts",
             )
-        dp = data * fsdp * expert  # the batch is split over the expert axis too (the experts' tokens arrive by all-to-all)
+        # The batch is split over the expert axis too (the experts' tokens arrive by all-to-all); every
+        # pipeline stage sees the whole batch of its data slice, so `stage` splits no rows.
+        dp = data * fsdp * expert
         _require(
             per_step % (dp * t.grad_accum) == 0,
             "data.global_batch",
@@ -463,6 +479,48 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
             f"the eval set of {rows} rows (eval_tokens {t.eval_tokens} / seq_len {d.seq_len}, rounded up) is not divisible "
             f"by the data-parallel size (data*fsdp*expert = {dp}); use a multiple of {dp * d.seq_len} tokens",
         )
+        if sizes[0] == -1:
+            _validate_pipeline_shape(cfg, stage)  # the stage count the devices left
+        if t.microbatches:
+            _validate_pipeline_batch(cfg, dp, rows)
+
+
+def _validate_pipeline_shape(cfg: RunConfig, stage: int) -> None:
+    """mesh.stage / train.microbatches against the model (lib/parallel/pipeline.py's assumptions)."""
+    m, t = cfg.model, cfg.train
+    _require(t.microbatches >= 0, "train.microbatches", f"must be >= 0 (0: no pipeline schedule), got {t.microbatches}")
+    if stage == 1 and not t.microbatches:
+        return
+    if stage != 1:  # -1 (the rest): checked again once the device count resolves it
+        _require(t.microbatches > 0, "train.microbatches",
+                 f"a pipeline over mesh.stage={stage} stages needs microbatches >= stages (bubble (S-1)/(M+S-1)); "
+                 f"e.g. --set train.microbatches={4 * max(stage, 1)}")
+    _require(m.family == "transformer", "mesh.stage",
+             f"pipeline stages are implemented for the transformer's scanned layers, not '{m.family}'; use mesh.stage=1 "
+             "and train.microbatches=0")
+    _require(m.scan_layers, "model.scan_layers", "the pipeline splits the scanned layer stack [L, ...]; use --set model.scan_layers=true")
+    _require(m.dropout == 0.0, "model.dropout", f"the pipeline schedule runs without dropout, got {m.dropout}; use --set model.dropout=0")
+    if stage > 1:
+        _require(m.n_layers % stage == 0, "model.n_layers",
+                 f"n_layers={m.n_layers} does not split into mesh.stage={stage} equal stages; use a multiple of {stage} layers "
+                 f"or a stage count dividing {m.n_layers}")
+        _require(t.microbatches >= stage, "train.microbatches",
+                 f"{t.microbatches} microbatches cannot fill {stage} stages (every stage must hold one); use >= {stage}, "
+                 f"e.g. --set train.microbatches={4 * stage}")
+
+
+def _validate_pipeline_batch(cfg: RunConfig, dp: int, eval_set_rows: int) -> None:
+    """Each microbatch takes an equal share of every data-parallel replica's rows (no rows move)."""
+    t, d = cfg.train, cfg.data
+    per_replica = d.global_batch // (dp * t.grad_accum)
+    _require(per_replica % t.microbatches == 0, "train.microbatches",
+             f"{t.microbatches} microbatches do not divide the per-replica batch of {per_replica} rows (global_batch "
+             f"{d.global_batch} / (data*fsdp*expert {dp} x grad_accum {t.grad_accum})); pick a divisor of {per_replica}")
+    chunk = math.gcd(eval_set_rows, d.global_batch) // dp  # lib.train.loop evaluates in chunks of gcd(rows, batch) rows
+    _require(chunk % t.microbatches == 0, "train.eval_tokens",
+             f"eval chunks of {chunk} rows per replica (gcd(eval rows {eval_set_rows}, global_batch {d.global_batch}) / {dp}) "
+             f"do not split into {t.microbatches} microbatches; use eval_tokens a multiple of "
+             f"{dp * t.microbatches * d.seq_len} tokens")
 
 
 def synth_max_id_digits(vocab: int) -> int:
@@ -511,8 +569,8 @@ def _validate_family(m: ModelConfig) -> None:
             _require(value >= 0 and math.isfinite(value), f"model.{name}", f"must be >= 0 (0 turns the loss off), got {value}")
 
 
-def resolve_axis_sizes(mesh: MeshConfig, device_count: int) -> tuple[int, int, int, int]:
-    """Replace the -1 axis by whatever is left of `device_count`: (data, fsdp, expert, tensor)."""
+def resolve_axis_sizes(mesh: MeshConfig, device_count: int) -> tuple[int, int, int, int, int]:
+    """Replace the -1 axis by whatever is left of `device_count`: (stage, data, fsdp, expert, tensor)."""
     sizes = mesh.axis_sizes()
     fixed = math.prod(s for s in sizes if s != -1)
     return tuple(device_count // fixed if s == -1 else s for s in sizes)

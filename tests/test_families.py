@@ -76,7 +76,7 @@ def test_every_parameter_carries_logical_names_the_family_declares(family, extra
 def test_expert_weights_and_dispatched_tokens_follow_the_expert_rules():
     cfg = _cfg("moe", n_experts=4)
     mesh = sharding.make_mesh(MeshConfig(data=2, expert=4))
-    assert dict(mesh.shape) == {"data": 2, "fsdp": 1, "expert": 4, "tensor": 1}
+    assert dict(mesh.shape) == {"stage": 1, "data": 2, "fsdp": 1, "expert": 4, "tensor": 1}
     boxed = jax.eval_shape(models.make_model(cfg).init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     specs = jax.tree.map(lambda s: s.spec, sharding.logical_shardings(boxed, mesh))
     assert specs["layer_0"]["moe"]["wi"] == P("expert", "fsdp", "tensor")

@@ -18,10 +18,11 @@ def test_the_suite_really_has_eight_devices():
     assert jax.device_count() == 8  # forced in conftest; sharding tests must never fall back to 1
 
 
-@pytest.mark.parametrize("preset,shape", [("dp", (8, 1, 1, 1)), ("fsdp", (1, 8, 1, 1)), ("fsdp_tp", (1, 4, 1, 2)), ("ep", (1, 1, 8, 1)), ("fsdp_ep", (1, 4, 2, 1))])
+@pytest.mark.parametrize("preset,shape", [("dp", (1, 8, 1, 1, 1)), ("fsdp", (1, 1, 8, 1, 1)), ("fsdp_tp", (1, 1, 4, 1, 2)),
+                                          ("ep", (1, 1, 1, 8, 1)), ("fsdp_ep", (1, 1, 4, 2, 1))])
 def test_presets_make_the_expected_mesh(preset, shape):
     mesh = sharding.make_mesh(MeshConfig(preset=preset))
-    assert tuple(mesh.shape.values()) == shape and mesh.axis_names == ("data", "fsdp", "expert", "tensor")
+    assert tuple(mesh.shape.values()) == shape and mesh.axis_names == ("stage", "data", "fsdp", "expert", "tensor")
 
 
 def test_parameter_specs_follow_the_rules_table():

@@ -47,11 +47,19 @@ def family(name_or_cfg: str | ModelConfig) -> Family:
     return FAMILIES[name]
 
 
-def make_model(cfg: ModelConfig) -> nn.Module:
-    """The flax.linen module of `cfg.family`: (tokens_BT, deterministic=True) -> logits_BTV float32."""
+def make_model(cfg: ModelConfig, layer_stack=None) -> nn.Module:
+    """The flax.linen module of `cfg.family`: (tokens_BT, deterministic=True) -> logits_BTV float32.
+
+    `layer_stack` (the transformer's scanned layers only): what runs the stack in place of nn.scan,
+    (layer_fn, stacked params [L, ...], x) -> x -- the pipeline schedule (lib/parallel/pipeline.py)."""
     if cfg.vocab_size <= 0:
         raise ValueError("model.vocab_size is unset; resolve it from the data source first (lib.data.resolve_vocab)")
-    return family(cfg).module(cfg)
+    if layer_stack is None:
+        return family(cfg).module(cfg)
+    if cfg.family != "transformer" or not cfg.scan_layers:
+        raise ValueError(f"a layer_stack (pipeline) runs the transformer's scanned layers, not {cfg.family} "
+                         f"with scan_layers={cfg.scan_layers} (lib/config.py validates this)")
+    return family(cfg).module(cfg, layer_stack=layer_stack)
 
 
 def param_axes(cfg: ModelConfig, seq_len: int = 8):

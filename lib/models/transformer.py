@@ -2,8 +2,10 @@
 `jax.nn.dot_product_attention`, GELU or SwiGLU MLP, tied or untied embeddings.
 
 Shape suffixes: B batch, T time (sequence), D d_model, H heads, K head_dim, F ffw size, V vocab.
-Parameters are float32 and carry logical axis names (see lib/sharding.py for the rules); compute
-runs in `cfg.compute_dtype`; logits come out float32 so the loss is computed in full precision.
+Parameters are float32 and carry logical axis names (see lib/parallel/sharding.py for the rules);
+compute runs in `cfg.compute_dtype`; logits come out float32 so the loss is computed in full precision.
+With a `layer_stack` (lib/parallel/pipeline.py's schedule) the scanned layers run through it; the
+embedding before and the final norm and head after stay here, outside it.
 
 Parametrization (`cfg.parametrization`):
   sp   every matrix N(0, 0.02), embeddings N(0, 1), attention logits / sqrt(head_dim), tied logits / sqrt(D).
@@ -15,6 +17,8 @@ Parametrization (`cfg.parametrization`):
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -150,8 +154,22 @@ class ScannedBlock(nn.Module):
         return Block(self.cfg, name="block")(x_BTD, deterministic), None
 
 
+def one_layer(cfg: ModelConfig, deterministic: bool):
+    """(params of one scanned layer, x_BTD) -> x_BTD: a layer of the stack as a pure function."""
+    block = ScannedBlock(cfg, parent=None)  # detached: not a child of the module tracing it
+
+    def layer(params, x_BTD):
+        return block.apply({"params": params}, x_BTD, None, deterministic)[0]
+
+    return jax.checkpoint(layer, prevent_cse=False) if cfg.remat else layer  # as nn.remat in the scan
+
+
 class Transformer(nn.Module):
     cfg: ModelConfig
+    # Runs the scanned stack instead of nn.scan: (layer_fn, stacked params [L, ...], x_BTD) -> x_BTD,
+    # e.g. the pipeline schedule (lib/parallel/pipeline.py, given by lib/train/step.py). Init always
+    # uses nn.scan, so the parameters (and checkpoints) are the same with or without it.
+    layer_stack: Callable | None = None
 
     @nn.compact
     def __call__(self, tokens_BT, deterministic: bool = True):
@@ -160,7 +178,9 @@ class Transformer(nn.Module):
         x_BTD = jnp.take(embed_VD, tokens_BT, axis=0).astype(dt)
         x_BTD = nn.with_logical_constraint(x_BTD, ACT_BTD)
 
-        if cfg.scan_layers:
+        if cfg.scan_layers and self.layer_stack is not None and not self.is_initializing():
+            x_BTD = self.layer_stack(one_layer(cfg, deterministic), self.variables["params"]["layers"], x_BTD)
+        elif cfg.scan_layers:
             block = ScannedBlock
             if cfg.remat:
                 block = nn.remat(block, static_argnums=(3,), prevent_cse=False)

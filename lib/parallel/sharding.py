@@ -1,7 +1,7 @@
 """Device mesh and the one logical-axis rules table.
 
-Mesh axes are ("data", "fsdp", "expert", "tensor"). Presets (lib.config.MESH_PRESETS) only choose
-axis sizes; the rules below are the same for all of them, and an axis of size 1 shards nothing:
+Mesh axes are ("stage", "data", "fsdp", "expert", "tensor"). Presets (lib.config.MESH_PRESETS) only
+choose axis sizes; the rules below are the same for all of them, and an axis of size 1 shards nothing:
   dp      : data=-1            -> batch split, parameters replicated
   fsdp    : fsdp=-1            -> batch split, parameters (and optimizer state) split on d_model
   fsdp_tp : fsdp=-1, tensor=2  -> as fsdp, plus heads / mlp / vocab split over tensor
@@ -16,6 +16,11 @@ A moe layer dispatches tokens [groups, slots, d] -> [experts, groups, capacity, 
 the constraint `act_experts` -> expert on its output (with `act_group` -> (data, fsdp)) makes the
 compiler move each token to its expert's device: an all-to-all over `expert`, and back on combine.
 Every family's logical names (lib.models.Family.logical_axes) must have a rule here.
+
+Pipeline stages (mesh.stage = S, lib/parallel/pipeline.py): the scanned layer stack [L, ...] carries
+the logical name "layers", which maps to `stage`, so stage s holds layers s*L/S .. (s+1)*L/S - 1 --
+and a checkpoint keeps the plain [L, ...] layout whatever S was. Activations, the embedding and the
+head name no stage axis: outside the pipeline they are replicated over stages.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from lib.config import MESH_AXES, MeshConfig, resolve_axis_sizes
 
-# MESH_AXES (from lib.config) = ("data", "fsdp", "expert", "tensor"): tensor innermost (fastest-varying).
+# MESH_AXES (from lib.config) = ("stage", "data", "fsdp", "expert", "tensor"): stage outermost (the
+# slowest links carry only activations between stages), tensor innermost (fastest-varying).
 BATCH_AXES = ("data", "fsdp", "expert")
 GROUP_AXES = ("data", "fsdp")  # the batch's split once `expert` carries the experts (moe dispatch)
 
@@ -44,7 +50,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("mlp", "tensor"),
     ("kv", None),
     ("norm", None),
-    ("layers", None),
+    ("layers", "stage"),  # contiguous groups of scanned layers, one per pipeline stage
     ("experts", "expert"),  # moe: the leading [n_experts] dim of the experts' weights
     # activations
     ("act_batch", BATCH_AXES),
@@ -66,8 +72,8 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
     shape = resolve_axis_sizes(cfg, len(devices))
     if int(np.prod(shape)) != len(devices):
         raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} does not cover the {len(devices)} devices")
-    # Row-major over devices ordered by process then id: data/fsdp (outer) span hosts, tensor
-    # (inner, fastest-varying) stays within a host.
+    # Row-major over devices ordered by process then id: stage/data/fsdp (outer) span hosts (and
+    # slices), tensor (inner, fastest-varying) stays within a host.
     ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
     grid = np.asarray(ordered, dtype=object).reshape(shape)
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))

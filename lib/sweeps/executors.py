@@ -199,7 +199,8 @@ def make_packs(runs: Sequence[PlannedRun], pack="auto", devices=None) -> list[li
     optimizer kind, mesh -- everything but what a run may trace or keep for itself), at most
     `pack_size` of them per pack, longest first, and none shorter than MIN_OVERLAP (half) of its
     pack's longest run: a pack is rebuilt (one compile) each time a run leaves it, which pays only
-    while its runs overlap for most of their lengths. pack: "auto", an int K, 1 (every run alone),
+    while its runs overlap for most of their lengths. Pipelined runs (train.microbatches > 0) train
+    one at a time. pack: "auto", an int K, 1 (every run alone),
     or a function (cfg, devices) -> K. Packs come in the order of their first run in `runs`."""
     from lib.train.step import pack_key
 
@@ -209,7 +210,8 @@ def make_packs(runs: Sequence[PlannedRun], pack="auto", devices=None) -> list[li
     order = {r.run_id: i for i, r in enumerate(runs)}
     packs = []
     for members in groups.values():
-        k = pack_size(pack, members[0].cfg, devices) if len(members) > 1 else 1
+        alone = len(members) == 1 or members[0].cfg.train.microbatches > 0  # a pipelined run trains alone (build_pack)
+        k = 1 if alone else pack_size(pack, members[0].cfg, devices)
         current: list[PlannedRun] = []
         for r in sorted(members, key=lambda r: (-r.cfg.train.steps, order[r.run_id])):
             if current and (len(current) == k or r.cfg.train.steps < MIN_OVERLAP * current[0].cfg.train.steps):

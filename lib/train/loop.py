@@ -29,9 +29,9 @@ import jax
 import numpy as np
 
 from lib import flops as flops_lib
-from lib.config import ConfigError, RunConfig, eval_rows
+from lib.config import ConfigError, RunConfig, eval_rows, resolve_axis_sizes
 from lib.data import make_source, resolve_vocab
-from lib.parallel import sharding
+from lib.parallel import pipeline, sharding
 from lib.store.checkpoint import Checkpointer
 from lib.store.runstore import RunDir
 from lib.store.storage import default_data_root, is_url
@@ -425,6 +425,7 @@ def _summary(r: _Run, device_kind: str, n_devices: int, init_s: float, train_s: 
         "checkpoint_time_s": spent["checkpoint"],
         "device_kind": device_kind,
         "n_devices": n_devices,
+        "pipeline": _pipeline_summary(cfg, n_devices),
         "data": source.describe(),
         "epochs": source.epoch(t.steps),
         # Trunks and branches (lib/sweeps/cooldowns.py): a branch's flops above are its point's whole
@@ -432,6 +433,14 @@ def _summary(r: _Run, device_kind: str, n_devices: int, init_s: float, train_s: 
         **({"trunk": t.trunk, "branch_start": t.branch_start, "branch_restored": r.restored_from_trunk} if t.trunk else {}),
         **({"role": "trunk", "branch_points": list(t.keep_steps)} if t.keep_steps and cfg.optimizer.schedule == "constant" else {}),
     }
+
+
+def _pipeline_summary(cfg: RunConfig, n_devices: int) -> dict:
+    """The layer stack's schedule: stages S, microbatches M, and its bubble (S-1)/(M+S-1) -- the
+    share of each stage's time idle (0 without a pipeline)."""
+    stages, micro = resolve_axis_sizes(cfg.mesh, n_devices)[0], cfg.train.microbatches
+    return {"schedule": pipeline.SCHEDULE if micro else None, "stages": stages, "microbatches": micro,
+            "bubble_fraction": pipeline.bubble_fraction(stages, micro)}
 
 
 def make_evaluate(cfg: RunConfig, steps, source, mesh):

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lib.config import RunConfig
+from lib.config import ConfigError, RunConfig
 from lib.models import apply_with_aux, make_model
-from lib.parallel import sharding
+from lib.parallel import pipeline, sharding
 from lib.store.checkpoint import abstract_with_shardings
 from lib.train.optim import learning_rate, make_run_direction
 
@@ -166,9 +166,14 @@ class Steps:
     horizon: Any  # {"total_steps", "warmup_steps"}, replicated: the schedule's run-specific numbers
 
 
+def run_model(cfg: RunConfig):
+    """The model a run trains: its layer stack as the pipeline schedule when train.microbatches > 0."""
+    return make_model(cfg.model, layer_stack=pipeline.layer_stack(cfg.train.microbatches))
+
+
 def build_steps(cfg: RunConfig, mesh) -> Steps:
     """Model, optimizer and shardings -> jitted init/train/eval (the benchmark times these too)."""
-    model = make_model(cfg.model)
+    model = run_model(cfg)
     direction = make_run_direction(cfg)  # the optimizer, with muP per-layer scales if asked
     # Shardings come from the logical axis names on the boxed parameters; the state itself is unboxed.
     abstract_boxed = jax.eval_shape(make_init(model, direction, cfg, boxed=True), jax.random.key(0))
@@ -294,7 +299,10 @@ def build_pack(cfgs: Sequence[RunConfig], mesh, spread: bool = False, chunk: int
         raise ValueError("a pack's runs must share the model, data shape, optimizer kind and mesh (lib.train.step.pack_key)")
     if spread and size % mesh.shape[sharding.RUN_MESH_AXIS]:
         raise ValueError(f"a spread pack needs a multiple of the {mesh.shape[sharding.RUN_MESH_AXIS]} data devices, got {size} runs")
-    model = make_model(cfg.model)
+    if size > 1 and cfg.train.microbatches:
+        raise ConfigError(f"train.microbatches: a pipelined run trains alone, not in a pack of {size}; "
+                          "train these runs one at a time (a pack of one)")
+    model = run_model(cfg)
     direction = make_run_direction(cfg)
     rules = sharding.pack_rules(spread)
     spmd_axis = sharding.RUN_MESH_AXIS if spread else None
