@@ -15,7 +15,6 @@ from typing import Any, Mapping
 
 MODEL_FAMILIES = ("transformer", "lstm", "gru", "mlp", "cnn", "moe", "resnet", "vit")  # lib/models/__init__.py registers each
 IMAGE_FAMILIES = ("resnet", "vit")  # classifiers of images (lib/tasks/classify.py); the others are LMs over tokens
-IMAGE_SOURCES = ("synthetic_images", "hf_images")  # data sources of (image, label) rows (lib/data/images*.py)
 NORMS = ("group", "batch")  # resnet normalisation
 POOLS = ("mean", "cls")  # vit: mean over patch tokens, or a class token
 ATTENTION_FAMILIES = ("transformer", "moe")  # the families n_heads / RoPE / tensor-parallel heads apply to
@@ -36,7 +35,10 @@ MESH_PRESETS = {
     "fsdp_ep": (1, -1, 2, 1),  # experts 2 ways, the rest fsdp
 }
 FLOPS_CONVENTIONS = ("6N", "kaplan", "chinchilla")
-DATA_SOURCES = ("synthetic", "hf")
+DATA_SOURCES = ("synthetic", "hf", "synthetic_images", "hf_images")
+IMAGE_SOURCES = ("synthetic_images", "hf_images")  # batches are {"image", "label"} (lib/data/images.py, image_store.py)
+AUGMENTS = ("none", "flip", "crop", "crop_flip")  # training-time image augmentation (lib/data/augment.py)
+SYNTH_IMG_DEFAULT_CLASSES = 10
 
 
 class ConfigError(ValueError):
@@ -144,6 +146,20 @@ class DataConfig:
     data_root: str = ""  # token store folder; "": <workdir>/../.data (never ~/.cache)
     streaming: bool = False
     max_tokens: int = 0  # 0: tokenize the whole split; else stop after this many training tokens
+    # images (synthetic_images, hf_images): square image_size x image_size x image_channels; seq_len unused
+    image_size: int = 16  # hf images are resized (shorter side) and center-cropped to it
+    image_channels: int = 3  # 1 (grayscale) or 3 (RGB); must match an hf dataset's images
+    num_classes: int = 0  # 0: synthetic -> 10, hf -> from the dataset's labels
+    image_field: str = "image"
+    label_field: str = "label"
+    augment: str = "none"  # training batches only: none | flip | crop | crop_flip
+    crop_pad: int = 2  # crop: pad by this many pixels (zeros = the mean pixel), random-crop back to image_size
+    # synthetic image classes (lib/data/images.py): Zipfian modes of band-limited textures, exact floor
+    synth_img_modes: int = 0  # modes (ranks 1..modes); 0: 2^62 - 1, effectively unbounded
+    synth_img_zipf: float = 1.3  # p_mode ~ rank^-zipf; the unmemorised tail mass falls as rank^-(zipf-1)
+    synth_img_band: int = 3  # prototypes hold spatial frequencies |ky|, |kx| <= band (pixel noise only above)
+    synth_img_noise: float = 0.5  # per-pixel std of the (out-of-band) Gaussian pixel noise; prototypes have RMS 1
+    synth_img_label_noise: float = 0.1  # probability a label is replaced by a uniform draw over the classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +304,9 @@ _HASHED_UNLESS_DEFAULT = {"model": {"parametrization": "sp", "base_width": 0, "r
                                      "kernel_size": 4, "dilation_cycle": 1, "n_experts": 8, "top_k": 2, "capacity_factor": 1.25,
                                      "moe_aux_weight": 0.01, "moe_z_weight": 0.001, "image_size": 0, "image_channels": 0,
                                      "widths": (), "depths": (), "norm": "group", "norm_groups": 8, "patch_size": 4, "pool": "mean"},
+                          "data": {"image_size": 16, "image_channels": 3, "num_classes": 0, "image_field": "image", "label_field": "label",
+                                   "augment": "none", "crop_pad": 2, "synth_img_modes": 0, "synth_img_zipf": 1.3, "synth_img_band": 3,
+                                   "synth_img_noise": 0.5, "synth_img_label_noise": 0.1},
                           "optimizer": {"wsd_decay_shape": "linear"},
                           "train": {"keep_steps": (), "trunk": "", "branch_start": 0}}
 _BOOKKEEPING_TRAIN_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "eval_every")
@@ -362,6 +381,25 @@ def _one_of(value: str, options, field: str) -> None:
     _require(value in options, field, f"unknown value '{value}'; choose one of {', '.join(options)}")
 
 
+def _validate_images(d: DataConfig) -> None:
+    _require(d.image_size >= 4, "data.image_size", f"must be at least 4 pixels, got {d.image_size}")
+    _require(d.image_channels in (1, 3), "data.image_channels", f"must be 1 (grayscale) or 3 (RGB), got {d.image_channels}")
+    _require(d.num_classes >= 0, "data.num_classes", f"must be >= 0 (0: the default / the dataset's), got {d.num_classes}")
+    _one_of(d.augment, AUGMENTS, "data.augment")
+    _require(0 <= d.crop_pad < d.image_size, "data.crop_pad", f"must be in 0..image_size-1 ({d.image_size - 1}), got {d.crop_pad}")
+    if d.source == "hf_images":
+        _require(bool(d.dataset), "data.dataset", "set a hub name (e.g. uoft-cs/cifar10) or imagefolder with data.data_files=<folder>")
+        return
+    _require(d.num_classes != 1, "data.num_classes", "a classification task needs at least 2 classes (0: 10)")
+    _require(d.synth_img_modes == 0 or d.synth_img_modes >= 2, "data.synth_img_modes", f"needs at least 2 modes (0: 2^62 - 1), got {d.synth_img_modes}")
+    _require(1.0 < d.synth_img_zipf <= 10.0 and math.isfinite(d.synth_img_zipf), "data.synth_img_zipf",
+             f"must be in (1, 10] so the mode law has a finite mean tail, got {d.synth_img_zipf}; e.g. 1.3")
+    _require(1 <= d.synth_img_band and 2 * d.synth_img_band < d.image_size, "data.synth_img_band",
+             f"must be in 1..{(d.image_size - 1) // 2} (below half the image size {d.image_size}), got {d.synth_img_band}")
+    _require(d.synth_img_noise >= 0 and math.isfinite(d.synth_img_noise), "data.synth_img_noise", f"must be >= 0, got {d.synth_img_noise}")
+    _require(0.0 <= d.synth_img_label_noise < 1.0, "data.synth_img_label_noise", f"must be in [0, 1), got {d.synth_img_label_noise}")
+
+
 def _validate(cfg: RunConfig, device_count: int | None) -> None:
     m, d, o, t, mesh = cfg.model, cfg.data, cfg.optimizer, cfg.train, cfg.mesh
     _one_of(m.family, MODEL_FAMILIES, "model.family")
@@ -416,9 +454,11 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
             f"got {d.synth_id_digits}; ranks of more than {limit} base-{(d.synth_vocab - 1) // 2} digits overflow int64: "
             f"use 1..{limit}, or 0 for {limit}",
         )
-    else:
+    elif d.source == "hf":
         _require(bool(d.dataset), "data.dataset", "set a hub name or a builder (text|json|parquet|csv), e.g. --set data.dataset=text")
         _require(d.max_tokens >= 0, "data.max_tokens", f"must be >= 0 (0: the whole split), got {d.max_tokens}")
+    else:
+        _validate_images(d)
     _require(0.0 < d.holdout_fraction < 1.0, "data.holdout_fraction", "must be in (0, 1)")
 
     _require(t.steps > 0, "train.steps", f"step count must be positive, got {t.steps}")
