@@ -236,13 +236,17 @@ def load_run_store(root, params: str = "total") -> Dataset:
         }
     )
     frame, dropped = _drop_bad(frame, ["N", "D", "C", "loss"], lambda i: f"run {frame['run'][i]}")
+    units = sorted({str(u) for u in runs["units"].dropna()}) if "units" in runs else ["tokens"]
+    if len(units) > 1:  # an LM's tokens and a classifier's images are no common axis
+        raise AnalysisError(f"the runs under {root} count D in different units ({', '.join(units)}: language models and "
+                            "image classifiers); fit each task's runs from their own root")
     conv = sorted({str(c) for c in runs["flops_convention"].dropna()})
     if len(conv) > 1:
         notes.append(_warn(f"runs record C in different FLOP conventions ({', '.join(conv)}); their C values are not comparable"))
     conventions = {
         "N": f"{params.replace('_', '-')} parameters (summary.json params.{params}"
              + ("; per token: a moe model's routed experts and router, not all its experts" if params == "active" else "") + ")",
-        "D": "training tokens (summary.json tokens)",
+        "D": f"training {units[0] if units else 'tokens'} (summary.json {units[0] if units else 'tokens'})",
         "C": f"recorded training FLOPs, convention {', '.join(conv) or 'unknown'} (summary.json flops)",
         "loss": "final eval loss (summary.json eval_loss)",
     }

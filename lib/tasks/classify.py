@@ -39,7 +39,7 @@ def train_loss(params, model_state, model, batch, dropout_rng=None):
     rngs = None if deterministic else {"dropout": dropout_rng}
     mutable = list(model_state)  # batch_stats where the model has batch norm; none otherwise
     out = model.apply({"params": params, **model_state}, batch["image"], deterministic=deterministic, train=True,
-                      rngs=rngs, mutable=mutable)
+                      rngs=rngs, mutable=mutable or False)
     logits_BK, new_state = out if mutable else (out, {})
     loss, error = _scores(logits_BK, batch["label"])
     return loss, ({"train_loss": loss, "train_error": error}, dict(new_state))
