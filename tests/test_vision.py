@@ -15,6 +15,7 @@ from lib import models, tasks
 from lib.config import ConfigError, DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrackingConfig, TrainConfig, resolve_model_input
 from lib.data import make_source
 from lib.store.runstore import RunDir
+from lib.sweeps.executors import enable_compile_cache
 from lib.train import loop
 from lib.train.loop import train
 
@@ -33,36 +34,50 @@ def one_device():
     return jax.devices()[:1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    enable_compile_cache(str(tmp_path_factory.mktemp("jax_cache")))  # runs of one shape compile once
+    yield
+    enable_compile_cache(None)
+
+
+@pytest.fixture(scope="module")
+def bn_run(tmp_path_factory):
+    """(folder, summary) of BN trained uninterrupted: shared by the tests that read it."""
+    root = tmp_path_factory.mktemp("bn")
+    return root / "run", train(BN, root / "run", devices=one_device())
+
+
 def _checkpoint(workdir, step):
     with ocp.CheckpointManager(workdir / "checkpoints") as mgr:
         return mgr.restore(step, args=ocp.args.StandardRestore())
 
 
-def test_a_classifier_run_records_images_error_and_the_bayes_floor_and_the_fitter_reads_images(tmp_path):
-    s = train(BN, tmp_path / "run", devices=one_device())
+def test_a_classifier_run_records_images_error_and_the_bayes_floor_and_the_fitter_reads_images(bn_run):
+    workdir, s = bn_run
     source = make_source(BN.data)
     assert s["units"] == "images" and s["images"] == 12 * 16 and "tokens" not in s and s["eval_images"] == 32
     assert s["flops"]["value"] == pytest.approx(s["images"] * s["flops_per_image"])
     assert s["entropy_floor"] == source.entropy_floor and s["bayes_error"] == source.bayes_error
     assert 0.0 <= s["eval_error"] <= 1.0 and s["eval_loss"] > s["entropy_floor"]
-    rows = RunDir(tmp_path / "run").metrics()
+    rows = RunDir(workdir).metrics()
     assert [r["step"] for r in rows] == [4, 6, 8, 12] and all(r["images"] == 16 * r["step"] for r in rows)
     assert all("eval_error" in r for r in rows if "eval_loss" in r) and "train_error" in rows[-1]
     # The checkpoint holds the running averages next to the parameters.
-    ckpt = _checkpoint(tmp_path / "run", 12)
+    ckpt = _checkpoint(workdir, 12)
     assert set(ckpt) == {"step", "params", "opt_state", "model_state"} and "batch_stats" in ckpt["model_state"]
 
     from analysis.data import load_run_store
 
-    ds = load_run_store(tmp_path)
+    ds = load_run_store(workdir.parent)
     assert ds.points["D"].tolist() == [12 * 16] and "training images" in ds.conventions["D"]
 
 
-def test_eval_scores_the_running_averages_and_equals_a_direct_pass(tmp_path):
+def test_eval_scores_the_running_averages_and_equals_a_direct_pass(bn_run):
     """eval_loss / eval_error are the means over the eval images of the model in eval mode (batch
     norm's running averages), computed here directly from the final checkpoint."""
-    s = train(BN, tmp_path / "run", devices=one_device())
-    ckpt = _checkpoint(tmp_path / "run", 12)
+    workdir, s = bn_run
+    ckpt = _checkpoint(workdir, 12)
     cfg = resolve_model_input(BN.with_overrides({"model.vocab_size": 10}))
     model = models.make_model(cfg.model)
     batch = make_source(cfg.data).eval_rows(0, 32)
@@ -100,11 +115,11 @@ def test_batch_norm_statistics_are_global_under_8_devices_and_equal_one_device(t
     assert not np.allclose(got, per_device, rtol=1e-2)
 
 
-def test_a_crashed_run_resumes_from_its_checkpoint_bit_identically(tmp_path, monkeypatch):
+def test_a_crashed_run_resumes_from_its_checkpoint_bit_identically(bn_run, tmp_path, monkeypatch):
     """Crash at step 10 (the data source raises): the relaunch restores step 8's checkpoint --
     parameters, optimizer state and the batch-norm running averages -- and ends bit for bit where an
     uninterrupted run ends."""
-    train(BN, tmp_path / "ref", devices=one_device())
+    ref_dir = bn_run[0]
 
     real = loop.make_source
 
@@ -126,10 +141,11 @@ def test_a_crashed_run_resumes_from_its_checkpoint_bit_identically(tmp_path, mon
     assert RunDir(tmp_path / "cut").summary() is None
     monkeypatch.setattr(loop, "make_source", real)
     again = train(BN, tmp_path / "cut", devices=one_device())
-    ref, cut = _checkpoint(tmp_path / "ref", 12), _checkpoint(tmp_path / "cut", 12)
+    assert RunDir(tmp_path / "cut").metrics()[-1]["step"] == 12
+    ref, cut = _checkpoint(ref_dir, 12), _checkpoint(tmp_path / "cut", 12)
     jax.tree.map(np.testing.assert_array_equal, cut, ref)
-    assert [r["train_loss"] for r in RunDir(tmp_path / "cut").metrics()] == [r["train_loss"] for r in RunDir(tmp_path / "ref").metrics()]
-    assert again["eval_loss"] == RunDir(tmp_path / "ref").summary()["eval_loss"]
+    assert [r["train_loss"] for r in RunDir(tmp_path / "cut").metrics()] == [r["train_loss"] for r in RunDir(ref_dir).metrics()]
+    assert again["eval_loss"] == RunDir(ref_dir).summary()["eval_loss"]
 
 
 def test_a_vit_pack_of_two_trains_each_run_as_alone(tmp_path):
