@@ -71,6 +71,9 @@ def test_a_classifier_run_records_images_error_and_the_bayes_floor_and_the_fitte
 
     ds = load_run_store(workdir.parent)
     assert ds.points["D"].tolist() == [12 * 16] and "training images" in ds.conventions["D"]
+    assert ds.points["loss"].tolist() == [s["eval_loss"]] and ds.entropy_floor == s["entropy_floor"]
+    err = load_run_store(workdir.parent, metric="error")  # `scaling fit --metric error`: the top-1 error and its floor
+    assert err.points["loss"].tolist() == [s["eval_error"]] and err.entropy_floor == s["bayes_error"]
 
 
 def test_eval_scores_the_running_averages_and_equals_a_direct_pass(bn_run):
@@ -205,3 +208,26 @@ def test_batch_norm_parameters_and_convolutions_carry_logical_names():
     assert params["block_1"]["conv1"].names == (None, None, "embed", "mlp")
     assert params["block_0"]["norm1"]["BatchNorm_0"]["scale"].names == ("norm",)
     assert not isinstance(boxed["batch_stats"]["block_0"]["norm1"]["BatchNorm_0"]["mean"], nn.Partitioned)  # replicated
+
+
+@pytest.mark.parametrize("name", ["vision_quickstart", "cifar_gpu"])
+def test_the_vision_experiments_expand_to_valid_runs_that_spend_their_budgets(name):
+    """Checked by expansion (no data, no training): every planned run validates, counts D in images,
+    and images x lib.flops' per-image FLOPs is its budget within 2%; each budget has 5 sizes."""
+    from experiments.cli import load_experiment
+    from lib import flops
+
+    sweep = load_experiment(name).sweep()
+    plan = sweep.plan()
+    assert len(plan.runs) == 5 * len(sweep.budgets)
+    for r in plan.runs:
+        cfg = r.cfg
+        cfg.validate(device_count=1)
+        assert cfg.model.family == "resnet" and cfg.model.vocab_size == 10 and cfg.model.image_size == cfg.data.image_size
+        images = cfg.train.steps * cfg.data.global_batch
+        assert r.tokens == images  # the plan's D: images (one per row)
+        realised = images * flops.flops_per_token(cfg.model, 1, "chinchilla")
+        assert abs(realised / cfg.budget - 1) <= 0.02, (r.run_id, realised, cfg.budget)
+    if name == "cifar_gpu":
+        assert {r.cfg.model.compute_dtype for r in plan.runs} == {"bfloat16"}
+        assert {(r.cfg.data.source, r.cfg.data.dataset) for r in plan.runs} == {("hf_images", "uoft-cs/cifar10")}

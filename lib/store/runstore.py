@@ -253,6 +253,8 @@ def load_runs(root):
                 "path": os.fspath(run.path),
                 "eval_loss": summary.get("eval_loss"),
                 "train_loss": summary.get("train_loss"),
+                "eval_error": summary.get("eval_error"),  # image classifiers: top-1 error (and its Bayes floor)
+                "bayes_error": summary.get("bayes_error"),
                 "N_total": params.get("total"),
                 "N_embedding": params.get("embedding"),
                 "N_non_embedding": params.get("non_embedding"),
@@ -271,12 +273,12 @@ def load_runs(root):
             }
         )
     columns = [
-        "run_id", "state", "reason", "path", "eval_loss", "train_loss", "N_total", "N_embedding",
+        "run_id", "state", "reason", "path", "eval_loss", "train_loss", "eval_error", "bayes_error", "N_total", "N_embedding",
         "N_non_embedding", "N_active", "D", "units", "C", "flops_convention", "entropy_floor", "entropy_rate", "sweep", "budget", "family",
         "trunk", "role",
     ]
     df = pd.DataFrame(rows, columns=columns)
-    numeric = ["eval_loss", "train_loss", "N_total", "N_embedding", "N_non_embedding", "N_active", "D", "C", "entropy_floor", "entropy_rate", "budget"]
+    numeric = ["eval_loss", "train_loss", "eval_error", "bayes_error", "N_total", "N_embedding", "N_non_embedding", "N_active", "D", "C", "entropy_floor", "entropy_rate", "budget"]
     df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
     return df
 
