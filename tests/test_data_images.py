@@ -5,6 +5,7 @@ sampled images, the predictor recovering each image's mode by brute-force matchi
 prototype under every np.roll shift (its own low-pass filter by FFT), not through the generator.
 """
 
+import json
 import math
 import os
 
@@ -65,20 +66,26 @@ def test_synthetic_floor_and_bayes_error_match_a_monte_carlo_of_the_bayes_predic
     assert src.bayes_error == pytest.approx(eps * (K - 1) / K)
 
 
-def test_default_synthetic_images_are_unit_scale_with_off_band_noise_of_the_stated_std():
-    src = SyntheticImages(_cfg(global_batch=512))
+@pytest.mark.parametrize("size, channels, band", [(16, 3, 3), (9, 1, 2)])  # the defaults; odd sizes have no Nyquist column
+def test_synthetic_images_are_unit_scale_with_off_band_noise_of_the_stated_std(size, channels, band):
+    src = SyntheticImages(_cfg(global_batch=512, image_size=size, image_channels=channels, synth_img_band=band))
     b = src.batch(0)
     img = b["image"].astype(np.float64)
-    assert img.shape == (512, 16, 16, 3) and b["label"].shape == (512,) and b["label"].dtype == np.int32
+    assert img.shape == (512, size, size, channels) and b["label"].shape == (512,) and b["label"].dtype == np.int32
     assert abs(img.mean()) < 0.02 and abs(img.std() - 1) < 0.02
     # Undo the scale and the per-image latents: what is left outside the band and the mean is the noise.
     s = src.sample(0, np.arange(512))
     raw = img / src._scale
     clean = s["contrast"][:, None, None, None] * np.stack([np.roll(p, tuple(sh), axis=(0, 1)) for p, sh in zip(src.prototypes(s["rank"]), s["shift"])])
     noise = raw - clean - s["brightness"][:, None, None, :]
-    assert np.abs(_band_part(noise, 3)).max() < 1e-4 and np.abs(noise.mean(axis=(1, 2))).max() < 1e-4
+    assert np.abs(_band_part(noise, band)).max() < 1e-4 and np.abs(noise.mean(axis=(1, 2))).max() < 1e-4
     assert noise.std() == pytest.approx(0.5, rel=0.02)
-    assert np.abs(_band_part(raw, 3) - clean).max() < 1e-4
+    assert np.abs(_band_part(raw, band) - clean).max() < 1e-4
+    # White off the band: the noise's power is flat over the frequencies it holds.
+    power = (np.abs(np.fft.fft2(noise, axes=(1, 2))) ** 2).mean(axis=(0, 3))
+    held = power > 1e-6 * power.max()
+    assert held.sum() == size * size - (2 * band + 1) ** 2
+    assert power[held].std() / power[held].mean() < 0.1
 
 
 def test_mode_law_matches_its_sampler_and_its_tail_is_one_power_law():
@@ -110,7 +117,7 @@ def test_synthetic_batches_are_pure_split_across_processes_and_eval_is_independe
     np.testing.assert_array_equal(big.eval_rows(10, 8)["image"], a.eval_rows(0, 32)["image"][10:18])
     assert not np.array_equal(SyntheticImages(_cfg(global_batch=32, seed=1)).batch(5)["image"], a.batch(5)["image"])
     assert a.epoch(100) is None and a.kind == "images" and a.vocab_size == a.num_classes == 10
-    d = a.describe()
+    d = json.loads(json.dumps(a.describe()))  # goes into the run summary as JSON
     assert d["entropy_floor"] == a.entropy_floor and d["bayes_error"] == a.bayes_error and d["image_shape"] == [16, 16, 3]
     gray = SyntheticImages(_cfg(image_channels=1, image_size=12, synth_img_band=5))
     assert gray.batch(0)["image"].shape == (32, 12, 12, 1) and gray.image_shape == (12, 12, 1)
@@ -211,7 +218,7 @@ def test_imagefolder_is_decoded_once_into_a_store_of_its_exact_pixels(folder_sto
     tmp, made, src = folder_store
     assert src.kind == "images" and src.num_classes == src.vocab_size == 3 and src.image_shape == (20, 20, 3)
     assert src.entropy_floor is None and src.bayes_error is None
-    d = src.describe()
+    d = json.loads(json.dumps(src.describe()))
     assert d["class_names"] == list(CLASSES) and d["store_key"] == src.store.key and d["train_images"] + d["eval_images"] == 24
     train_x, train_y = src._train
     eval_x, eval_y = src._eval
