@@ -309,3 +309,12 @@ def test_grayscale_data_for_an_rgb_model_empty_folders_and_bad_labels_are_named_
     assert ok.num_classes == 5 and ok.describe()["class_names"] is None
     with pytest.raises(ConfigError, match=r"data\.label_field: label -1 of image 2 .* outside 0 or more"):
         make_source(_hf_cfg(tmp_path / "bad.parquet", **cfg), data_root=tmp_path / "s")
+
+
+def test_an_imagefolder_with_train_and_test_folders_holds_out_its_test_split(tmp_path):
+    train = _write_folder(tmp_path / "pics" / "train", per_class=3, seed=1)
+    test = _write_folder(tmp_path / "pics" / "test", per_class=2, seed=2)
+    src = make_source(_hf_cfg(tmp_path / "pics", eval_split="test", global_batch=2), data_root=tmp_path / "s")
+    assert sorted(x.tobytes() for x in src._train[0]) == sorted(train) and sorted(x.tobytes() for x in src._eval[0]) == sorted(test)
+    assert [test[x.tobytes()] for x in src._eval[0]] == list(src._eval[1])
+    assert src.describe()["held_out"] == "split test"

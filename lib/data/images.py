@@ -30,6 +30,8 @@ Why this shape:
   local exponent stays at -a for every r from 10^2 to 10^9 (within 1%); a mode of
   probability p needs ~1/p images before it can be learnt. Memorising a mode means storing its
   texture (2 F (F + 1) complex coefficients per channel) in a shift-invariant way: capacity.
+- `data.augment` applies to training batches here too (lib/data/augment.py); the floor is that of
+  the un-augmented distribution, which is what eval_rows() serves.
 - Generation is cheap: the prototype's band coefficients (144 normals for F=3, RGB) and the pixel
   noise come from counter-based hashes, the noise drawn directly in the Fourier domain, then one irfft2
   per batch, all row by row (bit-identical rows whatever the batch or host count).
