@@ -30,9 +30,11 @@ Why this shape:
   local exponent stays at -a for every r from 10^2 to 10^9 (within 1%); a mode of
   probability p needs ~1/p images before it can be learnt. Memorising a mode means storing its
   texture (2 F (F + 1) complex coefficients per channel) in a shift-invariant way: capacity.
+- `data.augment` applies to training batches here too (lib/data/augment.py); the floor is that of
+  the un-augmented distribution, which is what eval_rows() serves.
 - Generation is cheap: the prototype's band coefficients (144 normals for F=3, RGB) and the pixel
-  noise come from counter-based hashes, one rfft2 + one irfft2 per batch, all row by row (bit-identical
-  rows whatever the batch or host count).
+  noise come from counter-based hashes, the noise drawn directly in the Fourier domain, then one irfft2
+  per batch, all row by row (bit-identical rows whatever the batch or host count).
 """
 
 from __future__ import annotations
@@ -164,12 +166,9 @@ class SyntheticImages:
         # Shift as a phase: rolling by (dy, dx) multiplies bin (ky, kx) by exp(-2 pi i (ky dy / H + kx dx / W)).
         phase = np.exp(-2j * np.pi * (np.outer(dy, self._band_ky) / H + np.outer(dx, self._band_kx) / W)).astype(np.complex64)
         spectrum = self._scatter(self._coefficients(ranks), contrast.astype(np.float32)[:, None, None] * phase[:, None, :])
-        white = _normals(_hash(h, np.uint64(_NOISE)), C * H * W).reshape(n, C, H, W) * np.float32(self._noise_std)
-        # Off the band and the mean. (FFTs, not a projection matmul: numpy transforms each row alone, so
-        # a row's pixels are bit-identical however many rows are built together; BLAS blocking is not.)
-        noise = np.fft.rfft2(white)
-        noise[:, :, self._band_ky, self._band_kx] = 0
-        noise[:, :, 0, 0] = 0
+        noise = self._white_spectrum(_hash(h, np.uint64(_NOISE)))
+        noise[:, :, self._band_ky, self._band_kx] = 0  # off the band
+        noise[:, :, 0, 0] = 0  # and the mean
         image = self._to_pixels(spectrum + noise, bright.astype(np.float32)) * np.float32(self._scale)
         classes = self.mode_classes(ranks)
         flip = _uniform(_hash(h, np.uint64(_FLIP_LABEL))) < eps
@@ -198,6 +197,27 @@ class SyntheticImages:
         H, W, _ = self.image_shape
         mean_sq = 2 * (np.abs(coef) ** 2).sum(axis=(1, 2)) / (H * W) ** 2 / C
         return (coef / np.sqrt(mean_sq)[:, None, None]).astype(np.complex64)
+
+    def _white_spectrum(self, key: np.ndarray) -> np.ndarray:
+        """rfft2 [n, C, H, W//2+1] of white noise with std s0 per pixel, drawn in the Fourier domain.
+
+        The columns 0 < kx < W/2 of a real field's rfft2 are independent complex Gaussians with
+        E|X|^2 = HW s0^2; column kx = 0 (and W/2 for even W) is the length-H DFT of the field's row
+        sums (alternating sums), real white noise of variance W s0^2. So H*W normals, as in pixel
+        space, but only short column FFTs: cheaper than rfft2 of a pixel-space draw. Each row is
+        transformed alone, so its pixels are bit-identical however many rows are built together."""
+        H, W, C = self.image_shape
+        n, m = len(key), W // 2 + 1
+        special = [0] + ([W // 2] if W % 2 == 0 else [])  # the self-conjugate columns
+        inner = m - len(special)
+        z = _normals(key, C * H * W)
+        s0 = np.float32(self._noise_std)
+        pairs = z[:, : 2 * C * H * inner].reshape(n, C, H, inner, 2) * (s0 * np.float32(math.sqrt(H * W / 2)))
+        columns = z[:, 2 * C * H * inner:].reshape(n, C, len(special), H) * (s0 * np.float32(math.sqrt(W)))
+        out = np.empty((n, C, H, m), np.complex64)
+        out[..., 1 : 1 + inner] = pairs[..., 0] + 1j * pairs[..., 1]
+        out[..., special] = np.fft.fft(columns, axis=-1).transpose(0, 1, 3, 2)
+        return out
 
     def _scatter(self, coef: np.ndarray, factor: np.ndarray) -> np.ndarray:
         """rfft2-layout spectra [n, C, H, W//2+1] with the band set to coef (and mirrors) times factor [n, 1|C, band bins]."""
