@@ -526,12 +526,13 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
             f"global batch {per_step} is not divisible by data-parallel size (data*fsdp*expert = {dp}) x grad_accum "
             f"({t.grad_accum}); use a multiple of {dp * t.grad_accum}",
         )
-        units = units_per_row(cfg)
+        units = units_per_row(cfg)  # classify: eval_tokens counts images, one a row
+        per_row = f"seq_len {d.seq_len}" if task_kind(cfg) == "lm" else "1 image per row"
         rows = eval_rows(t.eval_tokens, units)
         _require(
             rows % dp == 0,
             "train.eval_tokens",
-            f"the eval set of {rows} rows (eval_tokens {t.eval_tokens} / {units} {unit_name(cfg)} per row, rounded up) is not "
+            f"the eval set of {rows} rows (eval_tokens {t.eval_tokens} / {per_row}, rounded up) is not "
             f"divisible by the data-parallel size (data*fsdp*expert = {dp}); use a multiple of {dp * units} {unit_name(cfg)}",
         )
 
