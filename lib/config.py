@@ -436,7 +436,6 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
         )
 
     _one_of(d.source, DATA_SOURCES, "data.source")
-    _validate_task(cfg)
     _require(d.seq_len > 0, "data.seq_len", f"sequence length must be positive, got {d.seq_len}")
     _require(d.global_batch > 0, "data.global_batch", "must be positive")
     if d.source == "synthetic":
@@ -460,6 +459,7 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
     else:
         _validate_images(d)
     _require(0.0 < d.holdout_fraction < 1.0, "data.holdout_fraction", "must be in (0, 1)")
+    _validate_task(cfg)  # after the data's own fields: a bad data field is named before the family/data pairing
 
     _require(t.steps > 0, "train.steps", f"step count must be positive, got {t.steps}")
     _require(t.grad_accum > 0, "train.grad_accum", "must be positive")

@@ -175,7 +175,7 @@ def test_image_fields_are_hashed_only_when_set():
     # Hashes of configs recorded before the image fields existed (computed on the commit before them).
     assert RunConfig().content_hash() == "8301c6"
     assert RunConfig().with_overrides({"data.source": "hf", "data.dataset": "text"}).content_hash() == "4b286a"
-    base = RunConfig().with_overrides({"data.source": "synthetic_images"})
+    base = RunConfig().with_overrides({"data.source": "synthetic_images", "model.family": "resnet"})  # an image model: validate() pairs them
     assert base.with_overrides({"data.augment": "flip"}).content_hash() != base.content_hash()
     assert base.with_overrides({"data.synth_img_label_noise": 0.2}).content_hash() != base.content_hash()
     src = make_source(base.validate().data)
