@@ -231,3 +231,44 @@ def test_the_vision_experiments_expand_to_valid_runs_that_spend_their_budgets(na
     if name == "cifar_gpu":
         assert {r.cfg.model.compute_dtype for r in plan.runs} == {"bfloat16"}
         assert {(r.cfg.data.source, r.cfg.data.dataset) for r in plan.runs} == {("hf_images", "uoft-cs/cifar10")}
+
+
+@pytest.mark.parametrize("family, extra", [
+    ("vit", {"model.d_model": 16, "model.n_heads": 2, "model.n_layers": 1, "model.pool": "cls"}),
+    ("resnet", {}),
+])
+def test_fsdp_and_tensor_sharding_on_8_devices_equals_one_device(family, extra):
+    """Two train steps with parameters split over fsdp (4) and tensor (2) by their logical names, the
+    batch over fsdp: the losses, metrics and the updated state (batch_stats included) equal one device's."""
+    from lib.parallel import sharding
+    from lib.train.step import build_steps
+
+    def two_steps(cfg, devices):
+        cfg = resolve_model_input(cfg.with_overrides({"model.vocab_size": 10}))
+        mesh = sharding.make_mesh(cfg.mesh, devices)
+        source = make_source(cfg.data)
+        with sharding.activate(mesh):
+            steps = build_steps(cfg, mesh)
+            state, out = steps.init(jax.random.key(0)), []
+            for i in range(2):
+                state, metrics = steps.train_step(state, sharding.global_batch(source.batch(i), mesh), steps.horizon)
+                out.append(jax.device_get(metrics))
+            return out, jax.device_get(state), jax.tree.map(lambda x: x.sharding.spec, state.params)
+
+    cfg = BN.with_overrides({"model.family": family, **extra})
+    one, one_state, _ = two_steps(cfg, one_device())
+    many, many_state, specs = two_steps(cfg.with_overrides({"mesh.preset": "fsdp_tp"}), jax.devices()[:8])
+    split = {str(s) for s in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))}
+    assert any("fsdp" in s for s in split) and any("tensor" in s for s in split), split  # really sharded
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), one, many)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), one_state, many_state)
+
+
+def test_bfloat16_image_models_keep_float32_parameters_statistics_and_logits():
+    for family in ("resnet", "vit"):
+        cfg = resolve_model_input(BN.with_overrides({"model.family": family, "model.vocab_size": 10, "model.compute_dtype": "bfloat16",
+                                                     "model.d_model": 16, "model.n_heads": 2})).model
+        model = models.make_model(cfg)
+        variables = jax.eval_shape(model.init, jax.random.key(0), models.dummy_input(cfg, 0))
+        logits = jax.eval_shape(lambda v, x: model.apply(nn.unbox(v), x), variables, jnp.zeros((2, 8, 8, 3)))
+        assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nn.unbox(variables))) and logits.dtype == jnp.float32
