@@ -416,7 +416,9 @@ def _summary(r: _Run, device_kind: str, n_devices: int, init_s: float, train_s: 
         unit: units,
         "flops": {"value": units * flops_per_unit, "convention": t.flops_convention},
         f"flops_per_{unit[:-1]}": flops_per_unit,
-        "flops_all_conventions": {c: units * flops_lib.flops_per_token(cfg.model, per_row, c) for c in flops_lib.CONVENTIONS},
+        # classify: chinchilla only (6N and Kaplan count a weight once per image, not once per position)
+        "flops_all_conventions": {c: units * flops_lib.flops_per_token(cfg.model, per_row, c) for c in flops_lib.CONVENTIONS
+                                  if not classify or c == "chinchilla"},
         # lm: best mean loss over a row of seq_len tokens; classify: the Bayes cross-entropy (nats/image)
         "entropy_floor": getattr(source, "entropy_floor", None),
         "entropy_rate": getattr(source, "entropy_rate", None),  # the source's rate (long windows), when known
