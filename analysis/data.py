@@ -23,6 +23,7 @@ from analysis.errors import AnalysisError, FitWarning
 COLUMNS = ("N", "D", "C", "loss", "run", "budget", "N_alt")
 C_AGREEMENT = 10.0  # a given C more than this factor away from 6ND is named in a warning
 _SHOW = 10  # bad rows listed by name before "and k more"
+METRICS = ("loss", "error")  # what a run store's points fit: eval loss, or an image classifier's top-1 eval error
 PARAMS_CHOICES = ("total", "non_embedding", "active")  # which N a run store gives (summary.json params.<choice>)
 CHECK_SUFFIX = "-check"  # a run whose sweep is named "<sweep>-check" tests a fit (scaling verify): never fitted
 
@@ -180,7 +181,7 @@ def _sweep_names(rs, runs) -> list:
     return names
 
 
-def load_run_store(root, params: str = "total") -> Dataset:
+def load_run_store(root, params: str = "total", metric: str = "loss") -> Dataset:
     """Every finished run under `root` (lib.store.runstore layout); others are listed and left out.
 
     N is the run's total, non-embedding or active parameter count (`params`; active: what one token
@@ -189,6 +190,8 @@ def load_run_store(root, params: str = "total") -> Dataset:
     """
     if params not in PARAMS_CHOICES:
         raise AnalysisError(f"--params must be one of {', '.join(PARAMS_CHOICES)}, not {params!r}")
+    if metric not in METRICS:
+        raise AnalysisError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise AnalysisError(f"run root {root} is not a directory")
@@ -219,8 +222,10 @@ def load_run_store(root, params: str = "total") -> Dataset:
         raise AnalysisError(f"none of the runs under {root} has finished (state 'done'); nothing to fit")
     n_col = f"N_{params}"
     alt_col = "N_non_embedding" if params == "total" else "N_total"
-    loss = runs["eval_loss"].astype(float)
-    use_train = loss.isna() & runs["train_loss"].notna()
+    loss = runs["eval_loss" if metric == "loss" else "eval_error"].astype(float)
+    if metric == "error" and loss.isna().all():
+        raise AnalysisError(f"--metric error: no run under {root} records an eval_error (only image classifiers do)")
+    use_train = loss.isna() & runs["train_loss"].notna() & (metric == "loss")
     if use_train.any():
         notes.append(_warn(f"{int(use_train.sum())} runs have no eval loss; their final train loss is used: {', '.join(runs.run_id[use_train][:_SHOW])}"))
         loss = loss.where(~use_train, runs["train_loss"].astype(float))
@@ -236,20 +241,26 @@ def load_run_store(root, params: str = "total") -> Dataset:
         }
     )
     frame, dropped = _drop_bad(frame, ["N", "D", "C", "loss"], lambda i: f"run {frame['run'][i]}")
+    units = sorted({str(u) for u in runs["units"].dropna()}) if "units" in runs else ["tokens"]
+    if len(units) > 1:  # an LM's tokens and a classifier's images are no common axis
+        raise AnalysisError(f"the runs under {root} count D in different units ({', '.join(units)}: language models and "
+                            "image classifiers); fit each task's runs from their own root")
     conv = sorted({str(c) for c in runs["flops_convention"].dropna()})
     if len(conv) > 1:
         notes.append(_warn(f"runs record C in different FLOP conventions ({', '.join(conv)}); their C values are not comparable"))
     conventions = {
         "N": f"{params.replace('_', '-')} parameters (summary.json params.{params}"
              + ("; per token: a moe model's routed experts and router, not all its experts" if params == "active" else "") + ")",
-        "D": "training tokens (summary.json tokens)",
+        "D": f"training {units[0] if units else 'tokens'} (summary.json {units[0] if units else 'tokens'})",
         "C": f"recorded training FLOPs, convention {', '.join(conv) or 'unknown'} (summary.json flops)",
-        "loss": "final eval loss (summary.json eval_loss)",
+        "loss": "final eval loss (summary.json eval_loss)" if metric == "loss" else "final top-1 eval error (summary.json eval_error)",
     }
-    floors = runs.loc[runs["run_id"].isin(frame["run"]), "entropy_floor"].dropna().astype(float).unique()
+    floor_col = "entropy_floor" if metric == "loss" else "bayes_error"  # the fitted quantity's floor
+    floors = runs.loc[runs["run_id"].isin(frame["run"]), floor_col].dropna().astype(float).unique()
     if len(floors) > 1:
         notes.append(_warn(f"runs record different entropy floors ({', '.join(f'{f:.4g}' for f in floors)}); none is reported"))
-    source = {"kind": "runs", "path": os.path.abspath(root), "params": params, "runs": int(len(done))}
+    source = {"kind": "runs", "path": os.path.abspath(root), "params": params, "runs": int(len(done)), **({"metric": metric} if metric != "loss" else {}),
+              **({"units": units[0]} if units and units[0] != "tokens" else {})}
     if "trunk" in runs:
         branch = runs["trunk"].notna() & runs["run_id"].isin(frame["run"])
         if branch.any():  # cooldown branches of WSD trunks: end-of-run points like any run, flops = trunk prefix + branch
@@ -268,11 +279,11 @@ def load_run_store(root, params: str = "total") -> Dataset:
     )
 
 
-def load(source, params: str = "total") -> Dataset:
+def load(source, params: str = "total", metric: str = "loss") -> Dataset:
     """A CSV file or a run-store folder."""
     source = os.fspath(source)
     if os.path.isdir(source):
-        return load_run_store(source, params=params)
+        return load_run_store(source, params=params, metric=metric)
     if os.path.isfile(source):
         return load_csv(source)
     raise AnalysisError(f"{source} is neither a CSV file nor a run-store folder")

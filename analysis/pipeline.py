@@ -37,6 +37,7 @@ class FitOptions:
     min_tokens_per_param: float | None = None
     exclude_top_loss: int = 0
     params: str = "total"  # total | non_embedding | active (run stores; analysis.data.PARAMS_CHOICES)
+    metric: str = "loss"  # loss | error (run stores of image classifiers: top-1 eval error; analysis.data.METRICS)
     holdout_largest: int = 0  # refit without the K largest budgets and predict them
     ci_level: float = 0.95
     n_starts: int | None = None  # None: the law's whole grid; k: a seeded subset of k starts

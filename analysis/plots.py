@@ -22,6 +22,18 @@ from analysis.laws import get_law
 COLORS = {"approach1": "#1b9e77", "approach2": "#d95f02", "approach3": "#7570b3"}
 LABELS = {"approach1": "Approach 1 (envelope)", "approach2": "Approach 2 (IsoFLOP)", "approach3": "Approach 3 (parametric)"}
 LOSS_LABEL = "Final loss (nats/token)"
+
+
+def _units(record) -> str:
+    """D's units: "tokens", or "images" for an image classifier's runs (record source "units")."""
+    return record.get("source", {}).get("units", "tokens")
+
+
+def _loss_label(record) -> str:
+    """What the y axis holds: loss per unit of D, or the top-1 error (`scaling fit --metric error`)."""
+    if record.get("source", {}).get("metric") == "error":
+        return "Final top-1 error"
+    return f"Final loss (nats/{_units(record)[:-1]})"
 C_LABEL = "Training compute C (FLOPs)"
 
 
@@ -110,7 +122,7 @@ def isoflop(record, points, out_dir) -> list[str]:
     ax.scatter([], [], marker="*", s=160, color="white", edgecolor="black", label="local parabola's minimum")
     ax.set_xscale("log")
     ax.set_xlabel("Parameters N")
-    ax.set_ylabel(LOSS_LABEL)
+    ax.set_ylabel(_loss_label(record))
     ax.set_title("IsoFLOP profiles (Approach 2)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, title="budget (FLOPs)", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncols=2 if len(values) > 12 else 1)
@@ -144,7 +156,7 @@ def loss_vs_compute(record, points, out_dir) -> list[str]:
     ax.axvspan(points["C"].min(), points["C"].max(), color="grey", alpha=0.08, label="range of the data")
     ax.set_xscale("log")
     ax.set_xlabel(C_LABEL)
-    ax.set_ylabel(LOSS_LABEL)
+    ax.set_ylabel(_loss_label(record))
     ax.set_title("Loss vs compute")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=9)
@@ -156,7 +168,7 @@ def frontier(record, points, out_dir) -> list[str]:
     fits = {k: v for k, v in record["fits"].items() if "grid" in v}
     fig, axes = new_figure(ncols=2, width=6.0)
     level = record["options"]["ci_level"]
-    for ax, key, ylabel in zip(axes, ("N_opt", "D_opt"), ("Compute-optimal parameters N_opt", "Compute-optimal tokens D_opt")):
+    for ax, key, ylabel in zip(axes, ("N_opt", "D_opt"), ("Compute-optimal parameters N_opt", f"Compute-optimal {_units(record)} D_opt")):
         for name, e in fits.items():
             g = e["grid"]
             c, (v, lo, hi) = np.asarray(g["C"]), (np.asarray(x, float) for x in g[key])
@@ -175,7 +187,7 @@ def frontier(record, points, out_dir) -> list[str]:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(C_LABEL)
-        ax.set_ylabel(ylabel + (" (params)" if key == "N_opt" else " (tokens)"))
+        ax.set_ylabel(ylabel + (" (params)" if key == "N_opt" else f" ({_units(record)})"))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Compute-optimal frontier")
@@ -201,8 +213,8 @@ def fitted_vs_observed(record, points, out_dir) -> list[str]:
         hc, hobs, hpred = (np.array([p[k] for p in ho["points"]]) for k in ("C", "observed", "predicted"))
         ax.scatter(hobs, hpred, marker="x", s=50, color="red", label=f"held out (fit without the {ho['k']} largest C)")
         ax2.scatter(hc, np.log(hobs) - np.log(hpred), marker="x", s=50, color="red", label="held out")
-    ax.set_xlabel("Observed " + LOSS_LABEL.lower())
-    ax.set_ylabel("Fitted " + LOSS_LABEL.lower())
+    ax.set_xlabel("Observed " + _loss_label(record).lower())
+    ax.set_ylabel("Fitted " + _loss_label(record).lower())
     ax.set_title(f"Fitted vs observed: {law.formula}", fontsize=10)
     ax2.axhline(0, color="black", lw=1)
     ax2.set_xscale("log")
@@ -227,8 +239,8 @@ def one_variable_law(record, points, out_dir) -> list[str]:
     ax.plot(grid, law.predict(p, **{x: grid}), color=COLORS["approach3"], lw=2, label=f"E + A·{x}^-α, α = {p['alpha']:.3f}, E = {p['E']:.3f}")
     ax.axhline(p["E"], color="grey", ls=":", label="E (irreducible loss)")
     ax.set_xscale("log")
-    ax.set_xlabel({"N": "Parameters N", "D": "Training tokens D", "C": C_LABEL}[x])
-    ax.set_ylabel(LOSS_LABEL)
+    ax.set_xlabel({"N": "Parameters N", "D": f"Training {_units(record)} D", "C": C_LABEL}[x])
+    ax.set_ylabel(_loss_label(record))
     ax.set_title(f"Power law in {x}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=9)

@@ -70,7 +70,7 @@ def json_safe(x):
 
 def prepare(data, options: FitOptions) -> Dataset:
     """Load (unless already a Dataset) and filter the data as the options say."""
-    ds = data if isinstance(data, Dataset) else load(data, params=options.params)
+    ds = data if isinstance(data, Dataset) else load(data, params=options.params, metric=options.metric)
     return apply_filters(ds, options.min_tokens_per_param, options.exclude_top_loss)
 
 
@@ -149,11 +149,13 @@ def _extrap(factor: float) -> str:
 
 
 def data_range_line(record: dict) -> str:
-    r = record["data_range"]
+    r, src = record["data_range"], record.get("source", {})
+    units = src.get("units", "tokens")  # image classifiers: images (and the loss is per image)
+    what = "top-1 error" if src.get("metric") == "error" else f"nats/{units[:-1]}"
     return (
-        f"N {_fmt(r['N'][0])}..{_fmt(r['N'][1])} params, D {_fmt(r['D'][0])}..{_fmt(r['D'][1])} tokens, "
+        f"N {_fmt(r['N'][0])}..{_fmt(r['N'][1])} params, D {_fmt(r['D'][0])}..{_fmt(r['D'][1])} {units}, "
         f"C {_fmt(r['C'][0])}..{_fmt(r['C'][1])} FLOPs in {record['n_budgets']} budget(s), "
-        f"loss {r['loss'][0]:.4f}..{r['loss'][1]:.4f} nats/token ({record['n_points']} points)"
+        f"loss {r['loss'][0]:.4f}..{r['loss'][1]:.4f} {what} ({record['n_points']} points)"
     )
 
 

@@ -37,6 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--exclude-top-loss", type=int, default=0, metavar="K", help="drop the K highest-loss points")
     p.add_argument("--params", choices=["total", "non_embedding", "active"], default="total",
                    help="which N a run store gives (default total; active: per token, differs from total for moe runs; the report says which)")
+    p.add_argument("--metric", choices=["loss", "error"], default="loss",
+                   help="what to fit from a run store: eval loss (default), or an image classifier's top-1 eval error (floor: bayes_error)")
     p.add_argument("--holdout-largest", type=int, default=0, metavar="K",
                    help="also fit without the K largest budgets and report the error predicting them")
     p.add_argument("--at", type=float, action="append", default=[], metavar="C",
@@ -77,6 +79,7 @@ def cmd_fit(args) -> int:
         "min_tokens_per_param": args.min_tokens_per_param,
         "exclude_top_loss": args.exclude_top_loss,
         "params": args.params,
+        "metric": args.metric,
         "holdout_largest": args.holdout_largest,
         "n_starts": args.n_starts,
         "at": tuple(args.at),

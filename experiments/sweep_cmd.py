@@ -23,7 +23,7 @@ from typing import Any
 from experiments.cli import add_distributed_args, add_set_arg, load_experiment
 from lib.config import ConfigError, parse_set_args
 from lib.sweeps.executors import SweepReport, SweepStopped
-from lib.store.runstore import RunDir, load_runs, read_json, run_dirs, write_json_atomic
+from lib.store.runstore import RunDir, load_runs, read_json, run_dirs, summary_D, write_json_atomic
 from lib.store.storage import is_url
 from lib.sweeps.plans import Grid, Plan, Sweep
 
@@ -303,7 +303,7 @@ def status_rows(root) -> list[dict]:
             "step": f"{metrics[-1]['step'] if metrics else 0}/{config.get('train', {}).get('steps', '?')}",
             "eval_loss": summary.get("eval_loss") or next((m["eval_loss"] for m in reversed(metrics) if m.get("eval_loss") is not None), None),
             "N": params,
-            "D": summary.get("tokens"),
+            "D": summary_D(summary),
             "C": (summary.get("flops") or {}).get("value") or config.get("budget") or None,
             "reason": status.get("reason", ""),
             "_order": (config.get("budget") or 0.0, params or 0, run.path.name),

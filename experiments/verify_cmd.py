@@ -34,7 +34,7 @@ from experiments.cli import add_set_arg
 from experiments.sweep_cmd import MANIFESTS, TUNE_SUFFIX, SweepOptions, load_sweep, run_sweep
 from lib import flops as flops_lib
 from lib.config import ConfigError, parse_set_args
-from lib.store.runstore import RunDir, read_json
+from lib.store.runstore import RunDir, read_json, summary_D
 from lib.sweeps.executors import SweepStopped
 from lib.sweeps.plans import IsoFlop, Plan, Sweep, TokensPerParam
 
@@ -123,7 +123,7 @@ def _result(root, planned, params: str) -> dict:
         "state": "done" if done else ("diverged" if status.get("diverged") else state),
         "reason": "" if done else (status.get("reason") or f"state {state}"),
         "N": float((summary.get("params") or {}).get(params) or flops_lib.param_counts(planned.cfg.model)[params]),
-        "D": float(summary.get("tokens") or planned.tokens),
+        "D": float(summary_D(summary) or planned.tokens),
         "achieved": float(achieved) if done else None,
         "shape": _shape_tag(planned.cfg),
     }

@@ -13,7 +13,10 @@ import json
 import math
 from typing import Any, Mapping
 
-MODEL_FAMILIES = ("transformer", "lstm", "gru", "mlp", "cnn", "moe")  # lib/models/__init__.py registers each
+MODEL_FAMILIES = ("transformer", "lstm", "gru", "mlp", "cnn", "moe", "resnet", "vit")  # lib/models/__init__.py registers each
+IMAGE_FAMILIES = ("resnet", "vit")  # classifiers of images (lib/tasks/classify.py); the others are LMs over tokens
+NORMS = ("group", "batch")  # resnet normalisation
+POOLS = ("mean", "cls")  # vit: mean over patch tokens, or a class token
 ATTENTION_FAMILIES = ("transformer", "moe")  # the families n_heads / RoPE / tensor-parallel heads apply to
 MLP_KINDS = ("gelu", "swiglu")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -34,7 +37,10 @@ MESH_PRESETS = {
     "fsdp_ep": (1, 1, -1, 2, 1),  # experts 2 ways, the rest fsdp
 }
 FLOPS_CONVENTIONS = ("6N", "kaplan", "chinchilla")
-DATA_SOURCES = ("synthetic", "hf")
+DATA_SOURCES = ("synthetic", "hf", "synthetic_images", "hf_images")
+IMAGE_SOURCES = ("synthetic_images", "hf_images")  # batches are {"image", "label"} (lib/data/images.py, image_store.py)
+AUGMENTS = ("none", "flip", "crop", "crop_flip")  # training-time image augmentation (lib/data/augment.py)
+SYNTH_IMG_DEFAULT_CLASSES = 10
 
 
 class ConfigError(ValueError):
@@ -85,6 +91,30 @@ class ModelConfig:
     capacity_factor: float = 1.25
     moe_aux_weight: float = 0.01
     moe_z_weight: float = 0.001
+    # -- image classifiers (task "classify": data.source in IMAGE_SOURCES); vocab_size = number of classes --
+    # image_size / image_channels: the input geometry, 0 = from data.image_size / data.image_channels
+    # (resolve_model_input); the closed-form FLOPs per image need it.
+    image_size: int = 0
+    image_channels: int = 0
+    # resnet: pre-activation ResNet (He et al. 2016b). Stage i has widths[i] channels and depths[i]
+    # basic blocks; () = (d_model, 2 d_model, 4 d_model) and n_layers blocks per stage. Stages after
+    # the first halve the resolution. norm: group (GroupNorm, norm_groups groups) or batch (BatchNorm).
+    widths: tuple = ()
+    depths: tuple = ()
+    norm: str = "group"
+    norm_groups: int = 8
+    # vit: patch_size x patch_size patches, the transformer's Block (non-causal, no RoPE, learned
+    # position embeddings), pooled by the mean over patches or a class token.
+    patch_size: int = 4
+    pool: str = "mean"
+
+    @property
+    def stage_widths(self) -> tuple[int, ...]:
+        return tuple(self.widths) or (self.d_model, 2 * self.d_model, 4 * self.d_model)
+
+    @property
+    def stage_depths(self) -> tuple[int, ...]:
+        return tuple(self.depths) or (self.n_layers,) * len(self.stage_widths)
 
     @property
     def ffw_size(self) -> int:
@@ -118,6 +148,20 @@ class DataConfig:
     data_root: str = ""  # token store folder; "": <workdir>/../.data (never ~/.cache)
     streaming: bool = False
     max_tokens: int = 0  # 0: tokenize the whole split; else stop after this many training tokens
+    # images (synthetic_images, hf_images): square image_size x image_size x image_channels; seq_len unused
+    image_size: int = 16  # hf images are resized (shorter side) and center-cropped to it
+    image_channels: int = 3  # 1 (grayscale) or 3 (RGB); must match an hf dataset's images
+    num_classes: int = 0  # 0: synthetic -> 10, hf -> from the dataset's labels
+    image_field: str = "image"
+    label_field: str = "label"
+    augment: str = "none"  # training batches only: none | flip | crop | crop_flip
+    crop_pad: int = 2  # crop: pad by this many pixels (zeros = the mean pixel), random-crop back to image_size
+    # synthetic image classes (lib/data/images.py): Zipfian modes of band-limited textures, exact floor
+    synth_img_modes: int = 0  # modes (ranks 1..modes); 0: 2^62 - 1, effectively unbounded
+    synth_img_zipf: float = 1.3  # p_mode ~ rank^-zipf; the unmemorised tail mass falls as rank^-(zipf-1)
+    synth_img_band: int = 3  # prototypes hold spatial frequencies |ky|, |kx| <= band (pixel noise only above)
+    synth_img_noise: float = 0.5  # per-pixel std of the (out-of-band) Gaussian pixel noise; prototypes have RMS 1
+    synth_img_label_noise: float = 0.1  # probability a label is replaced by a uniform draw over the classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,7 +312,11 @@ class RunConfig:
 # default, so a run recorded before they existed keeps its id.
 _HASHED_UNLESS_DEFAULT = {"model": {"parametrization": "sp", "base_width": 0, "rnn_hidden": 0, "rnn_proj": 0, "context": 8,
                                      "kernel_size": 4, "dilation_cycle": 1, "n_experts": 8, "top_k": 2, "capacity_factor": 1.25,
-                                     "moe_aux_weight": 0.01, "moe_z_weight": 0.001},
+                                     "moe_aux_weight": 0.01, "moe_z_weight": 0.001, "image_size": 0, "image_channels": 0,
+                                     "widths": (), "depths": (), "norm": "group", "norm_groups": 8, "patch_size": 4, "pool": "mean"},
+                          "data": {"image_size": 16, "image_channels": 3, "num_classes": 0, "image_field": "image", "label_field": "label",
+                                   "augment": "none", "crop_pad": 2, "synth_img_modes": 0, "synth_img_zipf": 1.3, "synth_img_band": 3,
+                                   "synth_img_noise": 0.5, "synth_img_label_noise": 0.1},
                           "optimizer": {"wsd_decay_shape": "linear"},
                           "train": {"keep_steps": (), "trunk": "", "branch_start": 0}}
 _BOOKKEEPING_TRAIN_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "eval_every")
@@ -346,6 +394,25 @@ def _one_of(value: str, options, field: str) -> None:
     _require(value in options, field, f"unknown value '{value}'; choose one of {', '.join(options)}")
 
 
+def _validate_images(d: DataConfig) -> None:
+    _require(d.image_size >= 4, "data.image_size", f"must be at least 4 pixels, got {d.image_size}")
+    _require(d.image_channels in (1, 3), "data.image_channels", f"must be 1 (grayscale) or 3 (RGB), got {d.image_channels}")
+    _require(d.num_classes >= 0, "data.num_classes", f"must be >= 0 (0: the default / the dataset's), got {d.num_classes}")
+    _one_of(d.augment, AUGMENTS, "data.augment")
+    _require(0 <= d.crop_pad < d.image_size, "data.crop_pad", f"must be in 0..image_size-1 ({d.image_size - 1}), got {d.crop_pad}")
+    if d.source == "hf_images":
+        _require(bool(d.dataset), "data.dataset", "set a hub name (e.g. uoft-cs/cifar10) or imagefolder with data.data_files=<folder>")
+        return
+    _require(d.num_classes != 1, "data.num_classes", "a classification task needs at least 2 classes (0: 10)")
+    _require(d.synth_img_modes == 0 or d.synth_img_modes >= 2, "data.synth_img_modes", f"needs at least 2 modes (0: 2^62 - 1), got {d.synth_img_modes}")
+    _require(1.0 < d.synth_img_zipf <= 10.0 and math.isfinite(d.synth_img_zipf), "data.synth_img_zipf",
+             f"must be in (1, 10] so the mode law has a finite mean tail, got {d.synth_img_zipf}; e.g. 1.3")
+    _require(1 <= d.synth_img_band and 2 * d.synth_img_band < d.image_size, "data.synth_img_band",
+             f"must be in 1..{(d.image_size - 1) // 2} (below half the image size {d.image_size}), got {d.synth_img_band}")
+    _require(d.synth_img_noise >= 0 and math.isfinite(d.synth_img_noise), "data.synth_img_noise", f"must be >= 0, got {d.synth_img_noise}")
+    _require(0.0 <= d.synth_img_label_noise < 1.0, "data.synth_img_label_noise", f"must be in [0, 1), got {d.synth_img_label_noise}")
+
+
 def _validate(cfg: RunConfig, device_count: int | None) -> None:
     m, d, o, t, mesh = cfg.model, cfg.data, cfg.optimizer, cfg.train, cfg.mesh
     _one_of(m.family, MODEL_FAMILIES, "model.family")
@@ -399,10 +466,13 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
             f"got {d.synth_id_digits}; ranks of more than {limit} base-{(d.synth_vocab - 1) // 2} digits overflow int64: "
             f"use 1..{limit}, or 0 for {limit}",
         )
-    else:
+    elif d.source == "hf":
         _require(bool(d.dataset), "data.dataset", "set a hub name or a builder (text|json|parquet|csv), e.g. --set data.dataset=text")
         _require(d.max_tokens >= 0, "data.max_tokens", f"must be >= 0 (0: the whole split), got {d.max_tokens}")
+    else:
+        _validate_images(d)
     _require(0.0 < d.holdout_fraction < 1.0, "data.holdout_fraction", "must be in (0, 1)")
+    _validate_task(cfg)  # after the data's own fields: a bad data field is named before the family/data pairing
 
     _require(t.steps > 0, "train.steps", f"step count must be positive, got {t.steps}")
     _require(t.grad_accum > 0, "train.grad_accum", "must be positive")
@@ -451,7 +521,7 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
         )
         stage, data, fsdp, expert, tensor = resolve_axis_sizes(mesh, device_count)
         _require(
-            m.family not in ATTENTION_FAMILIES or m.n_heads % tensor == 0,
+            m.family not in ATTENTION_FAMILIES + ("vit",) or m.n_heads % tensor == 0,
             "mesh.tensor",
             f"n_heads={m.n_heads} is not divisible by the tensor-parallel size {tensor}; pick a tensor size dividing n_heads",
         )
@@ -472,12 +542,14 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
             f"global batch {per_step} is not divisible by data-parallel size (data*fsdp*expert = {dp}) x grad_accum "
             f"({t.grad_accum}); use a multiple of {dp * t.grad_accum}",
         )
-        rows = eval_rows(t.eval_tokens, d.seq_len)
+        units = units_per_row(cfg)  # classify: eval_tokens counts images, one a row
+        per_row = f"seq_len {d.seq_len}" if task_kind(cfg) == "lm" else "1 image per row"
+        rows = eval_rows(t.eval_tokens, units)
         _require(
             rows % dp == 0,
             "train.eval_tokens",
-            f"the eval set of {rows} rows (eval_tokens {t.eval_tokens} / seq_len {d.seq_len}, rounded up) is not divisible "
-            f"by the data-parallel size (data*fsdp*expert = {dp}); use a multiple of {dp * d.seq_len} tokens",
+            f"the eval set of {rows} rows (eval_tokens {t.eval_tokens} / {per_row}, rounded up) is not "
+            f"divisible by the data-parallel size (data*fsdp*expert = {dp}); use a multiple of {dp * units} {unit_name(cfg)}",
         )
         if sizes[0] == -1:
             _validate_pipeline_shape(cfg, stage)  # the stage count the devices left
@@ -536,6 +608,56 @@ def eval_rows(eval_tokens: int, seq_len: int) -> int:
     return -(-eval_tokens // seq_len)
 
 
+def task_kind(cfg: RunConfig) -> str:
+    """"classify" for image sources (lib/tasks/classify.py), else "lm" (next-token prediction)."""
+    return "classify" if cfg.data.source in IMAGE_SOURCES else "lm"
+
+
+def units_per_row(cfg: RunConfig) -> int:
+    """What D counts per row of a batch: seq_len tokens (lm), or one image (classify). Sweeps plan
+    D = C / flops_per_token(model, units_per_row) units and steps = D / (global_batch * units_per_row)."""
+    return 1 if task_kind(cfg) == "classify" else cfg.data.seq_len
+
+
+def unit_name(cfg: RunConfig) -> str:
+    return "images" if task_kind(cfg) == "classify" else "tokens"
+
+
+def resolve_model_input(cfg: RunConfig) -> RunConfig:
+    """An image classifier's input geometry from the data (model.image_size/image_channels 0 = from
+    data.image_size/image_channels); a different explicit value is an error. Other tasks: unchanged."""
+    if task_kind(cfg) != "classify":
+        return cfg
+    m, d = cfg.model, cfg.data
+    for name in ("image_size", "image_channels"):
+        given, data = getattr(m, name), getattr(d, name)
+        _require(given in (0, data), f"model.{name}",
+                 f"{given} does not match data.{name}={data}; leave model.{name} at 0 to take it from the data")
+    model = dataclasses.replace(m, image_size=d.image_size, image_channels=d.image_channels)
+    return dataclasses.replace(cfg, model=model)
+
+
+def _validate_task(cfg: RunConfig) -> None:
+    """The family must fit the data: image classifiers on image sources, LMs on token sources."""
+    m, d = cfg.model, cfg.data
+    if task_kind(cfg) == "classify":
+        _require(m.family in IMAGE_FAMILIES, "model.family",
+                 f"data.source '{d.source}' gives images and labels; '{m.family}' is a language model: use one of {', '.join(IMAGE_FAMILIES)}")
+        _require(d.image_size > 0 and d.image_channels > 0, "data.image_size", f"images need a positive size and channel count, "
+                 f"got {d.image_size} x {d.image_channels}")
+        _require(cfg.train.flops_convention == "chinchilla", "train.flops_convention",
+                 f"'{cfg.train.flops_convention}' counts each weight once per image, but an image model applies its convolution / "
+                 "block weights at every position; use chinchilla (the closed-form forward FLOPs per image)")
+        if m.family == "vit":
+            _require(m.patch_size > 0 and d.image_size % m.patch_size == 0, "model.patch_size",
+                     f"image size {d.image_size} is not divisible by patch_size {m.patch_size}; pick a patch size dividing it "
+                     f"(e.g. {max(p for p in (1, 2, 4, 8) if d.image_size % p == 0)})")
+    else:
+        _require(m.family not in IMAGE_FAMILIES, "data.source",
+                 f"model.family '{m.family}' classifies images, but data.source '{d.source}' gives tokens; "
+                 f"use --set data.source={IMAGE_SOURCES[0]} (or {IMAGE_SOURCES[1]}), or a language-model family")
+
+
 def _validate_family(m: ModelConfig) -> None:
     """The fields of the non-transformer families (lib/models/): each named with its fix."""
     if m.family in ("lstm", "gru"):
@@ -558,6 +680,25 @@ def _validate_family(m: ModelConfig) -> None:
         _require(1 <= m.dilation_cycle <= 16, "model.dilation_cycle",
                  f"must be in 1..16 (layer l is dilated by 2^(l mod dilation_cycle); 1: no dilation), got {m.dilation_cycle}")
         _require(not m.scan_layers, "model.scan_layers", "the cnn family does not scan its layers (dilations differ); use --set model.scan_layers=false")
+    if m.family in IMAGE_FAMILIES:
+        _require(m.image_size >= 0 and m.image_channels >= 0, "model.image_size", "must be >= 0 (0: from the data)")
+        _require(not m.scan_layers, "model.scan_layers", f"the {m.family} family does not scan its layers; use --set model.scan_layers=false")
+        _require(m.parametrization == "sp", "model.parametrization", f"mup is implemented for the transformer family, not '{m.family}'; use sp")
+    if m.family == "resnet":
+        widths, depths = m.stage_widths, m.stage_depths
+        _require(len(widths) >= 1 and all(w > 0 for w in widths), "model.widths", f"stage widths must be positive, got {list(widths)}; e.g. [16, 32, 64]")
+        _require(len(depths) == len(widths) and all(k >= 1 for k in depths), "model.depths",
+                 f"one depth (>= 1 block) per stage of model.widths {list(widths)}, got {list(depths)}; e.g. {[1] * len(widths)}")
+        _one_of(m.norm, NORMS, "model.norm")
+        if m.norm == "group":
+            _require(m.norm_groups >= 1 and all(w % m.norm_groups == 0 for w in widths), "model.norm_groups",
+                     f"every stage width {list(widths)} must be divisible by norm_groups={m.norm_groups}; pick a divisor of "
+                     f"{math.gcd(*widths)}, or widths that are multiples of {m.norm_groups}")
+    if m.family == "vit":
+        _require(m.patch_size >= 1, "model.patch_size", f"must be >= 1, got {m.patch_size}; e.g. 4")
+        _one_of(m.pool, POOLS, "model.pool")
+        _require(m.d_model % m.n_heads == 0, "model.d_model",
+                 f"d_model={m.d_model} is not divisible by n_heads={m.n_heads}; pick d_model a multiple of n_heads")
     if m.family == "moe":
         _require(m.n_experts >= 1, "model.n_experts", f"must be >= 1, got {m.n_experts}; e.g. 8")
         _require(1 <= m.top_k <= m.n_experts, "model.top_k",

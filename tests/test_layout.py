@@ -22,8 +22,9 @@ LAYERS = {
     "lib.data": {"lib.config", "lib.store"},
     "lib.flops": {"lib.config", "lib.models"},
     "lib.parallel": {"lib.config"},
-    "lib.train": {"lib.config", "lib.flops", "lib.models", "lib.data", "lib.parallel", "lib.store"},
-    "lib.sweeps": {"lib.config", "lib.flops", "lib.models", "lib.data", "lib.parallel", "lib.store", "lib.train"},
+    "lib.tasks": {"lib.config", "lib.models"},
+    "lib.train": {"lib.config", "lib.flops", "lib.models", "lib.tasks", "lib.data", "lib.parallel", "lib.store"},
+    "lib.sweeps": {"lib.config", "lib.flops", "lib.models", "lib.tasks", "lib.data", "lib.parallel", "lib.store", "lib.train"},
     "analysis": {"lib.store", "lib.flops"},
 }
 

@@ -80,19 +80,19 @@ def test_runs_that_differ_only_in_batch_evaluate_the_very_same_tokens(tiny_confi
             return self.source.eval_rows(first, n, process_index, process_count)
 
     mesh = sharding.make_mesh(tiny_config.mesh, one_device())
-    losses, params = {}, None
+    losses, state = {}, None
     with sharding.activate(mesh):
         for batch in (16, 8, 12):
             cfg = tiny_config.with_overrides({"data.global_batch": batch})
             source = Spy(make_source(cfg.data))
             cfg = resolve_vocab(cfg, source.source)
             steps = build_steps(cfg, mesh)
-            params = steps.init(jax.random.key(0)).params if params is None else params
+            state = steps.init(jax.random.key(0)) if state is None else state
             evaluate, eval_tokens = make_evaluate(cfg, steps, source, mesh)
-            losses[batch] = evaluate(params)
+            losses[batch] = evaluate(state)["eval_loss"]
             assert source.rows == list(range(32)) and eval_tokens == 32 * 32 == cfg.train.eval_tokens
     rows = PhraseLanguage(cfg.data).eval_rows(0, 32)
-    direct = float(lm_loss(jax.device_get(params), make_model(cfg.model), jnp.asarray(rows)))
+    direct = float(lm_loss(jax.device_get(state.params), make_model(cfg.model), jnp.asarray(rows)))
     np.testing.assert_allclose(list(losses.values()), direct, rtol=2e-6)
 
 

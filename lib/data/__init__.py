@@ -23,7 +23,15 @@ def make_source(cfg: DataConfig, data_root: str | None = None) -> Source:
         from lib.data.text import TextSource  # noqa: PLC0415  (pulls in datasets/tokenizers lazily)
 
         return TextSource(cfg, data_root=data_root)
-    raise ConfigError(f"data.source: unknown value '{cfg.source}'; choose synthetic or hf")
+    if cfg.source == "synthetic_images":
+        from lib.data.images import SyntheticImages
+
+        return SyntheticImages(cfg)
+    if cfg.source == "hf_images":
+        from lib.data.image_store import ImageSource  # noqa: PLC0415  (pulls in datasets/PIL lazily)
+
+        return ImageSource(cfg, data_root=data_root)
+    raise ConfigError(f"data.source: unknown value '{cfg.source}'; choose one of synthetic, hf, synthetic_images, hf_images")
 
 
 def resolve_vocab(cfg: RunConfig, source: Source) -> RunConfig:

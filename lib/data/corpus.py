@@ -2,7 +2,8 @@
 
 `data.dataset` is either a local builder -- `text` (one document per line, as datasets does it),
 `json` (one per record), `parquet`, `csv` -- reading `data.data_files` (comma-separated paths or
-globs; `train=a.txt,validation=b.txt` names splits), or a Hub name (or local dataset folder)
+globs; `train=a.txt,validation=b.txt` names splits; for `imagefolder`, image files or one folder of
+class folders, read as datasets' data_dir: its train/ test/ subfolders become splits), or a Hub name (or local dataset folder)
 loaded with `load_dataset(name, data.dataset_config, split=..., streaming=...)`.
 
 The held-out part is the dataset's own split (`data.eval_split`) or, when that is empty, the
@@ -27,7 +28,7 @@ import numpy as np
 
 from lib.config import ConfigError, DataConfig
 
-LOCAL_BUILDERS = ("text", "json", "parquet", "csv")
+LOCAL_BUILDERS = ("text", "json", "parquet", "csv", "imagefolder")
 DOCS_PER_BATCH = 2048
 _NAMED_SPLIT = re.compile(r"^([A-Za-z_][\w.-]*)=(.+)$")
 
@@ -54,6 +55,15 @@ def show_progress() -> bool:
 # ================================================================================================
 def is_local_builder(cfg: DataConfig) -> bool:
     return cfg.dataset in LOCAL_BUILDERS
+
+
+def image_folder(cfg: DataConfig) -> str | None:
+    """The folder `data.data_files` names for the imagefolder builder (None: it names files)."""
+    entries = [e.strip() for e in cfg.data_files.split(",") if e.strip()]
+    if cfg.dataset != "imagefolder" or len(entries) != 1:
+        return None
+    path = os.path.abspath(os.path.expanduser(entries[0]))
+    return path if os.path.isdir(path) else None
 
 
 def data_files(cfg: DataConfig) -> list[str] | dict[str, list[str]] | None:
@@ -85,6 +95,10 @@ def data_files(cfg: DataConfig) -> list[str] | dict[str, list[str]] | None:
 
 def files_fingerprint(cfg: DataConfig) -> list:
     """What identifies the input for the store key: local files by path, size and mtime."""
+    folder = image_folder(cfg)
+    if folder:
+        found = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names)
+        return [["", p, os.path.getsize(p), os.stat(p).st_mtime_ns] for p in found]
     files = data_files(cfg)
     if not is_local_builder(cfg):
         return files or []
@@ -116,11 +130,14 @@ def _existing_files(entry: str) -> list[str]:
 # ================================================================================================
 def load_split(cfg: DataConfig, split: str, field: str, cache_dir: str):
     """`datasets.load_dataset` for one split; failures become ConfigErrors naming the field to fix."""
-    files = data_files(cfg)
+    folder = image_folder(cfg)
+    files = None if folder else data_files(cfg)
     import datasets  # noqa: PLC0415  (heavy; only text sources need it)
 
     kwargs = dict(split=split, streaming=cfg.streaming, cache_dir=cache_dir)
     try:
+        if folder:
+            return datasets.load_dataset(cfg.dataset, data_dir=folder, **kwargs)
         if is_local_builder(cfg):
             return datasets.load_dataset(cfg.dataset, data_files=files, **kwargs)
         return datasets.load_dataset(cfg.dataset, cfg.dataset_config or None, data_files=files, **kwargs)

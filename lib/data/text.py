@@ -25,7 +25,7 @@ import numpy as np
 
 from lib.config import ConfigError, DataConfig
 from lib.data import corpus
-from lib.data.base import local_rows
+from lib.data.base import EpochSampler, local_rows
 from lib.data.token_store import EVAL_FILE, TOKENIZER_FILE, TRAIN_FILE, TokenStore, TokenWriter, file_sha256, open_or_build, store_key
 from lib.data.tokenizer import ByteTokenizer, TokenizerSpec, load_pretrained, load_saved, parse_spec, train_bpe
 from lib.store.storage import is_url
@@ -53,7 +53,7 @@ class TextSource:
         self._eval_windows = _windows(self.store.tokens("eval"), cfg.seq_len + 1)
         self.n_windows, self.n_eval_windows = len(self._train_windows), len(self._eval_windows)
         self._check_sizes()  # the train loop warns when train.eval_tokens asks for more rows than there are held-out windows
-        self._permutations: dict[int, np.ndarray] = {}
+        self._sampler = EpochSampler(self.n_windows, cfg.global_batch, cfg.seed)
 
     # -- the Source interface ---------------------------------------------------------------------
     def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
@@ -66,7 +66,7 @@ class TextSource:
 
     def epoch(self, step: int) -> float:
         """Passes over the training windows after `step` steps (1.0 = each window seen once)."""
-        return step * self.cfg.global_batch / self.n_windows
+        return self._sampler.epoch(step)
 
     def describe(self) -> dict:
         c, m = self.cfg, self.store.manifest
@@ -96,22 +96,7 @@ class TextSource:
     # -- sampling ---------------------------------------------------------------------------------
     def window_ids(self, step: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
         """Training windows of this process's rows of batch `step` (see the module docstring)."""
-        rows = local_rows(self.cfg.global_batch, process_index, process_count)
-        samples = step * self.cfg.global_batch + np.arange(rows.start, rows.stop, dtype=np.int64)
-        epochs, positions = np.divmod(samples, self.n_windows)
-        ids = np.empty_like(samples)
-        for e in np.unique(epochs):
-            where = epochs == e
-            ids[where] = self._permutation(int(e))[positions[where]]
-        return ids
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch not in self._permutations:
-            if len(self._permutations) >= 2:  # a batch spans at most two epochs
-                self._permutations.pop(min(self._permutations))
-            perm = np.random.default_rng([self.cfg.seed, epoch]).permutation(self.n_windows)
-            self._permutations[epoch] = perm.astype(np.int32) if self.n_windows < 2**31 else perm  # half the memory
-        return self._permutations[epoch]
+        return self._sampler.ids(step, process_index, process_count)
 
     def _check_sizes(self) -> None:
         c, counts = self.cfg, self.store.manifest["counts"]

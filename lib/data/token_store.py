@@ -85,8 +85,10 @@ class TokenStore:
         return os.path.join(self.path, TOKENIZER_FILE) if TOKENIZER_FILE in self.manifest["files"] else None
 
 
-def open_store(path: str, key: str) -> TokenStore:
-    """The store at `path`, verified against its manifest; raises InvalidStore otherwise."""
+def open_store(path: str, key: str, required: tuple[str, ...] = (TRAIN_FILE, EVAL_FILE)) -> TokenStore:
+    """The store at `path`, verified against its manifest; raises InvalidStore otherwise.
+
+    `required`: the data files the manifest must list (an image store has its own, lib/data/image_store.py)."""
     manifest_path = os.path.join(path, MANIFEST)
     if not os.path.isdir(path):
         raise StoreAbsent(path)
@@ -100,8 +102,8 @@ def open_store(path: str, key: str) -> TokenStore:
     if manifest.get("format") != STORE_FORMAT or manifest.get("key") != key:
         raise InvalidStore(f"manifest is for format {manifest.get('format')} / key {manifest.get('key')}")
     files = manifest.get("files") or {}
-    if TRAIN_FILE not in files or EVAL_FILE not in files:
-        raise InvalidStore("manifest lists no token files")
+    if any(name not in files for name in required):
+        raise InvalidStore(f"manifest lists none of {', '.join(n for n in required if n not in files)}")
     signature = []
     for name, meta in files.items():
         file_path = os.path.join(path, name)
@@ -155,18 +157,18 @@ class TokenWriter:
         self._f.close()
 
 
-def open_or_build(root: str, key: str, build: Callable[[str], dict]) -> TokenStore:
+def open_or_build(root: str, key: str, build: Callable[[str], dict], required: tuple[str, ...] = (TRAIN_FILE, EVAL_FILE)) -> TokenStore:
     """The verified store `<root>/<key>`, building it with `build(tmp_dir) -> manifest fields` if needed.
 
-    `build` writes TRAIN_FILE, EVAL_FILE (and optionally TOKENIZER_FILE) into tmp_dir and returns
+    `build` writes the `required` files (and optionally TOKENIZER_FILE) into tmp_dir and returns
     the manifest's other fields (must include "dtype"); this function adds key, format and hashes."""
     path = os.path.join(root, key)
     with contextlib.suppress(InvalidStore):
-        return open_store(path, key)
+        return open_store(path, key, required)
     os.makedirs(root, exist_ok=True)
     with _locked(os.path.join(root, f".{key}.lock"), key):
         try:  # someone may have finished building while we waited for the lock
-            return open_store(path, key)
+            return open_store(path, key, required)
         except StoreAbsent:
             pass
         except InvalidStore as e:
@@ -177,7 +179,7 @@ def open_or_build(root: str, key: str, build: Callable[[str], dict]) -> TokenSto
         try:
             t0 = time.perf_counter()
             fields = build(tmp)
-            manifest = {"format": STORE_FORMAT, "key": key, **fields, "files": _describe_files(tmp)}
+            manifest = {"format": STORE_FORMAT, "key": key, **fields, "files": _describe_files(tmp, (*required, TOKENIZER_FILE))}
             manifest["build_seconds"] = round(time.perf_counter() - t0, 3)
             _write_json_atomic(os.path.join(tmp, MANIFEST), manifest)
             _fsync_dir(tmp)
@@ -191,14 +193,14 @@ def open_or_build(root: str, key: str, build: Callable[[str], dict]) -> TokenSto
                 _fsync_dir(root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return open_store(path, key)
+        return open_store(path, key, required)
 
 
-def _describe_files(folder: str) -> dict:
+def _describe_files(folder: str, names: tuple[str, ...]) -> dict:
     return {
         name: {"bytes": os.path.getsize(os.path.join(folder, name)), "sha256": file_sha256(os.path.join(folder, name))}
         for name in sorted(os.listdir(folder))
-        if name in (TRAIN_FILE, EVAL_FILE, TOKENIZER_FILE)
+        if name in names
     }
 
 

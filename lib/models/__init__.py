@@ -10,6 +10,8 @@ in lib/parallel/sharding.py's one table). Registered families (config: `model.fa
   mlp          lib/models/mlp.py           fixed-window feed-forward LM with a residual MLP stack
   cnn          lib/models/cnn.py           causal gated convolutions, residual, dilations
   moe          lib/models/moe.py           the transformer with routed experts (top-k, capacity, aux losses)
+  resnet       lib/models/resnet.py        pre-activation ResNet image classifier (group or batch norm)
+  vit          lib/models/vit.py           Vision Transformer classifier (the transformer's Block, non-causal)
 
 May import: lib.config. Not lib.flops (it counts for the families, so it sits above them).
 """
@@ -21,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from lib.config import MODEL_FAMILIES, ModelConfig
-from lib.models import base, cnn, mlp, moe, recurrent, transformer
+from lib.models import base, cnn, mlp, moe, recurrent, resnet, transformer, vit
 from lib.models.base import Family
 
 TRANSFORMER = Family(
@@ -36,7 +38,7 @@ TRANSFORMER = Family(
     ),
 )
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (TRANSFORMER, recurrent.LSTM, recurrent.GRU, mlp.MLP, cnn.CNN, moe.MOE)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (TRANSFORMER, recurrent.LSTM, recurrent.GRU, mlp.MLP, cnn.CNN, moe.MOE, resnet.RESNET, vit.VIT)}
 assert tuple(FAMILIES) == MODEL_FAMILIES, "lib.config.MODEL_FAMILIES and the registry must list the same families"
 
 
@@ -64,8 +66,13 @@ def make_model(cfg: ModelConfig, layer_stack=None) -> nn.Module:
 
 def param_axes(cfg: ModelConfig, seq_len: int = 8):
     """The parameter tree with each leaf replaced by its tuple of logical axis names (no compute)."""
-    boxed = jax.eval_shape(lambda: make_model(cfg).init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))["params"])
+    boxed = jax.eval_shape(lambda: make_model(cfg).init(jax.random.key(0), dummy_input(cfg, seq_len))["params"])
     return jax.tree.map(lambda x: tuple(x.names), boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def dummy_input(cfg: ModelConfig, seq_len: int):
+    """A batch of one input for `init`: tokens [1, seq_len], or an image [1, H, W, C] (image families)."""
+    return family(cfg).dummy_input(cfg, seq_len)
 
 
 def has_aux(cfg: ModelConfig) -> bool:
@@ -100,4 +107,4 @@ def sown_means(intermediates, names) -> dict:
     return {n: jnp.mean(jnp.concatenate(v)) for n, v in found.items()}
 
 
-__all__ = ["FAMILIES", "Family", "apply_with_aux", "family", "has_aux", "make_model", "param_axes", "sown_means"]
+__all__ = ["FAMILIES", "Family", "apply_with_aux", "dummy_input", "family", "has_aux", "make_model", "param_axes", "sown_means"]

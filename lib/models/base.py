@@ -3,9 +3,17 @@
 A model family is a `Family`: a flax.linen module factory, closed-form parameter and FLOP counts,
 and the logical axis names its parameters and activations carry. `lib/models/__init__.py` holds
 the registry (`family(name)`, `make_model(cfg)`); `lib/flops.py` is the one entry point the rest of
-the code calls, and dispatches here. Every family is a decoder-style LM over the same tokens:
+the code calls, and dispatches here. Every LM family is a decoder-style LM over the same tokens:
 
     module(cfg)(tokens_BT, deterministic=True) -> logits_BTV (float32), causal in T
+
+and every image family (resnet, vit; task "classify") a classifier of images:
+
+    module(cfg)(images_BHWC, deterministic=True, train=False) -> logits_BK (float32)
+
+(`train` selects batch statistics over running averages where the model has batch norm; its
+running averages live in the mutable "batch_stats" collection). An image family's counts are per
+image (its `seq_len` argument is ignored): D counts images.
 
 and may sow auxiliary training terms into the "intermediates" collection (one scalar per layer,
 named as in `Family.aux_weights`); `lib.models.apply_with_aux` collects and weights them, so the
@@ -27,7 +35,9 @@ Counting conventions (every family; lib/flops.py lists them):
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
+
+import jax.numpy as jnp
 
 from lib.config import ModelConfig
 
@@ -49,6 +59,8 @@ class Family:
     # (sown metric name, the ModelConfig field weighting it in the training loss); a metric whose
     # weight field is None is logged only
     aux_weights: tuple[tuple[str, str | None], ...] = ()
+    # (cfg, seq_len) -> a batch of one input for init: tokens [1, seq_len] (LMs) or an image [1, H, W, C]
+    dummy_input: Callable[[ModelConfig, int], Any] = lambda m, T: token_dummy(m, T)
 
     def flops_per_token(self, m: ModelConfig, seq_len: int, convention: str = "chinchilla") -> float:
         """Training FLOPs (forward + backward) per token of context `seq_len`, in `convention`."""
@@ -61,6 +73,17 @@ class Family:
         if convention == "chinchilla":
             return 3.0 * float(self.forward_flops(m, seq_len))
         raise ValueError(f"unknown FLOP convention {convention!r}; choose one of {CONVENTIONS}")
+
+
+def token_dummy(m: ModelConfig, seq_len: int):
+    return jnp.zeros((1, seq_len), jnp.int32)
+
+
+def image_dummy(m: ModelConfig, seq_len: int = 0):
+    """One image of the model's input geometry (model.image_size, resolved from the data)."""
+    if m.image_size <= 0 or m.image_channels <= 0:
+        raise ValueError("model.image_size / image_channels are unset; resolve them from the data first (lib.config.resolve_model_input)")
+    return jnp.zeros((1, m.image_size, m.image_size, m.image_channels), jnp.float32)
 
 
 # -- shared closed forms ----------------------------------------------------------------------------

@@ -93,6 +93,8 @@ def rope(x_BTHK, theta: float):
 
 class Attention(nn.Module):
     cfg: ModelConfig
+    causal: bool = True  # the LM; the vit family attends both ways
+    use_rope: bool = True  # the vit family adds learned position embeddings instead
 
     @nn.compact
     def __call__(self, x_BTD):
@@ -101,12 +103,13 @@ class Attention(nn.Module):
         w_qkv = _param(self, "qkv", (3, D, H, K), (None, "embed", "heads", "kv"), _hidden_init(cfg))
         w_out = _param(self, "out", (H, K, D), ("heads", "kv", "embed"), _hidden_init(cfg))
         qkv = jnp.einsum("btd,cdhk->cbthk", x_BTD, w_qkv.astype(dt))
-        q_BTHK = nn.with_logical_constraint(rope(qkv[0], cfg.rope_theta), ACT_BTHK)
-        k_BTHK = nn.with_logical_constraint(rope(qkv[1], cfg.rope_theta), ACT_BTHK)
+        position = (lambda x: rope(x, cfg.rope_theta)) if self.use_rope else (lambda x: x)
+        q_BTHK = nn.with_logical_constraint(position(qkv[0]), ACT_BTHK)
+        k_BTHK = nn.with_logical_constraint(position(qkv[1]), ACT_BTHK)
         v_BTHK = nn.with_logical_constraint(qkv[2], ACT_BTHK)
         scale = 1.0 / K if cfg.parametrization == "mup" else None  # None: 1/sqrt(K)
         o_BTHK = jax.nn.dot_product_attention(
-            q_BTHK, k_BTHK, v_BTHK, scale=scale, is_causal=True,
+            q_BTHK, k_BTHK, v_BTHK, scale=scale, is_causal=self.causal,
             implementation=None if cfg.attention_impl == "xla" else cfg.attention_impl,
         )
         o_BTHK = nn.with_logical_constraint(o_BTHK, ACT_BTHK)
@@ -134,11 +137,14 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
     cfg: ModelConfig
+    causal: bool = True  # False (and use_rope False): the vit family's encoder block
+    use_rope: bool = True
 
     @nn.compact
     def __call__(self, x_BTD, deterministic: bool):
         drop = nn.Dropout(self.cfg.dropout)
-        x_BTD = x_BTD + drop(Attention(self.cfg, name="attn")(RMSNorm(name="ln1")(x_BTD)), deterministic)
+        attn = Attention(self.cfg, self.causal, self.use_rope, name="attn")
+        x_BTD = x_BTD + drop(attn(RMSNorm(name="ln1")(x_BTD)), deterministic)
         x_BTD = nn.with_logical_constraint(x_BTD, ACT_BTD)
         x_BTD = x_BTD + drop(Mlp(self.cfg, name="mlp")(RMSNorm(name="ln2")(x_BTD)), deterministic)
         return nn.with_logical_constraint(x_BTD, ACT_BTD)

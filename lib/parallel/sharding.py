@@ -92,9 +92,10 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules=RULES):
     return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Token batches [B, T+1]: rows split over (data, fsdp), time replicated."""
-    return NamedSharding(mesh, P(BATCH_AXES, None))
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Batch rows (token rows [B, T+1], images [B, H, W, C], labels [B]): rows split over the batch
+    axes, every other dimension replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES, *(None,) * (ndim - 1)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -106,11 +107,14 @@ def replicated_array(value: np.ndarray, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_callback(value.shape, replicated(mesh), lambda index: value[index])
 
 
-def global_batch(local_rows: np.ndarray, mesh: Mesh) -> jax.Array:
-    """Assemble the global batch from this process's rows (every process passes its own)."""
-    sharding = batch_sharding(mesh)
-    global_shape = (local_rows.shape[0] * jax.process_count(), *local_rows.shape[1:])
-    return jax.make_array_from_process_local_data(sharding, local_rows, global_shape)
+def global_batch(local_rows, mesh: Mesh):
+    """Assemble the global batch from this process's rows (every process passes its own); a pytree
+    of row arrays (an image task's {"image", "label"}) is assembled leaf by leaf."""
+    def one(rows: np.ndarray) -> jax.Array:
+        global_shape = (rows.shape[0] * jax.process_count(), *rows.shape[1:])
+        return jax.make_array_from_process_local_data(batch_sharding(mesh, rows.ndim), rows, global_shape)
+
+    return jax.tree.map(one, local_rows)
 
 
 # ---- packs: K runs trained as one program, with a leading "run" axis (lib/train/step.py) ----------
@@ -143,12 +147,16 @@ def with_run_axis(specs):
     return jax.tree.map(lambda spec: P("run", *spec), specs, is_leaf=lambda x: isinstance(x, P))
 
 
-def pack_batch_sharding(mesh: Mesh, rules) -> NamedSharding:
-    """A pack's token batches [K, B, T+1]: the run axis as `rules` place it, rows as act_batch."""
-    return nn.logical_to_mesh_sharding(P("run", "act_batch", None), mesh, rules)
+def pack_batch_sharding(mesh: Mesh, rules, ndim: int = 3) -> NamedSharding:
+    """A pack's batches [K, B, ...]: the run axis as `rules` place it, rows as act_batch."""
+    return nn.logical_to_mesh_sharding(P("run", "act_batch", *(None,) * (ndim - 2)), mesh, rules)
 
 
-def pack_global_batch(local_KBT: np.ndarray, mesh: Mesh, rules) -> jax.Array:
-    """Assemble a pack's global batch from this process's rows of every run ([K, B / processes, T+1])."""
-    global_shape = (local_KBT.shape[0], local_KBT.shape[1] * jax.process_count(), *local_KBT.shape[2:])
-    return jax.make_array_from_process_local_data(pack_batch_sharding(mesh, rules), local_KBT, global_shape)
+def pack_global_batch(local_KB, mesh: Mesh, rules):
+    """Assemble a pack's global batch from this process's rows of every run ([K, B / processes, ...]
+    leaves of a pytree, as global_batch)."""
+    def one(rows: np.ndarray) -> jax.Array:
+        global_shape = (rows.shape[0], rows.shape[1] * jax.process_count(), *rows.shape[2:])
+        return jax.make_array_from_process_local_data(pack_batch_sharding(mesh, rules, rows.ndim), rows, global_shape)
+
+    return jax.tree.map(one, local_KB)

@@ -227,6 +227,11 @@ def run_dirs(root) -> list[RunDir]:
     )
 
 
+def summary_D(summary: dict):
+    """A run's D: its tokens, or for an image classifier (summary "units": "images") its images."""
+    return summary.get(summary.get("units", "tokens"))
+
+
 def load_runs(root):
     """One row per run: run_id, state, reason, path, losses, N (each convention), D, C, family, ...
 
@@ -248,11 +253,14 @@ def load_runs(root):
                 "path": os.fspath(run.path),
                 "eval_loss": summary.get("eval_loss"),
                 "train_loss": summary.get("train_loss"),
+                "eval_error": summary.get("eval_error"),  # image classifiers: top-1 error (and its Bayes floor)
+                "bayes_error": summary.get("bayes_error"),
                 "N_total": params.get("total"),
                 "N_embedding": params.get("embedding"),
                 "N_non_embedding": params.get("non_embedding"),
                 "N_active": params.get("active", params.get("total")),
-                "D": summary.get("tokens"),
+                "D": summary_D(summary),
+                "units": summary.get("units", "tokens"),
                 "C": flops.get("value"),
                 "flops_convention": flops.get("convention"),
                 "entropy_floor": summary.get("entropy_floor"),
@@ -265,12 +273,12 @@ def load_runs(root):
             }
         )
     columns = [
-        "run_id", "state", "reason", "path", "eval_loss", "train_loss", "N_total", "N_embedding",
-        "N_non_embedding", "N_active", "D", "C", "flops_convention", "entropy_floor", "entropy_rate", "sweep", "budget", "family",
+        "run_id", "state", "reason", "path", "eval_loss", "train_loss", "eval_error", "bayes_error", "N_total", "N_embedding",
+        "N_non_embedding", "N_active", "D", "units", "C", "flops_convention", "entropy_floor", "entropy_rate", "sweep", "budget", "family",
         "trunk", "role",
     ]
     df = pd.DataFrame(rows, columns=columns)
-    numeric = ["eval_loss", "train_loss", "N_total", "N_embedding", "N_non_embedding", "N_active", "D", "C", "entropy_floor", "entropy_rate", "budget"]
+    numeric = ["eval_loss", "train_loss", "eval_error", "bayes_error", "N_total", "N_embedding", "N_non_embedding", "N_active", "D", "C", "entropy_floor", "entropy_rate", "budget"]
     df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
     return df
 
@@ -280,8 +288,8 @@ def load_curves(root):
     import pandas as pd
 
     columns = ["run_id", "step", "tokens", "flops", "train_loss", "eval_loss"]
-    rows = [
-        {"run_id": run.path.name, **{c: m.get(c) for c in columns[1:]}}
+    rows = [  # "tokens": D in the run's units (an image classifier's rows count "images")
+        {"run_id": run.path.name, **{c: m.get(c) for c in columns[1:]}, "tokens": m.get("tokens", m.get("images"))}
         for run in run_dirs(root)
         for m in run.metrics()
     ]

@@ -31,7 +31,7 @@ import math
 from typing import Any, Callable, Mapping, Sequence
 
 from lib import flops as flops_lib
-from lib.config import WSD_DECAY_SHAPES, ConfigError, ModelConfig, RunConfig
+from lib.config import WSD_DECAY_SHAPES, ConfigError, ModelConfig, RunConfig, units_per_row
 from lib.sweeps.plans import IsoFlop, Plan, PlannedRun, Schedule, Size, Sweep, _fmt, _planned, _size_tag, _with_size
 from lib.train.optim import wsd_decay_start
 
@@ -66,7 +66,7 @@ class Cooldowns(Sweep):
 
     # ---- expansion ------------------------------------------------------------------------------
     def _expand(self, base, overrides):
-        T, B = base.data.seq_len, base.data.global_batch
+        T, B = units_per_row(base), base.data.global_batch  # T: units (tokens, or 1 image) per row
         for size in self.sizes:
             cfg = _with_size(base, size)
             tag = _size_tag(cfg.model)

@@ -250,6 +250,7 @@ def auto_pack_size(cfg, devices=None, cap: int = MAX_PACK) -> int:
     """
     import jax
 
+    from lib.config import resolve_model_input
     from lib.data import make_source, resolve_vocab
     from lib.parallel import sharding
     from lib.train.step import step_memory_bytes
@@ -257,6 +258,7 @@ def auto_pack_size(cfg, devices=None, cap: int = MAX_PACK) -> int:
     devices = list(jax.devices() if devices is None else devices)
     if not cfg.model.vocab_size:
         cfg = resolve_vocab(cfg, make_source(cfg.data))
+    cfg = resolve_model_input(cfg)
     mesh = sharding.make_mesh(cfg.mesh, devices)
     with sharding.activate(mesh):
         per_run = step_memory_bytes(cfg, mesh)

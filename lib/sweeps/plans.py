@@ -25,7 +25,7 @@ import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from lib import flops as flops_lib
-from lib.config import ConfigError, ModelConfig, RunConfig
+from lib.config import IMAGE_SOURCES, SYNTH_IMG_DEFAULT_CLASSES, ConfigError, ModelConfig, RunConfig, resolve_model_input, units_per_row
 from lib.sweeps import rules
 
 Size = Mapping[str, Any] | ModelConfig  # model fields, e.g. {"d_model": 64, "n_layers": 2, "n_heads": 4}
@@ -234,7 +234,7 @@ class IsoFlop(Sweep):
         return [how] + super()._hyperparameter_notes(rule, ref_batch)
 
     def _expand(self, base, overrides):
-        convention, T = base.train.flops_convention, base.data.seq_len
+        convention, T = base.train.flops_convention, units_per_row(base)  # T: units (tokens, or 1 image) per row
         fixed_batch = "data.global_batch" in overrides  # the user's batch: no halving
         lo, hi = self.tpp_range
         for budget in self.budgets:
@@ -302,7 +302,7 @@ class TokensPerParam(Sweep):
     derived = IsoFlop.derived
 
     def _expand(self, base, overrides):
-        T, B = base.data.seq_len, base.data.global_batch
+        T, B = units_per_row(base), base.data.global_batch
         for ratio in self.ratios:
             for size in self.sizes:
                 cfg = _with_size(base, size)
@@ -377,7 +377,7 @@ class Tune(Sweep):
         return sorted(set(self.lrs) | set(self.extra_lrs.get(tag, ())))
 
     def _expand(self, base, overrides):
-        T, B = base.data.seq_len, base.data.global_batch
+        T, B = units_per_row(base), base.data.global_batch
         for size in self.sizes:
             cfg = _with_size(base, size)
             tag = _size_tag(cfg.model)
@@ -398,18 +398,25 @@ def size_tag(cfg: RunConfig) -> str:
 
 # ================================================================================================
 def _planned(cfg: RunConfig) -> PlannedRun:
-    T = cfg.data.seq_len
+    T = units_per_row(cfg)
     tokens = cfg.train.steps * cfg.data.global_batch * T
     fpt = flops_lib.flops_per_token(cfg.model, T, cfg.train.flops_convention)
     return PlannedRun(run_id(cfg), cfg, flops_lib.param_counts(cfg.model)["total"], tokens, tokens * fpt)
 
 
 def _with_planning_vocab(cfg: RunConfig) -> RunConfig:
-    """FLOPs depend on the vocabulary, so planning needs it before any data is loaded."""
+    """FLOPs depend on the vocabulary (classes) and an image model's input size, so planning needs
+    them before any data is loaded."""
+    cfg = resolve_model_input(cfg)
     if cfg.model.vocab_size:
         return cfg
     if cfg.data.source == "synthetic":
         return cfg.with_overrides({"model.vocab_size": cfg.data.synth_vocab})
+    if cfg.data.source in IMAGE_SOURCES and (cfg.data.num_classes or cfg.data.source == "synthetic_images"):
+        return cfg.with_overrides({"model.vocab_size": cfg.data.num_classes or SYNTH_IMG_DEFAULT_CLASSES})
+    if cfg.data.source in IMAGE_SOURCES:
+        raise ConfigError("data.num_classes: a sweep counts FLOPs before loading data, so it needs the number of classes; "
+                          "set it, e.g. --set data.num_classes=10 for cifar10")
     raise ConfigError(
         "model.vocab_size: a sweep counts FLOPs before loading data, so it needs the vocabulary size; "
         "set it to the tokenizer's size, e.g. --set model.vocab_size=256 for bytes"

@@ -29,14 +29,14 @@ import jax
 import numpy as np
 
 from lib import flops as flops_lib
-from lib.config import ConfigError, RunConfig, eval_rows, resolve_axis_sizes
+from lib.config import ConfigError, RunConfig, eval_rows, resolve_axis_sizes, resolve_model_input, task_kind, unit_name, units_per_row
 from lib.data import make_source, resolve_vocab
 from lib.parallel import pipeline, sharding
 from lib.store.checkpoint import Checkpointer
 from lib.store.runstore import RunDir
 from lib.store.storage import default_data_root, is_url
 from lib.store.tracking import Tracker
-from lib.train.step import build_pack, build_steps, pack_key
+from lib.train.step import batch_spec, build_pack, build_steps, pack_key
 
 
 class RunDiverged(RuntimeError):
@@ -143,7 +143,7 @@ def _open(cfg: RunConfig, workdir, devices, sources: dict) -> _Run:
     if key not in sources:
         sources[key] = make_source(cfg.data, data_root=data_root)
     source = sources[key]
-    cfg = resolve_vocab(cfg, source).validate(len(devices))
+    cfg = resolve_model_input(resolve_vocab(cfg, source)).validate(len(devices))
     run = RunDir(workdir, writer=jax.process_index() == 0)
     r = _Run(cfg, run, os.path.basename(os.path.normpath(workdir)), source)
     _check_same_run(run, cfg)
@@ -196,7 +196,7 @@ def _train_loop(runs: list[_Run], devices, spread: bool | None, chunk, done: Cal
             """A run that reached its last step: wait for its checkpoint, write its summary, mark it done."""
             if "eval_loss" not in r.last:  # resumed at the very end: evaluate the restored state
                 evaluate, _ = make_evaluate(r.cfg, lone, r.source, mesh)
-                r.last["eval_loss"] = timed("eval", evaluate, states[r].params)
+                r.last.update(timed("eval", evaluate, states[r]))
             timed("checkpoint", r.ckpt.wait)
             train_s = time.perf_counter() - loop_start - sum(spent.values())
             summary = _summary(r, device_kind, len(devices), init_s, train_s, spent)
@@ -261,11 +261,13 @@ def _train_loop(runs: list[_Run], devices, spread: bool | None, chunk, done: Cal
                     values = _read(pending, done)
                     pending = None
                     logs, saves = [r for r in logs if r.result is None], [r for r in saves if r.result is None]
-                    losses = timed("eval", evaluate, state.params) if any(_due(r, "eval") for r in logs) else None
+                    scores = timed("eval", evaluate, state) if any(_due(r, "eval") for r in logs) else None
                     for r in logs:
                         row = _row(r, values[r], spent, device_kind, len(devices))
-                        if _due(r, "eval"):
-                            row["eval_loss"] = r.last["eval_loss"] = float(losses[slots.index(r)])
+                        if _due(r, "eval"):  # eval_loss (and eval_error for classify)
+                            mine = {k: float(v[slots.index(r)]) for k, v in scores.items()}
+                            row.update(mine)
+                            r.last.update(mine)
                         r.tracker.log(row)
                     for r in saves:
                         timed("checkpoint", r.ckpt.save, r.step, pack.take(state, slots.index(r)), force=True)
@@ -314,11 +316,8 @@ def _restore_trunk(r: _Run, lone):
 
 def _abstract_args(pack, state, cfg: RunConfig, mesh):
     """(state, advance, batch, hparams) as the compiler sees them, for compiling before the first tick."""
-    K = pack.size
-    advance = jax.ShapeDtypeStruct((K,), np.bool_, sharding=sharding.replicated(mesh))
-    batch = jax.ShapeDtypeStruct((K, cfg.data.global_batch, cfg.data.seq_len + 1), np.int32,
-                                 sharding=sharding.pack_batch_sharding(mesh, pack.rules))
-    return state, advance, batch, pack.hparams
+    advance = jax.ShapeDtypeStruct((pack.size,), np.bool_, sharding=sharding.replicated(mesh))
+    return state, advance, batch_spec(cfg, mesh, pack), pack.hparams
 
 
 def _placement(n_runs: int, mesh, spread: bool | None) -> tuple[bool, int]:
@@ -335,14 +334,15 @@ def _placement(n_runs: int, mesh, spread: bool | None) -> tuple[bool, int]:
     return spread, (-(-n_runs // data) * data if spread else n_runs)
 
 
-def _rows(slots: list, rows_of, key) -> np.ndarray:
-    """Stack each slot's rows [K, ...], read once per distinct key(run); padding copies slot 0's."""
+def _rows(slots: list, rows_of, key):
+    """Stack each slot's rows [K, ...] (leaf by leaf for a task's pytree batch), read once per
+    distinct key(run); padding copies slot 0's."""
     cache: dict = {}
     for r in slots:
         r = r or slots[0]
         if key(r) not in cache:
             cache[key(r)] = rows_of(r)
-    return np.stack([cache[key(r or slots[0])] for r in slots])
+    return jax.tree.map(lambda *rows: np.stack(rows), *[cache[key(r or slots[0])] for r in slots])
 
 
 def _due(r: _Run, what: str) -> bool:
@@ -372,22 +372,24 @@ def _read(pending, done: Callable[[_Run, Any], None]) -> dict:
 
 
 def _row(r: _Run, values: dict, spent: dict, device_kind: str, n_devices: int) -> dict:
-    """The metrics row of run r at its current step (step time: the pack's, per tick, less eval/ckpt/compile)."""
+    """The metrics row of run r at its current step (step time: the pack's, per tick, less eval/ckpt/compile).
+    D is counted in the task's units (lib.config.unit_name): "tokens", or "images" for classify."""
     cfg, now, done = r.cfg, time.perf_counter(), r.step
-    tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
-    flops_per_token = flops_lib.flops_per_token(cfg.model, cfg.data.seq_len, cfg.train.flops_convention)
+    unit = unit_name(cfg)
+    units_per_step = cfg.data.global_batch * units_per_row(cfg)
+    flops_per_unit = flops_lib.flops_per_token(cfg.model, units_per_row(cfg), cfg.train.flops_convention)
     training = now - r.log_time - (sum(spent.values()) - r.log_spent)
     step_time = training / max(done - r.log_step, 1)
     r.last = dict(values)
     row = {
         "step": done,
-        "tokens": done * tokens_per_step,
-        "flops": done * tokens_per_step * flops_per_token,
+        unit: done * units_per_step,
+        "flops": done * units_per_step * flops_per_unit,
         **values,
         "step_time_s": step_time,
-        "tokens_per_s": tokens_per_step / step_time,
-        "flops_per_s": tokens_per_step * flops_per_token / step_time,
-        "mfu": flops_lib.mfu(tokens_per_step * flops_per_token / step_time, device_kind, n_devices),
+        f"{unit}_per_s": units_per_step / step_time,
+        "flops_per_s": units_per_step * flops_per_unit / step_time,
+        "mfu": flops_lib.mfu(units_per_step * flops_per_unit / step_time, device_kind, n_devices),
     }
     if r.source.epoch(done) is not None:
         row["epoch"] = r.source.epoch(done)
@@ -396,26 +398,36 @@ def _row(r: _Run, values: dict, spent: dict, device_kind: str, n_devices: int) -
 
 
 def _summary(r: _Run, device_kind: str, n_devices: int, init_s: float, train_s: float, spent: dict) -> dict:
+    """The run's summary. D is stored under its unit's key -- "tokens" (lm), "images" (classify) --
+    which "units" names; flops per unit under "flops_per_token" / "flops_per_image"."""
     cfg, t, source = r.cfg, r.cfg.train, r.source
-    tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
-    flops_per_token = flops_lib.flops_per_token(cfg.model, cfg.data.seq_len, t.flops_convention)
-    tokens = t.steps * tokens_per_step
+    unit, per_row = unit_name(cfg), units_per_row(cfg)
+    units_per_step = cfg.data.global_batch * per_row
+    flops_per_unit = flops_lib.flops_per_token(cfg.model, per_row, t.flops_convention)
+    units = t.steps * units_per_step
+    classify = task_kind(cfg) == "classify"
     return {
         "run_id": r.run_id,
         "eval_loss": r.last.get("eval_loss"),
         "train_loss": r.last.get("train_loss"),
+        **({"eval_error": r.last.get("eval_error"), "train_error": r.last.get("train_error")} if classify else {}),
         "params": flops_lib.param_counts(cfg.model),
-        "tokens": tokens,
-        "flops": {"value": tokens * flops_per_token, "convention": t.flops_convention},
-        "flops_per_token": flops_per_token,
-        "flops_all_conventions": {c: tokens * flops_lib.flops_per_token(cfg.model, cfg.data.seq_len, c) for c in flops_lib.CONVENTIONS},
-        "entropy_floor": getattr(source, "entropy_floor", None),  # best mean loss over a row of seq_len tokens
+        **({"units": unit} if classify else {}),  # absent: tokens (every run recorded before images)
+        unit: units,
+        "flops": {"value": units * flops_per_unit, "convention": t.flops_convention},
+        f"flops_per_{unit[:-1]}": flops_per_unit,
+        # classify: chinchilla only (6N and Kaplan count a weight once per image, not once per position)
+        "flops_all_conventions": {c: units * flops_lib.flops_per_token(cfg.model, per_row, c) for c in flops_lib.CONVENTIONS
+                                  if not classify or c == "chinchilla"},
+        # lm: best mean loss over a row of seq_len tokens; classify: the Bayes cross-entropy (nats/image)
+        "entropy_floor": getattr(source, "entropy_floor", None),
         "entropy_rate": getattr(source, "entropy_rate", None),  # the source's rate (long windows), when known
-        "eval_tokens": eval_rows(t.eval_tokens, cfg.data.seq_len) * cfg.data.seq_len,  # held-out tokens behind eval_loss
+        **({"bayes_error": getattr(source, "bayes_error", None)} if classify else {}),  # the best top-1 error
+        f"eval_{unit}": eval_rows(t.eval_tokens, per_row) * per_row,  # held-out units behind eval_loss
         "sweep": cfg.sweep or None,
         "budget": cfg.budget or None,
         "steps": t.steps,
-        "seq_len": cfg.data.seq_len,
+        **({"image_shape": list(source.image_shape)} if classify else {"seq_len": cfg.data.seq_len}),
         "global_batch": cfg.data.global_batch,
         # Timings are the pack's (shared by its runs) up to the moment this run finished.
         "init_time_s": init_s,  # state init (with its compile) or checkpoint restore
@@ -444,20 +456,21 @@ def _pipeline_summary(cfg: RunConfig, n_devices: int) -> dict:
 
 
 def make_evaluate(cfg: RunConfig, steps, source, mesh):
-    """`(evaluate(params) -> mean loss over the run's eval set, number of held-out tokens in it)`.
+    """`(evaluate(state) -> {"eval_loss", ...} means over the run's eval set, number of held-out units in it)`.
 
     Every run of a sweep scores the same held-out rows whatever its batch: rows 0..n-1 of the eval
-    stream, n = ceil(eval_tokens / seq_len), in equal chunks of gcd(n, global_batch) rows (one
-    compiled shape; a multiple of the data-parallel size since validate() checks that both n and
-    global_batch are), so the mean of the chunk means is the mean over all n * seq_len tokens.
+    stream, n = ceil(eval_tokens / units per row) (units: tokens, seq_len a row; or images, one a
+    row -- for classify train.eval_tokens counts images), in equal chunks of gcd(n, global_batch)
+    rows (one compiled shape; a multiple of the data-parallel size since validate() checks that
+    both n and global_batch are), so the mean of the chunk means is the mean over all n rows.
     """
     pi, pc = jax.process_index(), jax.process_count()
-    evaluate, tokens = _chunked_evaluate(cfg, steps.eval_step, lambda first, n: sharding.global_batch(source.eval_rows(first, n, pi, pc), mesh))
-    return (lambda params: float(evaluate(params))), tokens
+    evaluate, units = _chunked_evaluate(cfg, steps.eval_step, lambda first, n: sharding.global_batch(source.eval_rows(first, n, pi, pc), mesh))
+    return (lambda state: {k: float(v) for k, v in evaluate(state).items()}), units
 
 
 def _pack_evaluate(cfg: RunConfig, pack, slots: list, mesh):
-    """evaluate(pack params) -> [K] each run's mean loss over its own eval set (as make_evaluate)."""
+    """evaluate(pack state) -> {metric: [K]} each run's means over its own eval set (as make_evaluate)."""
     pi, pc = jax.process_index(), jax.process_count()
     def rows(first, n):
         return pack.batch(_rows(slots, lambda r: r.source.eval_rows(first, n, pi, pc), lambda r: id(r.source)), mesh)
@@ -466,17 +479,18 @@ def _pack_evaluate(cfg: RunConfig, pack, slots: list, mesh):
 
 
 def _chunked_evaluate(cfg: RunConfig, eval_step, rows):
-    n_rows = eval_rows(cfg.train.eval_tokens, cfg.data.seq_len)
+    per_row = units_per_row(cfg)
+    n_rows = eval_rows(cfg.train.eval_tokens, per_row)
     chunk = math.gcd(n_rows, cfg.data.global_batch)
     batches = []  # the same rows at every evaluation: built once
 
-    def evaluate(params):
+    def evaluate(state):
         if not batches:
             batches.extend(rows(first, chunk) for first in range(0, n_rows, chunk))
-        losses = [eval_step(params, batch) for batch in batches]
-        return np.mean(jax.device_get(losses), axis=0)
+        scores = jax.device_get([eval_step(state, batch) for batch in batches])
+        return {k: np.mean([s[k] for s in scores], axis=0) for k in scores[0]}
 
-    return evaluate, n_rows * cfg.data.seq_len
+    return evaluate, n_rows * per_row
 
 
 def _check_same_run(run: RunDir, cfg: RunConfig) -> None:

@@ -12,7 +12,6 @@ import dataclasses
 import json
 from typing import Any, Sequence
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -21,37 +20,40 @@ import optax
 
 from lib.config import ConfigError, RunConfig
 from lib.models import apply_with_aux, make_model
+from lib import tasks
 from lib.parallel import pipeline, sharding
 from lib.store.checkpoint import abstract_with_shardings
 from lib.train.optim import learning_rate, make_run_direction
 
 
-@flax.struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainState:
+    """A run's state. `model_state`: the model's mutable collections besides its parameters (batch
+    norm's running averages, "batch_stats"); {} for every LM family, and then left out of the pytree,
+    so an LM state flattens -- and checkpoints, and restores old checkpoints -- exactly as before it
+    existed."""
+
     step: jax.Array  # number of updates applied
     params: Any
     opt_state: Any
+    model_state: Any = dataclasses.field(default_factory=dict)
+
+
+def _flatten_state(s: TrainState):
+    names = ("step", "params", "opt_state") + (("model_state",) if s.model_state else ())
+    return [(jax.tree_util.GetAttrKey(n), getattr(s, n)) for n in names], bool(s.model_state)
+
+
+def _unflatten_state(has_model_state: bool, children) -> TrainState:
+    return TrainState(*children) if has_model_state else TrainState(*children, model_state={})
+
+
+jax.tree_util.register_pytree_with_keys(TrainState, _flatten_state, _unflatten_state)
 
 
 def lm_loss(params, model: nn.Module, tokens_BT1, dropout_rng=None):
-    """Mean next-token cross-entropy in nats over a [B, T+1] token batch."""
-    inputs_BT, targets_BT = tokens_BT1[:, :-1], tokens_BT1[:, 1:]
-    deterministic = dropout_rng is None
-    rngs = None if deterministic else {"dropout": dropout_rng}
-    logits_BTV = model.apply({"params": params}, inputs_BT, deterministic=deterministic, rngs=rngs)
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT).mean()
-
-
-def train_loss(params, model: nn.Module, tokens_BT1, dropout_rng=None):
-    """(what training minimises, what it logs): the LM loss plus the family's weighted auxiliary
-    losses (moe: load balancing, router z-loss; lib.models.apply_with_aux), and {"train_loss": the
-    LM loss alone, each auxiliary term by name}. Eval scores `lm_loss` only."""
-    inputs_BT, targets_BT = tokens_BT1[:, :-1], tokens_BT1[:, 1:]
-    deterministic = dropout_rng is None
-    rngs = None if deterministic else {"dropout": dropout_rng}
-    logits_BTV, penalty, aux = apply_with_aux(model, params, inputs_BT, deterministic=deterministic, rngs=rngs)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT).mean()
-    return loss + penalty, {"train_loss": loss, **aux}
+    """Mean next-token cross-entropy in nats over a [B, T+1] token batch (lib.tasks.lm)."""
+    return tasks.lm.lm_loss(params, model, tokens_BT1, dropout_rng)
 
 
 # ---- a run's traced numbers -----------------------------------------------------------------------
@@ -88,70 +90,88 @@ def with_traced(cfg: RunConfig, traced: tuple[str, ...], hp) -> RunConfig:
 
 
 def make_train_step(model, cfg: RunConfig, traced: tuple[str, ...] = ()):
-    """`train_step(state, tokens_BT1, hp) -> (state, metrics)`: one update of one run.
+    """`train_step(state, batch, hp) -> (state, metrics)`: one update of one run.
 
-    `hp` holds the run's traced numbers: "total_steps" and "warmup_steps" always (so runs of one
-    shape share a compiled step whatever their lengths), and each field named in `traced` (see
-    `pack_hparams`: what the runs of a pack set differently). Every other number is `cfg`'s, baked
-    into the program as it always was.
+    `batch` is the task's (lib.tasks): token rows [B, T+1], or {"image", "label"} rows. `hp` holds
+    the run's traced numbers: "total_steps" and "warmup_steps" always (so runs of one shape share a
+    compiled step whatever their lengths), and each field named in `traced` (see `pack_hparams`:
+    what the runs of a pack set differently). Every other number is `cfg`'s, baked into the
+    program as it always was.
     """
-    accum, use_dropout = cfg.train.grad_accum, cfg.model.dropout > 0
+    accum, use_dropout, task = cfg.train.grad_accum, cfg.model.dropout > 0, tasks.task_of(cfg)
 
-    def loss_and_grad(params, tokens_BT1, rng):  # -> (logged {"train_loss", aux terms}, grads)
-        (_, logged), grads = jax.value_and_grad(train_loss, has_aux=True)(params, model, tokens_BT1, rng if use_dropout else None)
-        return logged, grads
+    def loss_and_grad(params, model_state, batch, rng):  # -> ((logged, model_state), grads)
+        (_, out), grads = jax.value_and_grad(task.train_loss, has_aux=True)(params, model_state, model, batch, rng if use_dropout else None)
+        return out, grads
 
-    def train_step(state: TrainState, tokens_BT1, hp):
+    def train_step(state: TrainState, batch, hp):
         run_cfg = with_traced(cfg, traced, hp)
         direction = make_run_direction(run_cfg)  # the same chain init() built, with this run's numbers
         rng = jax.random.fold_in(jax.random.key(run_cfg.train.seed), state.step)
         if accum == 1:
-            logged, grads = loss_and_grad(state.params, tokens_BT1, rng)
+            (logged, model_state), grads = loss_and_grad(state.params, state.model_state, batch, rng)
         else:
             # Microbatch j takes rows j, j+accum, ...: every device keeps an equal share of each
-            # microbatch, so no data moves between devices.
-            B, T1 = tokens_BT1.shape
-            micro_ABT1 = tokens_BT1.reshape(B // accum, accum, T1).swapaxes(0, 1)
-            micro_ABT1 = nn.with_logical_constraint(micro_ABT1, (None, "act_batch", None))
+            # microbatch, so no data moves between devices. Batch norm: each microbatch normalises
+            # by its own statistics and updates the running averages in turn.
+            def split(x):
+                micro = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+                return nn.with_logical_constraint(micro, (None, "act_batch") + (None,) * (x.ndim - 1))
+
+            micro = jax.tree.map(split, batch)
 
             def one(carry, xs):
-                logged_sum, grad_sum = carry
-                tokens, j = xs
-                logged, grads = loss_and_grad(state.params, tokens, jax.random.fold_in(rng, j))
-                return (jax.tree.map(jnp.add, logged_sum, logged), jax.tree.map(jnp.add, grad_sum, grads)), None
+                logged_sum, grad_sum, model_state = carry
+                rows, j = xs
+                (logged, model_state), grads = loss_and_grad(state.params, model_state, rows, jax.random.fold_in(rng, j))
+                return (jax.tree.map(jnp.add, logged_sum, logged), jax.tree.map(jnp.add, grad_sum, grads), model_state), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
-            no_logs = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(loss_and_grad, state.params, micro_ABT1[0], rng)[0])
-            (logged, grads), _ = jax.lax.scan(one, (no_logs, zeros), (micro_ABT1, jnp.arange(accum)))
+            first = jax.tree.map(lambda x: x[0], micro)
+            shapes = jax.eval_shape(loss_and_grad, state.params, state.model_state, first, rng)[0][0]
+            no_logs = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            (logged, grads, model_state), _ = jax.lax.scan(one, (no_logs, zeros, state.model_state), (micro, jnp.arange(accum)))
             logged, grads = jax.tree.map(lambda v: v / accum, logged), jax.tree.map(lambda g: g / accum, grads)
         lr = learning_rate(run_cfg.optimizer, state.step, hp["total_steps"], hp["warmup_steps"])
         direction_updates, opt_state = direction.update(grads, state.opt_state, state.params)
         updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), direction_updates)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**logged, "grad_norm": optax.tree.norm(grads), "lr": lr}  # train_loss: the LM loss
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        metrics = {**logged, "grad_norm": optax.tree.norm(grads), "lr": lr}  # train_loss: the task's loss
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state), metrics
 
     return train_step
 
 
-def make_eval_step(model):
-    def eval_step(params, tokens_BT1):
-        return lm_loss(params, model, tokens_BT1)
+def make_eval_step(model, cfg: RunConfig):
+    """`eval_step(state, batch) -> {"eval_loss", ...}`: the task's metrics, means over the batch's rows."""
+    task = tasks.task_of(cfg)
+
+    def eval_step(state: TrainState, batch):
+        return task.eval_metrics(state.params, state.model_state, model, batch)
 
     return eval_step
 
 
 def make_init(model, direction, cfg: RunConfig, boxed: bool):
     """`init(rng) -> TrainState`. `boxed=True` keeps flax's logical-axis boxes (only for eval_shape)."""
-    dummy_BT = jnp.zeros((1, cfg.data.seq_len), jnp.int32)
+    dummy = tasks.task_of(cfg).dummy(cfg)
 
     def init(rng):
-        params = model.init(rng, dummy_BT)["params"]
+        params, model_state = tasks.split_variables(model.init(rng, dummy))
         if not boxed:
-            params = nn.unbox(params)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=direction.init(params))
+            params, model_state = nn.unbox(params), nn.unbox(model_state)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=direction.init(params), model_state=model_state)
 
     return init
+
+
+def batch_spec(cfg: RunConfig, mesh, pack: "Pack | None" = None):
+    """The task's global batch as ShapeDtypeStructs with their shardings; a pack's has [K, ...] first."""
+    spec = tasks.task_of(cfg).batch_spec(cfg, cfg.data.global_batch)
+    if pack is None:
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh, x.ndim)), spec)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((pack.size, *x.shape), x.dtype,
+                                                       sharding=sharding.pack_batch_sharding(mesh, pack.rules, x.ndim + 1)), spec)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +179,8 @@ class Steps:
     """The jitted pieces of one run on one mesh (trace inside `sharding.activate(mesh)`)."""
 
     init: Any  # rng -> TrainState, born sharded
-    train_step: Any  # (state, tokens, horizon) -> (state, metrics); state donated
-    eval_step: Any  # (params, tokens) -> mean loss
+    train_step: Any  # (state, batch, horizon) -> (state, metrics); state donated
+    eval_step: Any  # (state, batch) -> {"eval_loss", ...} means over the batch
     state_shardings: Any
     abstract_state: Any  # ShapeDtypeStructs carrying the shardings, for checkpoint restore
     horizon: Any  # {"total_steps", "warmup_steps"}, replicated: the schedule's run-specific numbers
@@ -179,7 +199,8 @@ def build_steps(cfg: RunConfig, mesh) -> Steps:
     abstract_boxed = jax.eval_shape(make_init(model, direction, cfg, boxed=True), jax.random.key(0))
     state_shardings = sharding.logical_shardings(abstract_boxed, mesh)
     abstract = jax.eval_shape(make_init(model, direction, cfg, boxed=False), jax.random.key(0))
-    batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    batch_sharding = jax.tree.map(lambda x: x.sharding, batch_spec(cfg, mesh))
+    replicated = sharding.replicated(mesh)
     return Steps(
         init=jax.jit(make_init(model, direction, cfg, boxed=False), out_shardings=state_shardings),
         train_step=jax.jit(
@@ -188,7 +209,7 @@ def build_steps(cfg: RunConfig, mesh) -> Steps:
             out_shardings=(state_shardings, replicated),
             donate_argnums=0,
         ),
-        eval_step=jax.jit(make_eval_step(model), in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated),
+        eval_step=jax.jit(make_eval_step(model, cfg), in_shardings=(state_shardings, batch_sharding), out_shardings=replicated),
         state_shardings=state_shardings,
         abstract_state=abstract_with_shardings(abstract, state_shardings),
         horizon={k: sharding.replicated_array(np.asarray(v, np.int32), mesh) for k, v in horizon(cfg).items()},
@@ -271,16 +292,16 @@ class Pack:
     spread: bool  # the run axis on the mesh's data axis (whole models per device), else replicated
     chunk: int | None  # runs computed at once (vmapped); None: all (see over_runs)
     traced: tuple[str, ...]  # the fields the runs differ in, traced (besides length and warmup)
-    train_step: Any  # (state, advance[K] bool, tokens[K, B, T+1], hp) -> (state, metrics {name: [K]}); state donated
-    eval_step: Any  # (params, tokens[K, n, T+1]) -> [K] mean losses
+    train_step: Any  # (state, advance[K] bool, batch [K, B, ...], hp) -> (state, metrics {name: [K]}); state donated
+    eval_step: Any  # (state, batch [K, n, ...]) -> {"eval_loss", ...: [K] means}
     stack: Any  # (state of run 0, state of run 1, ...) -> pack state
     take: Any  # (pack state, i) -> run i's state, laid out as a lone run's (its checkpoint)
     hparams: Any  # {name: [K]}, replicated
     rules: Any  # the rules table the pack's arrays follow (sharding.pack_rules)
 
-    def batch(self, local_KBT: np.ndarray, mesh) -> jax.Array:
-        """This process's rows of every run's batch [K, B / processes, T+1] -> the global pack batch."""
-        return sharding.pack_global_batch(local_KBT, mesh, self.rules)
+    def batch(self, local_KB, mesh):
+        """This process's rows of every run's batch ([K, B / processes, ...] leaves) -> the global pack batch."""
+        return sharding.pack_global_batch(local_KB, mesh, self.rules)
 
 
 def build_pack(cfgs: Sequence[RunConfig], mesh, spread: bool = False, chunk: int | None | str = "auto") -> Pack:
@@ -310,11 +331,13 @@ def build_pack(cfgs: Sequence[RunConfig], mesh, spread: bool = False, chunk: int
     abstract_boxed = jax.eval_shape(make_init(model, direction, cfg, boxed=True), jax.random.key(0))
     state_shardings = nn.logical_to_mesh_sharding(sharding.with_run_axis(nn.get_partition_spec(abstract_boxed)), mesh, rules)
     lone_shardings = sharding.logical_shardings(abstract_boxed, mesh)
-    batch_sharding, replicated = sharding.pack_batch_sharding(mesh, rules), sharding.replicated(mesh)
+    spec = tasks.task_of(cfg).batch_spec(cfg, cfg.data.global_batch)
+    batch_sharding = jax.tree.map(lambda x: sharding.pack_batch_sharding(mesh, rules, x.ndim + 1), spec)
+    replicated = sharding.replicated(mesh)
     train_step = make_train_step(model, cfg, traced)
 
-    def run_step(state, advance, tokens_BT1, hp):
-        new, metrics = train_step(state, tokens_BT1, hp)
+    def run_step(state, advance, batch, hp):
+        new, metrics = train_step(state, batch, hp)
         keep = advance & jnp.isfinite(metrics["train_loss"])
         return jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, state), metrics
 
@@ -337,8 +360,8 @@ def build_pack(cfgs: Sequence[RunConfig], mesh, spread: bool = False, chunk: int
             donate_argnums=0,
         ),
         eval_step=jax.jit(
-            under_rules(over_runs(make_eval_step(model), size, spmd_axis, chunk)),
-            in_shardings=(state_shardings.params, batch_sharding),
+            under_rules(over_runs(make_eval_step(model, cfg), size, spmd_axis, chunk)),
+            in_shardings=(state_shardings, batch_sharding),
             out_shardings=replicated,
         ),
         stack=jax.jit(lambda *states: jax.tree.map(lambda *xs: jnp.stack(xs), *states), out_shardings=state_shardings),
@@ -352,6 +375,5 @@ def step_memory_bytes(cfg: RunConfig, mesh) -> int:
     """Bytes per device that one run's compiled train step needs: arguments + outputs - what the
     donated state aliases + temporaries (XLA's memory analysis). A pack of K needs about K times it."""
     steps = build_steps(cfg, mesh)
-    batch = jax.ShapeDtypeStruct((cfg.data.global_batch, cfg.data.seq_len + 1), jnp.int32, sharding=sharding.batch_sharding(mesh))
-    m = steps.train_step.lower(steps.abstract_state, batch, steps.horizon).compile().memory_analysis()
+    m = steps.train_step.lower(steps.abstract_state, batch_spec(cfg, mesh), steps.horizon).compile().memory_analysis()
     return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes)
