@@ -63,9 +63,13 @@ def cmd_train(args) -> int:
         hint = " (another process may have died: relaunch every process to resume)" if _process_count() > 1 else ""
         print(f"run failed: {type(e).__name__}: {e}{hint}; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 1
+    from lib.store.runstore import summary_D
+
+    units = summary.get("units", "tokens")
+    error = f" | eval_error {summary['eval_error']:.4f}" if summary.get("eval_error") is not None else ""
     print(
-        f"done: eval_loss {summary['eval_loss']:.4f} | params {summary['params']['total']:,} | "
-        f"tokens {summary['tokens']:,} | flops {summary['flops']['value']:.3e} ({summary['flops']['convention']})"
+        f"done: eval_loss {summary['eval_loss']:.4f}{error} | params {summary['params']['total']:,} | "
+        f"{units} {summary_D(summary):,} | flops {summary['flops']['value']:.3e} ({summary['flops']['convention']})"
     )
     return 0
 

@@ -16,7 +16,7 @@ D/N = 53, batch 128, lr 1e-2). Batch 256 (one per budget, halved down to 32 whil
 budget would have < 150 steps), one learning rate 1.4e-2 at batch 256 (AdamW, cosine), x sqrt(B/256)
 at a halved batch.
 Then `scaling fit` (Approaches 1-3 on loss vs N, D, C) and its figures into <root>/fit/, and the
-prediction check at the next budget (3e11; skip it with --no-verify).
+prediction check at the next budget (6.7e11: the largest budget times the ladder's step; skip it with --no-verify).
 """
 
 from lib.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig

@@ -272,3 +272,21 @@ def test_bfloat16_image_models_keep_float32_parameters_statistics_and_logits():
         variables = jax.eval_shape(model.init, jax.random.key(0), models.dummy_input(cfg, 0))
         logits = jax.eval_shape(lambda v, x: model.apply(nn.unbox(v), x), variables, jnp.zeros((2, 8, 8, 3)))
         assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nn.unbox(variables))) and logits.dtype == jnp.float32
+
+
+def test_scaling_train_trains_an_image_classifier_from_the_command_line(tmp_path):
+    """`scaling train` on synthetic images: the done line reports D in images and the top-1 error."""
+    import os
+    import subprocess
+    import sys
+
+    sets = {"data.source": "synthetic_images", "data.image_size": 8, "data.global_batch": 16, "model.family": "resnet",
+            "model.d_model": 8, "model.n_layers": 1, "train.steps": 6, "optimizer.warmup_steps": 1, "train.eval_tokens": 32}
+    cmd = [sys.executable, "-m", "experiments.cli", "train", "--config", "tiny", "--workdir", str(tmp_path / "r"),
+           *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")]]
+    out = subprocess.run(cmd, env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = RunDir(tmp_path / "r").summary()
+    assert summary["units"] == "images" and summary["images"] == 6 * 16
+    assert f"images {6 * 16:,}" in out.stdout and f"eval_error {summary['eval_error']:.4f}" in out.stdout
