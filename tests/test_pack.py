@@ -151,6 +151,25 @@ def test_clipping_and_norms_are_per_run(tmp_path, chunk):
     assert moved[1] == pytest.approx(lr * norm, rel=1e-3)  # untouched
 
 
+@pytest.mark.parametrize("chunk, scan", [(None, True), ("auto", False)], ids=["vmap-scanned", "one-by-one"])
+def test_runs_with_their_own_dropout_rates_and_seeds_pack_as_they_train_alone(tmp_path, chunk, scan):
+    """model.dropout is traced per run (with the seed behind each run's masks): a pack of two rates
+    trains each run as it trains alone, and a rate of 0 (no dropout) is another program."""
+    from lib.train.step import pack_hparams, pack_key
+
+    runs = {"lo": {"model.dropout": 0.1, "train.seed": 0}, "hi": {"model.dropout": 0.3, "train.seed": 1}}
+    cfgs = [BASE.with_overrides({**extra, "name": n, "model.scan_layers": scan, "train.steps": 8, "train.eval_every": 8,
+                                 "train.checkpoint_every": 8}) for n, extra in runs.items()]
+    assert pack_key(cfgs[0]) == pack_key(cfgs[1]) != pack_key(cfgs[0].with_overrides({"model.dropout": 0.0}))
+    traced, hp = pack_hparams(cfgs)
+    assert set(traced) == {"dropout", "seed"} and hp["dropout"].tolist() == pytest.approx([0.1, 0.3])
+    train_pack(cfgs, [tmp_path / "pack" / n for n in runs], devices=one_device(), chunk=chunk)
+    for c, n in zip(cfgs, runs):
+        train(c, tmp_path / "alone" / n, devices=one_device())
+        np.testing.assert_allclose(_losses(tmp_path / "pack" / n), _losses(tmp_path / "alone" / n), rtol=PACK_RTOL)
+    assert not np.allclose(_losses(tmp_path / "alone" / "lo"), _losses(tmp_path / "alone" / "hi"), rtol=1e-3)  # the rates matter
+
+
 def test_a_finished_run_is_never_retrained_and_the_rest_pack_without_it(alone, tmp_path):
     import shutil
 

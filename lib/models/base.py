@@ -37,6 +37,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from lib.config import ModelConfig
@@ -84,6 +86,22 @@ def image_dummy(m: ModelConfig, seq_len: int = 0):
     if m.image_size <= 0 or m.image_channels <= 0:
         raise ValueError("model.image_size / image_channels are unset; resolve them from the data first (lib.config.resolve_model_input)")
     return jnp.zeros((1, m.image_size, m.image_size, m.image_channels), jnp.float32)
+
+
+class Dropout(nn.Dropout):
+    """flax's Dropout, whose rate may also be a traced value: the runs of a pack (lib/train/step.py)
+    each drop with their own model.dropout. A Python rate takes flax's own path, so a lone run's
+    numbers are unchanged; the class keeps flax's name, so the auto-named module paths and with
+    them the dropout rngs are the same."""
+
+    def __call__(self, inputs, deterministic: bool | None = None, rng=None):
+        if not isinstance(self.rate, jax.Array):
+            return super().__call__(inputs, deterministic, rng)
+        if nn.merge_param("deterministic", self.deterministic, deterministic):
+            return inputs
+        keep = (1.0 - self.rate).astype(inputs.dtype)
+        mask = jax.random.bernoulli(rng if rng is not None else self.make_rng(self.rng_collection), p=keep, shape=inputs.shape)
+        return jax.lax.select(mask, inputs / keep, jnp.zeros_like(inputs))
 
 
 # -- shared closed forms ----------------------------------------------------------------------------

@@ -59,7 +59,7 @@ class GatedConvBlock(nn.Module):
         h_BTE = causal_conv(RMSNorm(name="ln")(x_BTD), w_KDE.astype(dt), self.rate)
         h_BTE = nn.with_logical_constraint(h_BTE, ("act_batch", "act_len", "act_mlp"))
         a, b = jnp.split(h_BTE, 2, axis=-1)
-        y_BTD = nn.Dropout(cfg.dropout)(a * jax.nn.sigmoid(b), deterministic)
+        y_BTD = base.Dropout(cfg.dropout)(a * jax.nn.sigmoid(b), deterministic)
         return nn.with_logical_constraint(x_BTD + y_BTD, ACT_BTD)
 
 

@@ -39,7 +39,7 @@ class ResidualMlp(nn.Module):
     @nn.compact
     def __call__(self, x_BTD, deterministic: bool):
         h = Mlp(self.cfg, name="mlp")(RMSNorm(name="ln")(x_BTD))
-        return nn.with_logical_constraint(x_BTD + nn.Dropout(self.cfg.dropout)(h, deterministic), ACT_BTD)
+        return nn.with_logical_constraint(x_BTD + base.Dropout(self.cfg.dropout)(h, deterministic), ACT_BTD)
 
 
 class WindowMLP(nn.Module):

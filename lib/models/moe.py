@@ -125,7 +125,7 @@ class MoeBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTD, deterministic: bool):
-        drop = nn.Dropout(self.cfg.dropout)
+        drop = base.Dropout(self.cfg.dropout)
         x_BTD = x_BTD + drop(Attention(self.cfg, name="attn")(RMSNorm(name="ln1")(x_BTD)), deterministic)
         x_BTD = nn.with_logical_constraint(x_BTD, ACT_BTD)
         x_BTD = x_BTD + drop(MoeMlp(self.cfg, name="moe")(RMSNorm(name="ln2")(x_BTD)), deterministic)

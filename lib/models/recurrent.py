@@ -135,7 +135,7 @@ class RecurrentLM(nn.Module):
         layer_cls = {"lstm": LSTMLayer, "gru": GRULayer}[cfg.family]
         if cfg.remat:
             layer_cls = nn.remat(layer_cls)
-        drop = nn.Dropout(cfg.dropout)
+        drop = base.Dropout(cfg.dropout)
         for i, in_dim in enumerate(layer_inputs(cfg)):
             if i:
                 x = drop(x, deterministic)

@@ -79,7 +79,7 @@ class PreActBlock(nn.Module):
         w1 = _param(self, "conv1", (3, 3, self.cin, self.cout), (None, None, "embed", "mlp"), _he_init)
         h = conv(a, w1.astype(dt), self.stride)
         h = nn.relu(Norm(cfg, name="norm2")(h, train))
-        h = nn.Dropout(cfg.dropout)(h, deterministic)
+        h = base.Dropout(cfg.dropout)(h, deterministic)
         w2 = _param(self, "conv2", (3, 3, self.cout, self.cout), (None, None, "mlp", "embed"), _he_init)
         h = conv(h, w2.astype(dt), 1)
         if self.stride != 1 or self.cin != self.cout:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from lib.config import ModelConfig
+from lib.models import base
 
 # Activation axis names are distinct from parameter axis names: activations shard the batch over
 # (data, fsdp), parameters shard d_model over fsdp; one name for both would map fsdp twice.
@@ -142,7 +143,7 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTD, deterministic: bool):
-        drop = nn.Dropout(self.cfg.dropout)
+        drop = base.Dropout(self.cfg.dropout)
         attn = Attention(self.cfg, self.causal, self.use_rope, name="attn")
         x_BTD = x_BTD + drop(attn(RMSNorm(name="ln1")(x_BTD)), deterministic)
         x_BTD = nn.with_logical_constraint(x_BTD, ACT_BTD)

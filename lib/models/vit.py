@@ -61,7 +61,7 @@ class ViT(nn.Module):
             x_BND = jnp.concatenate([jnp.broadcast_to(cls_D.astype(dt), (x_BND.shape[0], 1, D)), x_BND], axis=1)
         pos_ND = _param(self, "pos", (n_tokens(cfg), D), (None, "embed"))
         x_BND = nn.with_logical_constraint(x_BND + pos_ND.astype(dt), ACT_BTD)
-        x_BND = nn.Dropout(cfg.dropout)(x_BND, deterministic)
+        x_BND = base.Dropout(cfg.dropout)(x_BND, deterministic)
         block = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
         for i in range(cfg.n_layers):
             x_BND = block(cfg, causal=False, use_rope=False, name=f"layer_{i}")(x_BND, deterministic)

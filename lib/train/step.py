@@ -9,6 +9,7 @@ run axis of the whole state, the numbers the runs differ in traced per run (`pac
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any, Sequence
 
@@ -71,22 +72,28 @@ def horizon(cfg: RunConfig) -> dict[str, int]:
 
 
 def traceable_fields(cfg: RunConfig) -> tuple[str, ...]:
-    """What a pack of runs like `cfg` may trace: optimizer fields (by name) and "seed" (train.seed: dropout)."""
+    """What a pack of runs like `cfg` may trace: optimizer fields (by name), and with dropout on
+    "seed" (train.seed: the dropout masks) and "dropout" (model.dropout, the rate)."""
     o = cfg.optimizer
     skip = {"final_lr_frac", "decay_rate"} if o.schedule == "exponential" else set()  # `rate or max(...)`: Python
     if not o.clip_norm > 0:
         skip.add("clip_norm")  # off is a different chain, not a value
     fields = tuple(f for f in TRACEABLE_OPTIMIZER_FIELDS if f not in skip)
-    return fields + (("seed",) if cfg.model.dropout > 0 else ())
+    return fields + (("seed", "dropout") if cfg.model.dropout > 0 else ())
+
+
+def _field_value(cfg: RunConfig, name: str):
+    return cfg.train.seed if name == "seed" else cfg.model.dropout if name == "dropout" else getattr(cfg.optimizer, name)
 
 
 def with_traced(cfg: RunConfig, traced: tuple[str, ...], hp) -> RunConfig:
     """`cfg` with each traced field replaced by this run's value in `hp` (a tracer inside the step)."""
     if not traced:
         return cfg
-    opt = dataclasses.replace(cfg.optimizer, **{k: hp[k] for k in traced if k != "seed"})
+    opt = dataclasses.replace(cfg.optimizer, **{k: hp[k] for k in traced if k not in ("seed", "dropout")})
     train = dataclasses.replace(cfg.train, seed=hp["seed"]) if "seed" in traced else cfg.train
-    return dataclasses.replace(cfg, optimizer=opt, train=train)
+    model = dataclasses.replace(cfg.model, dropout=hp["dropout"]) if "dropout" in traced else cfg.model
+    return dataclasses.replace(cfg, optimizer=opt, train=train, model=model)
 
 
 def make_train_step(model, cfg: RunConfig, traced: tuple[str, ...] = ()):
@@ -100,16 +107,17 @@ def make_train_step(model, cfg: RunConfig, traced: tuple[str, ...] = ()):
     """
     accum, use_dropout, task = cfg.train.grad_accum, cfg.model.dropout > 0, tasks.task_of(cfg)
 
-    def loss_and_grad(params, model_state, batch, rng):  # -> ((logged, model_state), grads)
+    def loss_and_grad(model, params, model_state, batch, rng):  # -> ((logged, model_state), grads)
         (_, out), grads = jax.value_and_grad(task.train_loss, has_aux=True)(params, model_state, model, batch, rng if use_dropout else None)
         return out, grads
 
     def train_step(state: TrainState, batch, hp):
         run_cfg = with_traced(cfg, traced, hp)
         direction = make_run_direction(run_cfg)  # the same chain init() built, with this run's numbers
+        run_model = model.clone(cfg=run_cfg.model) if "dropout" in traced else model  # this run's dropout rate
         rng = jax.random.fold_in(jax.random.key(run_cfg.train.seed), state.step)
         if accum == 1:
-            (logged, model_state), grads = loss_and_grad(state.params, state.model_state, batch, rng)
+            (logged, model_state), grads = loss_and_grad(run_model, state.params, state.model_state, batch, rng)
         else:
             # Microbatch j takes rows j, j+accum, ...: every device keeps an equal share of each
             # microbatch, so no data moves between devices. Batch norm: each microbatch normalises
@@ -123,12 +131,12 @@ def make_train_step(model, cfg: RunConfig, traced: tuple[str, ...] = ()):
             def one(carry, xs):
                 logged_sum, grad_sum, model_state = carry
                 rows, j = xs
-                (logged, model_state), grads = loss_and_grad(state.params, model_state, rows, jax.random.fold_in(rng, j))
+                (logged, model_state), grads = loss_and_grad(run_model, state.params, model_state, rows, jax.random.fold_in(rng, j))
                 return (jax.tree.map(jnp.add, logged_sum, logged), jax.tree.map(jnp.add, grad_sum, grads), model_state), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
             first = jax.tree.map(lambda x: x[0], micro)
-            shapes = jax.eval_shape(loss_and_grad, state.params, state.model_state, first, rng)[0][0]
+            shapes = jax.eval_shape(functools.partial(loss_and_grad, run_model), state.params, state.model_state, first, rng)[0][0]
             no_logs = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
             (logged, grads, model_state), _ = jax.lax.scan(one, (no_logs, zeros, state.model_state), (micro, jnp.arange(accum)))
             logged, grads = jax.tree.map(lambda v: v / accum, logged), jax.tree.map(lambda g: g / accum, grads)
@@ -240,6 +248,7 @@ def pack_key(cfg: RunConfig) -> str:
     for k in traceable_fields(cfg):
         d["optimizer"].pop(k, None)
     d["optimizer"]["clips"] = cfg.optimizer.clip_norm > 0
+    d["model"]["dropout"] = cfg.model.dropout > 0  # on or off is the program; the rate is traced per run
     return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
 
@@ -253,7 +262,7 @@ def pack_hparams(cfgs: Sequence[RunConfig]) -> tuple[tuple[str, ...], dict[str, 
     hp = {k: np.array([horizon(c)[k] for c in cfgs], np.int32) for k in ("total_steps", "warmup_steps")}
     traced = []
     for name in traceable_fields(cfgs[0]):
-        values = [c.train.seed if name == "seed" else getattr(c.optimizer, name) for c in cfgs]
+        values = [_field_value(c, name) for c in cfgs]
         if len(set(values)) > 1:
             traced.append(name)
             hp[name] = np.array(values, np.int32 if name in _INT_FIELDS else np.float32)
