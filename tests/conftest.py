@@ -37,3 +37,29 @@ def tiny_config():
         train=TrainConfig(steps=30, log_every=5, eval_every=15, eval_tokens=1024, checkpoint_every=10),
         tracking=TrackingConfig(console=False),
     )
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory) -> str:
+    """One JAX compilation cache for the session's test sweeps: a shape compiles once, not per test."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(scope="session")
+def mini_run(tmp_path_factory):
+    """(experiment file, root, the finished process) of `scaling run` on tests/test_run_command.py's
+    tiny IsoFLOP sweep with --no-verify, trained once for the session: test_run_command reads it,
+    tests/test_verify.py relaunches `scaling run` on a copy of the root for the check stage."""
+    import subprocess
+    import sys
+
+    from test_run_command import EXPERIMENT
+    from test_sweep_support import clean_env
+
+    tmp_path = tmp_path_factory.mktemp("mini_run")
+    exp = tmp_path / "mini.py"
+    exp.write_text(EXPERIMENT)
+    root = tmp_path / "root"
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "run", str(exp), "--root", str(root), "--progress", "off", "--no-verify"],
+                          env=clean_env(tmp_path), capture_output=True, text=True, timeout=540)
+    return exp, root, proc

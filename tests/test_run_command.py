@@ -2,13 +2,9 @@
 
 import json
 import re
-import subprocess
-import sys
 import textwrap
 
 import pytest
-
-from test_sweep_support import clean_env
 
 EXPERIMENT = textwrap.dedent(
     """
@@ -29,13 +25,8 @@ EXPERIMENT = textwrap.dedent(
 
 
 @pytest.mark.timeout(600)
-def test_scaling_run_trains_fits_plots_and_summarises(tmp_path):
-    exp = tmp_path / "mini.py"
-    exp.write_text(EXPERIMENT)
-    root = tmp_path / "root"
-    # --no-verify: the prediction check stage has its own end-to-end test (tests/test_verify.py)
-    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "run", str(exp), "--root", str(root), "--progress", "off", "--no-verify"],
-                          env=clean_env(tmp_path), capture_output=True, text=True, timeout=540)
+def test_scaling_run_trains_fits_plots_and_summarises(mini_run):
+    _, root, proc = mini_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     planned = int(re.search(r"sweep mini: (\d+) runs into", proc.stdout).group(1))
     assert planned >= 6 and f"sweep mini: {planned} trained, 0 already done, 0 failed" in proc.stdout

@@ -10,7 +10,7 @@ import lib.train.loop
 from experiments.sweep_cmd import SweepOptions, load_sweep, run_sweep
 from lib.sweeps.executors import enable_compile_cache
 from lib.store.runstore import RunDir
-from test_sweep_support import compile_cache, files_with_mtimes, write_experiment  # noqa: F401  (a fixture)
+from test_sweep_support import files_with_mtimes, write_experiment
 
 
 @pytest.fixture(autouse=True)

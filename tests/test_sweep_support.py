@@ -8,7 +8,6 @@ import os
 import textwrap
 from pathlib import Path
 
-import pytest
 
 EXPERIMENT = textwrap.dedent(
     """
@@ -55,9 +54,3 @@ def clean_env(tmp_path: Path) -> dict:
 
 def files_with_mtimes(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="session")
-def compile_cache(tmp_path_factory) -> str:
-    """One JAX compilation cache for the session's test sweeps: a shape compiles once, not per test."""
-    return str(tmp_path_factory.mktemp("jax_cache"))

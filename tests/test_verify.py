@@ -13,7 +13,7 @@ import pytest
 from analysis import verify as V
 from analysis.report import markdown
 from test_run_command import EXPERIMENT
-from test_sweep_support import clean_env, compile_cache  # noqa: F401  (a fixture)
+from test_sweep_support import clean_env
 
 ENTRY_KEYS = {"C", "N", "D", "run_id", "approach", "predicted", "achieved", "error", "relative_error", "inside"}
 
@@ -112,12 +112,18 @@ def _cli(tmp_path, *args, cache):
 
 
 @pytest.mark.timeout(900)
-def test_scaling_run_checks_its_prediction_idempotently(tmp_path, compile_cache):
-    exp = tmp_path / "mini.py"
-    exp.write_text(EXPERIMENT)
+def test_scaling_run_checks_its_prediction_idempotently(tmp_path, compile_cache, mini_run):
+    """`scaling run` relaunched on a swept root (tests/test_run_command.py's, copied): nothing to
+    train in the sweep, the fit again, then the check stage."""
+    import shutil
+
+    exp, swept, first = mini_run
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     root, fit = tmp_path / "root", tmp_path / "root" / "fit"
+    shutil.copytree(swept, root)
     proc = _cli(tmp_path, "run", exp, "--root", root, "--neighbours", cache=compile_cache)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"sweep mini: all \d+ runs were already done", proc.stdout)
     assert re.search(r"sweep mini-check: [23] trained", proc.stdout) and "prediction check at C = 3.6e+09" in proc.stdout
 
     check = json.loads((fit / "check.json").read_text())
