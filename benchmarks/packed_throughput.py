@@ -10,6 +10,8 @@ lone run's step (a pack of one: the program a run trains with alone). Prints a t
     MFU         on accelerators (6N by default there)
     speedup     K * lone step time / pack step time: how much faster than K sequential runs
     cpu x       the same ratio in process CPU time (wall time on a shared machine is noisy)
+    faults      minor page faults per step: on CPU, the fresh pages a step's temporary buffers
+                touch (a big program's temporaries are mmapped anew each step; README, packs)
 
     python benchmarks/packed_throughput.py                       # CPU: quickstart shapes + d128/d256
     python benchmarks/packed_throughput.py --packs 1 8 --steps 10
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -59,15 +62,16 @@ def config(shape, args, on_accel: bool, lr: float = 1e-3) -> RunConfig:
 
 
 def timed_steps(step, state, advance, batches, hparams, n: int):
-    """(wall seconds, process CPU seconds) per step over n steps after two warm-up steps."""
+    """(wall seconds, process CPU seconds, minor page faults) per step over n steps after two warm-up steps."""
     for i in range(2):
         state, m = step(state, advance, batches[i % 2], hparams)
     jax.block_until_ready(m)
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, faults = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for i in range(n):
         state, m = step(state, advance, batches[i % 2], hparams)
     jax.block_until_ready(m)
-    return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n, faults / n
 
 
 def bench_shape(name, shape, args, devices) -> list[dict]:
@@ -93,7 +97,7 @@ def bench_shape(name, shape, args, devices) -> list[dict]:
             compiled = pack.train_step.lower(state, advance, batches[0], pack.hparams).compile()
             compile_s = time.perf_counter() - t0
             memory = compiled.memory_analysis()
-            wall, cpu = timed_steps(compiled, state, advance, batches, pack.hparams, args.steps if K < 16 else max(args.steps // 2, 3))
+            wall, cpu, faults = timed_steps(compiled, state, advance, batches, pack.hparams, args.steps if K < 16 else max(args.steps // 2, 3))
             lone = lone or (wall, cpu)  # K = 1 is the lone run's program
             achieved = K * tokens * per_token / wall
             rows.append({
@@ -107,6 +111,7 @@ def bench_shape(name, shape, args, devices) -> list[dict]:
                 "mfu": flops_lib.mfu(achieved, devices[0].device_kind, len(devices)),
                 "speedup_vs_sequential": K * lone[0] / wall,
                 "cpu_speedup_vs_sequential": K * lone[1] / cpu,
+                "page_faults_per_step": faults,
                 "compile_time_s": compile_s,
                 "memory_mb": (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
                               + memory.temp_size_in_bytes) / 2**20 if memory else None,
@@ -119,7 +124,7 @@ def _line(r: dict) -> str:
     mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
     return (f"{r['shape']:>8} {r['params']:>10,} {r['K']:>3} {r['step_time_s'] * 1e3:>9.2f} {r['runs_per_hour']:>10.4g} "
             f"{r['gflops_per_s']:>8.3g} {mfu:>6} {r['speedup_vs_sequential']:>8.2f}x {r['cpu_speedup_vs_sequential']:>6.2f}x "
-            f"{r['compile_time_s']:>8.2f} {r['memory_mb'] or 0:>9.1f}")
+            f"{r['compile_time_s']:>8.2f} {r['memory_mb'] or 0:>9.1f} {r['page_faults_per_step']:>7.0f}")
 
 
 def sweep_wall_times(experiment: str, sets: list[str]) -> dict:
@@ -164,7 +169,7 @@ def main() -> None:
     print(f"device: {devices[0].device_kind}  seq {args.seq_len}  batch {args.batch}  vocab {args.vocab}  flops {args.convention}  "
           f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
     print(f"{'shape':>8} {'params':>10} {'K':>3} {'step ms':>9} {'runs/hour':>10} {'GFLOP/s':>8} {'MFU':>6} {'speedup':>9} {'cpu x':>7} "
-          f"{'compile s':>8} {'memory MB':>9}")
+          f"{'compile s':>8} {'memory MB':>9} {'faults':>7}")
     rows = [r for name in args.shapes for r in bench_shape(name, (CPU_SHAPES | GPU_SHAPES)[name], args, devices)]
     record = {"device_kind": devices[0].device_kind, "args": {**vars(args), "chunk": str(args.chunk)}, "load_average": os.getloadavg(), "rows": rows}
     if args.sweep:

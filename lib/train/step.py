@@ -317,10 +317,12 @@ def build_pack(cfgs: Sequence[RunConfig], mesh, spread: bool = False, chunk: int
     """The jitted pack of `cfgs` (runs with one pack_key) on `mesh`; spread puts run i on data slice i.
 
     chunk: how many runs the program computes at once (`over_runs`). "auto": all of them (one
-    vmap) on accelerators and whenever spread; on CPU one at a time -- XLA:CPU's batched kernels
-    transpose and spill out of cache, and measure 0.5-0.7x the speed of the runs in sequence for
-    d_model >= 24, while the runs in turn inside one program measure 1.1-1.6x
-    (benchmarks/packed_throughput.py).
+    vmap) on accelerators and whenever spread; on CPU one at a time: a CPU step is compute-bound
+    (its time is proportional to its tokens; dispatch is ~5%), so batching gains little there,
+    and the vmapped step's K-times larger temporaries are mapped fresh each step (a page fault
+    per 4 KB page, about half its time), while the map's loop reuses its body's buffers -- the
+    runs in turn measure 1.0-1.6x the speed of the runs in sequence, the vmap 0.5-0.9x for
+    d_model >= 24 (benchmarks/packed_throughput.py; README, "How a pack computes its runs").
     """
     cfg, size = cfgs[0], len(cfgs)
     if chunk == "auto" or spread:  # a spread pack is one vmap: each device computes its own runs
