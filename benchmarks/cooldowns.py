@@ -26,6 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.results_io import RESULTS, write_json  # noqa: E402
 from experiments import quickstart, quickstart_wsd  # noqa: E402
 from lib import flops as flops_lib  # noqa: E402
 from lib.sweeps.cooldowns import Cooldowns, accounting  # noqa: E402
@@ -89,14 +90,10 @@ def main(argv=None) -> int:
             result["train"][label] = {"wall_s": wall, "flops_spent": spent, "runs": len(plan.runs),
                                       "failed": [o.run_id for o in report.outcomes if o.result == "failed"], "fit": _fit(root)}
             print(f"{label}: {len(plan.runs)} runs, {spent:.3g} FLOPs, {wall:.0f}s; fit {json.dumps(result['train'][label]['fit'])}", flush=True)
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "cooldowns.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if "train" not in result and os.path.exists(path):  # accounting only: keep the last trained comparison
-        with open(path) as f:
-            result["train"] = json.load(f).get("train")
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(path + ".tmp", path)
+    path = RESULTS / "cooldowns.json"
+    if "train" not in result and path.exists():  # accounting only: keep the last trained comparison
+        result["train"] = json.loads(path.read_text()).get("train")
+    write_json(path, result)
     return 0
 
 

@@ -22,7 +22,6 @@ On a GPU the default ladder is ~1M-50M-parameter models in bfloat16 at sequence 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -33,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.results_io import write_json  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -174,12 +174,7 @@ def main() -> None:
     record = {"device_kind": devices[0].device_kind, "args": {**vars(args), "chunk": str(args.chunk)}, "load_average": os.getloadavg(), "rows": rows}
     if args.sweep:
         record["sweep"] = {args.sweep: sweep_wall_times(args.sweep, args.set)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    print(f"wrote {write_json(args.out, record)}")
 
 
 if __name__ == "__main__":

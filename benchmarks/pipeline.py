@@ -23,7 +23,6 @@ each stage is its own chip and the bubble is idle time. Writes JSON to benchmark
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,6 +32,7 @@ if "--no-force-devices" not in sys.argv:
     os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.results_io import write_json  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -143,11 +143,7 @@ def main() -> None:
         print(f"{r['stages']:>3} {r['microbatches']:>4} {r['data']:>5} {r['global_batch']:>6} {r['step_time_s']:>9.4f} "
               f"{r['step_time_s'] / r['global_batch']:>11.5f} {r['stack_time_s']:>9.4f} {r['ideal_time_s']:>9.4f} "
               f"{r['idle_measured']:>14.3f} {r['bubble_theory']:>14.3f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"device_kind": devices[0].device_kind, "n_devices": len(devices), "args": vars(args), "rows": rows}, indent=2))
-    os.replace(tmp, out)
+    out = write_json(args.out, {"device_kind": devices[0].device_kind, "n_devices": len(devices), "args": vars(args), "rows": rows})
     print(f"wrote {out}")
 
 

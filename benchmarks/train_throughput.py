@@ -13,8 +13,6 @@ on an H100); on CPU a few small models in float32 (FLOP/s only, no MFU).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
 import sys
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.results_io import write_json  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -125,11 +124,7 @@ def main() -> None:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
         print(f"{r['size']:>8} {r['params']:>12,} {r['tokens_per_s']:>11.4g} {r['tflops_per_s']:>9.3g} {mfu:>7} "
               f"{r['step_time_s']:>8.4f} {r['compile_time_s']:>10.2f} {r['peak_memory_gb']:>8.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"device_kind": devices[0].device_kind, "n_devices": len(devices), "args": vars(args), "rows": rows}, indent=2))
-    os.replace(tmp, out)
+    out = write_json(args.out, {"device_kind": devices[0].device_kind, "n_devices": len(devices), "args": vars(args), "rows": rows})
     print(f"wrote {out}")
 
 
