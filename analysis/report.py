@@ -249,7 +249,9 @@ def markdown(record: dict) -> str:
     floor = record.get("entropy_floor")
     e3 = record["fits"].get("approach3")
     if floor is not None:
-        line = f"- Entropy floor recorded by the runs (best achievable loss over a training window): {floor:.4f} nats/token."
+        images = record.get("source", {}).get("units") == "images"
+        what = "the Bayes cross-entropy of the images" if images else "best achievable loss over a training window"
+        line = f"- Entropy floor recorded by the runs ({what}): {floor:.4f} nats/{'image' if images else 'token'}."
         if e3:
             E = e3["params"]["E"]
             line += f" Fitted E = {E['value']:.4f} {_ci(E)}: {'consistent with' if E.get('ci') and E['ci'][0] <= floor <= E['ci'][1] else ('below' if E['value'] < floor else 'above')} the floor."

@@ -80,7 +80,8 @@ class _Planned(Sweep):
 
 def _shape_tag(cfg) -> str:
     m = cfg.model
-    return f"d_model {m.d_model}, n_layers {m.n_layers}, n_heads {m.n_heads}"
+    heads = f", n_heads {m.n_heads}" if m.family in ("transformer", "moe", "vit") else ""  # the families with attention
+    return f"{m.family} d_model {m.d_model}, n_layers {m.n_layers}{heads}"
 
 
 def experiment_of(root) -> str:

@@ -290,3 +290,14 @@ def test_scaling_train_trains_an_image_classifier_from_the_command_line(tmp_path
     summary = RunDir(tmp_path / "r").summary()
     assert summary["units"] == "images" and summary["images"] == 6 * 16
     assert f"images {6 * 16:,}" in out.stdout and f"eval_error {summary['eval_error']:.4f}" in out.stdout
+
+
+@pytest.mark.parametrize("units, floor_line", [("images", "Bayes cross-entropy of the images): 0.5003 nats/image"),
+                                               ("tokens", "over a training window): 0.5003 nats/token")])
+def test_the_report_states_the_floor_in_the_runs_units(units, floor_line):
+    from analysis.report import markdown
+    from test_verify import _record
+
+    record = _record({}, {})
+    record["entropy_floor"], record["source"]["units"] = 0.50029, units
+    assert floor_line in markdown(record)
