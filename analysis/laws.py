@@ -83,13 +83,14 @@ def _chinchilla_log_predict(theta, log_x, xp):
 
 def _chinchilla_natural(raw):
     raw = np.asarray(raw, dtype=np.float64)
-    return {
-        "E": np.exp(raw[..., 2]),
-        "A": np.exp(raw[..., 0]),
-        "B": np.exp(raw[..., 1]),
-        "alpha": raw[..., 3],
-        "beta": raw[..., 4],
-    }
+    with np.errstate(over="ignore"):  # a runaway bootstrap sample's coefficient overflows to inf; the intervals skip non-finite samples
+        return {
+            "E": np.exp(raw[..., 2]),
+            "A": np.exp(raw[..., 0]),
+            "B": np.exp(raw[..., 1]),
+            "alpha": raw[..., 3],
+            "beta": raw[..., 4],
+        }
 
 
 def _chinchilla_raw(p):
