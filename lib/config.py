@@ -588,7 +588,7 @@ def _validate_pipeline_batch(cfg: RunConfig, dp: int, eval_set_rows: int) -> Non
     _require(per_replica % t.microbatches == 0, "train.microbatches",
              f"{t.microbatches} microbatches do not divide the per-replica batch of {per_replica} rows (global_batch "
              f"{d.global_batch} / (data*fsdp*expert {dp} x grad_accum {t.grad_accum})); pick a divisor of {per_replica}")
-    chunk = math.gcd(eval_set_rows, d.global_batch) // dp  # lib.train.loop evaluates in chunks of gcd(rows, batch) rows
+    chunk = eval_chunk_rows(eval_set_rows, d.global_batch) // dp  # what each replica scores per eval batch
     _require(chunk % t.microbatches == 0, "train.eval_tokens",
              f"eval chunks of {chunk} rows per replica (gcd(eval rows {eval_set_rows}, global_batch {d.global_batch}) / {dp}) "
              f"do not split into {t.microbatches} microbatches; use eval_tokens a multiple of "
@@ -606,6 +606,11 @@ def synth_max_id_digits(vocab: int) -> int:
 def eval_rows(eval_tokens: int, seq_len: int) -> int:
     """Rows in the eval set: whole rows of seq_len scored tokens, at least eval_tokens tokens."""
     return -(-eval_tokens // seq_len)
+
+
+def eval_chunk_rows(eval_set_rows: int, global_batch: int) -> int:
+    """Rows per eval batch: the eval set in equal chunks of one compiled shape (lib.train.loop)."""
+    return math.gcd(eval_set_rows, global_batch)
 
 
 def task_kind(cfg: RunConfig) -> str:

@@ -155,7 +155,7 @@ class SyntheticImages:
     # -- internals ------------------------------------------------------------------------------------
     def _examples(self, stream: int, rows: np.ndarray, latents: bool = False) -> dict:
         H, W, C = self.image_shape
-        K, eps, n = self.num_classes, self.cfg.synth_img_label_noise, len(rows)
+        K, eps = self.num_classes, self.cfg.synth_img_label_noise
         h = _hash(self._stream_keys[stream], rows.astype(np.uint64))
         ranks = self._ranks(h)
         hs = _hash(h, np.uint64(_SHIFT))

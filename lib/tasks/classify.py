@@ -14,8 +14,6 @@ import optax
 from lib.config import RunConfig
 from lib.models import dummy_input
 
-UNIT = "images"
-
 
 def dummy(cfg: RunConfig):
     return dummy_input(cfg.model, 0)

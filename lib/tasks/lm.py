@@ -9,8 +9,6 @@ import optax
 from lib.config import RunConfig
 from lib.models import apply_with_aux, dummy_input
 
-UNIT = "tokens"
-
 
 def dummy(cfg: RunConfig):
     return dummy_input(cfg.model, cfg.data.seq_len)

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from lib import flops as flops_lib
-from lib.config import ConfigError, RunConfig, eval_rows, resolve_axis_sizes, resolve_model_input, task_kind, unit_name, units_per_row
+from lib.config import ConfigError, RunConfig, eval_chunk_rows, eval_rows, resolve_axis_sizes, resolve_model_input, task_kind, unit_name, units_per_row
 from lib.data import make_source, resolve_vocab
 from lib.parallel import pipeline, sharding
 from lib.store.checkpoint import Checkpointer
@@ -481,7 +481,7 @@ def _pack_evaluate(cfg: RunConfig, pack, slots: list, mesh):
 def _chunked_evaluate(cfg: RunConfig, eval_step, rows):
     per_row = units_per_row(cfg)
     n_rows = eval_rows(cfg.train.eval_tokens, per_row)
-    chunk = math.gcd(n_rows, cfg.data.global_batch)
+    chunk = eval_chunk_rows(n_rows, cfg.data.global_batch)
     batches = []  # the same rows at every evaluation: built once
 
     def evaluate(state):

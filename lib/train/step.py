@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from lib.config import ConfigError, RunConfig
-from lib.models import apply_with_aux, make_model
+from lib.models import make_model
 from lib import tasks
 from lib.parallel import pipeline, sharding
 from lib.store.checkpoint import abstract_with_shardings
@@ -114,10 +114,10 @@ def make_train_step(model, cfg: RunConfig, traced: tuple[str, ...] = ()):
     def train_step(state: TrainState, batch, hp):
         run_cfg = with_traced(cfg, traced, hp)
         direction = make_run_direction(run_cfg)  # the same chain init() built, with this run's numbers
-        run_model = model.clone(cfg=run_cfg.model) if "dropout" in traced else model  # this run's dropout rate
+        this_model = model.clone(cfg=run_cfg.model) if "dropout" in traced else model  # this run's dropout rate
         rng = jax.random.fold_in(jax.random.key(run_cfg.train.seed), state.step)
         if accum == 1:
-            (logged, model_state), grads = loss_and_grad(run_model, state.params, state.model_state, batch, rng)
+            (logged, model_state), grads = loss_and_grad(this_model, state.params, state.model_state, batch, rng)
         else:
             # Microbatch j takes rows j, j+accum, ...: every device keeps an equal share of each
             # microbatch, so no data moves between devices. Batch norm: each microbatch normalises
@@ -131,12 +131,12 @@ def make_train_step(model, cfg: RunConfig, traced: tuple[str, ...] = ()):
             def one(carry, xs):
                 logged_sum, grad_sum, model_state = carry
                 rows, j = xs
-                (logged, model_state), grads = loss_and_grad(run_model, state.params, model_state, rows, jax.random.fold_in(rng, j))
+                (logged, model_state), grads = loss_and_grad(this_model, state.params, model_state, rows, jax.random.fold_in(rng, j))
                 return (jax.tree.map(jnp.add, logged_sum, logged), jax.tree.map(jnp.add, grad_sum, grads), model_state), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
             first = jax.tree.map(lambda x: x[0], micro)
-            shapes = jax.eval_shape(functools.partial(loss_and_grad, run_model), state.params, state.model_state, first, rng)[0][0]
+            shapes = jax.eval_shape(functools.partial(loss_and_grad, this_model), state.params, state.model_state, first, rng)[0][0]
             no_logs = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
             (logged, grads, model_state), _ = jax.lax.scan(one, (no_logs, zeros, state.model_state), (micro, jnp.arange(accum)))
             logged, grads = jax.tree.map(lambda v: v / accum, logged), jax.tree.map(lambda g: g / accum, grads)
