@@ -226,3 +226,71 @@ def test_eval_rows_and_the_row_stream_do_not_depend_on_the_batch_size(lang):
     np.testing.assert_array_equal(lang.eval_rows(40, 24), lang.eval_rows(0, 96)[40:64])
     # Training row i of the stream is the same row whatever the batch: batch 16's steps 2, 3 = batch 32's step 1.
     np.testing.assert_array_equal(np.concatenate([half.batch(2), half.batch(3)]), lang.batch(1))
+
+
+# ---- the language's theory: exponents and the never-seen-phrase bound ----------------------------------
+def _unseen_mass_by_sampling(ranks_MK: np.ndarray, lang: PhraseLanguage) -> np.ndarray:
+    """Per column of M drawn ranks: 1 - the probability of the distinct ranks drawn."""
+    return np.array([1.0 - lang.rank_probs(np.unique(col)).sum() for col in ranks_MK.T])
+
+
+def test_unseen_mass_equals_the_library_samplers_draws(small):
+    """Ranks drawn by the language's own stream (each eval row's first phrase is an i.i.d. draw)."""
+    lang, probs, _ = small
+    rank_of = {phrase: r for r, phrase in enumerate(lang.phrase_tokens(np.arange(1, lang.n_phrases + 1)), start=1)}
+    rows = lang.eval_rows(0, 30_000)
+    ranks = np.array([rank_of[tuple(int(x) for x in row[1 : 1 + np.flatnonzero(row[1:] == BOUNDARY)[0]])] for row in rows])
+    M = 100
+    sampled = _unseen_mass_by_sampling(ranks.reshape(-1, M).T, lang)
+    se = sampled.std() / math.sqrt(len(sampled))
+    assert abs(sampled.mean() - lang.unseen_mass(M)) < 4 * se
+    exact = sum(p * (1 - p) ** M for p in probs.values())  # the 124 phrases enumerated
+    assert lang.unseen_mass(M) == pytest.approx(exact, rel=1e-12)
+
+
+def test_unseen_mass_of_the_default_language_matches_inverse_cdf_draws(lang):
+    """The default lexicon (~8e17 phrases, so the sum's integral path): numpy's inverse CDF of the
+    truncated Pareto law, P(rank >= r) = (r^-a - t) / (1 - t), t = b^-aD, as an independent sampler."""
+    rng = np.random.default_rng(0)
+    t = float(lang.base) ** (-lang.alpha * lang.id_digits)
+    M, K = 20_000, 40
+    u = rng.random((M, K))
+    ranks = np.floor((u * (1 - t) + t) ** (-1 / lang.alpha)).astype(np.int64)
+    sampled = _unseen_mass_by_sampling(ranks, lang)
+    se = sampled.std() / math.sqrt(K)
+    assert abs(sampled.mean() - lang.unseen_mass(M)) < 4 * se
+
+
+def test_unseen_mass_integral_path_matches_the_term_by_term_sum():
+    lang = PhraseLanguage(DataConfig(synth_id_digits=5))  # 31^5 - 1 = 28.6M phrases: past the term-by-term limit
+    M = 1e6
+    direct = 0.0
+    for s in range(1, lang.n_phrases + 1, 1 << 22):
+        p = lang.rank_probs(np.arange(s, min(s + (1 << 22), lang.n_phrases + 1), dtype=np.float64))
+        direct += float((p * np.exp(M * np.log1p(-p))).sum())
+    assert lang.unseen_mass(M) == pytest.approx(direct, rel=1e-10)
+
+
+def test_unseen_mass_follows_the_learning_curve_law_with_exponent_a_over_1_plus_a(lang):
+    """U(M) ~ (a/z)^(1/(1+a)) / (1+a) * Gamma(a/(1+a)) * M^-(a/(1+a)) (the module docstring)."""
+    a, theory = lang.alpha, lang.theory()
+    beta = a / (1 + a)
+    assert theory["beta"] == pytest.approx(beta) and theory["alpha"] == pytest.approx(a)
+    assert theory["a"] == pytest.approx(beta / (a + beta)) and theory["a"] == pytest.approx(1 / (2 + a))
+    const = (a / lang._z) ** (1 / (1 + a)) / (1 + a) * math.gamma(beta)
+    for M in (1e3, 1e5, 1e7, 1e9):
+        h = 1e-3
+        slope = -(math.log(lang.unseen_mass(M * math.exp(h))) - math.log(lang.unseen_mass(M * math.exp(-h)))) / (2 * h)
+        assert slope == pytest.approx(beta, abs=1e-3), M
+        assert lang.unseen_mass(M) == pytest.approx(const * M**-beta, rel=1e-3), M
+
+
+def test_never_seen_bound_is_the_filler_cost_of_the_unseen_mass_per_token(lang):
+    """At the quickstart's language (vocab 64, 5 filler tokens of 32): the bound issue 22 quotes,
+    >= 0.18 / 0.125 / 0.073 nats/token at D = 1e6 / 5e6 / 5e7, and it falls with D."""
+    quick = PhraseLanguage(DataConfig(seq_len=32))
+    bounds = [quick.never_seen_bound(D) for D in (1e6, 5e6, 5e7)]
+    assert [round(b, 3) for b in bounds] == [0.181, 0.125, 0.074]
+    per_token = quick.filler_len * math.log(32) / quick.mean_tokens_per_phrase
+    assert bounds[0] == pytest.approx(per_token * quick.unseen_mass(1e6 / quick.mean_tokens_per_phrase), rel=1e-12)
+    assert lang.describe()["theory"] == lang.theory()

@@ -57,6 +57,11 @@ def test_a_tiny_run_writes_the_run_store_and_learns(tiny_config, tmp_path):
     assert on_disk["entropy_rate"] == pytest.approx(lang.entropy_rate) and lang.entropy_rate < lang.entropy_floor
     assert on_disk["eval_tokens"] == cfg.train.eval_tokens == 1024
     assert lang.entropy_floor < summary["eval_loss"] < lang.unigram_entropy() - 1.0
+    # The language's theory beside the floor: its exponents, and the never-seen-phrase margin at this D,
+    # which the loss respects (it is a lower bound on loss - floor).
+    theory = on_disk["theory"]
+    assert theory == pytest.approx({**lang.theory(), "never_seen_bound": lang.never_seen_bound(200 * 16 * 32)})
+    assert summary["eval_loss"] - lang.entropy_floor > theory["never_seen_bound"] > 0
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 1.0
 
 

@@ -39,6 +39,27 @@ Why this shape:
   phrase slot), so `batch(step)` is a pure function of (seed, step), any process builds only its
   own rows, and eval rows do not depend on the batch size.
 
+Theory: the exponents a scaling fit should find (Hutter 2021, "Learning curve theory"). A model
+gets a phrase's filler right only if it has memorised that phrase; everything else in the language
+(the ID digits' trie, the boundary) the floor already charges for. With a = synth_zipf - 1:
+- Capacity. A model that stores the k most frequent phrases (k ~ N: a phrase costs a fixed number of
+  bits) misses the tail mass P(rank > k) ~ k^-a, so L(N) - E ~ N^-alpha with alpha = a (0.30).
+- Data. D tokens hold M = D / mean_tokens_per_phrase phrases; the mass of the phrases never seen is
+      U(M) = sum_r p_r (1 - p_r)^M ~ a^(1/(1+a)) / (1+a) * Gamma(a/(1+a)) * M^-(a/(1+a))
+  (the sum taken as an integral with u = M p_r), so beta = a / (1 + a) (0.23).
+- Allocation. With L = E + A N^-alpha + B D^-beta, N_opt ~ C^a' with a' = beta / (alpha + beta)
+  = 1 / (2 + a) (0.43).
+U(M) follows its power law closely at any size that trains (`unseen_mass` is exact: its local
+exponent is beta within 0.001 for M = 1e3..1e11, tests check it). The capacity argument is the
+asymptotic one: a small model still spends parameters on the digits' structure, not on phrases.
+A lower bound on the data term at any D, free of those caveats: a never-seen phrase has a filler
+the model cannot know (a hash of its rank), so each of its F filler tokens costs at least
+log(filler tokens) nats above the floor (an unknown uniform draw: no fixed guess does better on
+average), and per token
+      excess(D) >= U(M) * F * log(filler tokens) / mean_tokens_per_phrase    (`never_seen_bound`),
+0.181 / 0.125 / 0.074 nats/token at D = 1e6 / 5e6 / 5e7 for the quickstart's language (vocab 64,
+F 5). It counts only phrases seen zero times; a phrase seen once need not be memorised either.
+
 Two floors (nats/token):
     entropy_rate   H(phrase) / E[length + 1]: the infinite stream's rate, what long windows reach.
     entropy_floor  the best achievable MEAN loss over a row's seq_len predicted tokens, rows starting
@@ -144,6 +165,7 @@ class PhraseLanguage:
             "entropy_floor": self.entropy_floor,  # best mean loss over a row of seq_len tokens
             "entropy_rate": self.entropy_rate,  # the infinite stream's rate
             "unigram_entropy": self.unigram_entropy(),
+            "theory": self.theory(),
         }
 
     # -- exact quantities ---------------------------------------------------------------------------
@@ -161,6 +183,29 @@ class PhraseLanguage:
             whole = n + F + 1 <= t  # phrases ending (with their boundary) inside the window
             f[t] = g[t] + (self._phrase_plogp[whole] + self.digit_probs[whole] * f[t - n[whole] - F - 1]).sum()
         return float(f[seq_len] / seq_len)
+
+    def theory(self) -> dict:
+        """The asymptotic exponents of L(N, D) = E + A N^-alpha + B D^-beta on this language and the
+        allocation exponent a (N_opt ~ C^a) they imply; derived in the module docstring."""
+        alpha = self.alpha
+        beta = alpha / (1.0 + alpha)
+        return {"alpha": alpha, "beta": beta, "a": beta / (alpha + beta)}
+
+    def unseen_mass(self, phrases: float) -> float:
+        """E[mass of the phrases that `phrases` i.i.d. draws never hit] = sum_r p_r (1 - p_r)^M."""
+        M, a, z = float(phrases), self.alpha, self._z
+
+        def summand(x):
+            p = _p_tilde(x, a) / z
+            return p * np.exp(M * np.log1p(-p))
+
+        return _sum_smooth(summand, 1, self.n_phrases)
+
+    def never_seen_bound(self, tokens: float) -> float:
+        """A lower bound (nats/token) on the loss above the floor after training on `tokens` tokens:
+        the filler of every never-seen phrase costs log(filler tokens) per token (module docstring)."""
+        per_phrase = self.mean_tokens_per_phrase
+        return self.unseen_mass(tokens / per_phrase) * self.filler_len * math.log(self.filler_vocab) / per_phrase
 
     def rank_probs(self, ranks) -> np.ndarray:
         return _p_tilde(np.asarray(ranks, dtype=np.float64), self.alpha) / self._z
@@ -334,7 +379,12 @@ def _neg_plogp(x, a: float):
 
 
 def _sum_neg_plogp(a: float, first: int, last: int) -> float:
-    """sum_{s=first}^{last} -p~(s) log p~(s).
+    """sum_{s=first}^{last} -p~(s) log p~(s) (see _sum_smooth)."""
+    return _sum_smooth(lambda x: _neg_plogp(x, a), first, last)
+
+
+def _sum_smooth(f, first: int, last: int) -> float:
+    """sum_{s=first}^{last} f(s) for a summand f smooth in log s (vectorised over float64 arrays).
 
     Term by term for short ranges; otherwise the exact head and, from s0 = 2^16 on, the midpoint
     Euler-Maclaurin form sum_{s0}^{last} f(s) = integral_{s0-1/2}^{last+1/2} f - (f'(last+1/2) - f'(s0-1/2))/24 + R
@@ -342,9 +392,9 @@ def _sum_neg_plogp(a: float, first: int, last: int) -> float:
     24-point Gauss-Legendre on panels 1/8 wide (the integrand is smooth); f' by a central difference.
     """
     if last - first + 1 <= _EXACT_SUM_TERMS:
-        return float(_neg_plogp(np.arange(first, last + 1, dtype=np.float64), a).sum())
+        return float(f(np.arange(first, last + 1, dtype=np.float64)).sum())
     s0 = max(first, 1 << 16)
-    head = float(_neg_plogp(np.arange(first, s0, dtype=np.float64), a).sum()) if s0 > first else 0.0
+    head = float(f(np.arange(first, s0, dtype=np.float64)).sum()) if s0 > first else 0.0
     lo, hi = math.log(s0 - 0.5), math.log(last + 0.5)
     panels = max(1, math.ceil((hi - lo) * 8))
     nodes, weights = np.polynomial.legendre.leggauss(24)
@@ -352,11 +402,11 @@ def _sum_neg_plogp(a: float, first: int, last: int) -> float:
     half = (edges[1:] - edges[:-1])[:, None] / 2
     u = (edges[:-1, None] + edges[1:, None]) / 2 + half * nodes[None, :]
     x = np.exp(u)
-    integral = float((half * weights[None, :] * _neg_plogp(x, a) * x).sum())
+    integral = float((half * weights[None, :] * f(x) * x).sum())
 
     def slope(x0: float) -> float:
         h = 1e-3 * x0
-        return float((_neg_plogp(x0 + h, a) - _neg_plogp(x0 - h, a)) / (2 * h))
+        return float((f(x0 + h) - f(x0 - h)) / (2 * h))
 
     return head + integral - (slope(last + 0.5) - slope(s0 - 0.5)) / 24
 

@@ -422,6 +422,9 @@ def _summary(r: _Run, device_kind: str, n_devices: int, init_s: float, train_s: 
         # lm: best mean loss over a row of seq_len tokens; classify: the Bayes cross-entropy (nats/image)
         "entropy_floor": getattr(source, "entropy_floor", None),
         "entropy_rate": getattr(source, "entropy_rate", None),  # the source's rate (long windows), when known
+        # the exponents the data's own theory predicts, and the floor's lower margin at this run's D
+        # (lib/data/synthetic.py's docstring); None where the source has no theory
+        "theory": {**source.theory(), "never_seen_bound": source.never_seen_bound(units)} if hasattr(source, "theory") else None,
         **({"bayes_error": getattr(source, "bayes_error", None)} if classify else {}),  # the best top-1 error
         f"eval_{unit}": eval_rows(t.eval_tokens, per_row) * per_row,  # held-out units behind eval_loss
         "sweep": cfg.sweep or None,
