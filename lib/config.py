@@ -182,6 +182,9 @@ class OptimizerConfig:
     decay_rate: float = 0.0  # exponential: 0 -> reach final_lr_frac at the last step
     wsd_decay_frac: float = 0.2  # warmup-stable-decay: fraction of steps spent decaying
     wsd_decay_shape: str = "linear"  # wsd cooldown: linear | cosine | 1-sqrt (lr falls as 1 - sqrt(progress))
+    # A sweep's lr grid (lib/sweeps/plans.py Sweep.lr_grid): this run's lr is its point's lr x lr_factor.
+    # Bookkeeping for the fit (which run is x0.5, x1, x2 of the rule); lr above is what trains.
+    lr_factor: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,7 +320,7 @@ _HASHED_UNLESS_DEFAULT = {"model": {"parametrization": "sp", "base_width": 0, "r
                           "data": {"image_size": 16, "image_channels": 3, "num_classes": 0, "image_field": "image", "label_field": "label",
                                    "augment": "none", "crop_pad": 2, "synth_img_modes": 0, "synth_img_zipf": 1.3, "synth_img_band": 3,
                                    "synth_img_noise": 0.5, "synth_img_label_noise": 0.1},
-                          "optimizer": {"wsd_decay_shape": "linear"},
+                          "optimizer": {"wsd_decay_shape": "linear", "lr_factor": 1.0},
                           "train": {"keep_steps": (), "trunk": "", "branch_start": 0}}
 _BOOKKEEPING_TRAIN_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "eval_every")
 # Layout, like the mesh: how the layer stack is scheduled over the devices (lib/parallel/pipeline.py)
@@ -484,6 +487,7 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
     _one_of(o.name, OPTIMIZERS, "optimizer.name")
     _one_of(o.schedule, SCHEDULES, "optimizer.schedule")
     _require(o.lr > 0 and math.isfinite(o.lr), "optimizer.lr", f"learning rate must be positive, got {o.lr}")
+    _require(o.lr_factor > 0 and math.isfinite(o.lr_factor), "optimizer.lr_factor", f"must be positive (1: no lr grid), got {o.lr_factor}")
     _require(o.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0")
     _require(o.warmup_steps < t.steps, "optimizer.warmup_steps", f"warmup ({o.warmup_steps}) must be shorter than train.steps ({t.steps})")
     _require(0.0 <= o.final_lr_frac <= 1.0, "optimizer.final_lr_frac", "must be in [0, 1]")

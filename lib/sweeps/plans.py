@@ -39,6 +39,7 @@ class PlannedRun:
     params: int  # N, total parameters (embeddings included)
     tokens: int  # D = steps * global_batch * seq_len
     flops: float  # C in the run's flops convention
+    point: str = ""  # the point an lr-grid run belongs to (its x1 run's name); "" = the run's own name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,27 +117,41 @@ class Sweep:
         derived = self.derived + (("optimizer.lr",) if rule is not None else ())
         notes: list[str] = [f"--set {k} overrides the planned value in every run" for k in overrides if k in derived]
         notes += self._hyperparameter_notes(rule, ref_batch)
-        for cfg, note in self._expand(base, overrides):
-            if cfg is None:
+        _check_lr_grid(self.lr_grid, self.name)
+        extensions = rules.read_lr_grid_extensions(root, self.name) if root is not None and tuple(self.lr_grid) != (1.0,) else {}
+        ruled: list[RunConfig] = []  # each point, with the lr its rule gave (the grid's centre)
+        for point, note in self._expand(base, overrides):
+            if point is None:
                 notes.append(note)
                 continue
-            cfg = self._with_lr(cfg, rule, ref_batch)
-            cfg = cfg.with_overrides({**overrides, "sweep": self.name})
-            try:
-                cfg.validate()
-            except ConfigError as e:
-                raise ConfigError(f"sweep '{self.name}', run '{cfg.name}': {e}") from None
-            planned = _planned(cfg)
-            if planned.run_id in runs:
-                notes.append(f"{cfg.name}: same config as an earlier run; kept once")
-                continue
-            runs[planned.run_id] = planned
+            point = self._with_lr(point, rule, ref_batch)
+            point = point.with_overrides({**overrides, "sweep": self.name})
+            ruled.append(point)
+            for factor in sorted({*self.lr_grid, *extensions.get(point.name, ())}):
+                cfg = lr_grid_run(point, factor)
+                try:
+                    cfg.validate()
+                except ConfigError as e:
+                    raise ConfigError(f"sweep '{self.name}', run '{cfg.name}': {e}") from None
+                planned = dataclasses.replace(_planned(cfg), point=point.name)
+                if planned.run_id in runs:
+                    notes.append(f"{cfg.name}: same config as an earlier run; kept once")
+                    continue
+                runs[planned.run_id] = planned
         if not runs:
             raise ConfigError(f"sweep '{self.name}' expands to no runs: " + ("; ".join(notes) or "no sizes/axes given"))
+        notes += rules.extrapolation_notes(rule, ruled)
+        if tuple(self.lr_grid) != (1.0,):
+            notes.append(f"learning rate per point: each point at its lr x {', '.join(_fmt(f) for f in sorted(self.lr_grid))}"
+                         + (f" (+ edge extensions of {len(extensions)} points)" if extensions else "") + "; the fit takes each point's best")
         ordered = sorted(runs.values(), key=lambda r: (r.cfg.budget, r.params, r.run_id))
         return Plan(self.name, tuple(ordered), tuple(notes), rules.describe(rule) if rule is not None else "")
 
     derived: tuple[str, ...] = ()  # config keys the expansion sets per run
+    # Learning rate per point: each point trains at its planned lr x every factor (x1 keeps the
+    # point's own name and run id); the fit takes each point's best (analysis/lr_grid.py). A
+    # point's runs share shape and length, so they train as one pack.
+    lr_grid: Sequence[float] = (1.0,)
 
     def _expand(self, base: RunConfig, overrides: Mapping[str, Any]) -> Iterable[tuple[RunConfig | None, str]]:
         raise NotImplementedError
@@ -170,11 +185,14 @@ class Grid(Sweep):
     name: str = ""
     lr_rule: Any = None
     lr_batch_scaling: str = "sqrt"
+    lr_grid: Sequence[float] = (1.0,)  # lr factors per point (Sweep.lr_grid)
 
     def __post_init__(self):
         self.name = self.name or self.base.name
         if self.lr_rule is not None and "optimizer.lr" in self.axes:
             raise ConfigError("Grid: an lr_rule and an optimizer.lr axis both set the learning rate; drop one")
+        if tuple(self.lr_grid) != (1.0,) and "optimizer.lr" in self.axes:
+            raise ConfigError("Grid: an lr_grid and an optimizer.lr axis both vary the learning rate; drop one")
 
     def _expand(self, base, overrides):
         keys = list(self.axes)
@@ -217,6 +235,7 @@ class IsoFlop(Sweep):
     schedule: Schedule = Schedule()
     lr_rule: Any = None
     lr_batch_scaling: str = "sqrt"
+    lr_grid: Sequence[float] = (1.0,)  # lr factors per point (Sweep.lr_grid)
     batch_rule: str | Callable[[float], int] = "budget"
 
     derived = ("train.steps", "optimizer.warmup_steps", *(f"model.{k}" for k in _SHAPE_FIELDS))
@@ -298,6 +317,7 @@ class TokensPerParam(Sweep):
     schedule: Schedule = Schedule()
     lr_rule: Any = None
     lr_batch_scaling: str = "sqrt"
+    lr_grid: Sequence[float] = (1.0,)  # lr factors per point (Sweep.lr_grid)
 
     derived = IsoFlop.derived
 
@@ -397,6 +417,25 @@ def size_tag(cfg: RunConfig) -> str:
 
 
 # ================================================================================================
+LR_FACTOR_TAG = "-lrx"  # a grid run's name: <point name>-lrx<factor>
+
+
+def lr_grid_run(point: RunConfig, factor: float) -> RunConfig:
+    """The run of an lr-grid point at its lr x `factor`; x1 is the point itself (its name and run id)."""
+    if factor == 1.0:
+        return point
+    return point.with_overrides({"optimizer.lr": point.optimizer.lr * factor, "optimizer.lr_factor": float(factor),
+                                 "name": f"{point.name}{LR_FACTOR_TAG}{_fmt(float(factor))}"})
+
+
+def _check_lr_grid(grid: Sequence[float], sweep: str) -> None:
+    factors = list(grid)
+    if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) and f > 0 for f in factors):
+        raise ConfigError(f"sweep '{sweep}': lr_grid factors must be positive finite numbers, got {factors}; e.g. (0.5, 1, 2)")
+    if 1.0 not in factors:
+        raise ConfigError(f"sweep '{sweep}': lr_grid {factors} must contain 1 (the rule's own lr, the grid's centre); e.g. (0.5, 1, 2)")
+
+
 def _planned(cfg: RunConfig) -> PlannedRun:
     T = units_per_row(cfg)
     tokens = cfg.train.steps * cfg.data.global_batch * T

@@ -22,12 +22,15 @@ import os
 from typing import Any, Callable
 
 from lib import flops as flops_lib
-from lib.config import ConfigError, RunConfig
+from lib.config import ConfigError, RunConfig, units_per_row
 from lib.store.runstore import read_json
 
 TUNE_DIR = "tune"  # <root>/tune/: the tuning runs, lr_rule.json and its figure
 LR_RULE_FILE = "lr_rule.json"
 GRID_EXTENSIONS_FILE = "grid_extensions.json"  # <root>/tune/: size tag -> lrs added past an edge
+LR_GRID_DIR = ".lr_grid"  # <root>/.lr_grid/<sweep>.json: point name -> lr factors added past an edge
+# A rule applied this far beyond where it was measured (in N, or in horizon) is named in the plan.
+EXTRAPOLATION_FACTOR = 1.5
 BATCH_SCALINGS = ("sqrt", "none")
 
 LRRule = Callable[[RunConfig], float]
@@ -55,6 +58,10 @@ class PowerLawLR:
     batch: int = 0
     n_range: tuple[float, float] | tuple = ()
     source: str = ""  # where it came from, for the plan notes
+    # the tuning runs' horizon (one of them set; 0 = unknown): what "tuned at the horizon you use" compares
+    steps: int = 0
+    tokens_per_param: float = 0.0
+    budget: float = 0.0
 
     def __call__(self, cfg: RunConfig) -> float:
         return self.c * n_params(cfg) ** -self.gamma
@@ -77,7 +84,8 @@ def read_lr_rule(root) -> PowerLawLR:
         )
     try:
         return PowerLawLR(float(record["c"]), float(record["gamma"]), int(record.get("batch") or 0),
-                          tuple(record.get("N_range") or ()), source=path)
+                          tuple(record.get("N_range") or ()), source=path, steps=int(record.get("steps") or 0),
+                          tokens_per_param=float(record.get("tokens_per_param") or 0), budget=float(record.get("budget") or 0))
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{path} is not a learning-rate rule ({type(e).__name__}: {e}); delete it and rerun `scaling tune`") from None
 
@@ -122,3 +130,51 @@ def check_lr(lr: float, where: str) -> float:
 def read_grid_extensions(tune_dir) -> dict[str, list[float]]:
     """The learning rates the tune stage added to some sizes' grids (size tag -> lrs); {} if none."""
     return {str(k): [float(x) for x in v] for k, v in (read_json(os.path.join(os.fspath(tune_dir), GRID_EXTENSIONS_FILE)) or {}).items()}
+
+
+def read_lr_grid_extensions(root, sweep: str) -> dict[str, list[float]]:
+    """The lr factors a sweep added past a grid edge (point name -> factors); {} if none."""
+    path = os.path.join(os.fspath(root), LR_GRID_DIR, f"{sweep}.json")
+    return {str(k): [float(x) for x in v] for k, v in (read_json(path) or {}).items()}
+
+
+def extrapolation_notes(rule: LRRule | None, points: list[RunConfig]) -> list[str]:
+    """Where a tuned rule sets the lr of points outside what it was tuned on: sizes beyond its N range,
+    and horizons (steps, D/N or budget) other than its tuning runs' -- the optimum lr falls as runs
+    get longer, so a rule tuned at 200 steps overshoots at 5,000 (one note each, naming the worst)."""
+    if rule is None or not points:
+        return []
+    notes = []
+    n_range = getattr(rule, "n_range", ())
+    if n_range:
+        lo, hi = n_range
+        outside = [(p.name, n_params(p)) for p in points if not lo / EXTRAPOLATION_FACTOR <= n_params(p) <= hi * EXTRAPOLATION_FACTOR]
+        if outside:
+            name, n = max(outside, key=lambda o: max(o[1] / hi, lo / o[1]))
+            notes.append(f"warning: the lr rule was tuned on N {lo:.3g}..{hi:.3g} and sets the lr of {len(outside)} of {len(points)} "
+                         f"points outside it (furthest: {name}, N {n:.3g}): extrapolated")
+    horizon = _horizon(rule)
+    if horizon is not None:
+        what, tuned, of = horizon
+        ratios = [(p.name, of(p) / tuned) for p in points if math.isfinite(of(p))]
+        off = [(name, r) for name, r in ratios if not 1 / EXTRAPOLATION_FACTOR <= r <= EXTRAPOLATION_FACTOR]
+        if off:
+            name, r = max(off, key=lambda o: max(o[1], 1 / o[1]))
+            notes.append(f"warning: the lr rule was tuned at {what} {tuned:g}; {len(off)} of {len(points)} points train at another "
+                         f"horizon (furthest: {name}, {r:.3g}x): tune at the sweep's horizons (Tune(budget=C)) or use an lr_grid")
+    return notes
+
+
+def _horizon(rule) -> tuple[str, float, Callable[[RunConfig], float]] | None:
+    """(what, the tuned value, the same quantity of a run) for the horizon a rule records, else None."""
+    if getattr(rule, "steps", 0):
+        return "steps", float(rule.steps), lambda cfg: float(cfg.train.steps)
+    if getattr(rule, "tokens_per_param", 0):
+        return "D/N", float(rule.tokens_per_param), lambda cfg: run_tokens(cfg) / n_params(cfg)
+    if getattr(rule, "budget", 0):
+        return "budget", float(rule.budget), lambda cfg: float(cfg.budget or 0) or math.nan
+    return None
+
+
+def run_tokens(cfg: RunConfig) -> float:
+    return float(cfg.train.steps * cfg.data.global_batch * units_per_row(cfg))

@@ -245,6 +245,7 @@ def pack_key(cfg: RunConfig) -> str:
         d["train"].pop(k)
     d["data"].pop("seed")
     d["optimizer"].pop("warmup_steps")
+    d["optimizer"].pop("lr_factor")  # bookkeeping of an lr grid (lr itself is traced per run)
     for k in traceable_fields(cfg):
         d["optimizer"].pop(k, None)
     d["optimizer"]["clips"] = cfg.optimizer.clip_norm > 0
