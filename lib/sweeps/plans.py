@@ -117,6 +117,7 @@ class Sweep:
         derived = self.derived + (("optimizer.lr",) if rule is not None else ())
         notes: list[str] = [f"--set {k} overrides the planned value in every run" for k in overrides if k in derived]
         notes += self._hyperparameter_notes(rule, ref_batch)
+        head = len(notes)  # the rule's warnings go here, above the per-run notes (the CLI prints the first few)
         _check_lr_grid(self.lr_grid, self.name)
         extensions = rules.read_lr_grid_extensions(root, self.name) if root is not None and tuple(self.lr_grid) != (1.0,) else {}
         ruled: list[RunConfig] = []  # each point, with the lr its rule gave (the grid's centre)
@@ -140,10 +141,10 @@ class Sweep:
                 runs[planned.run_id] = planned
         if not runs:
             raise ConfigError(f"sweep '{self.name}' expands to no runs: " + ("; ".join(notes) or "no sizes/axes given"))
-        notes += rules.extrapolation_notes(rule, ruled)
         if tuple(self.lr_grid) != (1.0,):
-            notes.append(f"learning rate per point: each point at its lr x {', '.join(_fmt(f) for f in sorted(self.lr_grid))}"
+            notes.insert(head, f"learning rate per point: each point at its lr x {', '.join(_fmt(f) for f in sorted(self.lr_grid))}"
                          + (f" (+ edge extensions of {len(extensions)} points)" if extensions else "") + "; the fit takes each point's best")
+        notes[head:head] = rules.extrapolation_notes(rule, ruled)
         ordered = sorted(runs.values(), key=lambda r: (r.cfg.budget, r.params, r.run_id))
         return Plan(self.name, tuple(ordered), tuple(notes), rules.describe(rule) if rule is not None else "")
 
