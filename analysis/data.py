@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
+from analysis import lr_grid as lr_grid_lib
 from analysis.errors import AnalysisError, FitWarning
 
 COLUMNS = ("N", "D", "C", "loss", "run", "budget", "N_alt")
@@ -43,6 +44,9 @@ class Dataset:
     cost_source: str = "6N"  # where C comes from: "recorded" (runs), "given" (a C column), "6N"
     entropy_floor: float | None = None  # the data's best achievable loss, when the source knows it
     alt_N_name: str | None = None  # what N_alt holds (the other parameter count of a run store)
+    # A run store whose points trained at an lr grid (analysis/lr_grid.py): {"runs": every run of the
+    # grids (records), "choices": what each point's best lr was}; `points` then holds each point at its best.
+    lr_grid: dict | None = None
 
     @property
     def n(self) -> int:
@@ -241,6 +245,8 @@ def load_run_store(root, params: str = "total", metric: str = "loss") -> Dataset
         }
     )
     frame, dropped = _drop_bad(frame, ["N", "D", "C", "loss"], lambda i: f"run {frame['run'][i]}")
+    frame, lr_grid, lr_notes = _best_lr_per_point(frame, runs)
+    notes += lr_notes
     units = sorted({str(u) for u in runs["units"].dropna()}) if "units" in runs else ["tokens"]
     if len(units) > 1:  # an LM's tokens and a classifier's images are no common axis
         raise AnalysisError(f"the runs under {root} count D in different units ({', '.join(units)}: language models and "
@@ -276,7 +282,29 @@ def load_run_store(root, params: str = "total", metric: str = "loss") -> Dataset
         cost_source="recorded",
         entropy_floor=float(floors[0]) if len(floors) == 1 else None,
         alt_N_name=alt_col.replace("N_", "").replace("_", "-") + " parameters",
+        lr_grid=lr_grid,
     )
+
+
+def _best_lr_per_point(frame: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict | None, list[str]]:
+    """Points trained at several learning rates (runs sharing sweep, budget, N and D: a sweep's lr
+    grid) become one point each, at its best lr (analysis/lr_grid.py); other points are unchanged."""
+    if "lr" not in runs or runs["lr"].isna().all():
+        return frame, None, []
+    info = runs.set_index("run_id")
+    grid = frame.assign(sweep=info.loc[frame["run"], "sweep"].fillna("").to_numpy(),
+                        lr=info.loc[frame["run"], "lr"].astype(float).to_numpy(),
+                        lr_factor=info.loc[frame["run"], "lr_factor"].fillna(1.0).astype(float).to_numpy())
+    if not grid.duplicated(list(lr_grid_lib.POINT_KEYS)).any():
+        return frame, None, []
+    best, choices = lr_grid_lib.select_best(grid)
+    edges = [c for c in choices if c["edge"]]
+    note = (f"learning rate per point: {len(choices)} points trained at several learning rates ({len(grid)} runs); each is fitted "
+            "at its best (a parabola in log lr through its best run and its neighbours)")
+    if edges:
+        note += f"; {len(edges)} with the best lr on a grid edge (loss as measured, not bracketed): " + ", ".join(
+            f"{min(c['run_ids'])} ({c['edge']})" for c in edges[:_SHOW])
+    return best[list(COLUMNS)].reset_index(drop=True), {"runs": grid.to_dict("records"), "choices": choices}, [note]
 
 
 def load(source, params: str = "total", metric: str = "loss") -> Dataset:

@@ -73,7 +73,7 @@ def _points(frame: pd.DataFrame):
 
 def select_best(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     """(one row per point: the row of its best run with `loss` replaced by the loss at the best lr and
-    `lr` by the best lr, the choices: {run ids, lr, loss, edge, runs} per point with more than one lr).
+    `lr` by the best lr, the choices: {run_ids, lr, loss, edge, runs (count)} per point with more than one lr).
     Points whose runs all diverged are left out (they are in the choices, with lr None)."""
     rows, choices = [], []
     for _, runs in _points(frame):
@@ -82,7 +82,7 @@ def select_best(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
                              "trained twice at one learning rate; remove the duplicate from the root")
         best = best_lr(runs["lr"], runs["loss"])
         if len(runs) > 1:
-            choices.append({"runs": sorted(runs["run"].astype(str)), **(best or {"lr": None, "loss": None, "edge": None, "runs": len(runs)})})
+            choices.append({"run_ids": sorted(runs["run"].astype(str)), **(best or {"lr": None, "loss": None, "edge": None, "runs": len(runs)})})
         if best is None:
             continue
         row = runs.loc[runs["loss"].astype(float).fillna(np.inf).idxmin()].copy()

@@ -13,11 +13,13 @@ import datetime as _dt
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from analysis import approaches as ap
+from analysis import lr_grid as lr_grid_lib
 from analysis.bootstrap import bootstrap_law, interval, refit_weighted
 from analysis.costmodel import SIX_N, CostModel, fit_cost_model
-from analysis.data import Dataset
+from analysis.data import COLUMNS, Dataset
 from analysis.errors import AnalysisError
 from analysis.fit import fit_law
 from analysis.laws import CHINCHILLA, get_law
@@ -471,8 +473,36 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
             e["grid"] = _grid(predict(record, name, grid_c))
     if opts.holdout_largest:
         record["holdout"] = holdout(pts, opts, cost, groups, minima)
+    if ds.lr_grid is not None and opts.law == "chinchilla":
+        record["lr_grid"] = {"choices": ds.lr_grid["choices"], "n_edge": sum(bool(c["edge"]) for c in ds.lr_grid["choices"])}
+        record["lr_sensitivity"], record["lr_sensitivity_exponents"] = lr_sensitivity(ds, opts)
     record["warnings"] = [w for e in record["fits"].values() for w in e.get("warnings", [])] + record.get("holdout", {}).get("warnings", [])
     return record
+
+
+def lr_sensitivity(ds: Dataset, opts: FitOptions) -> tuple[dict, dict]:
+    """Each approach refitted with every point at lr x f of its rule (f in the grid: the runs with that
+    lr_factor) and at its best lr, without bootstrap: how much the learning-rate policy moves the
+    exponents. ({approach: {"lr_x0.5": a, ..., "lr_best": a}}, {approach: {variant: {"alpha", "beta"}}})."""
+    runs = pd.DataFrame(ds.lr_grid["runs"])
+    variants = {f"lr_x{f:g}": lr_grid_lib.at_factor(runs, f) for f in sorted(runs["lr_factor"].unique())}
+    variants["lr_best"] = ds.points
+    quick = dataclasses.replace(opts, bootstrap=0, holdout_largest=0, at=())
+    a_by, exps_by = {}, {}
+    for name, pts in variants.items():
+        if len(pts) < len(ds.points):  # a factor some points lack (diverged runs, or an edge extension)
+            continue
+        try:
+            fits = run_fits(dataclasses.replace(ds, points=pts[list(COLUMNS)].reset_index(drop=True), lr_grid=None), quick)["fits"]
+        except AnalysisError:
+            continue
+        for approach, e in fits.items():
+            a_by.setdefault(approach, {})[name] = e["a"]["value"]
+            if "alpha" in e.get("params", {}):
+                exps_by.setdefault(approach, {})[name] = {k: e["params"][k]["value"] for k in ("alpha", "beta")}
+    for approach, values in a_by.items():
+        values["spread"] = max(values.values()) - min(values.values())
+    return a_by, exps_by
 
 
 def _grid(rows: list[dict]) -> dict:

@@ -324,6 +324,7 @@ def markdown(record: dict) -> str:
     if sens:
         lines += ["", f"## Sensitivity (Approach 3 at the largest budget, C = {record['data_range']['C'][1]:.3g})", "", "| convention | a | N_opt at C_max |", "|---|---|---|"]
         lines += [f"| {r['what']} | {_fmt(r['a'])} | {_fmt(r['N_opt_at_C_max'])} |" for r in sens]
+    lines += lr_sensitivity_lines(record)
     ho = record.get("holdout")
     if ho:
         lines += [
@@ -342,3 +343,23 @@ def markdown(record: dict) -> str:
     if figs:
         lines += ["", "## Figures", "", *[f"![{f[:-4]}]({f})" for f in figs]]
     return "\n".join(lines) + "\n"
+
+
+def lr_sensitivity_lines(record: dict) -> list[str]:
+    """The learning-rate policy's effect: each approach's a with every point at lr x f of its rule, and at its best."""
+    sens = record.get("lr_sensitivity")
+    if not sens:
+        return []
+    variants = sorted({v for row in sens.values() for v in row if v.startswith("lr_x")}, key=lambda v: float(v[4:])) + ["lr_best"]
+    lines = ["", "## Learning-rate policy (each point trained at lr x f of its rule; refitted without bootstrap)", "",
+             "| approach | " + " | ".join(f"a @ {v[3:] if v != 'lr_best' else 'best lr'}" for v in variants) + " | spread | a's interval |",
+             "|---" * (len(variants) + 3) + "|"]
+    for approach, row in sens.items():
+        e = record["fits"].get(approach, {})
+        ci = _ci(e["a"]) if "a" in e else ""
+        lines.append(f"| {approach} | " + " | ".join(_fmt(row[v]) if v in row else "-" for v in variants) + f" | {_fmt(row['spread'])} | {ci or '-'} |")
+    grid = record.get("lr_grid") or {}
+    if grid.get("n_edge"):
+        edged = [f"{min(c['run_ids'])} ({c['edge']})" for c in grid["choices"] if c["edge"]]
+        lines += ["", f"{grid['n_edge']} point(s) have their best lr on a grid edge (loss as measured): {', '.join(edged)}."]
+    return lines

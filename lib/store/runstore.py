@@ -245,6 +245,7 @@ def load_runs(root):
         summary = run.summary() or {}
         params = summary.get("params") or {}
         flops = summary.get("flops") or {}
+        config = run.config() or {}
         rows.append(
             {
                 "run_id": run.path.name,
@@ -267,7 +268,9 @@ def load_runs(root):
                 "entropy_rate": summary.get("entropy_rate"),
                 "sweep": summary.get("sweep"),
                 "budget": summary.get("budget"),
-                "family": ((run.config() or {}).get("model") or {}).get("family", "transformer"),
+                "family": (config.get("model") or {}).get("family", "transformer"),
+                "lr": (config.get("optimizer") or {}).get("lr"),  # the peak lr this run trained at
+                "lr_factor": (config.get("optimizer") or {}).get("lr_factor", 1.0),  # of its point's lr (a sweep's lr grid)
                 "trunk": summary.get("trunk"),  # a cooldown branch: its trunk's run id (lib/sweeps/cooldowns.py)
                 "role": summary.get("role"),  # "trunk": a constant-rate trunk, no point to fit
             }
@@ -275,7 +278,7 @@ def load_runs(root):
     columns = [
         "run_id", "state", "reason", "path", "eval_loss", "train_loss", "eval_error", "bayes_error", "N_total", "N_embedding",
         "N_non_embedding", "N_active", "D", "units", "C", "flops_convention", "entropy_floor", "entropy_rate", "sweep", "budget", "family",
-        "trunk", "role",
+        "lr", "lr_factor", "trunk", "role",
     ]
     df = pd.DataFrame(rows, columns=columns)
     numeric = ["eval_loss", "train_loss", "eval_error", "bayes_error", "N_total", "N_embedding", "N_non_embedding", "N_active", "D", "C", "entropy_floor", "entropy_rate", "budget"]
