@@ -110,7 +110,21 @@ def run_sweep(sweep: Sweep, root, options: SweepOptions | None = None) -> SweepR
         report = _run_worker_processes(share, root, options, envs, progress)
     for line in report.lines():
         say(line)
+    if tuple(getattr(sweep, "lr_grid", (1.0,))) != (1.0,) and not options.worker and is_writer and _process_count() == 1:
+        from experiments.workflow.lr_edges import new_extensions, record_extensions
+
+        more = new_extensions(plan, root)
+        if more:  # once per point: a relaunch plans these runs too, and a point extended once is not again
+            path = record_extensions(root, plan.name, more)
+            say(f"learning rate per point: best lr on a grid edge for {len(more)} point(s); adding one run each past it ({path})")
+            return run_sweep(sweep, root, options)
     return report
+
+
+def _process_count() -> int:
+    import jax
+
+    return jax.process_count()
 
 
 def _worker_envs(options: SweepOptions) -> list[dict[str, str]]:
