@@ -74,6 +74,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    import json
+
+    from experiments.workflow.plan import PlanOptions, format_plan, plan_launch
+
+    record = plan_launch(PlanOptions(spec=args.experiment, root=args.root, overrides=parse_set_args(args.set),
+                                     pack=args.pack, throughput_from=args.throughput_from))
+    print(json.dumps(record, indent=1) if args.json else format_plan(record))
+    return 0
+
+
 def _process_count() -> int:
     import jax
 
@@ -106,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_arg(p)
     add_distributed_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plan", help="what a launch would train, without training: every run, the compute and an estimated time")
+    p.add_argument("experiment", help="experiment file or name defining sweep()")
+    p.add_argument("--root", help="where it would train: a tuned lr rule is read there, its finished runs time the estimate")
+    p.add_argument("--throughput-from", metavar="DIR", help="time the estimate by the finished runs under DIR instead")
+    p.add_argument("--pack", default="auto", metavar="auto|K|1", help="pack size, as `scaling sweep --pack` (default auto)")
+    p.add_argument("--json", action="store_true",
+                   help='print JSON: {"runs": [{"run_id", "stage", "N", "D", "C", "lr", "batch", "steps", "pack"}], "compute", "est_seconds", ...}')
+    add_set_arg(p)
+    p.set_defaults(func=cmd_plan)
 
     for module_name in ("experiments.fit_cmd", "experiments.sweep_cmd", "experiments.verify_cmd", "experiments.tune_cmd"):
         try:
