@@ -195,3 +195,40 @@ def get_law(name: str) -> Law:
 
         raise AnalysisError(f"unknown law {name!r}; choose one of {', '.join(LAWS)}")
     return LAWS[name]
+
+
+# ------------------------------------------------------------------------------------------------
+def chinchilla_fixed_E(E: float) -> Law:
+    """Chinchilla's law with E held at a known floor (a data source's exact entropy floor, or a
+    value the user gives): A, B, alpha, beta are fitted, E is reported as given. Researchers pin E
+    where a free fit trades it against the exponents (a free E anywhere from 0.46 to 1.17 on the
+    same command's runs, with the floor known exactly, is the case it is for)."""
+    if not (np.isfinite(E) and E > 0):
+        from analysis.errors import AnalysisError
+
+        raise AnalysisError(f"a fixed E must be a positive loss (the floor under the law), not {E}")
+    log_e = float(np.log(E))
+
+    def log_predict(theta, log_x, xp):
+        a, b, alpha, beta = (theta[..., i : i + 1] for i in range(4))
+        return log_sum_exp(xp, a - alpha * log_x[0], b - beta * log_x[1], log_e + 0.0 * a)
+
+    def to_natural(raw):
+        raw = np.asarray(raw, dtype=np.float64)
+        full = np.concatenate([raw[..., :2], np.full(raw.shape[:-1] + (1,), log_e), raw[..., 2:]], axis=-1)
+        return _chinchilla_natural(full)
+
+    def from_natural(p):
+        return _chinchilla_raw({**p, "E": E})[[0, 1, 3, 4]]
+
+    return Law(
+        name="chinchilla-fixed-E",
+        formula=f"L(N, D) = E + A/N^alpha + B/D^beta, E = {E:.6g} fixed",
+        inputs=("N", "D"),
+        raw_names=("a", "b", "alpha", "beta"),
+        names=("E", "A", "B", "alpha", "beta"),
+        log_predict=log_predict,
+        to_natural=to_natural,
+        from_natural=from_natural,
+        grid=(_LOG_COEF, _LOG_COEF, _EXPONENTS, _EXPONENTS),
+    )
