@@ -295,9 +295,15 @@ def _best_lr_per_point(frame: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.Data
     grid = frame.assign(sweep=info.loc[frame["run"], "sweep"].fillna("").to_numpy(),
                         lr=info.loc[frame["run"], "lr"].astype(float).to_numpy(),
                         lr_factor=info.loc[frame["run"], "lr_factor"].fillna(1.0).astype(float).to_numpy())
-    if not grid.duplicated(list(lr_grid_lib.POINT_KEYS)).any():
+    by_point = grid.groupby(list(lr_grid_lib.POINT_KEYS), dropna=False)
+    # a point's runs form an lr grid when they differ in lr alone; runs that share a point and an lr
+    # (replicates, e.g. over seeds) stay separate points
+    in_grid = (by_point["lr"].transform("size") > 1) & (by_point["lr"].transform("nunique") == by_point["lr"].transform("size"))
+    if not in_grid.any():
         return frame, None, []
-    best, choices = lr_grid_lib.select_best(grid)
+    best, choices = lr_grid_lib.select_best(grid[in_grid])
+    best = pd.concat([best, grid[~in_grid]], ignore_index=True)
+    grid = grid[in_grid]
     edges = [c for c in choices if c["edge"]]
     note = (f"learning rate per point: {len(choices)} points trained at several learning rates ({len(grid)} runs); each is fitted "
             "at its best (a parabola in log lr through its best run and its neighbours)")

@@ -85,3 +85,12 @@ def test_the_lr_policy_spread_is_reported_per_approach(store):
     assert abs(exps["lr_x2"]["beta"] - TRUTH["beta"]) > 0.01 and row["spread"] > 0.01
     text = markdown({**record, "figures": []})
     assert "## Learning-rate policy" in text and "a @ x0.5" in text and "best lr" in text
+
+
+def test_replicates_at_one_lr_stay_separate_points(tmp_path):
+    """Runs that share a point and an lr (e.g. seeds) are no lr grid: each stays a point."""
+    for seed, loss in enumerate((2.5, 2.6)):
+        _write(tmp_path, f"rep-s{seed}", 1e4, 1e6, 6e10, 0.01, 1.0, loss)
+    _write(tmp_path, "other", 2e4, 5e5, 6e10, 0.01, 1.0, 2.55)
+    ds = load_run_store(tmp_path)
+    assert ds.lr_grid is None and sorted(ds.points["loss"]) == [2.5, 2.55, 2.6]
