@@ -464,7 +464,7 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
         entry["points_used"] = {"rule": rule, "runs": used["run"].astype(str).tolist()}
         record["fits"][opts.law] = entry
     table_c = anchors(c_max, opts.at)
-    grid_c = np.geomspace(c_min, reach, 60)
+    grid_c = np.geomspace(min([c_min, *opts.at]), reach, 60)  # the figures reach every --at, below the data too
     for name, e in record["fits"].items():
         if "frontier_model" in e:
             e["table"] = predict(record, name, table_c)

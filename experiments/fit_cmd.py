@@ -6,12 +6,14 @@
     scaling predict DIR --at C [--at C2 ...] [--json]
 
 `register(subparsers)` adds the subcommands to the `scaling` parser (experiments/cli.py); each
-sets `func(args) -> exit code`. Bad input prints one `error:` line and exits 1, never a traceback.
+sets `func(args) -> exit code`. Bad input prints one `error:` line, never a traceback: exit 2 for a
+bad argument (a usage error, as argparse's), 1 for data that cannot be fitted.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -20,6 +22,7 @@ FIT_HELP = "fit scaling laws to a CSV or a run store; write fit.json, report.md 
 
 def register(subparsers) -> None:
     from analysis.laws import LAWS
+    from experiments.cli import nonnegative_int, positive_float, positive_int
 
     p = subparsers.add_parser("fit", help=FIT_HELP, description=FIT_HELP)
     src = p.add_argument_group("data (one of)")
@@ -29,21 +32,21 @@ def register(subparsers) -> None:
     p.add_argument("--law", choices=list(LAWS), default="chinchilla", help="functional form (default chinchilla)")
     p.add_argument("--approach", choices=["1", "2", "3", "all"], default="all",
                    help="Chinchilla approach(es); 'all' runs every one the data allow (default)")
-    p.add_argument("--bootstrap", type=int, default=200, metavar="K", help="bootstrap resamples for intervals (default 200; 0: none)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    p.add_argument("--ci-level", type=float, default=0.95, help="interval coverage (default 0.95)")
-    p.add_argument("--huber-delta", type=float, default=1e-3, help="Huber delta on log residuals (default 1e-3)")
+    p.add_argument("--bootstrap", type=nonnegative_int, default=200, metavar="K", help="bootstrap resamples for intervals (default 200; 0: none)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the bootstrap and of --n-starts' subset (an integer >= 0; default 0)")
+    p.add_argument("--ci-level", type=_level, default=0.95, help="interval coverage (default 0.95)")
+    p.add_argument("--huber-delta", type=positive_float, default=1e-3, help="Huber delta on log residuals (default 1e-3)")
     p.add_argument("--min-tokens-per-param", type=float, metavar="R", help="drop points with D/N < R")
-    p.add_argument("--exclude-top-loss", type=int, default=0, metavar="K", help="drop the K highest-loss points")
+    p.add_argument("--exclude-top-loss", type=nonnegative_int, default=0, metavar="K", help="drop the K highest-loss points")
     p.add_argument("--params", choices=["total", "non_embedding", "active"], default="total",
                    help="which N a run store gives (default total; active: per token, differs from total for moe runs; the report says which)")
     p.add_argument("--metric", choices=["loss", "error"], default="loss",
                    help="what to fit from a run store: eval loss (default), or an image classifier's top-1 eval error (floor: bayes_error)")
-    p.add_argument("--holdout-largest", type=int, default=0, metavar="K",
+    p.add_argument("--holdout-largest", type=nonnegative_int, default=0, metavar="K",
                    help="also fit without the K largest budgets and report the error predicting them")
-    p.add_argument("--at", type=float, action="append", default=[], metavar="C",
+    p.add_argument("--at", type=positive_float, action="append", default=[], metavar="C",
                    help="also tabulate the compute-optimal allocation at C FLOPs (repeatable; figures reach it too)")
-    p.add_argument("--n-starts", type=int, metavar="K", help="a seeded subset of K starting points instead of the law's whole grid (quick looks)")
+    p.add_argument("--n-starts", type=positive_int, metavar="K", help="a seeded subset of K >= 1 starting points instead of the law's whole grid (quick looks)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.set_defaults(func=cmd_fit)
 
@@ -53,14 +56,33 @@ def register(subparsers) -> None:
 
     r = subparsers.add_parser("predict", help="compute-optimal N, D and the loss to expect at compute C, from a fit")
     r.add_argument("dir", help="a folder written by `scaling fit` (or `scaling run`'s ROOT/fit)")
-    r.add_argument("--at", type=float, action="append", required=True, metavar="C", help="compute in FLOPs (repeatable)")
+    r.add_argument("--at", type=positive_float, action="append", required=True, metavar="C", help="compute in FLOPs (repeatable)")
     r.add_argument("--json", action="store_true", help="print JSON: {C: [...], approaches: {name: [row per C]}}")
     r.set_defaults(func=cmd_predict)
 
 
-def _error(command: str, message: str) -> int:
+def _level(text: str) -> float:
+    from experiments.cli import _checked
+
+    return _checked(float, lambda v: 0 < v < 1, "a coverage strictly between 0 and 1, e.g. 0.95")(text)
+
+
+def _error(command: str, message: str, code: int = 1) -> int:
     print(f"scaling {command}: error: {message}", file=sys.stderr)
-    return 1
+    return code
+
+
+def _out_dir_problem(out: str) -> str | None:
+    """Why --out cannot hold the fit's files (None: it can), checked before the fit's minute of work."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        return f"--out {out} is an existing file, not a folder: give a folder for fit.json, report.md and the figures"
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        return f"--out {out} cannot be created ({e.strerror or e}): give a folder you can write to"
+    if not os.access(out, os.W_OK | os.X_OK):
+        return f"--out {out} is not writable: give a folder you can write to"
+    return None
 
 
 def cmd_fit(args) -> int:
@@ -68,7 +90,10 @@ def cmd_fit(args) -> int:
     from analysis.report import fit_and_report, summary
 
     if (args.csv is None) == (args.run_root is None):
-        return _error("fit", "give either --csv FILE or a RUN_ROOT folder (exactly one)")
+        return _error("fit", "give either --csv FILE or a RUN_ROOT folder (exactly one)", 2)
+    problem = _out_dir_problem(args.out)
+    if problem:
+        return _error("fit", problem, 2)
     options = {
         "law": args.law,
         "approach": args.approach,

@@ -171,7 +171,7 @@ def test_single_budget_with_approach_2_is_an_error_but_all_skips_it(tmp_path, ca
 
 
 def test_usage_errors(tmp_path, capsys):
-    assert cli("fit", "--out", tmp_path / "o") == 1
+    assert cli("fit", "--out", tmp_path / "o") == 2  # a usage error, as argparse's
     assert "give either --csv FILE or a RUN_ROOT" in capsys.readouterr().err
     assert cli("plot", tmp_path / "no-fit-here") == 1
     assert "fit.json does not exist" in capsys.readouterr().err
