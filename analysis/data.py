@@ -22,6 +22,7 @@ from analysis.errors import AnalysisError, FitWarning
 
 COLUMNS = ("N", "D", "C", "loss", "run", "budget", "N_alt")
 C_AGREEMENT = 10.0  # a given C more than this factor away from 6ND is named in a warning
+C_OUTLIER = 10.0  # a row whose C/(N*D) is more than this factor off the rows' median is refused (named)
 _SHOW = 10  # bad rows listed by name before "and k more"
 METRICS = ("loss", "error")  # what a run store's points fit: eval loss, or an image classifier's top-1 eval error
 PARAMS_CHOICES = ("total", "non_embedding", "active")  # which N a run store gives (summary.json params.<choice>)
@@ -77,6 +78,49 @@ def _drop_bad(frame: pd.DataFrame, cols, label) -> tuple[pd.DataFrame, list[str]
             )
         )
     return frame.loc[~bad].reset_index(drop=True), notes
+
+
+def _odd_rows(frame: pd.DataFrame, raw: pd.DataFrame, pick: dict, label, check_cost: bool) -> tuple[pd.DataFrame, list[str]]:
+    """Rows that are valid one by one but not as a set: an exact repeat of an earlier row (counted
+    once), a row whose C/(N*D) is more than C_OUTLIER x off the median of the rows (refused: its C
+    or its units are wrong, and one such C bends the cost model for every point), and replicates
+    (same N and D, another loss: kept, each a point, and said). Each named by its row."""
+    notes = []
+    rows = frame["_row"].to_numpy()
+    cols = [c for c in pick.values() if c is not None]
+    keys = raw.loc[rows, cols].astype(str).agg("\x1f".join, axis=1).to_numpy()
+    first: dict[str, int] = {}
+    repeat = np.zeros(len(frame), bool)
+    desc = []
+    for i, (key, row) in enumerate(zip(keys, rows)):
+        if key in first:
+            repeat[i] = True
+            desc.append(f"{label(row)} repeats {label(first[key])}")
+        else:
+            first[key] = row
+    if repeat.any():
+        more = f"; and {len(desc) - _SHOW} more" if len(desc) > _SHOW else ""
+        notes.append(_warn(f"{len(desc)} exact duplicate row(s) counted once: {'; '.join(desc[:_SHOW])}{more}"))
+        frame = frame.loc[~repeat].reset_index(drop=True)
+    if check_cost and len(frame) > 2:
+        ratio = (frame["C"] / (frame["N"] * frame["D"])).to_numpy(float)
+        med = float(np.median(ratio))
+        off = (ratio > med * C_OUTLIER) | (ratio < med / C_OUTLIER)
+        if off.any():
+            idx = np.flatnonzero(off)
+            desc = [f"{label(frame['_row'][i])} (N={frame['N'][i]:g}, D={frame['D'][i]:g}, C={frame['C'][i]:g}: C/(N*D) = {ratio[i]:.3g})" for i in idx[:_SHOW]]
+            more = f"; and {idx.size - _SHOW} more" if idx.size > _SHOW else ""
+            notes.append(_warn(f"refused {idx.size} row(s) whose C/(N*D) is more than {C_OUTLIER:g}x off the rows' median {med:.3g}: "
+                               f"{'; '.join(desc)}{more}; check their C (and the units of N, D and C)"))
+            frame = frame.loc[~off].reset_index(drop=True)
+    same = frame.groupby(["N", "D"], sort=False)["loss"]
+    reps = [(nd, g) for nd, g in same if len(g) > 1]
+    if reps:
+        desc = [f"N={n:g}, D={d:g}: {len(g)} rows ({', '.join(label(frame['_row'][i]) for i in g.index[:_SHOW])}; loss {g.min():.4g}..{g.max():.4g})"
+                for (n, d), g in reps[:_SHOW]]
+        more = f"; and {len(reps) - _SHOW} more" if len(reps) > _SHOW else ""
+        notes.append(f"replicates (same N and D, each fitted as a point): {'; '.join(desc)}{more}")
+    return frame, notes
 
 
 def _finish(points: pd.DataFrame, what: str) -> pd.DataFrame:
@@ -153,7 +197,10 @@ def from_frame(raw: pd.DataFrame, name: str = "the data frame", row_label=None, 
         notes.append(_warn(f"non-numeric values read as missing: {'; '.join(non_numeric)}"))
     # derived columns (C from N, D; D from C, N) are bad only where a given one is: report those
     given = [k for k in ("N", "D", "C", "loss") if pick[k] is not None]
+    frame["_row"] = raw.index  # the row's place in the input, for naming it after rows are dropped
     frame, dropped = _drop_bad(frame, given, row_label)
+    frame, odd = _odd_rows(frame, raw, pick, row_label, check_cost=pick["C"] is not None and pick["D"] is not None)
+    dropped += odd
     return Dataset(
         points=_finish(frame, name),
         source={"kind": "frame", "path": None, "rows": int(len(raw))},
@@ -181,12 +228,13 @@ def _sweep_names(rs, runs) -> list:
     return names
 
 
-def load_run_store(root, params: str = "total", metric: str = "loss") -> Dataset:
+def load_run_store(root, params: str = "total", metric: str = "loss", train_loss_fallback: bool = False) -> Dataset:
     """Every finished run under `root` (lib.store.runstore layout); others are listed and left out.
 
     N is the run's total, non-embedding or active parameter count (`params`; active: what one token
     passes through, which differs from total only for routed (moe) models), D its tokens, C its
-    recorded FLOPs, loss its final eval loss (train loss, said so, where a run has no eval loss).
+    recorded FLOPs, loss its final eval loss. A run without a finite eval loss is left out, named,
+    unless `train_loss_fallback`: then its final train loss is fitted, said so.
     """
     if params not in PARAMS_CHOICES:
         raise AnalysisError(f"--params must be one of {', '.join(PARAMS_CHOICES)}, not {params!r}")
@@ -225,10 +273,23 @@ def load_run_store(root, params: str = "total", metric: str = "loss") -> Dataset
     loss = runs["eval_loss" if metric == "loss" else "eval_error"].astype(float)
     if metric == "error" and loss.isna().all():
         raise AnalysisError(f"--metric error: no run under {root} records an eval_error (only image classifiers do)")
-    use_train = loss.isna() & runs["train_loss"].notna() & (metric == "loss")
-    if use_train.any():
-        notes.append(_warn(f"{int(use_train.sum())} runs have no eval loss; their final train loss is used: {', '.join(runs.run_id[use_train][:_SHOW])}"))
-        loss = loss.where(~use_train, runs["train_loss"].astype(float))
+    no_eval = ~np.isfinite(loss.to_numpy(float))
+    if metric == "loss" and no_eval.any():
+        train = runs["train_loss"].astype(float).to_numpy()
+        use_train = no_eval & np.isfinite(train) & train_loss_fallback
+        if use_train.any():
+            notes.append(_warn(f"{int(use_train.sum())} runs have no finite eval loss; their final train loss is fitted (--train-loss-fallback): "
+                               f"{', '.join(runs.run_id[use_train][:_SHOW])}"))
+            loss = loss.where(~use_train, runs["train_loss"].astype(float))
+        out = no_eval & ~use_train
+        if out.any():  # a train loss is not an eval loss: never fitted unless asked for
+            left = [f"{r} (eval_loss {v})" for r, v in zip(runs.run_id[out], loss[out])]
+            hint = "" if train_loss_fallback else "; --train-loss-fallback fits such runs on their final train loss"
+            notes.append(_warn(f"left out {len(left)} finished run(s) without a finite eval loss: {', '.join(left[:_SHOW])}"
+                               + (f" and {len(left) - _SHOW} more" if len(left) > _SHOW else "") + hint))
+            runs, loss = runs[~out].reset_index(drop=True), loss[~out].reset_index(drop=True)
+            if len(runs) == 0:
+                raise AnalysisError(f"none of the finished runs under {root} has a finite eval loss{hint}")
     frame = pd.DataFrame(
         {
             "N": runs[n_col].astype(float),
@@ -279,11 +340,11 @@ def load_run_store(root, params: str = "total", metric: str = "loss") -> Dataset
     )
 
 
-def load(source, params: str = "total", metric: str = "loss") -> Dataset:
+def load(source, params: str = "total", metric: str = "loss", train_loss_fallback: bool = False) -> Dataset:
     """A CSV file or a run-store folder."""
     source = os.fspath(source)
     if os.path.isdir(source):
-        return load_run_store(source, params=params, metric=metric)
+        return load_run_store(source, params=params, metric=metric, train_loss_fallback=train_loss_fallback)
     if os.path.isfile(source):
         return load_csv(source)
     raise AnalysisError(f"{source} is neither a CSV file nor a run-store folder")

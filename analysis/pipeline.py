@@ -44,6 +44,7 @@ class FitOptions:
     budget_gap: float = 0.05  # decades of C separating inferred IsoFLOP budgets
     at: tuple[float, ...] = ()  # extra compute values for the table (and the figures' reach)
     figures: bool = True
+    train_loss_fallback: bool = False  # run stores: a run without a finite eval loss is fitted on its train loss (else left out, named)
 
     @classmethod
     def from_any(cls, options) -> "FitOptions":

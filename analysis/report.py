@@ -70,7 +70,7 @@ def json_safe(x):
 
 def prepare(data, options: FitOptions) -> Dataset:
     """Load (unless already a Dataset) and filter the data as the options say."""
-    ds = data if isinstance(data, Dataset) else load(data, params=options.params, metric=options.metric)
+    ds = data if isinstance(data, Dataset) else load(data, params=options.params, metric=options.metric, train_loss_fallback=options.train_loss_fallback)
     return apply_filters(ds, options.min_tokens_per_param, options.exclude_top_loss)
 
 

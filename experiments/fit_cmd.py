@@ -47,6 +47,9 @@ def register(subparsers) -> None:
     p.add_argument("--at", type=positive_float, action="append", default=[], metavar="C",
                    help="also tabulate the compute-optimal allocation at C FLOPs (repeatable; figures reach it too)")
     p.add_argument("--n-starts", type=positive_int, metavar="K", help="a seeded subset of K >= 1 starting points instead of the law's whole grid (quick looks)")
+    p.add_argument("--train-loss-fallback", action="store_true",
+                   help="fit a finished run that has no finite eval loss on its final train loss (said in the notes); "
+                        "default: such a run is left out of the fit, named")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.set_defaults(func=cmd_fit)
 
@@ -109,6 +112,7 @@ def cmd_fit(args) -> int:
         "n_starts": args.n_starts,
         "at": tuple(args.at),
         "figures": not args.no_figures,
+        "train_loss_fallback": args.train_loss_fallback,
     }
     if args.csv is not None:
         from analysis.data import load_csv
