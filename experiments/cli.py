@@ -51,11 +51,12 @@ def run_config_from_args(args):
 
 
 def cmd_train(args) -> int:
+    cfg = run_config_from_args(args).validate()  # a bad config fails here, before jax and the model code are imported
+
     from lib.parallel.distributed import initialize_from_args
     from lib.train.loop import Preempted, RunDiverged, train
 
     initialize_from_args(args)
-    cfg = run_config_from_args(args)
     try:
         summary = train(cfg, args.workdir)
     except RunDiverged as e:
@@ -155,23 +156,21 @@ def build_parser(command: str | None = ALL) -> argparse.ArgumentParser:
     for none: enough for `scaling --help`); the other subcommands are listed from COMMANDS."""
     parser = Parser(prog="scaling", description="Scaling-law experiments in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    registered = set()
-    for name, (module_name, help_) in COMMANDS.items():
-        if name in sub.choices:
-            continue
-        if command is not ALL and name != command:
-            sub.add_parser(name, help=help_, add_help=False)  # listed only; never parsed
-        elif module_name is None:
+    wanted = list(COMMANDS) if command is ALL else [command] if command in COMMANDS else []
+    for module_name in dict.fromkeys(COMMANDS[name][0] for name in wanted):  # each module once, in table order
+        if module_name is None:
             _register_train(sub)
-        elif module_name not in registered:
-            registered.add(module_name)
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as e:
-                if e.name != module_name:
-                    raise
-                continue
-            module.register(sub)
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            continue
+        module.register(sub)
+    for name, (_, help_) in COMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=help_, add_help=False)  # listed only; never parsed
     return parser
 
 
