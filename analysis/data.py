@@ -88,7 +88,7 @@ def _odd_rows(frame: pd.DataFrame, raw: pd.DataFrame, pick: dict, label, check_c
     notes = []
     rows = frame["_row"].to_numpy()
     cols = [c for c in pick.values() if c is not None]
-    keys = raw.loc[rows, cols].astype(str).agg("\x1f".join, axis=1).to_numpy()
+    keys = ["\x1f".join(map(repr, row)) for row in raw.loc[rows, cols].itertuples(index=False)]  # NaN reads "nan": equal to itself
     first: dict[str, int] = {}
     repeat = np.zeros(len(frame), bool)
     desc = []

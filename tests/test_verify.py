@@ -105,8 +105,7 @@ def test_a_check_the_fit_no_longer_makes_is_marked_stale():
 
 # ---------------------------------------------------------------- end to end -----------------------
 def _cli(tmp_path, *args, cache):
-    env = clean_env(tmp_path)
-    env["JAX_COMPILATION_CACHE_DIR"] = cache  # one compile per shape across the steps below
+    env = clean_env(tmp_path, cache=cache)  # one compile per shape across the steps below and mini_run
     return subprocess.run([sys.executable, "-m", "experiments.cli", *map(str, args), "--progress", "off"],
                           env=env, capture_output=True, text=True, timeout=400)
 
