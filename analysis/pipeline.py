@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis import approaches as ap
+from analysis import approaches as ap, progress
 from analysis.bootstrap import bootstrap_law, interval, refit_weighted
 from analysis.costmodel import SIX_N, CostModel, fit_cost_model
 from analysis.data import Dataset
@@ -446,6 +446,7 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
     if opts.law == "chinchilla":
         wanted = ("3", "2", "1") if opts.approach == "all" else (str(opts.approach),)
         for a in wanted:
+            progress.stage(f"approach {a}: fit" + (f" and {opts.bootstrap} bootstrap refits" if opts.bootstrap else ""))
             try:
                 if a == "3":
                     record["fits"]["approach3"] = fit_parametric("chinchilla", pts, opts, cost, groups, minima, c_range)
@@ -460,6 +461,7 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
         if "approach3" in record["fits"]:
             record["sensitivity"] = sensitivity(ds, pts, opts, cost, record["fits"]["approach3"], c_max)
     else:
+        progress.stage(f"{opts.law}: fit" + (f" and {opts.bootstrap} bootstrap refits" if opts.bootstrap else ""))
         used, rule = unlimited_points(pts, opts.law, groups)
         entry = fit_parametric(opts.law, used, opts, cost, groups, minima, c_range)
         entry["points_used"] = {"rule": rule, "runs": used["run"].astype(str).tolist()}
@@ -471,6 +473,7 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
             e["table"] = predict(record, name, table_c)
             e["grid"] = _grid(predict(record, name, grid_c))
     if opts.holdout_largest:
+        progress.stage(f"holdout: refit without the {opts.holdout_largest} largest budget(s)")
         record["holdout"] = holdout(pts, opts, cost, groups, minima)
     record["warnings"] = [w for e in record["fits"].values() for w in e.get("warnings", [])] + record.get("holdout", {}).get("warnings", [])
     return record

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis import plots
+from analysis import plots, progress
 from analysis.data import Dataset, apply_filters, load
 from analysis.errors import AnalysisError
 from analysis.pipeline import FitOptions, run_fits
@@ -90,6 +90,8 @@ def fit_and_report(data, out_dir, options=None) -> dict:
         record["filters_applied_before_copy"] = True
     check = read_check(out_dir)  # a prediction check of an earlier fit here: shown, marked stale if this fit differs
     earlier = _earlier_figures(out_dir)
+    if opts.figures:
+        progress.stage("figures")
     record["figures"] = [os.path.basename(p) for p in plots.draw_all(attach_check(record, check), ds.points, out_dir)] if opts.figures else []
     for name in sorted(earlier - set(record["figures"])):  # a refit drawing fewer figures leaves none of the old fit's behind
         os.unlink(os.path.join(out_dir, name))

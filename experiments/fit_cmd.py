@@ -13,7 +13,9 @@ bad argument (a usage error, as argparse's), 1 for data that cannot be fitted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
 import warnings
 
@@ -51,6 +53,8 @@ def register(subparsers) -> None:
                    help="fit a finished run that has no finite eval loss on its final train loss (said in the notes); "
                         "default: such a run is left out of the fit, named")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                   help="the fit's stages (starts, bootstrap, figures) as a progress line on stderr (auto: when a terminal)")
     p.set_defaults(func=cmd_fit)
 
     q = subparsers.add_parser("plot", help="re-draw the figures of a fit from DIR/fit.json and the data it names")
@@ -121,7 +125,7 @@ def cmd_fit(args) -> int:
     else:
         load = lambda: args.run_root  # noqa: E731
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _progress(args, options):
             warnings.simplefilter("ignore", FitWarning)  # the record carries them; printed below
             record = fit_and_report(load(), args.out, options)
     except AnalysisError as e:
@@ -131,6 +135,36 @@ def cmd_fit(args) -> int:
     print(summary(record))
     print(f"wrote {args.out}/fit.json, {args.out}/report.md and {len(record.get('figures', []))} figure files")
     return 0
+
+
+@contextlib.contextmanager
+def _progress(args, options: dict):
+    """A tqdm line on stderr naming the fit's stage (a fit is silent for tens of seconds otherwise)."""
+    if args.progress == "off" or (args.progress == "auto" and not sys.stderr.isatty()):
+        yield
+        return
+    from tqdm import tqdm
+
+    from analysis import progress
+
+    chinchilla = options["law"] == "chinchilla"
+    total = (3 if chinchilla and options["approach"] == "all" else 1) + bool(options["holdout_largest"]) + bool(options["figures"])
+    size = shutil.get_terminal_size()  # 80x24 where a terminal reports 0x0, on which tqdm would hide its line
+    bar = tqdm(total=total, desc="fit", file=sys.stderr, leave=False, ncols=size.columns, nrows=size.lines,
+               bar_format="{desc} | stage {n_fmt}/{total_fmt} | {elapsed}")
+    started = []
+
+    def on_stage(what: str) -> None:
+        if started:
+            bar.update(1)
+        started.append(what)
+        bar.set_description(f"fit: {what}")
+
+    try:
+        with progress.reporting(on_stage):
+            yield
+    finally:
+        bar.close()
 
 
 def cmd_plot(args) -> int:

@@ -165,11 +165,14 @@ def test_csv_fit_with_a_one_variable_law(tmp_path, capsys):
     path.write_text("N,D,C,loss\n" + "".join(f"{c / 6e11:.6g},1e11,{c:.6g},{2.0 + 1e3 * c ** -0.15:.8f}\n" for c in C))
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "mine.png").write_text("not the fit's")
-    assert cli("fit", "--csv", path, "--out", tmp_path / "o", "--law", "power-C", "--bootstrap", 20) == 0
+    assert cli("fit", "--csv", path, "--out", tmp_path / "o", "--law", "power-C", "--bootstrap", 20, "--progress", "on") == 0
     rec = json.loads((tmp_path / "o" / "fit.json").read_text())
     assert rec["fits"]["power-C"]["params"]["alpha"]["value"] == pytest.approx(0.15, rel=1e-3)
     assert (tmp_path / "o" / "power_C.png").exists()
-    assert "power-C (40 points)" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "power-C (40 points)" in out
+    # the progress line names each stage as it starts (tqdm on stderr)
+    assert err.index("fit: power-C: fit and 20 bootstrap refits") < err.index("fit: figures") and "stage 1/2" in err
     # a refit into the same folder draws other figures: the old fit's go, files it did not draw stay
     assert cli("fit", "--csv", path, "--out", tmp_path / "o", "--law", "power-N", "--bootstrap", 0) == 0
     rec = json.loads((tmp_path / "o" / "fit.json").read_text())
