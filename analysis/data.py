@@ -178,13 +178,6 @@ def from_frame(raw: pd.DataFrame, name: str = "the data frame", row_label=None, 
         notes.append(f"{what} has no C column: C = 6*N*D")
     else:
         conventions["C"] = f"training FLOPs as given in {what}"
-        if pick["D"] is not None:
-            ratio = (frame["C"] / (6.0 * frame["N"] * frame["D"])).to_numpy(float)
-            off = np.flatnonzero(np.isfinite(ratio) & ((ratio > C_AGREEMENT) | (ratio < 1 / C_AGREEMENT)))
-            if off.size:
-                desc = "; ".join(f"{row_label(i)} (C/6ND = {ratio[i]:.3g})" for i in off[:_SHOW])
-                more = f"; and {off.size - _SHOW} more" if off.size > _SHOW else ""
-                notes.append(_warn(f"C disagrees with 6*N*D by more than {C_AGREEMENT:g}x in {off.size} rows: {desc}{more}; check the units of N, D and C"))
     if pick["D"] is None:
         frame["D"] = frame["C"] / (6.0 * frame["N"])
         conventions["D"] = f"D = C/(6*N) (computed: {what} has no D column)"
@@ -201,6 +194,13 @@ def from_frame(raw: pd.DataFrame, name: str = "the data frame", row_label=None, 
     frame, dropped = _drop_bad(frame, given, row_label)
     frame, odd = _odd_rows(frame, raw, pick, row_label, check_cost=pick["C"] is not None and pick["D"] is not None)
     dropped += odd
+    if pick["C"] is not None and pick["D"] is not None:  # the rows kept, all off 6ND alike: other units or conventions?
+        ratio = (frame["C"] / (6.0 * frame["N"] * frame["D"])).to_numpy(float)
+        off = np.flatnonzero((ratio > C_AGREEMENT) | (ratio < 1 / C_AGREEMENT))
+        if off.size:
+            desc = "; ".join(f"{row_label(frame['_row'][i])} (C/6ND = {ratio[i]:.3g})" for i in off[:_SHOW])
+            more = f"; and {off.size - _SHOW} more" if off.size > _SHOW else ""
+            dropped.append(_warn(f"C disagrees with 6*N*D by more than {C_AGREEMENT:g}x in {off.size} rows: {desc}{more}; check the units of N, D and C"))
     return Dataset(
         points=_finish(frame, name),
         source={"kind": "frame", "path": None, "rows": int(len(raw))},
