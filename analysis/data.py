@@ -23,6 +23,7 @@ from analysis.errors import AnalysisError, FitWarning
 
 COLUMNS = ("N", "D", "C", "loss", "run", "budget", "N_alt")
 C_AGREEMENT = 10.0  # a given C more than this factor away from 6ND is named in a warning
+C_OUTLIER = 10.0  # a row whose C/(N*D) is more than this factor off the rows' median is refused (named)
 _SHOW = 10  # bad rows listed by name before "and k more"
 METRICS = ("loss", "error")  # what a run store's points fit: eval loss, or an image classifier's top-1 eval error
 PARAMS_CHOICES = ("total", "non_embedding", "active")  # which N a run store gives (summary.json params.<choice>)
@@ -83,6 +84,49 @@ def _drop_bad(frame: pd.DataFrame, cols, label) -> tuple[pd.DataFrame, list[str]
     return frame.loc[~bad].reset_index(drop=True), notes
 
 
+def _odd_rows(frame: pd.DataFrame, raw: pd.DataFrame, pick: dict, label, check_cost: bool) -> tuple[pd.DataFrame, list[str]]:
+    """Rows that are valid one by one but not as a set: an exact repeat of an earlier row (counted
+    once), a row whose C/(N*D) is more than C_OUTLIER x off the median of the rows (refused: its C
+    or its units are wrong, and one such C bends the cost model for every point), and replicates
+    (same N and D, another loss: kept, each a point, and said). Each named by its row."""
+    notes = []
+    rows = frame["_row"].to_numpy()
+    cols = [c for c in pick.values() if c is not None]
+    keys = ["\x1f".join(map(repr, row)) for row in raw.loc[rows, cols].itertuples(index=False)]  # NaN reads "nan": equal to itself
+    first: dict[str, int] = {}
+    repeat = np.zeros(len(frame), bool)
+    desc = []
+    for i, (key, row) in enumerate(zip(keys, rows)):
+        if key in first:
+            repeat[i] = True
+            desc.append(f"{label(row)} repeats {label(first[key])}")
+        else:
+            first[key] = row
+    if repeat.any():
+        more = f"; and {len(desc) - _SHOW} more" if len(desc) > _SHOW else ""
+        notes.append(_warn(f"{len(desc)} exact duplicate row(s) counted once: {'; '.join(desc[:_SHOW])}{more}"))
+        frame = frame.loc[~repeat].reset_index(drop=True)
+    if check_cost and len(frame) > 2:
+        ratio = (frame["C"] / (frame["N"] * frame["D"])).to_numpy(float)
+        med = float(np.median(ratio))
+        off = (ratio > med * C_OUTLIER) | (ratio < med / C_OUTLIER)
+        if off.any():
+            idx = np.flatnonzero(off)
+            desc = [f"{label(frame['_row'][i])} (N={frame['N'][i]:g}, D={frame['D'][i]:g}, C={frame['C'][i]:g}: C/(N*D) = {ratio[i]:.3g})" for i in idx[:_SHOW]]
+            more = f"; and {idx.size - _SHOW} more" if idx.size > _SHOW else ""
+            notes.append(_warn(f"refused {idx.size} row(s) whose C/(N*D) is more than {C_OUTLIER:g}x off the rows' median {med:.3g}: "
+                               f"{'; '.join(desc)}{more}; check their C (and the units of N, D and C)"))
+            frame = frame.loc[~off].reset_index(drop=True)
+    same = frame.groupby(["N", "D"], sort=False)["loss"]
+    reps = [(nd, g) for nd, g in same if len(g) > 1]
+    if reps:
+        desc = [f"N={n:g}, D={d:g}: {len(g)} rows ({', '.join(label(frame['_row'][i]) for i in g.index[:_SHOW])}; loss {g.min():.4g}..{g.max():.4g})"
+                for (n, d), g in reps[:_SHOW]]
+        more = f"; and {len(reps) - _SHOW} more" if len(reps) > _SHOW else ""
+        notes.append(f"replicates (same N and D, each fitted as a point): {'; '.join(desc)}{more}")
+    return frame, notes
+
+
 def _finish(points: pd.DataFrame, what: str) -> pd.DataFrame:
     if len(points) == 0:
         raise AnalysisError(f"no usable points left in {what}: every row was dropped (see the messages above)")
@@ -138,13 +182,6 @@ def from_frame(raw: pd.DataFrame, name: str = "the data frame", row_label=None, 
         notes.append(f"{what} has no C column: C = 6*N*D")
     else:
         conventions["C"] = f"training FLOPs as given in {what}"
-        if pick["D"] is not None:
-            ratio = (frame["C"] / (6.0 * frame["N"] * frame["D"])).to_numpy(float)
-            off = np.flatnonzero(np.isfinite(ratio) & ((ratio > C_AGREEMENT) | (ratio < 1 / C_AGREEMENT)))
-            if off.size:
-                desc = "; ".join(f"{row_label(i)} (C/6ND = {ratio[i]:.3g})" for i in off[:_SHOW])
-                more = f"; and {off.size - _SHOW} more" if off.size > _SHOW else ""
-                notes.append(_warn(f"C disagrees with 6*N*D by more than {C_AGREEMENT:g}x in {off.size} rows: {desc}{more}; check the units of N, D and C"))
     if pick["D"] is None:
         frame["D"] = frame["C"] / (6.0 * frame["N"])
         conventions["D"] = f"D = C/(6*N) (computed: {what} has no D column)"
@@ -157,7 +194,17 @@ def from_frame(raw: pd.DataFrame, name: str = "the data frame", row_label=None, 
         notes.append(_warn(f"non-numeric values read as missing: {'; '.join(non_numeric)}"))
     # derived columns (C from N, D; D from C, N) are bad only where a given one is: report those
     given = [k for k in ("N", "D", "C", "loss") if pick[k] is not None]
+    frame["_row"] = raw.index  # the row's place in the input, for naming it after rows are dropped
     frame, dropped = _drop_bad(frame, given, row_label)
+    frame, odd = _odd_rows(frame, raw, pick, row_label, check_cost=pick["C"] is not None and pick["D"] is not None)
+    dropped += odd
+    if pick["C"] is not None and pick["D"] is not None:  # the rows kept, all off 6ND alike: other units or conventions?
+        ratio = (frame["C"] / (6.0 * frame["N"] * frame["D"])).to_numpy(float)
+        off = np.flatnonzero((ratio > C_AGREEMENT) | (ratio < 1 / C_AGREEMENT))
+        if off.size:
+            desc = "; ".join(f"{row_label(frame['_row'][i])} (C/6ND = {ratio[i]:.3g})" for i in off[:_SHOW])
+            more = f"; and {off.size - _SHOW} more" if off.size > _SHOW else ""
+            dropped.append(_warn(f"C disagrees with 6*N*D by more than {C_AGREEMENT:g}x in {off.size} rows: {desc}{more}; check the units of N, D and C"))
     return Dataset(
         points=_finish(frame, name),
         source={"kind": "frame", "path": None, "rows": int(len(raw))},
@@ -185,12 +232,13 @@ def _sweep_names(rs, runs) -> list:
     return names
 
 
-def load_run_store(root, params: str = "total", metric: str = "loss") -> Dataset:
+def load_run_store(root, params: str = "total", metric: str = "loss", train_loss_fallback: bool = False) -> Dataset:
     """Every finished run under `root` (lib.store.runstore layout); others are listed and left out.
 
     N is the run's total, non-embedding or active parameter count (`params`; active: what one token
     passes through, which differs from total only for routed (moe) models), D its tokens, C its
-    recorded FLOPs, loss its final eval loss (train loss, said so, where a run has no eval loss).
+    recorded FLOPs, loss its final eval loss. A run without a finite eval loss is left out, named,
+    unless `train_loss_fallback`: then its final train loss is fitted, said so.
     """
     if params not in PARAMS_CHOICES:
         raise AnalysisError(f"--params must be one of {', '.join(PARAMS_CHOICES)}, not {params!r}")
@@ -229,10 +277,23 @@ def load_run_store(root, params: str = "total", metric: str = "loss") -> Dataset
     loss = runs["eval_loss" if metric == "loss" else "eval_error"].astype(float)
     if metric == "error" and loss.isna().all():
         raise AnalysisError(f"--metric error: no run under {root} records an eval_error (only image classifiers do)")
-    use_train = loss.isna() & runs["train_loss"].notna() & (metric == "loss")
-    if use_train.any():
-        notes.append(_warn(f"{int(use_train.sum())} runs have no eval loss; their final train loss is used: {', '.join(runs.run_id[use_train][:_SHOW])}"))
-        loss = loss.where(~use_train, runs["train_loss"].astype(float))
+    no_eval = ~np.isfinite(loss.to_numpy(float))
+    if metric == "loss" and no_eval.any():
+        train = runs["train_loss"].astype(float).to_numpy()
+        use_train = no_eval & np.isfinite(train) & train_loss_fallback
+        if use_train.any():
+            notes.append(_warn(f"{int(use_train.sum())} runs have no finite eval loss; their final train loss is fitted (--train-loss-fallback): "
+                               f"{', '.join(runs.run_id[use_train][:_SHOW])}"))
+            loss = loss.where(~use_train, runs["train_loss"].astype(float))
+        out = no_eval & ~use_train
+        if out.any():  # a train loss is not an eval loss: never fitted unless asked for
+            left = [f"{r} (eval_loss {v})" for r, v in zip(runs.run_id[out], loss[out])]
+            hint = "" if train_loss_fallback else "; --train-loss-fallback fits such runs on their final train loss"
+            notes.append(_warn(f"left out {len(left)} finished run(s) without a finite eval loss: {', '.join(left[:_SHOW])}"
+                               + (f" and {len(left) - _SHOW} more" if len(left) > _SHOW else "") + hint))
+            runs, loss = runs[~out].reset_index(drop=True), loss[~out].reset_index(drop=True)
+            if len(runs) == 0:
+                raise AnalysisError(f"none of the finished runs under {root} has a finite eval loss{hint}")
     frame = pd.DataFrame(
         {
             "N": runs[n_col].astype(float),
@@ -313,11 +374,11 @@ def _best_lr_per_point(frame: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.Data
     return best[list(COLUMNS)].reset_index(drop=True), {"runs": grid.to_dict("records"), "choices": choices}, [note]
 
 
-def load(source, params: str = "total", metric: str = "loss") -> Dataset:
+def load(source, params: str = "total", metric: str = "loss", train_loss_fallback: bool = False) -> Dataset:
     """A CSV file or a run-store folder."""
     source = os.fspath(source)
     if os.path.isdir(source):
-        return load_run_store(source, params=params, metric=metric)
+        return load_run_store(source, params=params, metric=metric, train_loss_fallback=train_loss_fallback)
     if os.path.isfile(source):
         return load_csv(source)
     raise AnalysisError(f"{source} is neither a CSV file nor a run-store folder")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis import approaches as ap
+from analysis import approaches as ap, progress
 from analysis import lr_grid as lr_grid_lib
 from analysis.bootstrap import bootstrap_law, interval, refit_weighted
 from analysis.costmodel import SIX_N, CostModel, fit_cost_model
@@ -46,6 +46,7 @@ class FitOptions:
     budget_gap: float = 0.05  # decades of C separating inferred IsoFLOP budgets
     at: tuple[float, ...] = ()  # extra compute values for the table (and the figures' reach)
     figures: bool = True
+    train_loss_fallback: bool = False  # run stores: a run without a finite eval loss is fitted on its train loss (else left out, named)
 
     @classmethod
     def from_any(cls, options) -> "FitOptions":
@@ -447,6 +448,7 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
     if opts.law == "chinchilla":
         wanted = ("3", "2", "1") if opts.approach == "all" else (str(opts.approach),)
         for a in wanted:
+            progress.stage(f"approach {a}: fit" + (f" and {opts.bootstrap} bootstrap refits" if opts.bootstrap else ""))
             try:
                 if a == "3":
                     record["fits"]["approach3"] = fit_parametric("chinchilla", pts, opts, cost, groups, minima, c_range)
@@ -461,17 +463,19 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
         if "approach3" in record["fits"]:
             record["sensitivity"] = sensitivity(ds, pts, opts, cost, record["fits"]["approach3"], c_max)
     else:
+        progress.stage(f"{opts.law}: fit" + (f" and {opts.bootstrap} bootstrap refits" if opts.bootstrap else ""))
         used, rule = unlimited_points(pts, opts.law, groups)
         entry = fit_parametric(opts.law, used, opts, cost, groups, minima, c_range)
         entry["points_used"] = {"rule": rule, "runs": used["run"].astype(str).tolist()}
         record["fits"][opts.law] = entry
     table_c = anchors(c_max, opts.at)
-    grid_c = np.geomspace(c_min, reach, 60)
+    grid_c = np.geomspace(min([c_min, *opts.at]), reach, 60)  # the figures reach every --at, below the data too
     for name, e in record["fits"].items():
         if "frontier_model" in e:
             e["table"] = predict(record, name, table_c)
             e["grid"] = _grid(predict(record, name, grid_c))
     if opts.holdout_largest:
+        progress.stage(f"holdout: refit without the {opts.holdout_largest} largest budget(s)")
         record["holdout"] = holdout(pts, opts, cost, groups, minima)
     if ds.lr_grid is not None and opts.law == "chinchilla":
         record["lr_grid"] = {"choices": ds.lr_grid["choices"], "n_edge": sum(bool(c["edge"]) for c in ds.lr_grid["choices"])}

@@ -2,12 +2,15 @@
 
 Matplotlib's object API with the Agg canvas (no pyplot, no global backend switch), so plotting
 is safe inside a training process or a thread. Every axis is labelled with its unit, quantities
-spanning decades are on log axes, and every figure has a legend.
+spanning decades are on log axes, and every figure has a legend, placed outside the axes so it
+never covers a point. A --at compute outside the data is marked with its extrapolation factor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import textwrap
 
 import matplotlib
 import numpy as np
@@ -17,7 +20,9 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from analysis import approaches as ap
+from analysis.costmodel import CostModel
 from analysis.laws import get_law
+from analysis.predict import extrapolation_factor, extrapolation_text
 
 COLORS = {"approach1": "#1b9e77", "approach2": "#d95f02", "approach3": "#7570b3"}
 LABELS = {"approach1": "Approach 1 (envelope)", "approach2": "Approach 2 (IsoFLOP)", "approach3": "Approach 3 (parametric)"}
@@ -42,6 +47,26 @@ def new_figure(ncols=1, width=7.0, height=5.0):
     FigureCanvasAgg(fig)
     axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
     return fig, axes
+
+
+def legend_outside(fig, axes, **kw) -> None:
+    """One legend for the figure, below its axes (constrained layout makes room), so it covers no
+    data; entries repeated across panels are shown once."""
+    entries = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, h)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=kw.pop("ncols", 2), fontsize=kw.pop("fontsize", 8), **kw)
+
+
+def _mark_at(ax, record) -> None:
+    """A dotted line at each --at compute outside the data, labelled with its extrapolation."""
+    c_range = record["data_range"]["C"]
+    for c in record["options"].get("at") or ():
+        factor = extrapolation_factor(c, c_range)
+        if factor:
+            ax.axvline(c, color="black", ls=":", lw=1, label=f"--at C = {c:.3g}: {extrapolation_text(factor)}")
 
 
 def save_figure(fig, out_dir, name) -> list[str]:
@@ -99,18 +124,43 @@ def _check(ax, record, key) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+def _budgets(record, points) -> tuple[np.ndarray, np.ndarray, list[dict], str]:
+    """(labels, budget values, each budget's minimum as approach 2 found it, a title). Where
+    approach 2 was skipped (or not asked for) the budgets' minima are computed here by the same
+    rule (approaches.fit_budget), so the figure shows which budgets it refuses and why."""
+    entry = record["fits"].get("approach2")
+    if entry:
+        labels, values, _ = ap.group_budgets(points, entry["budget_gap_decades"])
+        return labels, values, entry["budgets"], "IsoFLOP profiles (Approach 2)"
+    labels, values, how = ap.group_budgets(points, record["options"].get("budget_gap", 0.05))
+    cost = CostModel.from_dict(record["cost_model"])
+    spread = ap._budget_spread(points, labels, how)  # as approach2 measures a budget's C spread
+    cols = {k: points[k].to_numpy(float) for k in ("N", "D", "loss")}
+    budgets = [dataclasses.asdict(ap.fit_budget(values[k], *(cols[c][labels == k] for c in ("N", "D", "loss")), cost, spread(labels == k)))
+               for k in range(len(values))]
+    why = record.get("skipped", {}).get("approach2") or "not run (--approach)"
+    return labels, values, budgets, "IsoFLOP profiles; Approach 2 " + ("skipped: " + why if "approach2" in record.get("skipped", {}) else why)
+
+
+def has_profiles(record, points) -> bool:
+    """Whether some FLOP budget has 3+ model sizes: a profile an IsoFLOP figure can show."""
+    labels, _, _ = ap.group_budgets(points, record["options"].get("budget_gap", 0.05))
+    n = points["N"].to_numpy(float)
+    return any(np.unique(n[labels == k]).size >= 3 for k in np.unique(labels))
+
+
 def isoflop(record, points, out_dir) -> list[str]:
-    """Loss vs N per FLOP budget, the fitted parabolas and their minima (refused ones hollow)."""
-    entry = record["fits"]["approach2"]
-    labels, values, _ = ap.group_budgets(points, entry["budget_gap_decades"])
-    fig, (ax,) = new_figure()
+    """Loss vs N per FLOP budget, the fitted parabolas and their minima; refused budgets hollow,
+    with the reason in the legend. Drawn whether or not approach 2 could use the budgets."""
+    labels, values, budgets, title = _budgets(record, points)
+    fig, (ax,) = new_figure(height=5.5)
     cmap = matplotlib.colormaps["viridis"]
     norm = LogNorm(vmin=min(values), vmax=max(values) * 1.0001)
-    for k, b in enumerate(entry["budgets"]):
+    for k, b in enumerate(budgets):
         color = cmap(norm(b["C"])) if len(values) > 1 else cmap(0.5)
         sel = labels == k
         n, loss = points["N"].to_numpy()[sel], points["loss"].to_numpy()[sel]
-        tag = f"C = {b['C']:.2g}" + ("" if b["accepted"] else " (refused)")
+        tag = f"C = {b['C']:.2g}" + ("" if b["accepted"] else " refused: " + textwrap.shorten(b["reason"], 90, placeholder="..."))
         ax.scatter(n, loss, color=color, s=22, facecolors=color if b["accepted"] else "none", label=tag, zorder=3)
         if b["coeffs"] is not None:
             w = np.asarray(b.get("window") or n)  # the local parabola holds only over its window
@@ -123,9 +173,9 @@ def isoflop(record, points, out_dir) -> list[str]:
     ax.set_xscale("log")
     ax.set_xlabel("Parameters N")
     ax.set_ylabel(_loss_label(record))
-    ax.set_title("IsoFLOP profiles (Approach 2)")
+    ax.set_title(textwrap.fill(title, 90), fontsize=10 if len(title) > 60 else None)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, title="budget (FLOPs)", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncols=2 if len(values) > 12 else 1)
+    legend_outside(fig, [ax], title="budget (FLOPs)", title_fontsize=8, ncols=1 if any(not b["accepted"] for b in budgets) else 3)
     return save_figure(fig, out_dir, "isoflop")
 
 
@@ -154,12 +204,13 @@ def loss_vs_compute(record, points, out_dir) -> list[str]:
         ax.scatter([b["C"] for b in ok], [b["loss_opt"] for b in ok], marker="*", s=140, color=COLORS["approach2"], edgecolor="black", zorder=4, label="Approach 2 minima")
     _check(ax, record, "loss")
     ax.axvspan(points["C"].min(), points["C"].max(), color="grey", alpha=0.08, label="range of the data")
+    _mark_at(ax, record)
     ax.set_xscale("log")
     ax.set_xlabel(C_LABEL)
     ax.set_ylabel(_loss_label(record))
     ax.set_title("Loss vs compute")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=9)
+    legend_outside(fig, [ax])
     return save_figure(fig, out_dir, "loss_vs_compute")
 
 
@@ -184,12 +235,13 @@ def frontier(record, points, out_dir) -> list[str]:
             ax.scatter(env["C"], env[key], s=6, color=COLORS["approach1"], alpha=0.5, label="envelope points")
         _check(ax, record, key)
         ax.axvspan(points["C"].min(), points["C"].max(), color="grey", alpha=0.08, label="range of the data")
+        _mark_at(ax, record)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(C_LABEL)
         ax.set_ylabel(ylabel + (" (params)" if key == "N_opt" else f" ({_units(record)})"))
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+    legend_outside(fig, axes, ncols=3)
     fig.suptitle("Compute-optimal frontier")
     return save_figure(fig, out_dir, "frontier")
 
@@ -223,7 +275,7 @@ def fitted_vs_observed(record, points, out_dir) -> list[str]:
     ax2.set_title("Residuals")
     for a in (ax, ax2):
         a.grid(True, alpha=0.3)
-        a.legend(fontsize=8)
+    legend_outside(fig, [ax, ax2], ncols=3)
     return save_figure(fig, out_dir, "fitted_vs_observed")
 
 
@@ -243,7 +295,7 @@ def one_variable_law(record, points, out_dir) -> list[str]:
     ax.set_ylabel(_loss_label(record))
     ax.set_title(f"Power law in {x}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=9)
+    legend_outside(fig, [ax])
     return save_figure(fig, out_dir, f"power_{x}")
 
 
@@ -252,8 +304,8 @@ def draw_all(record, points: pd.DataFrame, out_dir) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     fits = record["fits"]
     paths = []
-    if "approach2" in fits:
-        paths += isoflop(record, points, out_dir)
+    if "approach2" in fits or (record["options"]["law"] == "chinchilla" and has_profiles(record, points)):
+        paths += isoflop(record, points, out_dir)  # also where approach 2 refused budgets: that is when it is needed
     if any("grid" in e for e in fits.values()):
         paths += loss_vs_compute(record, points, out_dir)
         paths += frontier(record, points, out_dir)

@@ -15,7 +15,8 @@ One function, `predict`, serves the report's table, the figures' frontier curves
     approach1  N_opt = N_coef C^a through the envelope; D_opt = C / c(N_opt); no loss model (the
                envelope is a set of observed losses, not a law): loss is None.
 
-Extrapolation: the factor C / C_max of the data when C > C_max, else 0.
+Extrapolation: C / C_max when C is above the data's largest compute, C / C_min (a factor below 1)
+when it is below their smallest, 0 within the data.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def _samples(entry: dict) -> dict | None:
 
 def predict(record: dict, fit: str, C, level: float | None = None) -> list[dict]:
     """One dict per C: {"C", "N_opt": {"value", "ci"}, "D_opt": {...}, "loss": {"value", "ci",
-    "pi"} or None, "extrapolation": C / C_max of the data if C > C_max else 0}."""
+    "pi"} or None, "extrapolation": C / C_max above the data, C / C_min (< 1) below them, 0 within}."""
     if fit not in record["fits"]:
         raise AnalysisError(f"the record has no fit {fit!r}; it has {', '.join(record['fits']) or 'none'}")
     entry = record["fits"][fit]
@@ -90,7 +91,7 @@ def predict(record: dict, fit: str, C, level: float | None = None) -> list[dict]
     cs = np.atleast_1d(np.asarray(C, float))
     if np.any(~np.isfinite(cs) | (cs <= 0)):
         raise AnalysisError(f"compute values must be positive and finite, not {cs.tolist()}")
-    c_max = record["data_range"]["C"][1]
+    c_min, c_max = record["data_range"]["C"]
     samples = _samples(entry)
     kind = entry["frontier_model"]
 
@@ -122,9 +123,22 @@ def predict(record: dict, fit: str, C, level: float | None = None) -> list[dict]
         if loss is not None and np.isfinite(loss[i]):
             pi = band("pi", i)
             row["loss"] = {**_value(loss[i], band("loss", i)), "pi": [float(pi[0]), float(pi[1])] if pi and np.all(np.isfinite(pi)) else None}
-        row["extrapolation"] = float(c / c_max) if c > c_max * (1 + 1e-9) else 0.0
+        row["extrapolation"] = extrapolation_factor(c, (c_min, c_max))
         out.append(row)
     return out
+
+
+def extrapolation_factor(C: float, c_range) -> float:
+    """C / C_max above the data's compute range, C / C_min (< 1) below it, 0 within."""
+    c_min, c_max = c_range
+    return float(C / c_max) if C > c_max * (1 + 1e-9) else float(C / c_min) if C < c_min * (1 - 1e-9) else 0.0
+
+
+def extrapolation_text(factor: float) -> str:
+    """How the report, `scaling predict` and the figures say where C lies (factor as above)."""
+    if not factor:
+        return "within the data"
+    return f"extrapolation x{factor:.3g}" if factor > 1 else f"extrapolation: x{1 / factor:.3g} below the data"
 
 
 # ---------------------------------------------------------------- L*(C) through minima ----------

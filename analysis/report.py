@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis import plots
+from analysis import plots, progress
 from analysis.data import Dataset, apply_filters, load
 from analysis.errors import AnalysisError
 from analysis.pipeline import FitOptions, run_fits
-from analysis.predict import predict
+from analysis.predict import extrapolation_text, predict
 from analysis.verify import attach as attach_check, markdown_lines as check_lines, read_check
 
 FIT_JSON, REPORT_MD, POINTS_CSV = "fit.json", "report.md", "points.csv"
@@ -70,7 +70,7 @@ def json_safe(x):
 
 def prepare(data, options: FitOptions) -> Dataset:
     """Load (unless already a Dataset) and filter the data as the options say."""
-    ds = data if isinstance(data, Dataset) else load(data, params=options.params, metric=options.metric)
+    ds = data if isinstance(data, Dataset) else load(data, params=options.params, metric=options.metric, train_loss_fallback=options.train_loss_fallback)
     return apply_filters(ds, options.min_tokens_per_param, options.exclude_top_loss)
 
 
@@ -89,11 +89,27 @@ def fit_and_report(data, out_dir, options=None) -> dict:
         record["source"] = {**record["source"], "kind": "csv", "path": os.path.abspath(points_csv), "copied_from": "an in-memory data frame"}
         record["filters_applied_before_copy"] = True
     check = read_check(out_dir)  # a prediction check of an earlier fit here: shown, marked stale if this fit differs
+    earlier = _earlier_figures(out_dir)
+    if opts.figures:
+        progress.stage("figures")
     record["figures"] = [os.path.basename(p) for p in plots.draw_all(attach_check(record, check), ds.points, out_dir)] if opts.figures else []
+    for name in sorted(earlier - set(record["figures"])):  # a refit drawing fewer figures leaves none of the old fit's behind
+        os.unlink(os.path.join(out_dir, name))
     record = json_safe(record)
     write_atomic(os.path.join(out_dir, FIT_JSON), json.dumps(record, indent=2, allow_nan=False) + "\n")
     write_atomic(os.path.join(out_dir, REPORT_MD), markdown(attach_check(record, check)))
     return record
+
+
+def _earlier_figures(out_dir) -> set[str]:
+    """The figure files the fit already in `out_dir` drew (its fit.json lists them): the only files
+    a refit there may remove."""
+    try:
+        names = read_record(out_dir).get("figures") or []
+    except AnalysisError:  # no earlier fit (or an unreadable one): nothing known to be ours
+        return set()
+    return {n for n in names if isinstance(n, str) and n == os.path.basename(n) and n.endswith((".png", ".svg"))
+            and os.path.isfile(os.path.join(out_dir, n))}
 
 
 def read_record(out_dir) -> dict:
@@ -145,7 +161,7 @@ def _ci(p, key="ci") -> str:
 
 
 def _extrap(factor: float) -> str:
-    return f"extrapolation x{factor:.3g}" if factor else "within the data"
+    return extrapolation_text(factor)
 
 
 def data_range_line(record: dict) -> str:
@@ -239,7 +255,7 @@ def markdown(record: dict) -> str:
     lines = [
         "# Scaling-law fit",
         "",
-        f"**Data range:** {data_range_line(record)}. Every number below beyond C = {record['data_range']['C'][1]:.3g} is an extrapolation, marked with its factor.",
+        f"**Data range:** {data_range_line(record)}. Every number below outside C = {record['data_range']['C'][0]:.3g}..{record['data_range']['C'][1]:.3g} is an extrapolation, marked with its factor.",
         "",
         *(check_lines(record["check"], record) if record.get("check") else []),
         f"- Data: {src['kind']} `{src['path']}`.",

@@ -19,14 +19,21 @@ from lib.config import ConfigError, parse_set_args
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 
 
+def _known_experiments() -> str:
+    return ", ".join(sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py") if not p.stem.startswith("_") and p.stem not in ("cli", "fit_cmd", "sweep_cmd", "verify_cmd", "tune_cmd")))
+
+
 def load_experiment(spec: str) -> ModuleType:
     """An experiment by file path (`experiments/tiny.py`) or by name (`tiny`)."""
     path = Path(spec)
     if not path.exists():
         path = EXPERIMENTS_DIR / f"{spec}.py"
     if not path.exists():
-        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py") if not p.stem.startswith("_") and p.stem not in ("cli", "fit_cmd", "sweep_cmd", "verify_cmd", "tune_cmd"))
-        raise ConfigError(f"experiment '{spec}' not found: give a path to a .py file or one of: {', '.join(known)}")
+        raise ConfigError(f"experiment '{spec}' not found: give a path to a .py file or one of: {_known_experiments()}")
+    if path.is_dir() or path.suffix != ".py":  # e.g. a CSV or a run folder passed by mistake
+        what = "a folder" if path.is_dir() else f"a {path.suffix or 'suffix-less'} file"
+        raise ConfigError(f"experiment '{spec}' is {what}, not a Python file: give an experiment .py file defining config() or sweep(), "
+                          f"or one of: {_known_experiments()}")
     module_spec = importlib.util.spec_from_file_location(f"experiment_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -34,18 +41,22 @@ def load_experiment(spec: str) -> ModuleType:
 
 
 def run_config_from_args(args):
-    module = load_experiment(args.config)
+    try:
+        module = load_experiment(args.config)
+    except ConfigError as e:
+        raise ConfigError(f"--config: {e}") from None
     if not hasattr(module, "config"):
         raise ConfigError(f"{args.config} defines no config() function returning a RunConfig")
     return module.config().with_overrides(parse_set_args(args.set))
 
 
 def cmd_train(args) -> int:
+    cfg = run_config_from_args(args).validate()  # a bad config fails here, before jax and the model code are imported
+
     from lib.parallel.distributed import initialize_from_args
     from lib.train.loop import Preempted, RunDiverged, train
 
     initialize_from_args(args)
-    cfg = run_config_from_args(args)
     try:
         summary = train(cfg, args.workdir)
     except RunDiverged as e:
@@ -74,17 +85,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_plan(args) -> int:
-    import json
-
-    from experiments.workflow.plan import PlanOptions, format_plan, plan_launch
-
-    record = plan_launch(PlanOptions(spec=args.experiment, root=args.root, overrides=parse_set_args(args.set),
-                                     pack=args.pack, throughput_from=args.throughput_from))
-    print(json.dumps(record, indent=1) if args.json else format_plan(record))
-    return 0
-
-
 def _process_count() -> int:
     import jax
 
@@ -101,24 +101,91 @@ def add_set_arg(parser: argparse.ArgumentParser) -> None:
 def add_distributed_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("multi-host (default: auto-detect, e.g. on TPU VMs)")
     g.add_argument("--coordinator", help="host:port of process 0")
-    g.add_argument("--num-processes", type=int)
-    g.add_argument("--process-id", type=int)
+    g.add_argument("--num-processes", type=int, help="how many processes take part, one per host (with --coordinator)")
+    g.add_argument("--process-id", type=int, help="this process's index, 0 .. num-processes - 1 (with --coordinator)")
     g.add_argument("--heartbeat-timeout", type=int, metavar="SECONDS",
                    help="declare a silent peer dead after this long (JAX default 100)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scaling", description="Scaling-law experiments in JAX.")
-    sub = parser.add_subparsers(dest="command", required=True)
+# Every subcommand: the module that registers it, and its one-line help. `scaling --help` lists
+# them from here without importing the modules (they pull in jax, pandas and matplotlib: seconds);
+# `scaling CMD ...` imports only CMD's module. tests/test_analysis_cli.py keeps this table equal to
+# what the modules register.
+COMMANDS = {
+    "train": (None, "train one run (resumes from its last checkpoint; no-op when finished)"),
+    "sweep": ("experiments.sweep_cmd", "train a sweep's runs into --root (relaunch: trains only what is missing)"),
+    "run": ("experiments.sweep_cmd", "sweep, then fit the laws, draw the figures and print a summary"),
+    "status": ("experiments.sweep_cmd", "table of a root's runs: state, attempts, step, losses"),
+    "tune": ("experiments.tune_cmd", "an lr grid per model size into --root/tune, then lr*(N) -> lr_rule.json (relaunch: no-op)"),
+    "fit": ("experiments.fit_cmd", "fit scaling laws to a CSV or a run store; write fit.json, report.md and figures"),
+    "plot": ("experiments.fit_cmd", "re-draw the figures of a fit from DIR/fit.json and the data it names"),
+    "predict": ("experiments.fit_cmd", "compute-optimal N, D and the loss to expect at compute C, from a fit"),
+    "verify": ("experiments.verify_cmd", "train the fit's compute-optimal model at the next budget and compare its loss with the prediction"),
+    "plan": (None, "what a launch would train, without training: every run, the compute and an estimated time"),
+}
+ALL = None  # build_parser(ALL): every subcommand's module imported
 
-    p = sub.add_parser("train", help="train one run (resumes from its last checkpoint; no-op when finished)")
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (the argument and what is wrong), exit code 2 as argparse's."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _checked(kind, test, what: str):
+    """An argparse type: `kind(text)` that must pass `test`, else a usage error saying `what`."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, not {text!r}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+positive_int = _checked(int, lambda v: v >= 1, "an integer >= 1")
+nonnegative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _checked(float, lambda v: v > 0 and v < float("inf"), "a positive finite number")
+
+
+def build_parser(command: str | None = ALL) -> argparse.ArgumentParser:
+    """The `scaling` parser. `command`: import only the module that registers that subcommand (""
+    for none: enough for `scaling --help`); the other subcommands are listed from COMMANDS."""
+    parser = Parser(prog="scaling", description="Scaling-law experiments in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    wanted = list(COMMANDS) if command is ALL else [command] if command in COMMANDS else []
+    for name in wanted:  # the subcommands registered here (the workflow's stages take typed options)
+        if COMMANDS[name][0] is None:
+            _LOCAL[name](sub)
+    for module_name in dict.fromkeys(COMMANDS[name][0] for name in wanted if COMMANDS[name][0]):  # each module once, in table order
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            continue
+        module.register(sub)
+    for name, (_, help_) in COMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=help_, add_help=False)  # listed only; never parsed
+    return parser
+
+
+def _register_train(sub) -> None:
+    p = sub.add_parser("train", help=COMMANDS["train"][1])
     p.add_argument("--config", required=True, help="experiment file or name defining config()")
     p.add_argument("--workdir", required=True, help="the run's folder (local path or gs://)")
     add_set_arg(p)
     add_distributed_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("plan", help="what a launch would train, without training: every run, the compute and an estimated time")
+
+def _register_plan(sub) -> None:
+    p = sub.add_parser("plan", help=COMMANDS["plan"][1])
     p.add_argument("experiment", help="experiment file or name defining sweep()")
     p.add_argument("--root", help="where it would train: a tuned lr rule is read there, its finished runs time the estimate")
     p.add_argument("--throughput-from", metavar="DIR", help="time the estimate by the finished runs under DIR instead")
@@ -128,20 +195,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_arg(p)
     p.set_defaults(func=cmd_plan)
 
-    for module_name in ("experiments.fit_cmd", "experiments.sweep_cmd", "experiments.verify_cmd", "experiments.tune_cmd"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name != module_name:
-                raise
-            continue
-        module.register(sub)
-    return parser
+
+def cmd_plan(args) -> int:
+    import json
+
+    from experiments.workflow.plan import PlanOptions, format_plan, plan_launch
+
+    record = plan_launch(PlanOptions(spec=args.experiment, root=args.root, overrides=parse_set_args(args.set),
+                                     pack=args.pack, throughput_from=args.throughput_from))
+    print(json.dumps(record, indent=1) if args.json else format_plan(record))
+    return 0
+
+
+_LOCAL = {"train": _register_train, "plan": _register_plan}  # COMMANDS whose module is this one
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv and argv[0] in COMMANDS else "").parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as e:

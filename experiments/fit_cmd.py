@@ -6,12 +6,16 @@
     scaling predict DIR --at C [--at C2 ...] [--json]
 
 `register(subparsers)` adds the subcommands to the `scaling` parser (experiments/cli.py); each
-sets `func(args) -> exit code`. Bad input prints one `error:` line and exits 1, never a traceback.
+sets `func(args) -> exit code`. Bad input prints one `error:` line, never a traceback: exit 2 for a
+bad argument (a usage error, as argparse's), 1 for data that cannot be fitted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shutil
 import sys
 import warnings
 
@@ -20,6 +24,7 @@ FIT_HELP = "fit scaling laws to a CSV or a run store; write fit.json, report.md 
 
 def register(subparsers) -> None:
     from analysis.laws import LAWS
+    from experiments.cli import nonnegative_int, positive_float, positive_int
 
     p = subparsers.add_parser("fit", help=FIT_HELP, description=FIT_HELP)
     src = p.add_argument_group("data (one of)")
@@ -29,22 +34,27 @@ def register(subparsers) -> None:
     p.add_argument("--law", choices=list(LAWS), default="chinchilla", help="functional form (default chinchilla)")
     p.add_argument("--approach", choices=["1", "2", "3", "all"], default="all",
                    help="Chinchilla approach(es); 'all' runs every one the data allow (default)")
-    p.add_argument("--bootstrap", type=int, default=200, metavar="K", help="bootstrap resamples for intervals (default 200; 0: none)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    p.add_argument("--ci-level", type=float, default=0.95, help="interval coverage (default 0.95)")
-    p.add_argument("--huber-delta", type=float, default=1e-3, help="Huber delta on log residuals (default 1e-3)")
+    p.add_argument("--bootstrap", type=nonnegative_int, default=200, metavar="K", help="bootstrap resamples for intervals (default 200; 0: none)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the bootstrap and of --n-starts' subset (an integer >= 0; default 0)")
+    p.add_argument("--ci-level", type=_level, default=0.95, help="interval coverage (default 0.95)")
+    p.add_argument("--huber-delta", type=positive_float, default=1e-3, help="Huber delta on log residuals (default 1e-3)")
     p.add_argument("--min-tokens-per-param", type=float, metavar="R", help="drop points with D/N < R")
-    p.add_argument("--exclude-top-loss", type=int, default=0, metavar="K", help="drop the K highest-loss points")
+    p.add_argument("--exclude-top-loss", type=nonnegative_int, default=0, metavar="K", help="drop the K highest-loss points")
     p.add_argument("--params", choices=["total", "non_embedding", "active"], default="total",
                    help="which N a run store gives (default total; active: per token, differs from total for moe runs; the report says which)")
     p.add_argument("--metric", choices=["loss", "error"], default="loss",
                    help="what to fit from a run store: eval loss (default), or an image classifier's top-1 eval error (floor: bayes_error)")
-    p.add_argument("--holdout-largest", type=int, default=0, metavar="K",
+    p.add_argument("--holdout-largest", type=nonnegative_int, default=0, metavar="K",
                    help="also fit without the K largest budgets and report the error predicting them")
-    p.add_argument("--at", type=float, action="append", default=[], metavar="C",
+    p.add_argument("--at", type=positive_float, action="append", default=[], metavar="C",
                    help="also tabulate the compute-optimal allocation at C FLOPs (repeatable; figures reach it too)")
-    p.add_argument("--n-starts", type=int, metavar="K", help="a seeded subset of K starting points instead of the law's whole grid (quick looks)")
+    p.add_argument("--n-starts", type=positive_int, metavar="K", help="a seeded subset of K >= 1 starting points instead of the law's whole grid (quick looks)")
+    p.add_argument("--train-loss-fallback", action="store_true",
+                   help="fit a finished run that has no finite eval loss on its final train loss (said in the notes); "
+                        "default: such a run is left out of the fit, named")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                   help="the fit's stages (starts, bootstrap, figures) as a progress line on stderr (auto: when a terminal)")
     p.set_defaults(func=cmd_fit)
 
     q = subparsers.add_parser("plot", help="re-draw the figures of a fit from DIR/fit.json and the data it names")
@@ -53,14 +63,33 @@ def register(subparsers) -> None:
 
     r = subparsers.add_parser("predict", help="compute-optimal N, D and the loss to expect at compute C, from a fit")
     r.add_argument("dir", help="a folder written by `scaling fit` (or `scaling run`'s ROOT/fit)")
-    r.add_argument("--at", type=float, action="append", required=True, metavar="C", help="compute in FLOPs (repeatable)")
+    r.add_argument("--at", type=positive_float, action="append", required=True, metavar="C", help="compute in FLOPs (repeatable)")
     r.add_argument("--json", action="store_true", help="print JSON: {C: [...], approaches: {name: [row per C]}}")
     r.set_defaults(func=cmd_predict)
 
 
-def _error(command: str, message: str) -> int:
+def _level(text: str) -> float:
+    from experiments.cli import _checked
+
+    return _checked(float, lambda v: 0 < v < 1, "a coverage strictly between 0 and 1, e.g. 0.95")(text)
+
+
+def _error(command: str, message: str, code: int = 1) -> int:
     print(f"scaling {command}: error: {message}", file=sys.stderr)
-    return 1
+    return code
+
+
+def _out_dir_problem(out: str) -> str | None:
+    """Why --out cannot hold the fit's files (None: it can), checked before the fit's minute of work."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        return f"--out {out} is an existing file, not a folder: give a folder for fit.json, report.md and the figures"
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        return f"--out {out} cannot be created ({e.strerror or e}): give a folder you can write to"
+    if not os.access(out, os.W_OK | os.X_OK):
+        return f"--out {out} is not writable: give a folder you can write to"
+    return None
 
 
 def cmd_fit(args) -> int:
@@ -68,7 +97,10 @@ def cmd_fit(args) -> int:
     from analysis.report import fit_and_report, summary
 
     if (args.csv is None) == (args.run_root is None):
-        return _error("fit", "give either --csv FILE or a RUN_ROOT folder (exactly one)")
+        return _error("fit", "give either --csv FILE or a RUN_ROOT folder (exactly one)", 2)
+    problem = _out_dir_problem(args.out)
+    if problem:
+        return _error("fit", problem, 2)
     options = {
         "law": args.law,
         "approach": args.approach,
@@ -84,6 +116,7 @@ def cmd_fit(args) -> int:
         "n_starts": args.n_starts,
         "at": tuple(args.at),
         "figures": not args.no_figures,
+        "train_loss_fallback": args.train_loss_fallback,
     }
     if args.csv is not None:
         from analysis.data import load_csv
@@ -92,7 +125,7 @@ def cmd_fit(args) -> int:
     else:
         load = lambda: args.run_root  # noqa: E731
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _progress(args, options):
             warnings.simplefilter("ignore", FitWarning)  # the record carries them; printed below
             record = fit_and_report(load(), args.out, options)
     except AnalysisError as e:
@@ -102,6 +135,36 @@ def cmd_fit(args) -> int:
     print(summary(record))
     print(f"wrote {args.out}/fit.json, {args.out}/report.md and {len(record.get('figures', []))} figure files")
     return 0
+
+
+@contextlib.contextmanager
+def _progress(args, options: dict):
+    """A tqdm line on stderr naming the fit's stage (a fit is silent for tens of seconds otherwise)."""
+    if args.progress == "off" or (args.progress == "auto" and not sys.stderr.isatty()):
+        yield
+        return
+    from tqdm import tqdm
+
+    from analysis import progress
+
+    chinchilla = options["law"] == "chinchilla"
+    total = (3 if chinchilla and options["approach"] == "all" else 1) + bool(options["holdout_largest"]) + bool(options["figures"])
+    size = shutil.get_terminal_size()  # 80x24 where a terminal reports 0x0, on which tqdm would hide its line
+    bar = tqdm(total=total, desc="fit", file=sys.stderr, leave=False, ncols=size.columns, nrows=size.lines,
+               bar_format="{desc} | stage {n_fmt}/{total_fmt} | {elapsed}")
+    started = []
+
+    def on_stage(what: str) -> None:
+        if started:
+            bar.update(1)
+        started.append(what)
+        bar.set_description(f"fit: {what}")
+
+    try:
+        with progress.reporting(on_stage):
+            yield
+    finally:
+        bar.close()
 
 
 def cmd_plot(args) -> int:

@@ -111,6 +111,12 @@ def run_tune(tune: Tune, root, options=None, extend: int = DEFAULT_EXTEND, say=p
     overrides = dict(options.overrides)
     if not options.run_logs:
         overrides.setdefault("tracking.console", False)  # as run_sweep plans
+    if extend < 0:
+        raise ConfigError(f"--extend must be an integer >= 0 (how many lrs to add past a grid edge), not {extend}")
+    sizes = sorted({size_tag(r.cfg) for r in tune.plan(overrides, root=tune_dir).runs})
+    if len(sizes) < 2:  # lr*(N) = c N^-gamma needs two sizes: say so before training anything
+        raise ConfigError(f"the tune grid has {len(sizes)} model size ({', '.join(sizes)}); lr*(N) needs at least 2: "
+                          "give the sweep a size ladder or a tune() with two or more sizes")
     writer = _process_index() == 0
     for round_ in range(extend + 1):
         try:
@@ -321,6 +327,8 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("tune", help="an lr grid per model size into --root/tune, then lr*(N) -> lr_rule.json (relaunch: no-op)")
     _add_sweep_args(p)
-    p.add_argument("--extend", type=int, default=DEFAULT_EXTEND,
+    from experiments.cli import nonnegative_int
+
+    p.add_argument("--extend", type=nonnegative_int, default=DEFAULT_EXTEND,
                    help=f"add up to this many lrs past a grid edge where a size's best lr sits (default {DEFAULT_EXTEND})")
     p.set_defaults(func=cmd_tune)

@@ -12,8 +12,10 @@ it trains into the same root (R, default: the run store the fit read) under the 
 "<sweep>-check", which `scaling fit` leaves out of the fit (with a note), so rerunning `scaling run`
 neither refits on it nor retrains it. --neighbours also trains the ladder shapes nearest N_opt/2 and
 2 N_opt at the same C. Writes FIT_DIR/check.json (analysis/verify.py has the schema) and redraws
-report.md and the figures. Exit code 0 when the check ran or was skipped with a reason (no usable
-frontier), 1 when its run failed (reported in check.json and report.md), 2 on a config error.
+report.md and the figures. A failed or skipped check never replaces a check.json that ran: it is
+written beside it (check.failed.json, check.skipped.json). Exit code 0 when the check ran or was
+skipped with a reason (no usable frontier), 1 when its run failed (reported in check.json and
+report.md), 2 on a config error (an unknown --set key, --at <= 0).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from analysis.report import json_safe, read_record, render, write_atomic
 from experiments.cli import add_set_arg
 from experiments.sweep_cmd import MANIFESTS, TUNE_SUFFIX, SweepOptions, load_sweep, run_sweep
 from lib import flops as flops_lib
-from lib.config import ConfigError, parse_set_args
+from lib.config import ConfigError, RunConfig, parse_set_args
 from lib.store.runstore import RunDir, read_json, summary_D
 from lib.sweeps.executors import SweepStopped
 from lib.sweeps.plans import IsoFlop, Plan, Sweep, TokensPerParam
@@ -141,7 +143,20 @@ def _law_at(record: dict, N: float, D: float) -> float | None:
 
 
 def _write(fit_dir, check: dict) -> None:
-    write_atomic(os.path.join(os.fspath(fit_dir), V.CHECK_JSON), json.dumps(json_safe(check), indent=2, allow_nan=False) + "\n")
+    """check.json, unless that would replace a check that ran (status done) with a failed or
+    skipped one: that one goes beside it, as check.failed.json / check.skipped.json."""
+    path = os.path.join(os.fspath(fit_dir), V.CHECK_JSON)
+    try:
+        earlier = V.read_check(fit_dir)
+    except AnalysisError:  # unreadable: no check that ran to keep
+        earlier = None
+    if check.get("status") != "done" and (earlier or {}).get("status") == "done":
+        aside = os.path.join(os.fspath(fit_dir), f"check.{check.get('status', 'failed')}.json")
+        write_atomic(aside, json.dumps(json_safe(check), indent=2, allow_nan=False) + "\n")
+        print(f"verify: {path} keeps the earlier check that ran (C = {earlier.get('C', float('nan')):.3g}); "
+              f"this {check.get('status')} one is in {aside}", file=sys.stderr)
+        return
+    write_atomic(path, json.dumps(json_safe(check), indent=2, allow_nan=False) + "\n")
     try:
         render(fit_dir)
     except AnalysisError as e:  # report.md is rewritten first; only the figures could not be redrawn
@@ -281,7 +296,9 @@ def cmd_verify(args) -> int:
     from lib.parallel.distributed import initialize_from_args
 
     initialize_from_args(args)
-    options = SweepOptions(overrides=parse_set_args(args.set), retries=args.retries, progress=args.progress,
+    overrides = parse_set_args(args.set)
+    RunConfig().with_overrides(overrides)  # an unknown --set key is a config error (exit 2), not a skipped check
+    options = SweepOptions(overrides=overrides, retries=args.retries, progress=args.progress,
                            compile_cache=args.compile_cache, run_logs=args.run_logs, spec=args.experiment or "", sets=tuple(args.set))
     try:
         return verify(args.fit_dir, args.root, args.at, args.experiment, args.neighbours, options)
@@ -295,7 +312,9 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("verify", help="train the fit's compute-optimal model at the next budget and compare its loss with the prediction")
     p.add_argument("fit_dir", help="a folder written by `scaling fit` / `scaling run` (ROOT/fit)")
-    p.add_argument("--at", type=float, metavar="C", help="compute budget in FLOPs (default: the sweep's next budget up)")
+    from experiments.cli import positive_float
+
+    p.add_argument("--at", type=positive_float, metavar="C", help="compute budget in FLOPs, > 0 (default: the sweep's next budget up)")
     p.add_argument("--root", help="run root to train into (default: the run store the fit read)")
     p.add_argument("--experiment", help="experiment file or name (default: the one the root's sweep manifest names)")
     p.add_argument("--neighbours", action="store_true", help="also train the ladder shapes nearest N_opt/2 and 2 N_opt at the same C")

@@ -46,10 +46,11 @@ def compile_cache(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def mini_run(tmp_path_factory):
+def mini_run(tmp_path_factory, compile_cache):
     """(experiment file, root, the finished process) of `scaling run` on tests/test_run_command.py's
     tiny IsoFLOP sweep with --no-verify, trained once for the session: test_run_command reads it,
-    tests/test_verify.py relaunches `scaling run` on a copy of the root for the check stage."""
+    tests/test_verify.py relaunches `scaling run` on a copy of the root for the check stage. It
+    compiles into the session's compile_cache, which test_verify's relaunches read."""
     import subprocess
     import sys
 
@@ -61,5 +62,5 @@ def mini_run(tmp_path_factory):
     exp.write_text(EXPERIMENT)
     root = tmp_path / "root"
     proc = subprocess.run([sys.executable, "-m", "experiments.cli", "run", str(exp), "--root", str(root), "--progress", "off", "--no-verify"],
-                          env=clean_env(tmp_path), capture_output=True, text=True, timeout=540)
+                          env=clean_env(tmp_path, cache=compile_cache), capture_output=True, text=True, timeout=540)
     return exp, root, proc

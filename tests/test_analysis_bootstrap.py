@@ -42,7 +42,8 @@ def test_resampling_runs_keeps_each_runs_points_together():
 def test_interval_is_the_percentile_interval():
     x = np.arange(1001, dtype=float)
     assert interval(x, 0.9) == pytest.approx([50.0, 950.0])
-    assert interval([np.nan, np.nan]) != interval([1.0, 2.0])
+    assert np.isnan(interval([np.nan, np.nan])).all()  # no finite sample: no interval
+    assert interval([np.nan, 1.0, np.inf, 3.0], 1.0) == [1.0, 3.0]  # only the finite samples count
 
 
 def test_same_seed_same_intervals_and_resamples_start_from_distinct_optima():

@@ -55,7 +55,7 @@ def run_store(tmp_path_factory):
 def fitted(run_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("fit")
     # 256 of the grid's starts keep this quick (tests/test_analysis_replication.py runs all 4,500)
-    code = cli("fit", run_store, "--out", out, "--bootstrap", 40, "--approach", "all", "--holdout-largest", 1, "--n-starts", 256, "--at", 3e19)
+    code = cli("fit", run_store, "--out", out, "--bootstrap", 40, "--approach", "all", "--holdout-largest", 1, "--n-starts", 256, "--at", 3e19, "--at", 1e12)
     return code, out, json.loads((out / "fit.json").read_text())
 
 
@@ -103,12 +103,14 @@ def test_fit_json_records_the_range_cost_model_accounting_and_goodness(fitted):
 def test_the_table_is_anchored_to_the_data_and_marks_extrapolation(fitted):
     _, _, rec = fitted
     for e in rec["fits"].values():
-        assert [r["C"] for r in e["table"]] == pytest.approx([1e17, 3e17, 1e18, 1e19, 3e19])
-        assert [r["extrapolation"] for r in e["table"]] == pytest.approx([0, 3, 10, 100, 300])
+        assert [r["C"] for r in e["table"]] == pytest.approx([1e12, 1e17, 3e17, 1e18, 1e19, 3e19])
+        # C / C_max above the data (1e15..1e17), C / C_min below them, 0 within
+        assert [r["extrapolation"] for r in e["table"]] == pytest.approx([1e-3, 0, 3, 10, 100, 300])
         assert max(e["grid"]["C"]) == pytest.approx(3e19)  # --at reaches past the 100x default
-    a3 = rec["fits"]["approach3"]["table"][0]
+        assert min(e["grid"]["C"]) == pytest.approx(1e12)  # and below the data
+    a3 = rec["fits"]["approach3"]["table"][1]
     assert a3["loss"]["pi"][0] <= a3["loss"]["ci"][0] <= a3["loss"]["value"] <= a3["loss"]["ci"][1] <= a3["loss"]["pi"][1]
-    assert rec["fits"]["approach1"]["table"][0]["loss"] is None  # no loss model
+    assert rec["fits"]["approach1"]["table"][1]["loss"] is None  # no loss model
 
 
 def test_report_and_figures_are_written(fitted):
@@ -116,6 +118,7 @@ def test_report_and_figures_are_written(fitted):
     report = (out / "report.md").read_text()
     assert report.splitlines()[2].startswith("**Data range:** N ")  # the report opens with the data range
     assert "## Compute-optimal allocation" in report and "extrapolation x100" in report and "Out-of-sample check" in report
+    assert "| approach3 | 1e+12 |" in report and "| extrapolation: x1e+03 below the data |" in report
     assert "Leave-one-budget-out" in report and "usable of 40 bootstrap resamples" in report and "## Sensitivity" in report
     for fig in ("isoflop", "loss_vs_compute", "frontier", "fitted_vs_observed"):
         for ext in ("png", "svg"):
@@ -125,22 +128,56 @@ def test_report_and_figures_are_written(fitted):
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]  # atomic writes left no temp files
 
 
-def test_plot_redraws_the_figures_from_fit_json(fitted):
+@pytest.fixture
+def drawn(monkeypatch):
+    """name -> the matplotlib Figure of every figure saved while the test runs."""
+    from analysis import plots
+
+    figures, save = {}, plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, out_dir, name: figures.setdefault(name, fig) and save(fig, out_dir, name))
+    return figures
+
+
+def legend_texts(fig) -> list[str]:
+    return [t.get_text() for leg in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()] for t in leg.get_texts()]
+
+
+def test_plot_redraws_the_figures_from_fit_json(fitted, drawn):
     _, out, _ = fitted
     (out / "frontier.png").unlink()
     assert cli("plot", out) == 0
     assert (out / "frontier.png").exists()
+    assert set(drawn) == {"isoflop", "loss_vs_compute", "frontier", "fitted_vs_observed"}
+    for name, fig in drawn.items():  # every legend lies outside every axes: it covers no point
+        fig.canvas.draw()
+        legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+        assert legends, name
+        for leg in legends:
+            box = leg.get_window_extent()
+            assert not any(box.overlaps(ax.get_window_extent()) for ax in fig.axes), name
+    for name in ("loss_vs_compute", "frontier"):  # the --at below the data is marked with its factor
+        assert "--at C = 1e+12: extrapolation: x1e+03 below the data" in legend_texts(drawn[name])
 
 
 def test_csv_fit_with_a_one_variable_law(tmp_path, capsys):
     C = np.geomspace(1e17, 1e21, 40)
     path = tmp_path / "c.csv"
     path.write_text("N,D,C,loss\n" + "".join(f"{c / 6e11:.6g},1e11,{c:.6g},{2.0 + 1e3 * c ** -0.15:.8f}\n" for c in C))
-    assert cli("fit", "--csv", path, "--out", tmp_path / "o", "--law", "power-C", "--bootstrap", 20) == 0
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "mine.png").write_text("not the fit's")
+    assert cli("fit", "--csv", path, "--out", tmp_path / "o", "--law", "power-C", "--bootstrap", 20, "--progress", "on") == 0
     rec = json.loads((tmp_path / "o" / "fit.json").read_text())
     assert rec["fits"]["power-C"]["params"]["alpha"]["value"] == pytest.approx(0.15, rel=1e-3)
     assert (tmp_path / "o" / "power_C.png").exists()
-    assert "power-C (40 points)" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "power-C (40 points)" in out
+    # the progress line names each stage as it starts (tqdm on stderr)
+    assert err.index("fit: power-C: fit and 20 bootstrap refits") < err.index("fit: figures") and "stage 1/2" in err
+    # a refit into the same folder draws other figures: the old fit's go, files it did not draw stay
+    assert cli("fit", "--csv", path, "--out", tmp_path / "o", "--law", "power-N", "--bootstrap", 0) == 0
+    rec = json.loads((tmp_path / "o" / "fit.json").read_text())
+    assert "power_N.png" in rec["figures"] and not any(f.startswith("power_C") for f in rec["figures"])
+    assert set(os.listdir(tmp_path / "o")) == {"fit.json", "report.md", "mine.png", *rec["figures"]}
 
 
 @pytest.mark.parametrize(
@@ -170,8 +207,29 @@ def test_single_budget_with_approach_2_is_an_error_but_all_skips_it(tmp_path, ca
     assert set(rec["fits"]) == {"approach3"} and "two or more FLOP budgets" in rec["skipped"]["approach2"]
 
 
+def test_the_isoflop_figure_marks_the_budgets_approach_2_refuses(tmp_path, drawn):
+    """Two budgets, the larger one's sizes all below its optimum: approach 2 refuses it (and so
+    is skipped), and the IsoFLOP figure is drawn anyway, saying which budget and why."""
+    rows = []
+    for C, sizes in ((1e16, np.geomspace(1e6, 1e8, 7)), (1e18, np.geomspace(1e5, 3e6, 5))):
+        n_opt = G_TRUE * (C / 6) ** A_TRUE  # 1e18: ~8e7, so 1e5..3e6 never brackets it
+        assert C < 1e17 or sizes.max() < n_opt / 10
+        rows += [f"{n:.6g},{C / (6 * n):.6g},{C:.6g},{loss(n, C / (6 * n)):.6f}\n" for n in sizes]
+    path = tmp_path / "two.csv"
+    path.write_text("N,D,C,loss\n" + "".join(rows))
+    assert cli("fit", "--csv", path, "--out", tmp_path / "o", "--bootstrap", 0, "--n-starts", 32, "--approach", "all") == 0
+    rec = json.loads((tmp_path / "o" / "fit.json").read_text())
+    assert "approach2" not in rec["fits"] and "C=1e+18" in rec["skipped"]["approach2"]
+    assert "isoflop.png" in rec["figures"] and (tmp_path / "o" / "isoflop.png").stat().st_size > 5000
+    labels = legend_texts(drawn["isoflop"])
+    assert "C = 1e+16" in labels
+    (refused,) = [t for t in labels if t.startswith("C = 1e+18 refused: ")]
+    assert "largest" in refused  # the reason: the minimum lies above the largest model trained
+    assert "skipped" in drawn["isoflop"].axes[0].get_title()
+
+
 def test_usage_errors(tmp_path, capsys):
-    assert cli("fit", "--out", tmp_path / "o") == 1
+    assert cli("fit", "--out", tmp_path / "o") == 2  # a usage error, as argparse's
     assert "give either --csv FILE or a RUN_ROOT" in capsys.readouterr().err
     assert cli("plot", tmp_path / "no-fit-here") == 1
     assert "fit.json does not exist" in capsys.readouterr().err
@@ -230,3 +288,10 @@ def test_predict_at_any_compute_matches_the_table(fitted, capsys):
     assert cli("predict", out, "--at", 1e18) == 0
     text = capsys.readouterr().out
     assert "approach3 at C = 1e+18 (extrapolation x10)" in text and "prediction interval" in text
+    # below the data (C_min = 1e15) as plainly as above: the factor, in the text and the JSON
+    assert cli("predict", out, "--at", 1e10) == 0
+    text = capsys.readouterr().out
+    assert text.count("(extrapolation: x1e+05 below the data)") == 3 and "within the data" not in text
+    assert cli("predict", out, "--at", 1e10, "--json") == 0
+    js = json.loads(capsys.readouterr().out)
+    assert all(rows[0]["extrapolation"] == pytest.approx(1e10 / 1e15) for rows in js["approaches"].values())

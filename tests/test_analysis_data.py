@@ -35,11 +35,36 @@ def test_csv_with_c_and_no_d_derives_tokens(tmp_path):
 
 
 def test_a_c_column_far_from_6nd_is_named_by_line(tmp_path):
-    path = tmp_path / "c.csv"
-    path.write_text("N,D,C,loss\n1e8,2e9,1.2e18,3.0\n2e8,2e9,2.4e20,2.9\n4e8,2e9,4.8e18,2.8\n")  # line 3: 100x
-    with pytest.warns(FitWarning, match=r"C disagrees with 6\*N\*D by more than 10x in 1 rows: line 3 \(C/6ND = 100\)"):
+    path = tmp_path / "c.csv"  # every C 100x 6ND (units?): warned, not dropped, as the rows agree with each other
+    path.write_text("N,D,C,loss\n1e8,2e9,1.2e20,3.0\n2e8,2e9,2.4e20,2.9\n4e8,2e9,4.8e20,2.8\n")
+    with pytest.warns(FitWarning, match=r"C disagrees with 6\*N\*D by more than 10x in 3 rows: line 2 \(C/6ND = 100\)"):
         ds = load_csv(path)
-    assert len(ds.points) == 3 and ds.cost_source == "given"  # warned, not dropped
+    assert len(ds.points) == 3 and ds.cost_source == "given"
+
+
+def test_a_row_whose_c_is_far_off_the_others_is_refused_by_name(tmp_path):
+    N = np.array([1e8, 2e8, 4e8, 8e8, 1.6e9])
+    C = 6 * N * 2e9
+    C[2] *= 1e13  # the issue's row: C 1e13x off the others
+    path = write_csv(tmp_path, "N,D,C,loss\n" + "".join(f"{n:g},2e9,{c:g},{3 - 0.1 * i}\n" for i, (n, c) in enumerate(zip(N, C))))
+    with pytest.warns(FitWarning) as record:
+        ds = load_csv(path)
+    msgs = " | ".join(str(w.message) for w in record)
+    assert "refused 1 row(s) whose C/(N*D) is more than 10x off the rows' median 6: line 4 (N=4e+08, D=2e+09, C=4.8e+31: C/(N*D) = 6e+13)" in msgs
+    assert list(ds.points.run) == ["line 2", "line 3", "line 5", "line 6"]
+    np.testing.assert_allclose(ds.points.C, 6 * ds.points.N * ds.points.D)  # what is left obeys one cost model
+    # a row 9x off is within the rule: kept
+    C[2] = 6 * N[2] * 2e9 * 9
+    ds = load_csv(write_csv(tmp_path, "N,D,C,loss\n" + "".join(f"{n:g},2e9,{c:g},3\n" for n, c in zip(N, C)), "ok.csv"))
+    assert ds.n == 5
+
+
+def test_exact_duplicates_count_once_and_replicates_are_reported(tmp_path):
+    text = "N,D,loss\n1e8,2e9,3.1\n2e8,4e9,2.9\n2e8,4e9,2.9\n2e8,4e9,2.95\n4e8,8e9,2.7\n1e8,2e9,3.1\n"
+    with pytest.warns(FitWarning, match=r"2 exact duplicate row\(s\) counted once: line 4 repeats line 3; line 7 repeats line 2"):
+        ds = load_csv(write_csv(tmp_path, text))
+    assert list(ds.points.run) == ["line 2", "line 3", "line 5", "line 6"]  # 6 rows, 2 repeats
+    assert "replicates (same N and D, each fitted as a point): N=2e+08, D=4e+09: 2 rows (line 3, line 5; loss 2.9..2.95)" in ds.notes
 
 
 def test_missing_column_names_it_and_the_columns_present(tmp_path):
@@ -115,17 +140,24 @@ def test_run_store_keeps_finished_runs_and_lists_the_others(tmp_path):
     write_run(root, "b", "done", N=2e8, D=2.5e8, C=3e17, eval_loss=None, train_loss=3.6, budget=3e17)
     write_run(root, "c", "failed", reason="loss diverged at step 40")
     write_run(root, "d", "running")
+    write_run(root, "e", "done", N=4e8, D=1.25e8, C=3e17, eval_loss=float("nan"), train_loss=3.7, budget=3e17)
     with pytest.warns(FitWarning) as record:
         ds = load_run_store(root, params="non_embedding")
     msgs = " | ".join(str(w.message) for w in record)
-    assert "left out 2 of 4 runs that have not finished: c (failed: loss diverged at step 40), d (running)" in msgs
-    assert "1 runs have no eval loss; their final train loss is used: b" in msgs
-    assert list(ds.points.run) == ["a", "b"] and list(ds.points.loss) == [3.5, 3.6]
-    np.testing.assert_allclose(ds.points.N, [0.9e8, 1.8e8])  # non-embedding
+    assert "left out 2 of 5 runs that have not finished: c (failed: loss diverged at step 40), d (running)" in msgs
+    # a run without a finite eval loss is left out by name; its train loss only when asked for
+    assert "left out 2 finished run(s) without a finite eval loss: b (eval_loss nan), e (eval_loss nan); --train-loss-fallback" in msgs
+    assert list(ds.points.run) == ["a"]
+    with pytest.warns(FitWarning, match="2 runs have no finite eval loss; their final train loss is fitted"):
+        both = load_run_store(root, train_loss_fallback=True)
+    assert list(both.points.run) == ["a", "b", "e"] and list(both.points.loss) == [3.5, 3.6, 3.7]
+    with pytest.warns(FitWarning):
+        ds = load_run_store(root, params="non_embedding", train_loss_fallback=True)
+    np.testing.assert_allclose(ds.points.N, [0.9e8, 1.8e8, 3.6e8])  # non-embedding
     assert "non-embedding" in ds.conventions["N"] and "6N" in ds.conventions["C"]
-    np.testing.assert_allclose(ds.points.N_alt, [1e8, 2e8])  # the other count: total
+    np.testing.assert_allclose(ds.points.N_alt, [1e8, 2e8, 4e8])  # the other count: total
     assert ds.cost_source == "recorded" and ds.alt_N_name == "total parameters"
-    assert ds.source == {"kind": "runs", "path": str(root), "params": "non_embedding", "runs": 4}
+    assert ds.source == {"kind": "runs", "path": str(root), "params": "non_embedding", "runs": 5}
 
 
 def test_run_store_without_finished_runs_or_runs_at_all_is_an_error(tmp_path):

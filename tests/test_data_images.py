@@ -141,7 +141,9 @@ def test_augmentation_is_a_pure_function_of_seed_and_row_and_only_flips_and_crop
         seen.update(found)
     assert {f for *_, f in seen} == {0, 1} and len({(oy, ox) for oy, ox, _ in seen}) > 10
     flips = augment(x, rows, 3, "flip", 2)
-    assert all(np.array_equal(flips[i], x[i]) or np.array_equal(flips[i], x[i, :, ::-1]) for i in range(64))
+    flipped = [np.array_equal(flips[i], x[i, :, ::-1]) for i in range(64)]
+    assert all(f or np.array_equal(flips[i], x[i]) for i, f in enumerate(flipped))  # each row as is or mirrored
+    assert 10 < sum(flipped) < 54  # about half mirrored (64 fair coins: outside 10..54 has p < 1e-8)
 
 
 def test_augment_applies_to_training_batches_only():

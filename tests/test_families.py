@@ -2,6 +2,8 @@
 the parameter tree and against XLA's count of the compiled forward pass, config validation, and the
 mixture-of-experts router (capacity, dropped tokens, auxiliary losses, expert sharding)."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -351,3 +353,11 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits(family):
     logits, penalty, _ = jax.eval_shape(lambda p, t: models.apply_with_aux(models.make_model(cfg), p, t), params, jnp.zeros((2, 8), jnp.int32))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
     assert logits.dtype == jnp.float32 and penalty.dtype == jnp.float32
+    # the matmuls run in bf16 (most of them: a moe router may stay float32); ignored, every one would be float32
+    from test_model import matmul_dtypes
+
+    tokens = jax.ShapeDtypeStruct((2, 8), jnp.int32)
+    mm = matmul_dtypes(lambda p, t: models.apply_with_aux(models.make_model(cfg), p, t), params, tokens)
+    assert mm.count("bfloat16/bfloat16") > len(mm) / 2, mm
+    ref = dataclasses.replace(cfg, compute_dtype="float32")
+    assert set(matmul_dtypes(lambda p, t: models.apply_with_aux(models.make_model(ref), p, t), params, tokens)) == {"float32/float32"}

@@ -74,8 +74,9 @@ SMALL = ["--set", "model.d_model=32", "--set", "model.n_layers=2", "--set", "dat
          "--set", "optimizer.warmup_steps=10"]
 
 
-def _cli(workdir, steps, every, extra):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+def _cli(workdir, steps, every, extra, cache):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",  # the session's compile cache: the
+           "JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # cut and resumed runs reuse ref's
     cmd = [sys.executable, "-m", "experiments.cli", "train", "--config", "tiny", "--workdir", str(workdir), *SMALL,
            "--set", f"train.steps={steps}", "--set", f"train.checkpoint_every={every}", *extra]
     return cmd, env
@@ -83,13 +84,13 @@ def _cli(workdir, steps, every, extra):
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("family", ["gru", "moe"])
-def test_a_killed_run_resumes_bit_for_bit(family, tmp_path):
+def test_a_killed_run_resumes_bit_for_bit(family, tmp_path, compile_cache):
     extra = [x for k, v in ({"model.family": family} if family == "gru" else MOE).items() for x in ("--set", f"{k}={v}")]
-    steps, every = 300, 20
-    cmd, env = _cli(tmp_path / "ref", steps, every, extra)
+    steps, every = 120, 20  # killed once step 20 is checkpointed: 100 steps and 5 checkpoints still to go
+    cmd, env = _cli(tmp_path / "ref", steps, every, extra, compile_cache)
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=400)
 
-    cmd, env = _cli(tmp_path / "cut", steps, every, extra)
+    cmd, env = _cli(tmp_path / "cut", steps, every, extra, compile_cache)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     t0 = time.time()
     while not (tmp_path / "cut" / "checkpoints" / str(every)).exists():

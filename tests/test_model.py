@@ -77,14 +77,39 @@ def test_remat_gives_the_same_gradients(scan):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), g, g_r)
 
 
+def matmul_dtypes(fn, *args) -> list[str]:
+    """The operand dtypes of every matmul and convolution `fn(*args)` traces to (nested jaxprs of
+    scans, remat and jit included): what compute_dtype must change."""
+    found = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
+                found.append("/".join(str(v.aval.dtype) for v in eqn.invars[:2]))
+            for v in eqn.params.values():
+                for sub in v if isinstance(v, (list, tuple)) else [v]:
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        walk(inner)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
 def test_bfloat16_compute_keeps_float32_parameters_and_logits():
     cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, compute_dtype="bfloat16")
     model, params = _init(cfg)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
     logits = model.apply({"params": params}, jnp.zeros((1, 8), jnp.int32))
     assert logits.dtype == jnp.float32
-    ref = make_model(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4)).apply({"params": params}, jnp.zeros((1, 8), jnp.int32))
+    ref_model = make_model(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4))
+    ref = ref_model.apply({"params": params}, jnp.zeros((1, 8), jnp.int32))
     np.testing.assert_allclose(logits, ref, atol=5e-2)  # bf16 rounding, not a different function
+    # the matmuls themselves run in bf16 (a model ignoring compute_dtype would pass the checks above)
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    mm = matmul_dtypes(lambda p: model.apply({"params": p}, tokens), params)
+    assert mm and all(d == "bfloat16/bfloat16" for d in mm), mm
+    assert set(matmul_dtypes(lambda p: ref_model.apply({"params": p}, tokens), params)) == {"float32/float32"}
 
 
 def test_every_parameter_carries_logical_axis_names():

@@ -46,7 +46,8 @@ def test_relaunching_a_finished_sweep_trains_nothing_and_says_so(tmp_path, capsy
     capsys.readouterr()
 
     calls = []
-    monkeypatch.setattr(lib.train.loop, "train", lambda *a, **k: calls.append(a) or pytest.fail("trained again"))
+    for name in ("train", "train_pack"):  # a pack of one calls train(), a larger pack train_pack()
+        monkeypatch.setattr(lib.train.loop, name, lambda *a, **k: calls.append(a) or pytest.fail("trained again"))
     second = run_sweep(_sweep(tmp_path), root, opts())
     out = capsys.readouterr().out
     assert calls == [] and [o.result for o in second.outcomes] == ["skipped"] * 3 and second.exit_code == 0

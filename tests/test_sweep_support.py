@@ -36,8 +36,9 @@ def write_experiment(tmp_path: Path, steps=30, checkpoint_every=15, axes='{"data
     return path
 
 
-def clean_env(tmp_path: Path) -> dict:
-    """A subprocess environment that writes nothing outside tmp_path and uses the CPU."""
+def clean_env(tmp_path: Path, cache: str | None = None) -> dict:
+    """A subprocess environment that writes nothing outside tmp_path and uses the CPU; `cache`: a
+    JAX compilation cache to share (the session's `compile_cache`: a shape compiles once per session)."""
     env = dict(os.environ)
     env.update(
         JAX_PLATFORMS="cpu",
@@ -49,6 +50,8 @@ def clean_env(tmp_path: Path) -> dict:
     )
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     env.pop("XLA_FLAGS", None)
+    if cache:  # sweep_cmd takes it over --compile-cache; a lone `scaling train` gets jax's own reading of it
+        env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     return env
 
 

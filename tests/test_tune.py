@@ -192,7 +192,28 @@ def test_scaling_run_tunes_first_and_a_relaunch_is_a_no_op(tmp_path, capsys):
     assert record["batch"] == 8 and record["steps"] == 20 and len(record["sizes"]) == 2
     assert (root / "tune" / "lr_rule.png").exists() and "tune: lr*(N) = " in out
     status = {p: os.path.getmtime(p / "status.json") for p in (root / "tune").iterdir() if (p / "status.json").exists()}
-    assert len(status) >= 6
+    # The grid extensions, recomputed from the runs' losses on disk: while a size's best lr sits on
+    # an edge of its grid (at most --extend = 2 times), one lr a grid step past that edge is added.
+    losses: dict[str, dict[float, float]] = {}
+    for p in status:
+        cfg, summary = (json.loads((p / f).read_text()) for f in ("config.json", "summary.json"))
+        tag = f"d{cfg['model']['d_model']}-L{cfg['model']['n_layers']}"
+        loss = summary.get("eval_loss")
+        losses.setdefault(tag, {})[cfg["optimizer"]["lr"]] = loss if loss is not None and math.isfinite(loss) else math.inf
+    expected = {}
+    for tag, by_lr in losses.items():
+        grid = [1e-3, 3e-2, 1.0]
+        for _ in range(2):
+            best = min(grid, key=lambda lr: by_lr[lr])
+            if best not in (grid[0], grid[-1]):
+                break
+            lr = grid[0] ** 2 / grid[1] if best == grid[0] else grid[-1] ** 2 / grid[-2]
+            expected.setdefault(tag, []).append(lr)
+            grid = sorted([*grid, lr])
+    ext_file = root / "tune" / "grid_extensions.json"
+    recorded = json.loads(ext_file.read_text()) if ext_file.exists() else {}
+    assert set(recorded) == set(expected) and all(recorded[t] == pytest.approx(expected[t]) for t in expected)
+    assert len(status) == 6 + sum(len(v) for v in expected.values())  # each extension trained once
     # The sweep planned now follows the rule; the tune stage of a relaunch does nothing.
     plan = load_sweep(str(exp)).plan(root=root)
     for r in plan.runs:

@@ -105,8 +105,7 @@ def test_a_check_the_fit_no_longer_makes_is_marked_stale():
 
 # ---------------------------------------------------------------- end to end -----------------------
 def _cli(tmp_path, *args, cache):
-    env = clean_env(tmp_path)
-    env["JAX_COMPILATION_CACHE_DIR"] = cache  # one compile per shape across the steps below
+    env = clean_env(tmp_path, cache=cache)  # one compile per shape across the steps below and mini_run
     return subprocess.run([sys.executable, "-m", "experiments.cli", *map(str, args), "--progress", "off"],
                           env=env, capture_output=True, text=True, timeout=400)
 
@@ -178,9 +177,19 @@ def test_scaling_run_checks_its_prediction_idempotently(tmp_path, compile_cache,
     (run / "summary.json").unlink()
     (run / "status.json").write_text(json.dumps({"state": "failed", "reason": "loss is nan at step 7", "diverged": True, "attempts": 1}))
     fit_json = (fit / "fit.json").read_bytes()
+    good = (fit / "check.json").read_text()
+    (fit / "check.json").unlink()  # first without the check that ran: the failed one is the check
     proc = _cli(tmp_path, "verify", fit, cache=compile_cache)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     failed = json.loads((fit / "check.json").read_text())
     assert failed["status"] == "failed" and "loss is nan at step 7" in failed["reason"]
     assert all(e["achieved"] is None and e["error"] is None and e["inside"] is False for e in failed["checks"])
     assert "**diverged**" in (fit / "report.md").read_text() and (fit / "fit.json").read_bytes() == fit_json
+    # with the check that ran back in place, a failed one never replaces it: it goes beside it
+    from experiments.sweep_cmd import SweepOptions
+    from experiments.verify_cmd import verify
+
+    (fit / "check.json").write_text(good)
+    assert verify(fit, options=SweepOptions(progress="off", compile_cache=compile_cache)) == 1
+    assert (fit / "check.json").read_text() == good
+    assert json.loads((fit / "check.failed.json").read_text())["reason"] == failed["reason"]

@@ -3,6 +3,8 @@ the run store's image keys and the fitter's D, eval metrics against a direct pas
 statistics (global under sharding, checkpointed, running averages in eval), crash-and-resume
 equality, LM states unchanged, and bad input named. Counts vs the tree and XLA: tests/test_families.py."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -272,6 +274,14 @@ def test_bfloat16_image_models_keep_float32_parameters_statistics_and_logits():
         variables = jax.eval_shape(model.init, jax.random.key(0), models.dummy_input(cfg, 0))
         logits = jax.eval_shape(lambda v, x: model.apply(nn.unbox(v), x), variables, jnp.zeros((2, 8, 8, 3)))
         assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nn.unbox(variables))) and logits.dtype == jnp.float32
+        # the convolutions and matmuls run in bf16 (the checks above pass with compute_dtype ignored)
+        from test_model import matmul_dtypes
+
+        images = jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32)
+        mm = matmul_dtypes(lambda v, x: model.apply(nn.unbox(v), x), variables, images)
+        assert mm.count("bfloat16/bfloat16") > len(mm) / 2, (family, mm)
+        ref = models.make_model(dataclasses.replace(cfg, compute_dtype="float32"))
+        assert set(matmul_dtypes(lambda v, x: ref.apply(nn.unbox(v), x), variables, images)) == {"float32/float32"}, family
 
 
 def test_scaling_train_trains_an_image_classifier_from_the_command_line(tmp_path):
