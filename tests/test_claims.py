@@ -107,6 +107,25 @@ def test_the_heartbeat_keeps_a_claim_fresh_and_one_of_two_takers_wins(run_root):
             t.release_all()
 
 
+def test_status_shows_a_run_whose_heartbeat_stopped_as_stale(tmp_path, monkeypatch):
+    from experiments.sweep_cmd import format_status, status_rows
+
+    monkeypatch.setenv("SCALING_CLAIM_STALE_S", "60")
+    now = time.time()
+    for name, heartbeat in (("alive", now - 10), ("gone", now - 600)):
+        run = RunDir(tmp_path / name)
+        run.write_config({"train": {"steps": 10}})
+        run.set_state("running")
+        _plant(run.path, "elsewhere", 1, heartbeat)
+    rows = {r["run"]: r for r in status_rows(tmp_path)}
+    assert rows["alive"]["state"] == "running" and "elsewhere pid 1" in rows["alive"]["reason"]
+    assert rows["gone"]["state"] == "stale"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now - 600))
+    assert f"stale (last heartbeat {when} UTC, 10m ago" in format_status(list(rows.values()))
+    monkeypatch.setenv("SCALING_CLAIM_STALE_S", "5")  # the timeout is the user's to set
+    assert {r["run"]: r["state"] for r in status_rows(tmp_path)} == {"alive": "stale", "gone": "stale"}
+
+
 def _sweep(exp, root, env, cache):
     return subprocess.Popen([sys.executable, "-m", "experiments.cli", "sweep", str(exp), "--root", root, "--progress", "off",
                              "--pack", "1", "--compile-cache", cache], cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -136,6 +155,9 @@ def test_two_sweeps_on_one_root_train_every_run_once(where, tmp_path, compile_ca
         assert status["state"] == "done" and status["attempts"] == 1, (run_id, status, outs)  # one "running": trained once
         assert [m["step"] for m in run.metrics()] == list(range(log_every, steps + 1, log_every)), run_id  # its own rows, once
         assert run.summary() is not None and claims.holder(run.path) is None
-    print(*outs, sep="\n-----\n")
+    from experiments.sweep_cmd import cmd_status, status_rows
+
+    assert sorted((r["run"], r["state"]) for r in status_rows(root)) == [(i, "done") for i in sorted(ids)]
+    assert cmd_status(__import__("argparse").Namespace(root=root)) == 0  # `scaling status gs://...` too
     trained = [int(re.search(r"(\d+) trained", out).group(1)) if re.search(r"(\d+) trained", out) else 0 for out in outs]
     assert sum(trained) == 3, outs  # the two sweeps' reports agree: each run trained by exactly one of them

@@ -106,6 +106,8 @@ class Claims:
             if got is None:
                 continue
             other = _parse(got[0])
+            if other.token == token:  # our create went through, its answer was lost (a retried request)
+                return self._hold(path, token, now, got[1])
             why = other.stale_reason(self.timeout)
             if why is None:
                 return other

@@ -107,7 +107,9 @@ def run_local(plan: Plan, root, retries: int = 2, devices=None, progress: "Progr
     t_start, stopped = time.perf_counter(), ""
     progress.skipped([outcomes[r.run_id] for r in plan.runs if r.run_id in outcomes], plan)
     todo = [r for r in plan.runs if r.run_id not in outcomes]
-    while todo and not stopped:
+    for _ in range(MAX_ROUNDS):  # a round: train what is ours, then wait for what others hold
+        if not todo or stopped:
+            break
         claimed: dict[str, str] = {}  # run id -> who holds it
         stopped = _train_packs(make_packs(todo, pack, devices), root, retries, devices, runs, snapshot, outcomes, claimed, progress)
         if stopped or not claimed:
@@ -118,6 +120,9 @@ def run_local(plan: Plan, root, retries: int = 2, devices=None, progress: "Progr
         outcomes.setdefault(r.run_id, Outcome(r.run_id, NOT_RUN, "the sweep stopped first"))
     progress.close()
     return SweepReport(plan.name, [outcomes[r.run_id] for r in plan.runs], time.perf_counter() - t_start, stopped)
+
+
+MAX_ROUNDS = 100  # of claims taken up after others released them: beyond it, the rest is "not run"
 
 
 def _train_packs(packs, root, retries: int, devices, runs: dict, snapshot: dict, outcomes: dict, claimed: dict, progress) -> str:
@@ -232,6 +237,8 @@ def _trained_elsewhere(run: RunDir) -> bool:
     if jax.process_count() > 1:
         return False
     status = run.status() or {}
+    if "pid" not in status:  # not recorded: nothing says another process trained it
+        return False
     return (status.get("host"), status.get("pid")) != (socket.gethostname(), os.getpid())
 
 

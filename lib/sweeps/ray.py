@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 
-from lib.sweeps.executors import DONE, FAILED, NOT_RUN, Outcome, Progress, SweepReport, after_claims, make_packs, triage
+from lib.sweeps.executors import DONE, FAILED, MAX_ROUNDS, NOT_RUN, Outcome, Progress, SweepReport, after_claims, make_packs, triage
 from lib.store.storage import is_url
 from lib.sweeps.plans import Plan
 
@@ -91,7 +91,9 @@ def run_ray(
     )
     todo = [r for r in plan.runs if r.run_id not in outcomes]
     sizes = _probe_sizes(ray, options, todo) if str(pack) == "auto" else pack
-    while todo:
+    for _ in range(MAX_ROUNDS):  # as run_local: then wait for what other processes hold, and take up what they left
+        if not todo:
+            break
         claimed = _run_tasks(task, make_packs(todo, sizes), root, compile_cache, retries, outcomes, progress)
         if not claimed:
             break
