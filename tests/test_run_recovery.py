@@ -146,7 +146,7 @@ def test_wandb_files_of_each_run_of_a_process_land_in_its_own_folder(tmp_path, m
     monkeypatch.setenv("WANDB_MODE", "offline")
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.delenv(var, raising=False)  # unset by the user: the library points them at each run's folder
-    base = _config().with_overrides({"train.steps": 5, "train.eval_every": 5, "tracking.wandb": True, "tracking.project": "unit"})
+    base = _config().with_overrides({"train.steps": 10, "train.eval_every": 10, "tracking.wandb": True, "tracking.project": "unit"})
     cfgs = [base.with_overrides({"data.seed": s}) for s in (0, 1)]
     folders = [tmp_path / "runs" / f"r{s}" for s in (0, 1)]
     train_pack(cfgs, folders, devices=jax.devices()[:1])  # one process, two runs (a pack: trackers made one after another)
