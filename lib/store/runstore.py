@@ -5,6 +5,7 @@
     <run dir>/metrics.jsonl  one JSON object per logged step
     <run dir>/summary.json   final numbers: eval loss, N in each convention, D, C
     <run dir>/checkpoints/   orbax
+    <run dir>/claim.json     who trains it now, with a heartbeat (lib/store/claims.py)
 
 JSON files are written atomically, so a reader or a relaunch never sees half a file: locally a
 temp file renamed over the target, on an object store (gs://) one upload (see lib/storage.py).
