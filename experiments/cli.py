@@ -54,6 +54,7 @@ def cmd_train(args) -> int:
     cfg = run_config_from_args(args).validate()  # a bad config fails here, before jax and the model code are imported
 
     from lib.parallel.distributed import initialize_from_args
+    from lib.store.claims import RunClaimed
     from lib.train.loop import Preempted, RunDiverged, train
 
     initialize_from_args(args)
@@ -62,6 +63,9 @@ def cmd_train(args) -> int:
     except RunDiverged as e:
         print(f"run failed: {e}", file=sys.stderr)
         return 1
+    except RunClaimed as e:  # another live process trains it (lib/store/claims.py)
+        print(f"{args.workdir}: {e}; not trained here", file=sys.stderr)
+        return 0 if e.summary is not None else 1
     except Preempted as e:
         print(str(e), file=sys.stderr)
         return 143

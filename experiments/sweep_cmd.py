@@ -23,7 +23,8 @@ from typing import Any
 from experiments.cli import add_distributed_args, add_set_arg, load_experiment
 from lib.config import ConfigError, parse_set_args
 from lib.sweeps.executors import SweepReport, SweepStopped
-from lib.store.runstore import RunDir, load_runs, read_json, run_dirs, summary_D, write_json_atomic
+from lib.store.runstore import RunDir, load_runs, read_json, run_dirs, shown_state, summary_D, write_json_atomic
+from lib.store import claims, storage
 from lib.store.storage import is_url
 from lib.sweeps.plans import Grid, Plan, Sweep
 
@@ -152,8 +153,16 @@ def _run_worker_processes(share: Plan, root: str, options: SweepOptions, envs, p
                 "--retries", str(options.retries), "--progress", "off", "--compile-cache", options.compile_cache, "--pack", str(options.pack)]
         argv += [x for s in options.sets for x in ("--set", s)] + (["--run-logs"] if options.run_logs else [])
         commands.append((argv, env))
-        logs.append(os.path.join(root, ".logs", f"{share.name}-worker{j}of{m}.log"))
+        logs.append(os.path.join(_logs_dir(root), f"{share.name}-worker{j}of{m}.log"))
     return executors.run_processes(share, root, commands, logs, progress)
+
+
+def _logs_dir(root: str) -> str:
+    """Where worker logs go: <root>/.logs for a local root; for a URL root (logs are appended to,
+    which objects cannot be) a local folder, ./scaling-logs/<bucket>/<path>."""
+    if is_url(root):
+        return os.path.abspath(os.path.join("scaling-logs", *root.split("://", 1)[1].strip("/").split("/")))
+    return os.path.join(root, ".logs")
 
 
 def _cache_dir(root: str, setting: str) -> str | None:
@@ -304,34 +313,56 @@ def _parse_worker(text: str) -> tuple[int, int]:
 def status_rows(root) -> list[dict]:
     """One row per run folder under `root` (or `root` itself if it is a run), plus planned runs not started."""
     root = os.fspath(root)
-    runs = [RunDir(root, writer=False)] if os.path.exists(os.path.join(root, "config.json")) else run_dirs(root)
+    runs = [RunDir(root, writer=False)] if storage.read_bytes(_join(root, "config.json")) is not None else run_dirs(root)
+    timeout = claims.stale_after_s()
     rows = []
     for run in runs:
-        status, summary, config = run.status() or {}, run.summary() or {}, run.config() or {}
+        status, summary, config = run.status() or {}, run.summary(), run.config() or {}
+        state, reason = _live_state(status, summary, claims.holder(run.path), timeout)
+        summary = summary or {}
         metrics = run.metrics()
         params = (summary.get("params") or {}).get("total")
         rows.append({
             "run": run.path.name,
-            "state": status.get("state", "pending"),
+            "state": state,
             "attempts": status.get("attempts", 0),
             "step": f"{metrics[-1]['step'] if metrics else 0}/{config.get('train', {}).get('steps', '?')}",
             "eval_loss": summary.get("eval_loss") or next((m["eval_loss"] for m in reversed(metrics) if m.get("eval_loss") is not None), None),
             "N": params,
             "D": summary_D(summary),
             "C": (summary.get("flops") or {}).get("value") or config.get("budget") or None,
-            "reason": status.get("reason", ""),
+            "reason": reason,
             "_order": (config.get("budget") or 0.0, params or 0, run.path.name),
         })
     rows.sort(key=lambda r: r.pop("_order"))  # as the sweep runs them: by budget, then size
     present = {r["run"] for r in rows}
-    manifests = os.path.join(root, MANIFESTS)
-    if os.path.isdir(manifests):
-        for name in sorted(os.listdir(manifests)):
-            for run_id in (read_json(os.path.join(manifests, name)) or {}).get("runs", []):
+    manifests = _join(root, MANIFESTS)
+    for name in storage.list_dir(manifests):
+        if name.endswith(".json"):
+            for run_id in (read_json(_join(manifests, name)) or {}).get("runs", []):
                 if run_id not in present:
                     present.add(run_id)
                     rows.append({"run": run_id, "state": "missing", "attempts": 0, "step": "-", "eval_loss": None, "N": None, "D": None, "C": None, "reason": ""})
     return rows
+
+
+def _join(root: str, *names: str) -> str:
+    return "/".join([root.rstrip("/"), *names]) if is_url(root) else os.path.join(root, *names)
+
+
+def _live_state(status: dict, summary: dict | None, holder, timeout: float) -> tuple[str, str]:
+    """(state, reason) as `status` shows it: a "running" run whose trainer is gone -- its claim's
+    heartbeat stale, or no claim at all (killed after the claim went, or before claims existed) -- is
+    "stale", never "running" forever; "done" without a summary is "incomplete" (runstore.shown_state)."""
+    state, reason = shown_state(status, summary)
+    if holder is not None:
+        why = holder.stale_reason(timeout)
+        if why is None:
+            return ("running" if state == "running" else state), (reason if state != "running" else f"held by {holder.describe()}")
+        return "stale", f"stale (last heartbeat {holder.last_heartbeat()}; {holder.describe()}: {why}); relaunch to resume"
+    if state == "running":
+        return "stale", "stale (no claim: its trainer is gone); relaunch to resume"
+    return state, reason
 
 
 def format_status(rows: list[dict]) -> str:
@@ -353,9 +384,15 @@ def format_status(rows: list[dict]) -> str:
 
 
 def cmd_status(args) -> int:
-    if not os.path.exists(args.root):
-        raise ConfigError(f"{args.root} does not exist: give the --root of a sweep (or a run's folder)")
-    rows = status_rows(args.root)
+    root = os.fspath(args.root)
+    if not is_url(root) and os.path.isfile(root):
+        raise ConfigError(f"{root} is a file: give the --root folder of a sweep (or a run's folder)")
+    if not (storage.list_dir(root) if is_url(root) else os.path.isdir(root)):
+        raise ConfigError(f"{root} does not exist: give the --root of a sweep (or a run's folder)")
+    try:
+        rows = status_rows(root)
+    except FileNotFoundError as e:  # a URL root with no run under it
+        raise ConfigError(str(e)) from None
     if not rows:
         print(f"no runs under {args.root}")
         return 0

@@ -3,9 +3,10 @@ array data) both talk to, so gs:// paths are exercised through the real client c
 
 The emulator (the `gcp-storage-emulator` package) speaks the GCS JSON API, keeps objects in
 memory, and serves one request at a time from a thread of the test process (subprocesses reach
-it too). One gap is filled here: it omits the object's generation from media downloads, which
-real GCS always sends (x-goog-generation) and tensorstore needs for its conditional re-reads.
-It does not enforce preconditions (ifGenerationMatch): concurrent writers are not exercised.
+it too). Two gaps are filled here: it omits the object's generation from media downloads, which real GCS
+always sends (x-goog-generation) and tensorstore needs for its conditional re-reads; and it ignores
+the ifGenerationMatch precondition of uploads and deletes, which real GCS enforces (412) and the
+claims on runs rely on (lib/store/claims.py) -- patched to enforce it, atomically.
 
 Nothing here can reach the network: every client is pointed at the emulator, with credential
 discovery switched off and any metadata-server lookup sent to a closed local port.
@@ -54,6 +55,7 @@ def running_emulator(monkeypatch):
 
     logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)  # 404s are expected
     _send_generation_on_downloads()
+    _enforce_generation_match()
     # Clients fetch many objects at once; the stdlib server's listen backlog of 5 drops the rest,
     # and each dropped connection costs a 1 s SYN retry.
     monkeypatch.setattr(http.server.HTTPServer, "request_queue_size", 128)
@@ -107,6 +109,54 @@ def _send_generation_on_downloads() -> None:
         for method, handler in methods.items():
             if handler is original:
                 methods[method] = download
+
+
+def _enforce_generation_match() -> None:
+    """Uploads and deletes with ?ifGenerationMatch=G go ahead only if the object's generation is G
+    (0: the object must not exist); otherwise 412, as GCS answers. Check and write under one lock."""
+    import threading
+    from http import HTTPStatus
+
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    if getattr(objects.insert, "checks_generation", False):
+        return
+    lock = threading.Lock()
+
+    def guarded(original, name_of):
+        def handler(request, response, storage, *args, **kwargs):
+            want = (request.query.get("ifGenerationMatch") or [None])[0]
+            if want is None:
+                return original(request, response, storage, *args, **kwargs)
+            with lock:
+                try:
+                    have = storage.get_file_obj(request.params["bucket_name"], name_of(request))["generation"]
+                except NotFound:
+                    have = "0"
+                if str(have) != str(want):
+                    response.status = HTTPStatus.PRECONDITION_FAILED
+                    response.json({"error": {"code": 412, "message": "conditionNotMet"}})
+                    return None
+                return original(request, response, storage, *args, **kwargs)
+
+        handler.checks_generation = True
+        return handler
+
+    def upload_name(request):
+        if "name" in request.query:
+            return request.query["name"][0]
+        data = request.data if isinstance(request.data, dict) else {}
+        return (data.get("meta") or {}).get("name") or data.get("name")
+
+    replaced = {objects.insert: guarded(objects.insert, upload_name),
+                objects.delete: guarded(objects.delete, lambda request: request.params["object_id"])}
+    for _, methods in server.HANDLERS:
+        for method, handler in methods.items():
+            if handler in replaced:
+                methods[method] = replaced[handler]
+    objects.insert, objects.delete = replaced[objects.insert], replaced[objects.delete]
 
 
 def _fresh_clients(monkeypatch) -> None:

@@ -5,6 +5,7 @@
     <run dir>/metrics.jsonl  one JSON object per logged step
     <run dir>/summary.json   final numbers: eval loss, N in each convention, D, C
     <run dir>/checkpoints/   orbax
+    <run dir>/claim.json     who trains it now, with a heartbeat (lib/store/claims.py)
 
 JSON files are written atomically, so a reader or a relaunch never sees half a file: locally a
 temp file renamed over the target, on an object store (gs://) one upload (see lib/storage.py).
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Iterable
 
@@ -53,6 +55,34 @@ def write_json_atomic(path, obj: Any) -> None:
 def read_json(path) -> Any | None:
     data = storage.read_bytes(path)
     return None if data is None else json.loads(data)
+
+
+def read_record(path) -> dict | None:
+    """A run's JSON record (config, status, summary, ...), or None when absent. A record that is
+    not a JSON object -- truncated, empty, garbage (a disk filled up, a copy cut short, a hand
+    edit) -- is moved aside to <name>.corrupt-<UTC time> (never deleted), named in one line on
+    stderr, and read as absent: the run counts as unfinished, and a sweep retrains or resumes it."""
+    data = storage.read_bytes(path)
+    if data is None:
+        return None
+    try:
+        record = json.loads(data)
+        if isinstance(record, dict):
+            return record
+        problem = f"a JSON {type(record).__name__}, not an object"
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        problem = "empty" if not data.strip() else f"not valid JSON ({e})"
+    path = os.fspath(path)
+    aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    try:
+        storage.move(path, aside)
+        where = f"moved aside to {aside}"
+    except FileNotFoundError:  # another reader moved it first
+        where = "already moved aside by another process"
+    except OSError as e:  # a read-only root: leave it, say so
+        where = f"could not move it aside ({e})"
+    print(f"warning: {path} is corrupt ({problem}); {where}; the run counts as unfinished", file=sys.stderr, flush=True)
+    return None
 
 
 def _json_default(x):
@@ -96,7 +126,7 @@ class RunDir:
 
     # -- status ---------------------------------------------------------------------------------
     def status(self) -> dict | None:
-        return read_json(self.path / STATUS)
+        return read_record(self.path / STATUS)
 
     def state(self) -> str | None:
         s = self.status()
@@ -124,20 +154,25 @@ class RunDir:
             self._merge_metrics()  # a stopped run's log is one object, as locally
         write_json_atomic(self.path / STATUS, status)
 
+    def finished(self) -> bool:
+        """Done, with its summary and config readable: nothing to train. (A record missing or
+        corrupt -- moved aside by read_record -- makes it a run to complete from its checkpoint.)"""
+        return self.state() == "done" and self.summary() is not None and self.config() is not None
+
     # -- config / summary -----------------------------------------------------------------------
     def write_config(self, config_dict: dict) -> None:
         if self.writer:
             write_json_atomic(self.path / CONFIG, config_dict)
 
     def config(self) -> dict | None:
-        return read_json(self.path / CONFIG)
+        return read_record(self.path / CONFIG)
 
     def write_summary(self, summary: dict) -> None:
         if self.writer:
             write_json_atomic(self.path / SUMMARY, {k: _clean(v) for k, v in summary.items()})
 
     def summary(self) -> dict | None:
-        return read_json(self.path / SUMMARY)
+        return read_record(self.path / SUMMARY)
 
     def write_extra(self, name: str, obj: dict) -> None:
         """Any other small JSON record of the run (e.g. data.json: the data's identity)."""
@@ -145,7 +180,7 @@ class RunDir:
             write_json_atomic(self.path / name, obj)
 
     def read_extra(self, name: str) -> dict | None:
-        return read_json(self.path / name)
+        return read_record(self.path / name)
 
     # -- metrics --------------------------------------------------------------------------------
     def append_metrics(self, rows: Iterable[dict]) -> None:
@@ -227,6 +262,15 @@ def run_dirs(root) -> list[RunDir]:
     )
 
 
+def shown_state(status: dict, summary: dict | None) -> tuple[str, str]:
+    """(state, reason) of a run for readers: "done" without a summary (a kill between the final
+    checkpoint and summary.json, or a corrupt one moved aside) is "incomplete", not finished."""
+    state, reason = status.get("state", "pending"), status.get("reason", "")
+    if state == "done" and summary is None:
+        return "incomplete", "done but summary.json is missing or corrupt; relaunch to complete it from the final checkpoint"
+    return state, reason
+
+
 def summary_D(summary: dict):
     """A run's D: its tokens, or for an image classifier (summary "units": "images") its images."""
     return summary.get(summary.get("units", "tokens"))
@@ -242,15 +286,17 @@ def load_runs(root):
     rows = []
     for run in run_dirs(root):
         status = run.status() or {}
-        summary = run.summary() or {}
+        summary = run.summary()
+        state, reason = shown_state(status, summary)
+        summary = summary or {}
         params = summary.get("params") or {}
         flops = summary.get("flops") or {}
         config = run.config() or {}
         rows.append(
             {
                 "run_id": run.path.name,
-                "state": status.get("state", "pending"),
-                "reason": status.get("reason", ""),
+                "state": state,
+                "reason": reason,
                 "path": os.fspath(run.path),
                 "eval_loss": summary.get("eval_loss"),
                 "train_loss": summary.get("train_loss"),

@@ -11,9 +11,12 @@ URLs go through fsspec (gcsfs for gs://), the same library etils.epath and orbax
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
 import uuid
+from urllib.parse import quote
 
 import fsspec
 
@@ -105,6 +108,116 @@ def append_bytes(path, data: bytes) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "ab") as f:
         f.write(data)
+
+
+# -- conditional writes: what a claim on a run (lib/store/claims.py) is built from ------------------
+# A "version" is what a conditional write must find to go ahead: on gs:// the object's generation
+# (ifGenerationMatch: GCS checks it in the request, atomically); locally the file's bytes, compared
+# and replaced while holding an flock on the folder (every conditional writer takes it).
+
+
+def create_new(path, data: bytes):
+    """Create the file with `data` unless it exists: its version, or None if it already existed.
+    Atomic: no two callers both create it, and no reader sees it half written."""
+    path = os.fspath(path)
+    if is_url(path):
+        return _gcs_upload(path, data, if_generation="0")
+    parent = os.path.dirname(path) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        os.link(tmp, path)  # fails if the name exists (O_EXCL semantics), with the content in place
+    except FileExistsError:
+        return None
+    finally:
+        os.remove(tmp)
+    return data
+
+
+def read_versioned(path):
+    """(content, version) of the file, or None when it does not exist."""
+    path = os.fspath(path)
+    if not is_url(path):
+        data = read_bytes(path)
+        return None if data is None else (data, data)
+    fs, bucket, key = _gcs(path)
+    try:
+        headers, data = fs.call("GET", "b/{}/o/{}", bucket, key, alt="media")
+    except FileNotFoundError:
+        return None
+    return data, headers["x-goog-generation"]
+
+
+def replace_if(path, data: bytes, version):
+    """Replace the file with `data` if it is still at `version`: its new version, or None if it changed or went."""
+    path = os.fspath(path)
+    if is_url(path):
+        return _gcs_upload(path, data, if_generation=str(version))
+    with _folder_lock(path):
+        if read_bytes(path) != version:
+            return None
+        write_bytes(path, data)
+        return data
+
+
+def delete_if(path, version) -> bool:
+    """Delete the file if it is still at `version`; False if it changed or went."""
+    path = os.fspath(path)
+    if is_url(path):
+        fs, bucket, key = _gcs(path)
+        try:
+            fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=str(version))
+        except (FileNotFoundError, FileExistsError):  # gcsfs: 404 gone, 412 (precondition failed) changed
+            return False
+        finally:
+            fs.invalidate_cache(path)
+        return True
+    with _folder_lock(path):
+        if read_bytes(path) != version:
+            return False
+        os.remove(path)
+        return True
+
+
+def move(src, dst) -> None:
+    """Rename a file (an object store copies, then deletes)."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    if is_url(src):
+        filesystem(src).mv(src, dst)
+    else:
+        os.replace(src, dst)
+
+
+def _gcs(path):
+    fs = filesystem(path)
+    bucket, key, _ = fs.split_path(path)
+    return fs, bucket, key
+
+
+def _gcs_upload(path, data: bytes, if_generation: str):
+    """One upload with ifGenerationMatch: the new generation, or None if the precondition failed."""
+    fs, bucket, key = _gcs(path)
+    try:
+        obj = fs.call("POST", f"{fs._location}/upload/storage/v1/b/{quote(bucket)}/o", uploadType="media", name=key,
+                      ifGenerationMatch=if_generation, data=data, headers={"Content-Type": "application/octet-stream"}, json_out=True)
+    except FileExistsError:  # gcsfs raises it for 412 Precondition Failed
+        return None
+    finally:
+        fs.invalidate_cache(path)
+    return obj["generation"]
+
+
+@contextlib.contextmanager
+def _folder_lock(path):
+    """An exclusive flock on the file's folder: local conditional writes take it, so compare-then-write is atomic."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def list_dir(path) -> list[str]:

@@ -18,6 +18,7 @@ from lib.store.runstore import RunDir
 
 _WANDB_DIR_VARS = {"WANDB_DIR": "", "WANDB_CACHE_DIR": "cache", "WANDB_CONFIG_DIR": "config",
                    "WANDB_DATA_DIR": "data", "WANDB_ARTIFACT_DIR": "artifacts"}
+_SET_BY_US: dict[str, str] = {}  # what this module set them to: another run of this process points them at its own folder
 
 
 class Tracker:
@@ -33,10 +34,10 @@ class Tracker:
         base = os.fspath(self.run.path / "wandb") if not storage.is_url(self.run.path) else os.path.join(
             tempfile.gettempdir(), f"scaling-wandb-{self.run_id}")
         for var, sub in _WANDB_DIR_VARS.items():
-            if not os.environ.get(var):
+            if not os.environ.get(var) or os.environ[var] == _SET_BY_US.get(var):  # the user's setting wins
                 path = os.path.join(base, sub) if sub else base
                 os.makedirs(path, exist_ok=True)
-                os.environ[var] = path
+                os.environ[var] = _SET_BY_US[var] = path  # this run's folder, not the first run's of this process
         t = self.cfg.tracking
         return wandb.init(
             project=t.project,

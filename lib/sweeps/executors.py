@@ -24,12 +24,15 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from typing import Sequence
 
+from lib.store import claims as claims_lib
+from lib.store.claims import RunClaimed
 from lib.store.runstore import RunDir
 from lib.sweeps.plans import Plan, PlannedRun
 
@@ -88,31 +91,62 @@ class SweepStopped(BaseException):
 # In-process, one pack after another
 # ================================================================================================
 def run_local(plan: Plan, root, retries: int = 2, devices=None, progress: "Progress | None" = None, pack="auto") -> SweepReport:
-    """Train `plan`'s runs in this process, pack by pack (see `make_packs`; pack=1: one run at a time)."""
-    import jax
+    """Train `plan`'s runs in this process, pack by pack (see `make_packs`; pack=1: one run at a time).
 
-    from lib.train.loop import Preempted, RunDiverged, train, train_pack
+    A run another live process holds (lib/store/claims.py) is left to it; once every pack of ours
+    is through, the sweep waits for those claims to be released and takes up what their holders
+    left unfinished (a holder that died releases its claim when its heartbeat goes stale)."""
+    import jax
 
     devices = list(jax.devices() if devices is None else devices)
     for r in plan.runs:  # every config error before the first step of the first run
         r.cfg.validate(len(devices))
-    runs, snapshot, outcomes = triage(plan, root, retries, writer=jax.process_index() == 0)
+    writer = jax.process_index() == 0
+    runs, snapshot, outcomes = triage(plan, root, retries, writer=writer)
     progress = progress or Progress(plan, enabled=False)
     t_start, stopped = time.perf_counter(), ""
     progress.skipped([outcomes[r.run_id] for r in plan.runs if r.run_id in outcomes], plan)
-    packs = make_packs([r for r in plan.runs if r.run_id not in outcomes], pack, devices)
+    todo = [r for r in plan.runs if r.run_id not in outcomes]
+    for _ in range(MAX_ROUNDS):  # a round: train what is ours, then wait for what others hold
+        if not todo or stopped:
+            break
+        claimed: dict[str, str] = {}  # run id -> who holds it
+        stopped = _train_packs(make_packs(todo, pack, devices), root, retries, devices, runs, snapshot, outcomes, claimed, progress)
+        if stopped or not claimed:
+            break
+        todo = after_claims([r for r in plan.runs if r.run_id in claimed], claimed, root, retries, outcomes, snapshot, runs, progress)
 
+    for r in plan.runs:
+        outcomes.setdefault(r.run_id, Outcome(r.run_id, NOT_RUN, "the sweep stopped first"))
+    progress.close()
+    return SweepReport(plan.name, [outcomes[r.run_id] for r in plan.runs], time.perf_counter() - t_start, stopped)
+
+
+MAX_ROUNDS = 100  # of claims taken up after others released them: beyond it, the rest is "not run"
+
+
+def _train_packs(packs, root, retries: int, devices, runs: dict, snapshot: dict, outcomes: dict, claimed: dict, progress) -> str:
+    """Train each pack (retrying failures); fills `outcomes`, and `claimed` (run id -> who) with the
+    runs another process holds or finished meanwhile. Returns why the sweep stopped ("" if it did not)."""
+    from lib.train.loop import Preempted, RunDiverged, train, train_pack
+
+    stopped = ""
     with _sigterm_raises():
         for members in packs:
             members = _without_diverged_trunks(members, root, outcomes, runs, progress)  # trunks train first (plan order)
             if not members:
                 continue
             attempts = {r.run_id: snapshot[r.run_id].get("attempts", 0) for r in members}  # counted in memory from here
-            progress.started(members[0], len(members))
+            progress.started(members[0], len(members), [os.path.join(root, r.run_id) for r in members])
             left, t0 = list(members), time.perf_counter()
             while left:
                 def on_done(i, result, left=tuple(left)):
                     r = left[i]
+                    if isinstance(result, RunClaimed) or (not isinstance(result, RunDiverged) and _trained_elsewhere(runs[r.run_id])):
+                        holder = getattr(result, "holder", None)
+                        claimed[r.run_id] = holder.describe() if holder else "another process"
+                        progress.say(f"  {r.run_id} {result if isinstance(result, RunClaimed) else 'finished by another process'}: left to it")
+                        return
                     if isinstance(result, RunDiverged):
                         outcomes[r.run_id] = Outcome(r.run_id, FAILED, str(result), time.perf_counter() - t0)
                     else:
@@ -123,10 +157,13 @@ def run_local(plan: Plan, root, retries: int = 2, devices=None, progress: "Progr
                     if len(left) == 1:  # a pack of one is a run: train() (what tests and tools patch)
                         try:
                             on_done(0, train(left[0].cfg, os.path.join(root, left[0].run_id), devices))
-                        except RunDiverged as e:
+                        except (RunDiverged, RunClaimed) as e:
                             on_done(0, e)
                     else:
                         train_pack([r.cfg for r in left], [os.path.join(root, r.run_id) for r in left], devices, on_done=on_done)
+                    for r in left:  # found finished when opened: another process trained it since our triage
+                        if r.run_id not in outcomes and r.run_id not in claimed:
+                            claimed[r.run_id] = "another process"
                 except Preempted as e:
                     stopped = str(e)
                     for r in left:
@@ -134,19 +171,19 @@ def run_local(plan: Plan, root, retries: int = 2, devices=None, progress: "Progr
                             outcomes[r.run_id] = Outcome(r.run_id, NOT_RUN, "interrupted: checkpointed", time.perf_counter() - t0)
                 except SweepStopped:
                     for r in left:
-                        if r.run_id not in outcomes:
+                        if r.run_id not in outcomes and r.run_id not in claimed:
                             runs[r.run_id].set_state("interrupted", reason="SIGTERM before the training loop; relaunch to resume")
                     stopped = "SIGTERM"
                 except KeyboardInterrupt:
                     for r in left:
-                        if r.run_id not in outcomes:
+                        if r.run_id not in outcomes and r.run_id not in claimed:
                             runs[r.run_id].set_state("interrupted", reason="KeyboardInterrupt; relaunch to resume")
                     raise
                 except Exception as e:  # noqa: BLE001  (any other failure: retry what did not finish, then report)
                     reason = f"{type(e).__name__}: {e}"
                     retry = []
                     for r in left:
-                        if r.run_id in outcomes:
+                        if r.run_id in outcomes or r.run_id in claimed:
                             continue
                         attempts[r.run_id] += 1
                         if attempts[r.run_id] < retries + 1:
@@ -161,11 +198,53 @@ def run_local(plan: Plan, root, retries: int = 2, devices=None, progress: "Progr
                 break
             if stopped:
                 break
+    return stopped
 
-    for r in plan.runs:
-        outcomes.setdefault(r.run_id, Outcome(r.run_id, NOT_RUN, "the sweep stopped first"))
-    progress.close()
-    return SweepReport(plan.name, [outcomes[r.run_id] for r in plan.runs], time.perf_counter() - t_start, stopped)
+
+def after_claims(waiting: list[PlannedRun], claimed: dict, root, retries: int, outcomes: dict, snapshot: dict,
+                  runs: dict, progress, poll_s: float | None = None) -> list[PlannedRun]:
+    """Wait until no live process holds these runs, then decide them again from their folders:
+    done (by the holder) -> skipped; otherwise -> returned, to train here (resume its checkpoint)."""
+    timeout = claims_lib.stale_after_s()
+    poll_s = poll_s or min(5.0, max(timeout / 20, 0.2))
+    holders = sorted(set(claimed.values()))
+    progress.say(f"waiting for {len(waiting)} runs held by other processes ({', '.join(holders[:3])}"
+                 f"{' ...' if len(holders) > 3 else ''}); a holder that died releases them after {timeout:.0f}s without a heartbeat")
+    pending = list(waiting)
+    while pending:
+        pending = [r for r in pending if _held_elsewhere(os.path.join(root, r.run_id), timeout)]
+        if pending:
+            time.sleep(poll_s)
+    todo = []
+    for r in waiting:
+        status = runs[r.run_id].status() or {}
+        snapshot[r.run_id] = status
+        skip = _skip_reason(status, retries, runs[r.run_id])
+        if skip is None:
+            todo.append(r)
+            continue
+        result, reason = skip
+        outcomes[r.run_id] = Outcome(r.run_id, result, reason or f"trained by {claimed[r.run_id]}")
+        progress.finished(r, outcomes[r.run_id], trained=False)
+    return todo
+
+
+def _trained_elsewhere(run: RunDir) -> bool:
+    """Whether the status of this finished run names another process as its trainer (one process:
+    under several, process 0 writes it for all)."""
+    import jax
+
+    if jax.process_count() > 1:
+        return False
+    status = run.status() or {}
+    if "pid" not in status:  # not recorded: nothing says another process trained it
+        return False
+    return (status.get("host"), status.get("pid")) != (socket.gethostname(), os.getpid())
+
+
+def _held_elsewhere(run_path: str, timeout: float) -> bool:
+    h = claims_lib.holder(run_path)
+    return h is not None and h.stale_reason(timeout) is None
 
 
 def _without_diverged_trunks(members: list[PlannedRun], root, outcomes: dict, runs: dict, progress) -> list[PlannedRun]:
@@ -308,7 +387,7 @@ def triage(plan: Plan, root, retries: int, writer: bool) -> tuple[dict[str, RunD
 
 def _skip_reason(status: dict, retries: int, run: RunDir) -> tuple[str, str] | None:
     state = status.get("state")
-    if state == "done" and run.summary() is not None:
+    if state == "done" and run.finished():  # not if a record is missing or corrupt: the run is completed from its checkpoint
         return SKIPPED, ""
     if state == "failed" and status.get("diverged"):
         return FAILED, f"{status.get('reason', 'diverged')} (not retried: it would diverge again)"
@@ -405,6 +484,7 @@ def run_processes(
         progress.skipped([Outcome(r.run_id, SKIPPED) for r in plan.runs if r.run_id in seen], plan)
         t_epoch = time.time()
         progress.start_clock()  # the workers train in parallel: ETA from wall time since now
+        progress.watch([os.path.join(root, r.run_id) for r in plan.runs if r.run_id not in seen])
         while True:
             alive = any(p.poll() is None for p in procs)
             for r in plan.runs:
@@ -441,7 +521,7 @@ def run_processes(
 
 
 # ================================================================================================
-# Progress: runs done/total, the current run, ETA from the FLOPs still to train
+# Progress: a tqdm bar over the steps of every run (tqdm's ETA), one line per finished run
 # ================================================================================================
 def _work(r: PlannedRun) -> float:
     """The FLOPs run r trains: a cooldown branch only its steps after branch_start (lib/sweeps/cooldowns.py)."""
@@ -449,10 +529,18 @@ def _work(r: PlannedRun) -> float:
     return r.flops * (t.steps - t.branch_start) / t.steps if t.trunk else r.flops
 
 
-class Progress:
-    """tqdm over runs on stderr; one plain line per finished run on `stream` either way."""
+def _work_steps(r: PlannedRun) -> int:
+    """The steps run r trains itself: a cooldown branch only those after branch_start."""
+    t = r.cfg.train
+    return t.steps - t.branch_start if t.trunk else t.steps
 
-    def __init__(self, plan: Plan, enabled: bool, stream=None, quiet: bool = False):
+
+class Progress:
+    """tqdm over the steps of all runs on stderr -- a live run's steps read from its metrics log
+    every `poll_s` -- with tqdm's ETA; one plain line per finished run on `stream` either way (its
+    ETA from the FLOPs still to train)."""
+
+    def __init__(self, plan: Plan, enabled: bool, stream=None, quiet: bool = False, poll_s: float = 2.0):
         self.total_flops = sum(_work(r) for r in plan.runs) or 1.0
         self.n = len(plan.runs)
         self.flops_left = self.total_flops
@@ -461,13 +549,19 @@ class Progress:
         self._begin = None  # when the first run to train started
         self.stream = stream or sys.stdout
         self.quiet = quiet  # other processes of a multi-controller program: process 0 reports
-        self._t0 = None
         self.bar = None
+        self.poll_s = poll_s
+        self._steps = {r.run_id: 0 for r in plan.runs}  # steps counted on the bar, per run
+        self._of = {r.run_id: r for r in plan.runs}
+        self._live: dict[str, str] = {}  # run id -> folder, of the runs training now
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
         if enabled and not quiet:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.n, unit="run", file=sys.stderr, dynamic_ncols=True,
-                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} runs [{elapsed}{postfix}]")
+            self.bar = tqdm(total=sum(_work_steps(r) for r in plan.runs), unit="step", file=sys.stderr, dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
 
     def skipped(self, outcomes: list[Outcome], plan: Plan) -> None:
         """Runs decided before training: one line for those already done, one per failure not retried."""
@@ -481,30 +575,65 @@ class Progress:
             if o.result != SKIPPED:
                 self.say(f"  {o.run_id} {o.result}: {o.reason}")
         if self.bar is not None and outcomes:
-            self.bar.update(len(outcomes))
+            for o in outcomes:
+                self._advance(o.run_id, _work_steps(self._of[o.run_id]))
+            with self._lock:  # steps done before: on the bar, not in its rate (tqdm's `initial`)
+                self.bar.n = self.bar.last_print_n = self.bar.initial = sum(self._steps.values())
+            self.bar.refresh()
 
     def start_clock(self) -> None:
         self._begin = self._begin or time.perf_counter()
 
-    def started(self, r: PlannedRun, pack: int = 1) -> None:
-        """Run r starts training (the first of a pack of `pack` runs)."""
+    def started(self, r: PlannedRun, pack: int = 1, paths: Sequence[str] = ()) -> None:
+        """Run r starts training (the first of a pack of `pack` runs, whose folders are `paths`)."""
         self.start_clock()
         if self.bar is not None:
             self.bar.set_description_str(r.run_id + (f" +{pack - 1} packed" if pack > 1 else ""), refresh=False)
-            self.bar.set_postfix_str(f"ETA {self.eta()}")
+            self.watch(paths)
+
+    def watch(self, paths: Sequence[str]) -> None:
+        """Count the steps these runs log (their metrics) on the bar, until each finishes."""
+        if self.bar is None:
+            return
+        with self._lock:
+            self._live.update({os.path.basename(os.fspath(p).rstrip("/")): os.fspath(p) for p in paths})
+        if self._poller is None:
+            self._poller = threading.Thread(target=self._poll, name="sweep-progress", daemon=True)
+            self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            with self._lock:
+                live = dict(self._live)
+            for run_id, path in live.items():
+                try:
+                    rows = RunDir(path, writer=False).metrics()
+                except Exception:  # noqa: BLE001  (a read racing a write: the next poll sees it)
+                    continue
+                if rows and run_id in self._of:
+                    t = self._of[run_id].cfg.train
+                    self._advance(run_id, min(max(rows[-1].get("step", 0) - (t.branch_start if t.trunk else 0), 0), _work_steps(self._of[run_id])))
+
+    def _advance(self, run_id: str, steps: int) -> None:
+        with self._lock:
+            delta = steps - self._steps.get(run_id, 0)
+            if delta > 0:
+                self._steps[run_id] = steps
+                if self.bar is not None:
+                    self.bar.update(delta)
 
     def finished(self, r: PlannedRun, outcome: Outcome, trained: bool) -> None:
         self.count += 1
         self.flops_left -= _work(r)
         if trained and outcome.result == DONE:
             self.trained_flops += _work(r)
+        with self._lock:
+            self._live.pop(r.run_id, None)
+        self._advance(r.run_id, _work_steps(r))  # a failed run's steps will not be trained: off the ETA too
         loss = f" eval {outcome.eval_loss:.4f}" if outcome.eval_loss is not None else ""
         took = f" in {outcome.seconds:.1f}s" if outcome.seconds else ""
         reason = f": {outcome.reason}" if outcome.reason else ""
         self.say(f"[{self.count}/{self.n}] {r.run_id} {outcome.result}{loss}{took}{reason} | ETA {self.eta()}")
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix_str(f"ETA {self.eta()}")
 
     def eta(self) -> str:
         if self.trained_flops <= 0 or self._begin is None:
@@ -521,6 +650,10 @@ class Progress:
             print(line, file=self.stream, flush=True)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join()
+            self._poller = None
         if self.bar is not None:
             self.bar.close()
             self.bar = None

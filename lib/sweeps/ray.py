@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 
-from lib.sweeps.executors import DONE, FAILED, NOT_RUN, Outcome, Progress, SweepReport, make_packs, triage
+from lib.sweeps.executors import DONE, FAILED, MAX_ROUNDS, NOT_RUN, Outcome, Progress, SweepReport, after_claims, make_packs, triage
 from lib.store.storage import is_url
 from lib.sweeps.plans import Plan
 
@@ -26,12 +26,17 @@ def train_pack_task(cfg_jsons: list[str], paths: list[str], compile_cache: str |
     passed only so that Ray starts this task once they are done."""
     from lib.config import RunConfig
     from lib.sweeps.executors import enable_compile_cache
+    from lib.store.claims import RunClaimed
     from lib.train.loop import RunDiverged, train_pack
 
     enable_compile_cache(compile_cache)
     results = train_pack([RunConfig.from_json(c) for c in cfg_jsons], paths)
-    return [{"result": FAILED, "reason": str(x)} if isinstance(x, RunDiverged) else {"result": DONE, "eval_loss": x.get("eval_loss")}
+    return [{"result": FAILED, "reason": str(x)} if isinstance(x, RunDiverged) else
+            {"result": CLAIMED, "reason": str(x), "who": x.holder.describe() if x.holder else "another process"} if isinstance(x, RunClaimed) else {"result": DONE, "eval_loss": x.get("eval_loss")}
             for x in results]
+
+
+CLAIMED = "claimed"  # a task's run that another live process held (lib/store/claims.py): waited for, then decided again
 
 
 def pack_sizes_task(cfg_jsons: list[str]) -> list[int]:
@@ -66,7 +71,7 @@ def run_ray(
         root = os.path.abspath(root)  # tasks may run in another working directory
     if not ray.is_initialized():
         ray.init(address=None if address in (None, "local") else address, include_dashboard=False, log_to_driver=False)
-    _, _, outcomes = triage(plan, root, retries, writer=True)
+    runs, snapshot, outcomes = triage(plan, root, retries, writer=True)
     progress = progress or Progress(plan, enabled=False)
     progress.skipped([outcomes[r.run_id] for r in plan.runs if r.run_id in outcomes], plan)
     progress.start_clock()
@@ -85,28 +90,46 @@ def run_ray(
         retry_exceptions=True,  # train_pack() raised: it marked its runs failed; a retry resumes them
     )
     todo = [r for r in plan.runs if r.run_id not in outcomes]
-    packs = make_packs(todo, _probe_sizes(ray, options, todo) if str(pack) == "auto" else pack)
-    pending, ref_of = {}, {}
+    sizes = _probe_sizes(ray, options, todo) if str(pack) == "auto" else pack
+    for _ in range(MAX_ROUNDS):  # as run_local: then wait for what other processes hold, and take up what they left
+        if not todo:
+            break
+        claimed = _run_tasks(task, make_packs(todo, sizes), root, compile_cache, retries, outcomes, progress)
+        if not claimed:
+            break
+        todo = after_claims([r for r in plan.runs if r.run_id in claimed], claimed, root, retries, outcomes, snapshot, runs, progress)
+    progress.close()
+    ordered = [outcomes.get(r.run_id, Outcome(r.run_id, NOT_RUN)) for r in plan.runs]
+    return SweepReport(plan.name, ordered, time.perf_counter() - t_start)
+
+
+def _run_tasks(task, packs, root: str, compile_cache, retries: int, outcomes: dict, progress) -> dict[str, str]:
+    """Submit each pack as a task, collect outcomes as they finish; returns the runs another process held."""
+    import ray
+
+    pending, ref_of, claimed = {}, {}, {}
     for members in packs:  # a branch's task depends on its trunk's (make_packs puts trunks first), so it starts after it
         after = [ref_of[t] for t in sorted({r.cfg.train.trunk for r in members if r.cfg.train.trunk}) if t in ref_of]
         ref = task.remote([r.cfg.to_json() for r in members], [os.path.join(root, r.run_id) for r in members], compile_cache, *after)
         ref_of.update({r.run_id: ref for r in members})
         pending[ref] = members
-        progress.started(members[0], len(members))
+        progress.started(members[0], len(members), [os.path.join(root, r.run_id) for r in members])
     while pending:
         [ref], _ = ray.wait(list(pending), num_returns=1)
         members = pending.pop(ref)
         try:
             results = ray.get(ref)
+            claimed.update({r.run_id: x["who"] for r, x in zip(members, results) if x["result"] == CLAIMED})
             done = [Outcome(r.run_id, x["result"], x.get("reason", ""), eval_loss=x.get("eval_loss")) for r, x in zip(members, results)]
         except ray.exceptions.RayError as e:  # retries used up
             done = [Outcome(r.run_id, FAILED, f"{type(e).__name__}: {str(e).splitlines()[0]} (after {retries + 1} attempts)") for r in members]
         for r, outcome in zip(members, done):
+            if outcome.result == CLAIMED:
+                progress.say(f"  {r.run_id} {outcome.reason}: left to it")
+                continue
             outcomes[r.run_id] = outcome
             progress.finished(r, outcome, trained=True)
-    progress.close()
-    ordered = [outcomes.get(r.run_id, Outcome(r.run_id, NOT_RUN)) for r in plan.runs]
-    return SweepReport(plan.name, ordered, time.perf_counter() - t_start)
+    return claimed
 
 
 def _probe_sizes(ray, options: dict, runs) -> "callable":

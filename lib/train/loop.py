@@ -21,6 +21,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -33,6 +34,7 @@ from lib.config import ConfigError, RunConfig, eval_chunk_rows, eval_rows, resol
 from lib.data import make_source, resolve_vocab
 from lib.parallel import pipeline, sharding
 from lib.store.checkpoint import Checkpointer
+from lib.store.claims import Claims, RunClaimed
 from lib.store.runstore import RunDir
 from lib.store.storage import default_data_root, is_url
 from lib.store.tracking import Tracker
@@ -73,7 +75,7 @@ class _Run:
 def train(cfg: RunConfig, workdir, devices: Sequence[jax.Device] | None = None) -> dict:
     """Train (or resume, or skip if finished) the run `cfg` in `workdir`; returns its summary."""
     [result] = train_pack([cfg], [workdir], devices)
-    if isinstance(result, RunDiverged):
+    if isinstance(result, (RunDiverged, RunClaimed)):
         raise result
     return result
 
@@ -104,15 +106,23 @@ def train_pack(
     if len({pack_key(r.cfg) for r in todo}) > 1:
         raise ConfigError("train_pack: these runs differ in what a pack shares (model, data shape, optimizer kind, mesh); "
                           "group them with lib.train.step.pack_key")
-    for r in todo:
-        r.run.write_config(r.cfg.to_dict())
-        r.run.set_state("running", host=socket.gethostname(), pid=os.getpid(), pack=len(todo))  # who trains it, for ops
-        r.tracker = Tracker(r.run, r.cfg, r.run_id, jax.process_index() == 0)
+    claims = Claims()
 
     def done(r: _Run, result) -> None:
         r.result = result
+        claims.release(r.run.path)  # the run left the pack: another launcher may look at it now
         if on_done is not None:
             on_done(runs.index(r), result)
+
+    try:
+        todo = _claim(todo, claims, done)  # a run another process holds is not trained here
+        for r in todo:
+            r.run.write_config(r.cfg.to_dict())
+            r.run.set_state("running", host=socket.gethostname(), pid=os.getpid(), pack=len(todo))  # who trains it, for ops
+            r.tracker = Tracker(r.run, r.cfg, r.run_id, jax.process_index() == 0)
+    except BaseException:
+        claims.release_all()
+        raise
 
     try:
         if todo:
@@ -129,7 +139,34 @@ def train_pack(
                 r.run.set_state("failed", reason=f"{type(e).__name__}: {e}")
                 r.tracker.finish(failed=True)
         raise
+    finally:
+        claims.release_all()
     return [r.result for r in runs]
+
+
+def _claim(todo: list[_Run], claims: Claims, done: Callable[[_Run, Any], None]) -> list[_Run]:
+    """Claim each run (lib/store/claims.py); the runs this process now holds and must train. A run
+    held by a live process leaves with RunClaimed, as does one another process finished since _open
+    (with its summary).
+    Several processes: process 0 claims and tells the others."""
+    held = [claims.acquire(r.run.path) if r.run.writer else None for r in todo]
+    mine = np.array([h is None for h in held])
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        mine = np.asarray(multihost_utils.broadcast_one_to_all(mine))
+    for message in claims.messages:
+        print(message, file=sys.stderr, flush=True)
+    claims.messages.clear()
+    out = []
+    for r, h, ok in zip(todo, held, mine):
+        if not ok:
+            done(r, RunClaimed(r.run.path, h))
+        elif r.run.finished():  # by another process, since _open
+            done(r, RunClaimed(r.run.path, None, summary=r.run.summary()))
+        else:
+            out.append(r)
+    return out
 
 
 def _open(cfg: RunConfig, workdir, devices, sources: dict) -> _Run:
@@ -148,7 +185,7 @@ def _open(cfg: RunConfig, workdir, devices, sources: dict) -> _Run:
     r = _Run(cfg, run, os.path.basename(os.path.normpath(workdir)), source)
     _check_same_run(run, cfg)
     _check_same_data(run, source)
-    if run.state() == "done" and run.summary() is not None:
+    if run.finished():  # a run whose record is missing or corrupt is completed from its checkpoint instead
         if cfg.tracking.console and run.writer:
             print(f"[{r.run_id}] already finished; nothing to do", flush=True)
         r.result = run.summary()
@@ -194,7 +231,10 @@ def _train_loop(runs: list[_Run], devices, spread: bool | None, chunk, done: Cal
 
         def finish(r: _Run) -> None:
             """A run that reached its last step: wait for its checkpoint, write its summary, mark it done."""
-            if "eval_loss" not in r.last:  # resumed at the very end: evaluate the restored state
+            if not r.last:  # resumed at the very end (killed before its summary): its last logged row, no training
+                last = next((m for m in reversed(r.run.metrics()) if m.get("step") == r.step), {})
+                r.last.update({k: v for k, v in last.items() if k.startswith(("train_", "eval_")) and v is not None})
+            if "eval_loss" not in r.last:  # no eval logged at the end: evaluate the restored state
                 evaluate, _ = make_evaluate(r.cfg, lone, r.source, mesh)
                 r.last.update(timed("eval", evaluate, states[r]))
             timed("checkpoint", r.ckpt.wait)
@@ -208,6 +248,8 @@ def _train_loop(runs: list[_Run], devices, spread: bool | None, chunk, done: Cal
         for r in runs:
             if r.step >= r.cfg.train.steps:
                 finish(r)
+        if all(r.result is not None for r in runs):  # every run was already at its end: nothing to train
+            return
 
         # ---- the loop: each tick advances every run of the pack by one step ---------------------
         stop = _PreemptionFlag()
