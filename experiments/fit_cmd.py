@@ -4,6 +4,7 @@
     scaling fit RUN_ROOT --out DIR [--approach 1|2|3|all] [--bootstrap K] [--params total|non_embedding|active] [--at C]
     scaling plot DIR
     scaling predict DIR --at C [--at C2 ...] [--json]
+    scaling predict DIR --model N --tokens D [--model N2 --tokens D2 ...] [--json]
 
 `register(subparsers)` adds the subcommands to the `scaling` parser (experiments/cli.py); each
 sets `func(args) -> exit code`. Bad input prints one `error:` line and exits 1, never a traceback.
@@ -43,6 +44,7 @@ def register(subparsers) -> None:
                    help="also fit without the K largest budgets and report the error predicting them")
     p.add_argument("--at", type=float, action="append", default=[], metavar="C",
                    help="also tabulate the compute-optimal allocation at C FLOPs (repeatable; figures reach it too)")
+    _add_point_args(p, "also tabulate")
     p.add_argument("--n-starts", type=int, metavar="K", help="a seeded subset of K starting points instead of the law's whole grid (quick looks)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.set_defaults(func=cmd_fit)
@@ -53,9 +55,26 @@ def register(subparsers) -> None:
 
     r = subparsers.add_parser("predict", help="compute-optimal N, D and the loss to expect at compute C, from a fit")
     r.add_argument("dir", help="a folder written by `scaling fit` (or `scaling run`'s ROOT/fit)")
-    r.add_argument("--at", type=float, action="append", required=True, metavar="C", help="compute in FLOPs (repeatable)")
-    r.add_argument("--json", action="store_true", help="print JSON: {C: [...], approaches: {name: [row per C]}}")
+    r.add_argument("--at", type=float, action="append", default=[], metavar="C", help="compute in FLOPs (repeatable)")
+    _add_point_args(r, "predict")
+    r.add_argument("--json", action="store_true",
+                   help="print JSON: {C: [...], approaches: {name: [row per C]}} for --at; {points: [row per (N, D) and approach]} for --model/--tokens")
     r.set_defaults(func=cmd_predict)
+
+
+def _add_point_args(p, verb: str) -> None:
+    p.add_argument("--model", type=float, action="append", default=[], metavar="N",
+                   help=f"{verb} the loss at N parameters (repeatable; pair each with a --tokens, in order)")
+    p.add_argument("--tokens", type=float, action="append", default=[], metavar="D", help="training tokens of the matching --model")
+
+
+def _points(args) -> list[tuple[float, float]]:
+    """The (N, D) pairs of --model/--tokens; AnalysisError when their counts differ."""
+    from analysis.errors import AnalysisError
+
+    if len(args.model) != len(args.tokens):
+        raise AnalysisError(f"give one --tokens per --model: {len(args.model)} --model and {len(args.tokens)} --tokens values")
+    return list(zip(args.model, args.tokens))
 
 
 def _error(command: str, message: str) -> int:
@@ -69,6 +88,10 @@ def cmd_fit(args) -> int:
 
     if (args.csv is None) == (args.run_root is None):
         return _error("fit", "give either --csv FILE or a RUN_ROOT folder (exactly one)")
+    try:
+        points = _points(args)
+    except AnalysisError as e:
+        return _error("fit", str(e))
     options = {
         "law": args.law,
         "approach": args.approach,
@@ -83,6 +106,7 @@ def cmd_fit(args) -> int:
         "holdout_largest": args.holdout_largest,
         "n_starts": args.n_starts,
         "at": tuple(args.at),
+        "points": tuple(points),
         "figures": not args.no_figures,
     }
     if args.csv is not None:
@@ -122,20 +146,33 @@ def cmd_predict(args) -> int:
     import json
 
     from analysis.errors import AnalysisError
-    from analysis.predict import predict
-    from analysis.report import json_safe, prediction_lines, read_record
+    from analysis.predict import point_fits, predict, predict_points
+    from analysis.report import json_safe, point_lines, prediction_lines, read_record
 
     try:
+        pairs = _points(args)
+        if not args.at and not pairs:
+            raise AnalysisError("give --at C (compute-optimal allocation) and/or --model N --tokens D (loss at that size and data)")
         record = read_record(args.dir)
         names = [n for n, e in record["fits"].items() if "frontier_model" in e]
-        if not names:
+        if args.at and not names:
             raise AnalysisError(f"{args.dir}/fit.json has no compute-optimal frontier (fit with --law chinchilla)")
+        rows = []
+        if pairs:
+            if not point_fits(record):
+                raise AnalysisError(f"{args.dir}/fit.json has no law of N and D to predict the loss at (N, D) with (fit approach 3 or an N, D law)")
+            N, D = zip(*pairs)
+            rows = [r for n in point_fits(record) for r in predict_points(record, n, N, D)]
         if args.json:
-            out = {"C": [float(c) for c in args.at], "approaches": {n: predict(record, n, args.at) for n in names}}
+            out = {"C": [float(c) for c in args.at], "approaches": {n: predict(record, n, args.at) for n in names}} if args.at else {}
+            if pairs:
+                out["points"] = rows
             print(json.dumps(json_safe(out), indent=2, allow_nan=False))
             return 0
         for c in args.at:
             print("\n".join(prediction_lines(record, c)))
+        if rows:
+            print("\n".join(point_lines(rows)))
     except AnalysisError as e:
         return _error("predict", str(e))
     return 0
