@@ -70,6 +70,17 @@ def local_exponents(params: dict, cost: CostModel, c_lo: float, c_hi: float) -> 
         return np.log(N[..., 1] / N[..., 0]) / dlc, np.log(D[..., 1] / D[..., 0]) / dlc
 
 
+SCATTER_DRAWS = 50  # residual draws per bootstrap refit: one each leaves the band's ends as noisy as R refits' percentiles
+
+
+def prediction_band(ls: np.ndarray, scale: float, level: float):
+    """Percentile band of a new run's loss: each refit's prediction ls [R, m] plus SCATTER_DRAWS
+    draws of Gaussian scatter of the residual scale (seeded, the same draws for every column: a
+    point's band does not depend on which other points are asked for)."""
+    eps = np.random.default_rng(RESIDUAL_DRAWS_SEED).standard_normal((ls.shape[0], SCATTER_DRAWS, 1))
+    return intervals((ls[:, None, :] + scale * eps).reshape(-1, ls.shape[-1]), level)
+
+
 def residual_scale(entry: dict) -> float:
     """The scatter of a new run about the law: residual sum of squares / (n - k) (records from
     before it was stored: the in-sample RMSE, which is sqrt((n-k)/n) too small)."""
@@ -113,8 +124,7 @@ def predict(record: dict, fit: str, C, level: float | None = None) -> list[dict]
         n, d, loss = (x.ravel() for x in chinchilla_frontier(values, cost, cs))
         if samples:
             ns, ds, ls = chinchilla_frontier(samples, cost, cs)
-            scatter = residual_scale(entry) * np.random.default_rng(RESIDUAL_DRAWS_SEED).standard_normal(ls.shape)
-            bands = {"N_opt": intervals(ns, level), "D_opt": intervals(ds, level), "loss": intervals(ls, level), "pi": intervals(ls + scatter, level)}
+            bands = {"N_opt": intervals(ns, level), "D_opt": intervals(ds, level), "loss": intervals(ls, level), "pi": prediction_band(ls, residual_scale(entry), level)}
     else:  # a power law N_opt = N_coef C^a through approach 1 or 2's optima
         law = entry["params"]
         n = law["N_coef"]["value"] * cs ** law["a"]["value"]
@@ -190,8 +200,7 @@ def predict_points(record: dict, fit: str, N, D, U=None, level: float | None = N
         raw = np.asarray(law.from_natural({k: samples[k] for k in law.names})).T  # [R, k]
         with np.errstate(all="ignore"):
             ls = np.exp(law.log_predict(raw, log_x, np))  # [R, m]
-        scatter = residual_scale(entry) * np.random.default_rng(RESIDUAL_DRAWS_SEED).standard_normal(ls.shape)
-        ci, pi = intervals(ls, level), intervals(ls + scatter, level)
+        ci, pi = intervals(ls, level), prediction_band(ls, residual_scale(entry), level)
     rng = record["data_range"]
     out = []
     for i in range(N.size):

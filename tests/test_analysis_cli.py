@@ -55,7 +55,8 @@ def run_store(tmp_path_factory):
 def fitted(run_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("fit")
     # 256 of the grid's starts keep this quick (tests/test_analysis_replication.py runs all 4,500)
-    code = cli("fit", run_store, "--out", out, "--bootstrap", 40, "--approach", "all", "--holdout-largest", 1, "--n-starts", 256, "--at", 3e19)
+    code = cli("fit", run_store, "--out", out, "--bootstrap", 40, "--approach", "all", "--holdout-largest", 1, "--n-starts", 256, "--at", 3e19,
+               "--model", 7e7, "--tokens", 2e10)
     return code, out, json.loads((out / "fit.json").read_text())
 
 
@@ -233,3 +234,43 @@ def test_predict_at_any_compute_matches_the_table(fitted, capsys):
     assert cli("predict", out, "--at", 1e18) == 0
     text = capsys.readouterr().out
     assert "approach3 at C = 1e+18 (extrapolation x10)" in text and "prediction interval" in text
+
+
+def test_predict_at_any_model_size_and_tokens_against_the_closed_form_law(fitted, capsys):
+    """--model/--tokens: the loss L(N, D) = E + A/N^alpha + B/D^beta of the fitted parameters,
+    its interval the percentiles of the law over the stored bootstrap refits (by hand here), the
+    prediction interval wider, and N and D's extrapolation factors each on their own side."""
+    _, out, rec = fitted
+    e3 = rec["fits"]["approach3"]
+    p = {k: v["value"] for k, v in e3["params"].items()}
+    s = {k: np.asarray(v) for k, v in e3["bootstrap"]["samples"].items()}
+    N, D = [7e7, 1e5, 3e8], [2e10, 5e9, 1e6]
+    assert cli("predict", out, "--model", N[0], "--tokens", D[0], "--model", N[1], "--tokens", D[1], "--model", N[2], "--tokens", D[2], "--json") == 0
+    rows = json.loads(capsys.readouterr().out)["points"]
+    assert [r["approach"] for r in rows] == ["approach3"] * 3  # approaches 1-2 have no loss model at (N, D)
+    (nlo, nhi), (dlo, dhi) = rec["data_range"]["N"], rec["data_range"]["D"]
+    for r, n, d in zip(rows, N, D):
+        assert set(r) >= {"N", "D", "approach", "loss", "extrapolation"} and set(r["loss"]) == {"value", "ci", "pi"}
+        law = p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["beta"]
+        assert r["loss"]["value"] == pytest.approx(law, rel=1e-12)
+        boot = s["E"] + s["A"] / n ** s["alpha"] + s["B"] / d ** s["beta"]
+        assert r["loss"]["ci"] == pytest.approx(np.percentile(boot, [2.5, 97.5]), rel=1e-9)
+        assert r["loss"]["pi"][0] < r["loss"]["ci"][0] and r["loss"]["pi"][1] > r["loss"]["ci"][1]
+        want_n = n / nhi if n > nhi else (nlo / n if n < nlo else 0.0)
+        want_d = d / dhi if d > dhi else (dlo / d if d < dlo else 0.0)
+        assert r["extrapolation"] == pytest.approx({"N": want_n, "D": want_d}, rel=1e-12)
+    assert rows[0]["extrapolation"]["N"] == 0 and rows[0]["extrapolation"]["D"] > 1  # over-trained: beyond the data in D only
+    assert rows[1]["extrapolation_side"]["N"] == "below" and rows[2]["extrapolation_side"]["D"] == "below"
+    # the same numbers in `scaling fit --model/--tokens`'s record and report, and as text
+    assert e3["points_table"][0]["loss"] == rows[0]["loss"]
+    report = (out / "report.md").read_text()
+    assert "## Loss at given (N, D)" in report and f"{rows[0]['loss']['value']:.4f}" in report
+    assert cli("predict", out, "--model", 7e7, "--tokens", 2e10) == 0
+    assert "approach3 at N = 7e+07, D = 2e+10 (extrapolation: D x" in capsys.readouterr().out
+    # one --tokens per --model, said in one line; --at still works beside them
+    assert cli("predict", out, "--model", 7e7, "--model", 8e7, "--tokens", 2e10) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "give one --tokens per --model: 2 --model and 1 --tokens values" in err
+    assert cli("predict", out, "--at", 1e18, "--model", 7e7, "--tokens", 2e10, "--json") == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"C", "approaches", "points"}
+    assert cli("predict", out) == 1 and "give --at C" in capsys.readouterr().err
