@@ -123,7 +123,7 @@ class Budget:
     sigma: float = float("nan")  # noise (nats) behind the se: this window's residuals, or pooled by approach2
     sigma_dof: int = 0  # degrees of freedom of `sigma` (points - 3 in the window[s])
     one_sided: bool = False  # the window runs into the ladder's end: 2+ more sizes on one side of the vertex
-    vertex_bias: float = 0.0  # one-sided windows: the vertex's shift (decades of N) measured on REFERENCE_EXPONENTS, in the se
+    vertex_bias: float = 0.0  # the vertex's shift (decades of N) a parabola makes at this window's offsets, measured on REFERENCE_EXPONENTS; in the se
 
 
 @dataclass(frozen=True)
@@ -217,17 +217,21 @@ def _robust_parabola(t: np.ndarray, y: np.ndarray):
 REFERENCE_EXPONENTS = (0.34, 0.28)
 
 
-def vertex_bias(t, alpha: float = REFERENCE_EXPONENTS[0], beta: float = REFERENCE_EXPONENTS[1]) -> float:
-    """Where (decades of N from the true optimum) a least-squares parabola puts the vertex of the
-    IsoFLOP profile of L = E + A/N^alpha + B/D^beta, C = 6ND, sampled at offsets t (decades of N
-    from the optimum). At fixed C that profile is, up to scale and offset,
-    beta 10^(-alpha t) + alpha 10^(beta t) (the two terms stand in the ratio beta : alpha at the
-    optimum), steeper on the small-N side: a symmetric curve fitted to a window with more sizes on
-    one side lands its vertex off the optimum, towards the short side."""
+def vertex_bias(t, curvature: float = 1.0, alpha: float = REFERENCE_EXPONENTS[0], beta: float = REFERENCE_EXPONENTS[1]) -> float:
+    """Where (decades of N from the true optimum) the budget's own parabola rule
+    (`_robust_parabola`) puts the vertex of the IsoFLOP profile of L = E + A/N^alpha + B/D^beta,
+    C = 6ND, sampled at offsets t (decades of N from the optimum). At fixed C that profile is, up
+    to scale and offset, K (beta 10^(-alpha t) + alpha 10^(beta t)) (the two terms stand in the
+    ratio beta : alpha at the optimum): not symmetric in log N, so a parabola's vertex lands off
+    the optimum by an amount that depends on where the sizes sit around it. K matches the
+    profile's curvature at the optimum to `curvature` (the fitted c2, nats per decade^2), as the
+    robust fit's outlier scale is in nats."""
     t = np.asarray(t, float)
-    f = beta * 10.0 ** (-alpha * t) + alpha * 10.0 ** (beta * t)
-    b2, b1, _ = np.polyfit(t, f, 2)
-    return float(-b1 / (2 * b2))
+    ln10 = np.log(10.0)
+    K = 2.0 * curvature / (ln10**2 * alpha * beta * (alpha + beta))
+    f = K * (beta * 10.0 ** (-alpha * t) + alpha * 10.0 ** (beta * t))
+    b = _robust_parabola(t, f)[0]
+    return float(-b[1] / (2 * b[0]))
 
 
 def _fit_budget(C, N, loss, cost: CostModel, C_spread: float):
@@ -297,12 +301,13 @@ def _fit_budget(C, N, loss, cost: CostModel, C_spread: float):
     # delta method: gradients of the vertex position and value w.r.t. (b2, b1, b0)
     g_x = np.array([b1 / (2 * b2 * b2), -1 / (2 * b2), 0.0])
     g_l = np.array([b1 * b1 / (4 * b2 * b2), -b1 / (2 * b2), 1.0])
-    # a window that runs into the ladder's end with 2+ more sizes on one side of the vertex: the
-    # vertex is pulled towards the short side; that shift, measured on the reference law at the
-    # same offsets, joins the se in quadrature (`approach2` keeps it when it pools sigma)
+    # a parabola on the asymmetric profile puts its vertex off the optimum by an amount that
+    # depends on where the window's sizes sit around it (one-sided windows, which run into the
+    # ladder's end, differently from centred ones); that shift, measured on the reference law at
+    # this window's offsets, joins the se in quadrature (`approach2` keeps it when it pools sigma)
     wx = xs[in_sizes]
     one_sided = bool((in_sizes[0] or in_sizes[-1]) and abs(int(np.sum(wx < x_opt)) - int(np.sum(wx > x_opt))) >= 2)
-    bias = vertex_bias(x[sel] - x_opt) if one_sided else 0.0
+    bias = vertex_bias(x[sel] - x_opt, b2)
     unit = (float(np.sqrt(g_x @ cov @ g_x)), float(np.sqrt(g_l @ cov @ g_l)), bias)
     sigma = float(np.sqrt(rss / dof)) if dof > 0 else float("nan")
     N_opt = float(10**x_opt)
@@ -415,8 +420,8 @@ def approach2(points: pd.DataFrame, cost: CostModel, gap_decades: float = 0.05, 
     budgets = tuple(b for b, _ in fits)
     ok = [b for b in budgets if b.accepted]
     msgs = [f"approach 2 refused budget {r}" for r in refused]
-    msgs += [f"approach 2: budget C={b.C:.3g}'s window is one-sided (its minimum next to the ladder's end); its vertex may sit "
-             f"{abs(b.vertex_bias):.3f} decades towards the short side (measured on a reference law), counted in its se" for b in ok if b.one_sided]
+    msgs += [f"approach 2: budget C={b.C:.3g}'s window is one-sided (its minimum next to the ladder's end); a parabola there puts "
+             f"the vertex {b.vertex_bias:+.3f} decades off the optimum of a reference law, counted in its se" for b in ok if b.one_sided]
     weights = minima_weights(ok)
     return IsoFlopResult(
         budgets=budgets,
