@@ -29,7 +29,7 @@ FIGURE_REACH = 100.0  # figures extend at most this factor past the data (unless
 
 @dataclass(frozen=True)
 class FitOptions:
-    law: str = "chinchilla"  # chinchilla | power-N | power-D | power-C | kaplan
+    law: str = "chinchilla"  # chinchilla | power-N | power-D | power-C | kaplan | chinchilla-tied | data-constrained
     approach: str = "all"  # 1 | 2 | 3 | all (every approach the data allow); chinchilla only
     bootstrap: int = 200  # resamples; 0 for no intervals
     seed: int = 0
@@ -418,6 +418,16 @@ def unlimited_points(points, law_name: str, groups) -> tuple:
     return points.loc[np.sort(best.to_numpy())].reset_index(drop=True), rule
 
 
+def with_unique_tokens(points):
+    """The points with U (unique tokens) filled where unknown by D (no repetition), capped at D."""
+    U = points["U"].to_numpy(float) if "U" in points else np.full(len(points), np.nan)
+    D = points["D"].to_numpy(float)
+    bad = np.isfinite(U) & ~(U > 0)
+    if bad.any():
+        raise AnalysisError(f"column U (unique tokens) must be > 0; {int(bad.sum())} row(s) are not (first: {points['run'].iloc[np.flatnonzero(bad)[0]]})")
+    return points.assign(U=np.where(np.isfinite(U), np.minimum(U, D), D))
+
+
 # ---------------------------------------------------------------- sensitivity and holdout --------
 def sensitivity(ds: Dataset, pts, opts, cost, entry3, c_max) -> list[dict]:
     """a and N_opt at the largest budget under other conventions: C = 6ND instead of the
@@ -451,6 +461,7 @@ def holdout(points, opts: FitOptions, cost, groups, minima) -> dict:
     held = set(np.argsort(values)[-k:].tolist())
     test_mask = np.isin(labels, list(held))
     law = get_law(opts.law)
+    points = with_unique_tokens(points) if "U" in law.inputs else points
     train, test = points[~test_mask], points[test_mask]
     if len(train) <= law.n_params:
         raise AnalysisError(f"--holdout-largest {k} leaves {len(train)} points, too few to fit {law.n_params} parameters")
@@ -531,7 +542,7 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
         if "approach3" in record["fits"]:
             record["sensitivity"] = sensitivity(ds, pts, opts, cost, record["fits"]["approach3"], c_max)
     else:
-        used, rule = unlimited_points(pts, opts.law, groups)
+        used, rule = unlimited_points(with_unique_tokens(pts) if "U" in get_law(opts.law).inputs else pts, opts.law, groups)
         entry = fit_parametric(opts.law, used, opts, cost, groups, minima, c_range)
         entry["points_used"] = {"rule": rule, "runs": used["run"].astype(str).tolist()}
         record["fits"][opts.law] = entry

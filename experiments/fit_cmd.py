@@ -1,6 +1,6 @@
 """`scaling fit`, `scaling plot` and `scaling predict`: thin command-line wrappers over analysis.
 
-    scaling fit --csv FILE --out DIR [--law chinchilla|power-N|power-D|power-C|kaplan]
+    scaling fit --csv FILE --out DIR [--law chinchilla|power-N|power-D|power-C|kaplan|chinchilla-tied|data-constrained]
     scaling fit RUN_ROOT --out DIR [--approach 1|2|3|all] [--bootstrap K] [--params total|non_embedding|active] [--at C]
     scaling plot DIR
     scaling predict DIR --at C [--at C2 ...] [--json]
@@ -25,9 +25,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("fit", help=FIT_HELP, description=FIT_HELP)
     src = p.add_argument_group("data (one of)")
     src.add_argument("run_root", nargs="?", help="run-store folder: every finished run is fitted, the others are listed")
-    src.add_argument("--csv", metavar="FILE", help="CSV with columns N, D, loss (optional C, run, budget)")
+    src.add_argument("--csv", metavar="FILE", help="CSV with columns N, D, loss (optional C, run, budget, U: unique tokens)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for fit.json, report.md and the figures")
-    p.add_argument("--law", choices=list(LAWS), default="chinchilla", help="functional form (default chinchilla)")
+    p.add_argument("--law", choices=list(LAWS), default="chinchilla",
+                   help="functional form (default chinchilla; chinchilla-tied: alpha = beta; data-constrained: repeated epochs, needs U)")
+    p.add_argument("--fix-E", type=float, metavar="E", dest="fix_E",
+                   help="approach 2's floor under L*(C) = E + A C^-gamma (default: the runs' entropy floor, else approach 3's E)")
     p.add_argument("--approach", choices=["1", "2", "3", "all"], default="all",
                    help="Chinchilla approach(es); 'all' runs every one the data allow (default)")
     p.add_argument("--bootstrap", type=int, default=200, metavar="K", help="bootstrap resamples for intervals (default 200; 0: none)")
@@ -107,6 +110,7 @@ def cmd_fit(args) -> int:
         "n_starts": args.n_starts,
         "at": tuple(args.at),
         "points": tuple(points),
+        "fix_E": args.fix_E,
         "figures": not args.no_figures,
     }
     if args.csv is not None:
