@@ -352,7 +352,7 @@ def markdown(record: dict) -> str:
         if e.get("approach") == 2:
             lines += ["", "| budget C | points | window | N_opt [+-1 se] | D_opt | min loss | status |", "|---|---|---|---|---|---|---|"]
             for b in e["budgets"]:
-                status = "used" if b["accepted"] else f"refused: {b['reason']}"
+                status = ("used" + (" (one-sided window)" if b.get("one_sided") else "")) if b["accepted"] else f"refused: {b['reason']}"
                 se = b.get("log10_N_opt_se")
                 band = f" [{_fmt(b['N_opt'] / 10 ** se)}, {_fmt(b['N_opt'] * 10 ** se)}]" if se is not None and b["accepted"] and math.isfinite(se) else ""
                 lines.append(f"| {b['C']:.3g} | {b['n_points']} | {len(b.get('window') or [])} sizes | {_fmt(b['N_opt'])}{band} | {_fmt(b['D_opt'])} | {_fmt(b['loss_opt'])} | {status} |")
