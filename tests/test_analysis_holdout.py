@@ -45,9 +45,11 @@ def test_leave_one_budget_out_and_holdout_equal_cold_refits_done_by_hand():
         rest = frame[frame.budget != row["C"]]
         fit = fit_law(CHINCHILLA, rest, starts=same_starts(32), warn=False)
         N, _, L = chinchilla_frontier(fit.params, SIX_N, np.array([row["C"]]))
-        assert row["predicted"]["N_opt"] == pytest.approx(N[0], rel=1e-9)
-        assert row["predicted"]["loss"] == pytest.approx(L[0], rel=1e-9)
-        assert row["predicted"]["E"] == pytest.approx(fit.params["E"], rel=1e-9)
+        # the pipeline weighs the budget's points 0 instead of dropping them (the same compiled
+        # problem): the same optimum, to the solver's tolerance
+        assert row["predicted"]["N_opt"] == pytest.approx(N[0], rel=1e-5)
+        assert row["predicted"]["loss"] == pytest.approx(L[0], rel=1e-6)
+        assert row["predicted"]["E"] == pytest.approx(fit.params["E"], rel=1e-5)
     held = fit_law(CHINCHILLA, frame[frame.budget < 1e20], starts=same_starts(32), warn=False)
     assert rec["holdout"]["params"] == pytest.approx(held.params, rel=1e-9)
 
