@@ -4,11 +4,14 @@
 
 Approach 1  envelope of end-of-run losses: per model size, the final losses of its runs trained
             to different horizons (token counts) form a curve loss(C), linear in log C between
-            the horizons; at each C the size with the lowest curve gives N_opt(C), and
-            D_opt(C) = cost.tokens(N_opt, C); power laws are fitted through them.
+            the horizons; at each C the size with the lowest curve gives N_opt(C) where it is
+            interior among the sizes that reach C (bracketed), and D_opt(C) =
+            cost.tokens(N_opt, C); power laws are fitted through them, each size weighted once.
 Approach 2  IsoFLOP profiles: per FLOP budget a parabola in log10 N fitted LOCALLY (a window of
             sizes around the profile's lowest point, robust loss) gives N_opt at its vertex,
-            with a standard error; D_opt = cost.tokens(N_opt, C); power laws through the minima.
+            with a standard error (plus the vertex bias of the rule at that window, measured on
+            a reference law); D_opt = cost.tokens(N_opt, C); power laws through the minima,
+            weighted by 1/se^2.
 Approach 3  the parametric fit L(N, D) = E + A/N^alpha + B/D^beta; minimising it under
             C = 6ND gives N_opt = G (C/6)^a, D_opt = (C/6)^b / G with
             G = (alpha A / (beta B))^(1/(alpha+beta)), a = beta/(alpha+beta), b = alpha/(alpha+beta).
