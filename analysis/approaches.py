@@ -4,11 +4,14 @@
 
 Approach 1  envelope of end-of-run losses: per model size, the final losses of its runs trained
             to different horizons (token counts) form a curve loss(C), linear in log C between
-            the horizons; at each C the size with the lowest curve gives N_opt(C), and
-            D_opt(C) = cost.tokens(N_opt, C); power laws are fitted through them.
+            the horizons; at each C the size with the lowest curve gives N_opt(C) where it is
+            interior among the sizes that reach C (bracketed), and D_opt(C) =
+            cost.tokens(N_opt, C); power laws are fitted through them, each size weighted once.
 Approach 2  IsoFLOP profiles: per FLOP budget a parabola in log10 N fitted LOCALLY (a window of
             sizes around the profile's lowest point, robust loss) gives N_opt at its vertex,
-            with a standard error; D_opt = cost.tokens(N_opt, C); power laws through the minima.
+            with a standard error (plus the vertex bias of the rule at that window, measured on
+            a reference law); D_opt = cost.tokens(N_opt, C); power laws through the minima,
+            weighted by 1/se^2.
 Approach 3  the parametric fit L(N, D) = E + A/N^alpha + B/D^beta; minimising it under
             C = 6ND gives N_opt = G (C/6)^a, D_opt = (C/6)^b / G with
             G = (alpha A / (beta B))^(1/(alpha+beta)), a = beta/(alpha+beta), b = alpha/(alpha+beta).
@@ -64,10 +67,10 @@ class PowerLaw:
         return self.coef * np.asarray(C, float) ** self.exponent
 
 
-def fit_power_law(C, y) -> PowerLaw:
-    """Least-squares line through (log10 C, log10 y). Raises AnalysisError when any C or y is
-    non-positive or non-finite (a logarithm of it would be garbage), when the lengths differ, or
-    when fewer than two distinct C values remain."""
+def fit_power_law(C, y, weights=None) -> PowerLaw:
+    """Least-squares line through (log10 C, log10 y), weighted by `weights` (e.g. 1/se^2) when
+    given. Raises AnalysisError when any C or y is non-positive or non-finite (a logarithm of it
+    would be garbage), when the lengths differ, or when fewer than two distinct C values remain."""
     C, y = np.asarray(C, float).ravel(), np.asarray(y, float).ravel()
     if C.size != y.size:
         raise AnalysisError(f"a power law in C needs as many C values as y values ({C.size} vs {y.size})")
@@ -80,7 +83,10 @@ def fit_power_law(C, y) -> PowerLaw:
     x, ly = np.log10(C), np.log10(y)
     if np.unique(x).size < 2:
         raise AnalysisError("a power law in C needs points at two or more compute values")
-    slope, intercept = np.polyfit(x, ly, 1)
+    if weights is None:
+        slope, intercept = np.polyfit(x, ly, 1)
+    else:  # np.polyfit's w multiplies the residuals: sqrt of the weights of the squares
+        slope, intercept = np.polyfit(x, ly, 1, w=np.sqrt(np.asarray(weights, float).ravel()))
     return PowerLaw(coef=float(10.0**intercept), exponent=float(slope))
 
 
@@ -95,7 +101,9 @@ RULE = (
     "local robust parabola in log10 N: centre = lowest point of a 3-point running median of the loss "
     f"(Tukey end rule; ties to interior sizes); window = the >= {WINDOW_MIN_SIZES} sizes nearest the centre in log10 N, widened until "
     "convex; soft_l1 fit, f_scale = residual SD of the best (n-1)-point least-squares fit; "
-    "minimum = vertex; se by the delta method with the least-squares covariance"
+    "minimum = vertex; se by the delta method with the least-squares covariance, and in quadrature the vertex's shift "
+    "that the same rule makes at the window's offsets on a reference law (alpha 0.34, beta 0.28); the power laws "
+    "through the minima weighted by 1/se^2"
 )
 
 
@@ -119,6 +127,8 @@ class Budget:
     rule: str = RULE
     sigma: float = float("nan")  # noise (nats) behind the se: this window's residuals, or pooled by approach2
     sigma_dof: int = 0  # degrees of freedom of `sigma` (points - 3 in the window[s])
+    one_sided: bool = False  # the window runs into the ladder's end: 2+ more sizes on one side of the vertex
+    vertex_bias: float = 0.0  # the vertex's shift (decades of N) a parabola makes at this window's offsets, measured on REFERENCE_EXPONENTS; in the se
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,7 @@ class IsoFlopResult:
     D_fit: PowerLaw
     grouping: str
     warnings: tuple[str, ...] = ()
+    weights: np.ndarray | None = None  # the power laws' weights over the accepted budgets (1/se^2), None: equal
 
     @property
     def accepted(self) -> list[Budget]:
@@ -207,14 +218,35 @@ def _robust_parabola(t: np.ndarray, y: np.ndarray):
     return b, cov, rss, int(n - 3)
 
 
+# The known law the one-sided windows' bias is measured on: Hoffmann et al. 2022's exponents.
+REFERENCE_EXPONENTS = (0.34, 0.28)
+
+
+def vertex_bias(t, curvature: float = 1.0, alpha: float = REFERENCE_EXPONENTS[0], beta: float = REFERENCE_EXPONENTS[1]) -> float:
+    """Where (decades of N from the true optimum) the budget's own parabola rule
+    (`_robust_parabola`) puts the vertex of the IsoFLOP profile of L = E + A/N^alpha + B/D^beta,
+    C = 6ND, sampled at offsets t (decades of N from the optimum). At fixed C that profile is, up
+    to scale and offset, K (beta 10^(-alpha t) + alpha 10^(beta t)) (the two terms stand in the
+    ratio beta : alpha at the optimum): not symmetric in log N, so a parabola's vertex lands off
+    the optimum by an amount that depends on where the sizes sit around it. K matches the
+    profile's curvature at the optimum to `curvature` (the fitted c2, nats per decade^2), as the
+    robust fit's outlier scale is in nats."""
+    t = np.asarray(t, float)
+    ln10 = np.log(10.0)
+    K = 2.0 * curvature / (ln10**2 * alpha * beta * (alpha + beta))
+    f = K * (beta * 10.0 ** (-alpha * t) + alpha * 10.0 ** (beta * t))
+    b = _robust_parabola(t, f)[0]
+    return float(-b[1] / (2 * b[0]))
+
+
 def _fit_budget(C, N, loss, cost: CostModel, C_spread: float):
-    """fit_budget's work; also returns (se of log10 N_opt, se of loss_opt) per unit sigma so
-    approach2 can rescale them with a pooled sigma."""
+    """fit_budget's work; also returns (se of log10 N_opt, se of loss_opt) per unit sigma and the
+    one-sided vertex bias, so approach2 can rescale them with a pooled sigma."""
     N, loss = np.asarray(N, float), np.asarray(loss, float)
     x = np.log10(N)
     rng = (float(N.min()), float(N.max()))
     base = dict(C=float(C), n_points=int(len(N)), N_range=rng)
-    nan2 = (float("nan"), float("nan"))
+    nan2 = (float("nan"), float("nan"), 0.0)
     if C_spread > MAX_SPREAD:
         why = f"C varies by a factor {10 ** C_spread:.2g} within this group: not one IsoFLOP budget"
         return Budget(**base, accepted=False, reason=why), nan2
@@ -274,7 +306,14 @@ def _fit_budget(C, N, loss, cost: CostModel, C_spread: float):
     # delta method: gradients of the vertex position and value w.r.t. (b2, b1, b0)
     g_x = np.array([b1 / (2 * b2 * b2), -1 / (2 * b2), 0.0])
     g_l = np.array([b1 * b1 / (4 * b2 * b2), -b1 / (2 * b2), 1.0])
-    unit = (float(np.sqrt(g_x @ cov @ g_x)), float(np.sqrt(g_l @ cov @ g_l)))
+    # a parabola on the asymmetric profile puts its vertex off the optimum by an amount that
+    # depends on where the window's sizes sit around it (one-sided windows, which run into the
+    # ladder's end, differently from centred ones); that shift, measured on the reference law at
+    # this window's offsets, joins the se in quadrature (`approach2` keeps it when it pools sigma)
+    wx = xs[in_sizes]
+    one_sided = bool((in_sizes[0] or in_sizes[-1]) and abs(int(np.sum(wx < x_opt)) - int(np.sum(wx > x_opt))) >= 2)
+    bias = vertex_bias(x[sel] - x_opt, b2)
+    unit = (float(np.sqrt(g_x @ cov @ g_x)), float(np.sqrt(g_l @ cov @ g_l)), bias)
     sigma = float(np.sqrt(rss / dof)) if dof > 0 else float("nan")
     N_opt = float(10**x_opt)
     return Budget(
@@ -285,10 +324,12 @@ def _fit_budget(C, N, loss, cost: CostModel, C_spread: float):
         D_opt=float(cost.tokens(N_opt, C)),
         loss_opt=float(loss_opt),
         window=window,
-        log10_N_opt_se=sigma * unit[0],
+        log10_N_opt_se=float(np.hypot(sigma * unit[0], bias)),
         loss_opt_se=sigma * unit[1],
         sigma=sigma,
         sigma_dof=dof,
+        one_sided=one_sided,
+        vertex_bias=bias,
     ), unit
 
 
@@ -316,7 +357,8 @@ def fit_budget(C: float, N: np.ndarray, D: np.ndarray, loss: np.ndarray, cost: C
       5. minimum = the vertex; refused if it lies outside the sampled N range (a vertex outside
          the window but inside the range is kept: the se then shows the extrapolation);
          D_opt = cost.tokens(N_opt, C) (`D` is not used: no separate regression of log D);
-      6. uncertainty by the delta method: var = g' sigma^2 (X'X)^-1 g, g the gradient of the
+      6. uncertainty by the delta method (for log10 N_opt plus, in quadrature, `vertex_bias` at
+         the window's offsets): var = g' sigma^2 (X'X)^-1 g, g the gradient of the
          vertex position (log10 N_opt) or value (loss_opt) w.r.t. the parabola's coefficients,
          sigma^2 = the window's ordinary least-squares residual sum of squares / (points - 3)
          (`sigma_dof`: with 5 points only 2, so +-2 se covers ~80%, not 95%: use a t quantile,
@@ -348,8 +390,9 @@ def _budget_spread(points: pd.DataFrame, labels: np.ndarray, how: str) -> Callab
 
 def approach2(points: pd.DataFrame, cost: CostModel, gap_decades: float = 0.05, groups=None) -> IsoFlopResult:
     """IsoFLOP minima per budget (`fit_budget`) and power laws N_opt = N_coef C^a,
-    D_opt = D_coef C^b through the accepted ones (least squares in log-log). `groups`: a
-    `group_budgets` result to reuse (default: group `points` now).
+    D_opt = D_coef C^b through the accepted ones (least squares in log-log, weighted by 1/se^2 of
+    each minimum's log10 N_opt where every one has an se). `groups`: a `group_budgets` result to
+    reuse (default: group `points` now).
 
     The minima's standard errors use a noise level pooled over the accepted budgets,
     sigma^2 = sum of the windows' least-squares residual sums of squares / sum of their
@@ -377,19 +420,31 @@ def approach2(points: pd.DataFrame, cost: CostModel, gap_decades: float = 0.05, 
     if dof > 0:
         sigma = float(np.sqrt(sum(b.sigma**2 * b.sigma_dof for b in ok if b.sigma_dof > 0) / dof))
         fits = [
-            (replace(b, log10_N_opt_se=sigma * u[0], loss_opt_se=sigma * u[1], sigma=sigma, sigma_dof=dof), u) if b.accepted else (b, u)
+            (replace(b, log10_N_opt_se=float(np.hypot(sigma * u[0], u[2])), loss_opt_se=sigma * u[1], sigma=sigma, sigma_dof=dof), u)
+            if b.accepted else (b, u)
             for b, u in fits
         ]
     budgets = tuple(b for b, _ in fits)
     ok = [b for b in budgets if b.accepted]
-    msgs = tuple(f"approach 2 refused budget {r}" for r in refused)
+    msgs = [f"approach 2 refused budget {r}" for r in refused]
+    msgs += [f"approach 2: budget C={b.C:.3g}'s window is one-sided (its minimum next to the ladder's end); a parabola there puts "
+             f"the vertex {b.vertex_bias:+.3f} decades off the optimum of a reference law, counted in its se" for b in ok if b.one_sided]
+    weights = minima_weights(ok)
     return IsoFlopResult(
         budgets=budgets,
-        N_fit=fit_power_law([b.C for b in ok], [b.N_opt for b in ok]),
-        D_fit=fit_power_law([b.C for b in ok], [b.D_opt for b in ok]),
+        N_fit=fit_power_law([b.C for b in ok], [b.N_opt for b in ok], weights),
+        D_fit=fit_power_law([b.C for b in ok], [b.D_opt for b in ok], weights),
         grouping=how,
-        warnings=msgs,
+        warnings=tuple(msgs),
+        weights=weights,
     )
+
+
+def minima_weights(budgets) -> np.ndarray | None:
+    """1 / se^2 of each accepted budget's log10 N_opt, the power laws' weights; None (equal
+    weights) unless every se is finite and positive (3-size windows have none)."""
+    se = np.array([b.log10_N_opt_se for b in budgets], float)
+    return 1.0 / se**2 if se.size and np.all(np.isfinite(se) & (se > 0)) else None
 
 
 # ---------------------------------------------------------------- Approach 1 (envelope) ---------
@@ -399,7 +454,7 @@ MIN_HORIZONS = 3  # end-of-run points per model size for a curve (two would be a
 
 @dataclass(frozen=True)
 class EnvelopeResult:
-    """The envelope on the grid points where >= 2 sizes' curves overlap."""
+    """The envelope on the grid points where >= 3 sizes' curves overlap and the winner is interior."""
 
     C: np.ndarray  # FLOP grid points (log-spaced between the smallest and largest end-of-run C)
     N_opt: np.ndarray  # the size with the lowest interpolated final loss at each C
@@ -413,6 +468,8 @@ class EnvelopeResult:
     sizes: tuple[float, ...] = ()  # the N of each size used
     left_out: tuple[str, ...] = ()  # "N=...: reason" per size left out
     warnings: tuple[str, ...] = field(default=())
+    n_clamped: int = 0  # grid points left out: their winner was the smallest or largest size reaching that C
+    weights: np.ndarray | None = None  # per kept point: 1 / (points its size wins), the power laws' weights
 
 
 @dataclass(frozen=True)
@@ -480,38 +537,64 @@ def _size_curves(points: pd.DataFrame, n_grid: int) -> _Curves:
 
 
 def _envelope(cv: _Curves, rows: np.ndarray, cost: CostModel) -> EnvelopeResult:
-    """Envelope of the curves `rows` (indices into cv) on cv's grid."""
+    """Envelope of the curves `rows` (indices into cv) on cv's grid, from bracketed winners only.
+
+    At a grid C the winner is kept only when it is INTERIOR among the sizes whose horizons reach
+    C (neither the smallest nor the largest of them): where an end size wins, the optimum lies at
+    or beyond the edge of the grid, and the envelope would record the edge, not the optimum (on a
+    truth with a = 0.80 and a grid that clamps, the clamped points pulled a to 0.59). The power laws
+    are weighted least squares in log-log that weight each winning size once, not once per grid
+    point it wins (a size winning a long stretch of C would otherwise dominate)."""
     loss = cv.loss[rows]
-    covered = np.sum(np.isfinite(loss), axis=0) >= 2  # the envelope means something where sizes overlap
+    sizes = cv.sizes[rows]
+    finite = np.isfinite(loss)
+    covered = np.sum(finite, axis=0) >= 3  # a winner can be interior only among 3 or more sizes
     if covered.sum() < 2:
-        raise AnalysisError("Approach 1: the model sizes' end-of-run curves overlap at fewer than two FLOP counts")
-    filled = np.where(np.isfinite(loss), loss, np.inf)
+        raise AnalysisError("Approach 1: three or more model sizes' end-of-run curves overlap at fewer than two FLOP counts")
+    filled = np.where(finite, loss, np.inf)
     cols = np.flatnonzero(covered)
     best = np.argmin(filled[:, cols], axis=0)
+    n_best = sizes[best]
+    reach = np.where(finite[:, cols], sizes[:, None], np.nan)
+    interior = (n_best > np.nanmin(reach, axis=0)) & (n_best < np.nanmax(reach, axis=0))
+    if interior.sum() < 2:
+        raise AnalysisError(
+            f"Approach 1: the best size is interior among the sizes that reach that compute at {int(interior.sum())} of "
+            f"{cols.size} FLOP counts; everywhere else the smallest or largest size wins (the optimum is not bracketed): "
+            "train smaller and larger sizes to the same horizons"
+        )
+    cols, best = cols[interior], best[interior]
     C = cv.grid[cols]
-    N_opt = cv.sizes[rows][best]
+    N_opt = sizes[best]
     if np.unique(N_opt).size < 2:
         raise AnalysisError(
-            f"Approach 1: one model size (N={N_opt[0]:.3g}) is best at every FLOP count; "
+            f"Approach 1: one model size (N={N_opt[0]:.3g}) is best at every FLOP count where the best is bracketed; "
             "the envelope needs a range of sizes that take turns being best"
         )
     msgs = [f"approach 1 left out {s} (needs >= {MIN_HORIZONS} end-of-run points at different token counts)" for s in cv.left_out]
+    n_clamped = int(interior.size - interior.sum())
+    if n_clamped:
+        msgs.append(f"approach 1: {n_clamped} of {interior.size} envelope points left out: their best size is the smallest or largest that reaches that compute")
     if np.unique(N_opt).size < 3:
         msgs.append("approach 1: only two model sizes appear on the envelope; its exponents are rough")
     D_opt = np.asarray(cost.tokens(N_opt, C), float)
+    _, which, wins = np.unique(N_opt, return_inverse=True, return_counts=True)
+    w = 1.0 / wins[which]  # each winning size weighs 1 in total
     return EnvelopeResult(
         C=C,
         N_opt=N_opt,
         D_opt=D_opt,
         loss=filled[best, cols],
         run=cv.nearest_run[rows][best, cols],
-        N_fit=fit_power_law(C, N_opt),
-        D_fit=fit_power_law(C, D_opt),
+        N_fit=fit_power_law(C, N_opt, w),
+        D_fit=fit_power_law(C, D_opt, w),
         n_sizes=int(np.unique(rows).size),
         n_runs=int(cv.n_rows[np.unique(rows)].sum()),
         sizes=tuple(float(v) for v in cv.sizes[np.unique(rows)]),
         left_out=cv.left_out,
         warnings=tuple(msgs),
+        n_clamped=n_clamped,
+        weights=w,
     )
 
 
@@ -524,10 +607,11 @@ def approach1(points: pd.DataFrame, cost: CostModel, n_grid: int = 200) -> Envel
     AnalysisError naming the sizes with enough. Each size's curve is its final losses vs log C,
     linear in log C between its horizons (no smoothing, no extrapolation past its own smallest and
     largest C). On `n_grid` log-spaced C from the smallest to the largest end-of-run C, wherever
-    >= 2 curves cover C, the size with the lowest interpolated loss gives N_opt(C), and
+    >= 3 curves cover C, the size with the lowest interpolated loss gives N_opt(C) -- kept only
+    where it is neither the smallest nor the largest size covering C (bracketed) -- and
     D_opt(C) = cost.tokens(N_opt, C). Power laws N_opt = N_coef C^a, D_opt = D_coef C^b by least
-    squares in log-log through those grid points. Raises when the curves overlap at < 2 grid
-    points or one size wins everywhere."""
+    squares in log-log through those grid points, each winning size weighted once in total.
+    Raises when fewer than 2 grid points are bracketed or one size wins everywhere."""
     cv = _size_curves(points, n_grid)
     return _envelope(cv, np.arange(len(cv.sizes)), cost)
 
@@ -600,6 +684,7 @@ def bootstrap_approach2(points: pd.DataFrame, labels, cost: CostModel, n_resampl
     idx = {k: np.flatnonzero(lab == k) for k in keep}
     spreads = {k: spread(lab == k) for k in keep}
     rng = np.random.default_rng(seed)
+    w = full.weights  # the full fit's weights: the resamples ask how the minima move, not the se
 
     def refit():
         minima = []
@@ -610,7 +695,7 @@ def bootstrap_approach2(points: pd.DataFrame, labels, cost: CostModel, n_resampl
         if not all(b.accepted for b in minima):
             return None
         cs = [b.C for b in minima]
-        return fit_power_law(cs, [b.N_opt for b in minima]), fit_power_law(cs, [b.D_opt for b in minima])
+        return fit_power_law(cs, [b.N_opt for b in minima], w), fit_power_law(cs, [b.D_opt for b in minima], w)
 
     return _collect(refit, n_resamples, f"losses re-drawn with Gaussian noise of the pooled residual scale ({sigma:.3g} nats); sizes and budgets fixed")
 

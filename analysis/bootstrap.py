@@ -29,14 +29,25 @@ class LawBootstrap:
     unit: str  # "points" or "runs"
 
 
-def resample_weights(groups, n_resamples: int, seed: int) -> np.ndarray:
+def resample_weights(groups, n_resamples: int, seed: int, strata=None) -> np.ndarray:
     """[R, n] weights: each resample draws len(unique(groups)) groups with replacement; a point's
-    weight is how often its group was drawn."""
+    weight is how often its group was drawn. With `strata` (one label per point, e.g. the IsoFLOP
+    budget), each stratum's groups are drawn from that stratum only, as many as it has, so no
+    resample loses or gains a budget (a group lies in the stratum of its first point)."""
     _, inverse = np.unique(np.asarray(groups), return_inverse=True)
     n_groups = inverse.max() + 1
     rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_resamples)
-    return counts[:, inverse].astype(np.float64)
+    if strata is None:
+        counts = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_resamples)
+        return counts[:, inverse].astype(np.float64)
+    _, stratum = np.unique(np.asarray(strata), return_inverse=True)
+    first = np.unique(inverse, return_index=True)[1]  # a point of each group, in group order
+    group_stratum = stratum[first]
+    counts = np.zeros((n_resamples, n_groups))
+    for s in np.unique(group_stratum):
+        members = np.flatnonzero(group_stratum == s)
+        counts[:, members] = rng.multinomial(members.size, np.full(members.size, 1.0 / members.size), size=n_resamples)
+    return counts[:, inverse]
 
 
 def distinct_starts(fit: FitResult, k: int, min_dist: float = 1e-2) -> np.ndarray:
@@ -78,12 +89,14 @@ def bootstrap_law(
     groups=None,
     n_starts: int = 3,
     config: SolverConfig | None = None,
+    strata=None,
 ) -> LawBootstrap:
-    """Refit `law` on `n_resamples` resamples of `data` (points, or whole groups such as runs)."""
+    """Refit `law` on `n_resamples` resamples of `data` (points, or whole groups such as runs),
+    within each stratum (e.g. IsoFLOP budget) when `strata` labels the points."""
     n = len(np.asarray(data["loss"]))
     unit = "points" if groups is None else "runs"
     groups = np.arange(n) if groups is None else np.asarray(groups)
-    w = resample_weights(groups, n_resamples, seed)
+    w = resample_weights(groups, n_resamples, seed, strata)
     raw, converged = refit_weighted(law, data, fit, w, n_starts, config)
     return LawBootstrap(
         raw=raw,

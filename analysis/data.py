@@ -21,7 +21,7 @@ import pandas as pd
 from analysis import lr_grid as lr_grid_lib
 from analysis.errors import AnalysisError, FitWarning
 
-COLUMNS = ("N", "D", "C", "loss", "run", "budget", "N_alt")
+COLUMNS = ("N", "D", "C", "loss", "run", "budget", "N_alt", "U")  # U: unique tokens where the data repeat (NaN: unknown)
 C_AGREEMENT = 10.0  # a given C more than this factor away from 6ND is named in a warning
 C_OUTLIER = 10.0  # a row whose C/(N*D) is more than this factor off the rows' median is refused (named)
 _SHOW = 10  # bad rows listed by name before "and k more"
@@ -168,7 +168,7 @@ def from_frame(raw: pd.DataFrame, name: str = "the data frame", row_label=None, 
         )
     frame = pd.DataFrame(index=raw.index)
     non_numeric = []
-    for k in ("N", "D", "C", "loss", "budget"):
+    for k in ("N", "D", "C", "loss", "budget", "U"):
         if pick[k] is not None:
             col = pd.to_numeric(raw[pick[k]], errors="coerce")
             bad_text = col.isna() & raw[pick[k]].notna()
@@ -188,6 +188,8 @@ def from_frame(raw: pd.DataFrame, name: str = "the data frame", row_label=None, 
         notes.append(f"{what} has no D column: D = C/(6*N)")
     if pick["budget"] is None:
         frame["budget"] = np.nan
+    if pick["U"] is None:
+        frame["U"] = np.nan
     frame["run"] = raw[pick["run"]].astype(str) if pick["run"] is not None else [row_label(i) for i in raw.index]
     frame["N_alt"] = np.nan
     if non_numeric:
@@ -230,6 +232,21 @@ def _sweep_names(rs, runs) -> list:
         if not isinstance(name, str) and state != "done":
             names[i] = (rs.RunDir(path, writer=False).config() or {}).get("sweep")
     return names
+
+
+def unique_tokens(rs, runs) -> np.ndarray:
+    """Each finished run's unique training tokens where its data repeat: its source's own
+    description (summary data.unique_tokens: windows x seq_len, what D counts per epoch), else
+    D / epochs; NaN for an infinite source (no epochs) or a run that records neither."""
+    out = np.full(len(runs), np.nan)
+    for i, (path, D) in enumerate(zip(runs["path"], runs["D"])):
+        summary = rs.RunDir(path, writer=False).summary() or {}
+        u = (summary.get("data") or {}).get("unique_tokens")
+        epochs = summary.get("epochs")
+        if u is None and isinstance(epochs, (int, float)) and epochs > 0 and np.isfinite(float(D)):
+            u = float(D) / float(epochs)
+        out[i] = float(u) if isinstance(u, (int, float)) else np.nan
+    return out
 
 
 def load_run_store(root, params: str = "total", metric: str = "loss", train_loss_fallback: bool = False) -> Dataset:
@@ -303,6 +320,7 @@ def load_run_store(root, params: str = "total", metric: str = "loss", train_loss
             "run": runs["run_id"].astype(str),
             "budget": runs["budget"].astype(float),
             "N_alt": runs[alt_col].astype(float),
+            "U": unique_tokens(rs, runs),
         }
     )
     frame, dropped = _drop_bad(frame, ["N", "D", "C", "loss"], lambda i: f"run {frame['run'][i]}")

@@ -185,6 +185,7 @@ def fit_law(
     starts: np.ndarray | None = None,
     config: SolverConfig | None = None,
     warn: bool = True,
+    weights: np.ndarray | None = None,
 ) -> FitResult:
     """Fit `law` to data (columns: the law's inputs and `loss`) from a grid of starts.
 
@@ -193,19 +194,20 @@ def fit_law(
     Warnings, returned in the result and emitted as `FitWarning` unless `warn=False`: the fit
     outside the grid, the best start on its edge, no convergence, a parameter that never moved
     from its start, as many points as parameters. Raises `AnalysisError` for fewer points than
-    parameters or non-positive values.
+    parameters or non-positive values. `weights` [n] (e.g. 0/1 to leave points out): the same
+    problem shape as the unweighted fit, so a leave-one-out refit reuses its compilation.
     """
     config = dataclasses.replace(config or SolverConfig(), delta=delta)
     log_x, log_y = inputs_matrix(law, data)
-    n, k = log_y.shape[0], law.n_params
+    w = np.ones(log_y.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+    n, k = int(np.count_nonzero(w)), law.n_params
     if n < k:
         raise AnalysisError(
             f"{n} data points cannot determine the {k} parameters of {law.name} "
             f"({law.formula}); provide at least {k + 1} points or a law with fewer parameters"
         )
     grid = law.grid_points() if starts is None else np.atleast_2d(np.asarray(starts, dtype=np.float64))
-    weights = np.ones((grid.shape[0], n))
-    theta, value, it, status = solve(law, grid, log_x, log_y, weights, config)
+    theta, value, it, status = solve(law, grid, log_x, log_y, np.tile(w, (grid.shape[0], 1)), config)
 
     order = np.argsort(value, kind="stable")
     best = int(order[0])

@@ -8,6 +8,9 @@ with log-sum-exp so no term ever under/overflows (Hoffmann et al. 2022, appendix
   power-X     L(X) = E + A X^-alpha  for X in N, D or C
               log L = LSE(a - alpha log X, e)
   kaplan      L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D   (Kaplan et al. 2020, eq. 1.5)
+  chinchilla-tied   L(N, D) = E + A/N^alpha + B/D^alpha   (one exponent; Gadre et al. 2024)
+  data-constrained  L(N, D, U) = E + A/N^alpha + B/D'^beta, D' = U + U R* (1 - exp(-(D/U - 1)/R*))
+              (Muennighoff et al. 2023, eq. 5; U unique tokens, D/U epochs; R* = e^log_R_star)
               log L = alpha_D LSE((alpha_N/alpha_D)(n_c - log N), d_c - log D),
               N_c = e^n_c, D_c = e^d_c, alpha_N = e^u, alpha_D = e^v (exponents kept positive)
 
@@ -184,8 +187,85 @@ KAPLAN = Law(
     ),
 )
 
+# ------------------------------------------------------------------------------------------------
+def _tied_log_predict(theta, log_x, xp):
+    a, b, e, alpha = (theta[..., i : i + 1] for i in range(4))
+    return log_sum_exp(xp, a - alpha * log_x[0], b - alpha * log_x[1], e)
+
+
+def _tied_natural(raw):
+    raw = np.asarray(raw, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        return {"E": np.exp(raw[..., 2]), "A": np.exp(raw[..., 0]), "B": np.exp(raw[..., 1]), "alpha": raw[..., 3]}
+
+
+def _tied_raw(p):
+    return np.array([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"]], dtype=np.float64)
+
+
+# Gadre et al. 2024 ("Language models scale reliably with over-training and on downstream tasks"):
+# one exponent for N and D, so the compute-optimal tokens per parameter is a constant.
+CHINCHILLA_TIED = Law(
+    name="chinchilla-tied",
+    formula="L(N, D) = E + A/N^alpha + B/D^alpha",
+    inputs=("N", "D"),
+    raw_names=("a", "b", "e", "alpha"),
+    names=("E", "A", "B", "alpha"),
+    log_predict=_tied_log_predict,
+    to_natural=_tied_natural,
+    from_natural=_tied_raw,
+    grid=(_LOG_COEF, _LOG_COEF, _LOG_E, _EXPONENTS),
+)
+
+
+# ------------------------------------------------------------------------------------------------
+def effective_data(U, D, r_star, xp=np):
+    """Muennighoff et al. 2023, eq. 5: the data D' that D tokens drawn from U unique tokens are
+    worth, D' = U + U R* (1 - exp(-R / R*)) with R = D/U - 1 the repetitions past the first epoch
+    (D <= U: D' = D, no repetition). R* is where repeated tokens' value has decayed by 1/e."""
+    U = xp.minimum(U, D)
+    R = D / U - 1.0
+    return U * (1.0 + r_star * -xp.expm1(-R / r_star))
+
+
+def _constrained_log_predict(theta, log_x, xp):
+    a, b, e, alpha, beta, log_r = (theta[..., i : i + 1] for i in range(6))
+    log_n, log_d, log_u = log_x[0], log_x[1], xp.minimum(log_x[2], log_x[1])
+    r_star = xp.exp(log_r)
+    R = xp.exp(log_d - log_u) - 1.0  # repetitions past the first epoch
+    log_d_eff = log_u + xp.log1p(r_star * -xp.expm1(-R / r_star))
+    return log_sum_exp(xp, a - alpha * log_n, b - beta * log_d_eff, e)
+
+
+def _constrained_natural(raw):
+    raw = np.asarray(raw, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        return {**_chinchilla_natural(raw[..., :5]), "R_star": np.exp(raw[..., 5])}
+
+
+def _constrained_raw(p):
+    return np.concatenate([_chinchilla_raw(p), [np.log(p["R_star"])]]) if np.ndim(p["A"]) == 0 else \
+        np.concatenate([_chinchilla_raw(p), np.log(np.asarray(p["R_star"], dtype=np.float64))[None]])
+
+
+# Muennighoff et al. 2023 ("Scaling data-constrained language models"), eq. 5 for the data term
+# only: parameters are not discounted (their N' = N), so a model larger than the data warrant is
+# not penalised. Inputs: N, D (tokens trained on) and U (unique tokens; U = D when nothing repeats).
+DATA_CONSTRAINED = Law(
+    name="data-constrained",
+    formula="L(N, D, U) = E + A/N^alpha + B/D'^beta,  D' = U + U R* (1 - exp(-(D/U - 1)/R*))",
+    inputs=("N", "D", "U"),
+    raw_names=("a", "b", "e", "alpha", "beta", "log_R_star"),
+    names=("E", "A", "B", "alpha", "beta", "R_star"),
+    log_predict=_constrained_log_predict,
+    to_natural=_constrained_natural,
+    from_natural=_constrained_raw,
+    # Muennighoff et al. fitted R*_D = 15.4; starts a factor 5 either side
+    grid=(_LOG_COEF, _LOG_COEF, _LOG_E, _EXPONENTS, _EXPONENTS, tuple(float(np.log(x)) for x in (3.0, 15.0, 75.0))),
+)
+
 LAWS: dict[str, Law] = {
-    law.name: law for law in (CHINCHILLA, _power_law("N"), _power_law("D"), _power_law("C"), KAPLAN)
+    law.name: law for law in (CHINCHILLA, _power_law("N"), _power_law("D"), _power_law("C"), KAPLAN, CHINCHILLA_TIED, DATA_CONSTRAINED)
 }
 
 

@@ -17,13 +17,13 @@ import pandas as pd
 
 from analysis import approaches as ap, progress
 from analysis import lr_grid as lr_grid_lib
-from analysis.bootstrap import bootstrap_law, interval, refit_weighted
+from analysis.bootstrap import bootstrap_law, interval
 from analysis.costmodel import SIX_N, CostModel, fit_cost_model
 from analysis.data import COLUMNS, Dataset
 from analysis.errors import AnalysisError
 from analysis.fit import fit_law
 from analysis.laws import CHINCHILLA, get_law
-from analysis.predict import anchors, chinchilla_frontier, fit_loglog, local_exponents, predict
+from analysis.predict import anchors, chinchilla_frontier, fit_loglog, local_exponents, point_fits, predict, predict_points
 
 MIN_USABLE = 0.8  # intervals from fewer usable bootstrap resamples are flagged
 FIGURE_REACH = 100.0  # figures extend at most this factor past the data (unless --at asks more)
@@ -31,7 +31,7 @@ FIGURE_REACH = 100.0  # figures extend at most this factor past the data (unless
 
 @dataclass(frozen=True)
 class FitOptions:
-    law: str = "chinchilla"  # chinchilla | power-N | power-D | power-C | kaplan
+    law: str = "chinchilla"  # chinchilla | power-N | power-D | power-C | kaplan | chinchilla-tied | data-constrained
     approach: str = "all"  # 1 | 2 | 3 | all (every approach the data allow); chinchilla only
     bootstrap: int = 200  # resamples; 0 for no intervals
     seed: int = 0
@@ -45,6 +45,8 @@ class FitOptions:
     n_starts: int | None = None  # None: the law's whole grid; k: a seeded subset of k starts
     budget_gap: float = 0.05  # decades of C separating inferred IsoFLOP budgets
     at: tuple[float, ...] = ()  # extra compute values for the table (and the figures' reach)
+    points: tuple[tuple[float, float], ...] = ()  # (N, D) pairs: the loss each N, D law predicts there (--model/--tokens)
+    fix_E: float | None = None  # approach 2's floor under L*(C) (default: the runs' entropy floor, else approach 3's E)
     figures: bool = True
     train_loss_fallback: bool = False  # run stores: a run without a finite eval loss is fitted on its train loss (else left out, named)
 
@@ -60,6 +62,7 @@ class FitOptions:
             raise AnalysisError(f"unknown fit option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
         options = dict(options)
         options["at"] = tuple(float(c) for c in (options.get("at") or ()))
+        options["points"] = tuple((float(n), float(d)) for n, d in (options.get("points") or ()))
         return cls(**options)
 
     def validate(self) -> "FitOptions":
@@ -74,6 +77,11 @@ class FitOptions:
             raise AnalysisError(f"--huber-delta must be > 0, not {self.huber_delta}")
         if not 0 < self.ci_level < 1:
             raise AnalysisError(f"ci_level must be in (0, 1), not {self.ci_level}")
+        bad_pts = [p for p in self.points if len(p) != 2 or not all(np.isfinite(v) and v > 0 for v in p)]
+        if bad_pts:
+            raise AnalysisError(f"--model/--tokens take positive (N, D) pairs, not {bad_pts}")
+        if self.fix_E is not None and not (np.isfinite(self.fix_E) and self.fix_E >= 0):
+            raise AnalysisError(f"--fix-E takes a finite loss >= 0 (the floor under L*(C)), not {self.fix_E}")
         bad_at = [c for c in self.at if not (np.isfinite(c) and c > 0)]
         if bad_at:
             raise AnalysisError(f"--at takes positive compute values in FLOPs, not {bad_at}")
@@ -152,6 +160,20 @@ def _lobo_summary(rows: list[dict]) -> dict:
 
 
 # ---------------------------------------------------------------- Approach 3 and other laws -----
+def isoflop_strata(points, groups):
+    """The budget of each point, to stratify a law's bootstrap by, where the data are IsoFLOP
+    profiles (the runs name their budget, or every inferred budget holds >= 3 model sizes): a
+    resample then keeps every budget with its number of runs. None otherwise (scattered C values
+    would make strata of one point that never vary)."""
+    labels, values, how = groups
+    if len(values) < 2 or len(labels) != len(points):
+        return None
+    if how.startswith("the runs"):
+        return labels
+    n = points["N"].to_numpy(float)
+    return labels if min(np.unique(n[labels == k]).size for k in range(len(values))) >= 3 else None
+
+
 def fit_parametric(law_name: str, points, opts: FitOptions, cost: CostModel, groups, minima, c_range) -> dict:
     """Fit one law (with bootstrap); for chinchilla also its frontier under the cost model."""
     law = get_law(law_name)
@@ -171,16 +193,26 @@ def fit_parametric(law_name: str, points, opts: FitOptions, cost: CostModel, gro
         "warnings": list(fit.warnings),
     }
     pred = law.predict(fit.params, **{c: points[c].to_numpy(float) for c in law.inputs})
-    entry["goodness"] = {"rmse_nats": float(np.sqrt(np.mean((pred - points["loss"].to_numpy()) ** 2)))}
+    resid = pred - points["loss"].to_numpy()
+    dof = fit.n_points - law.n_params
+    entry["goodness"] = {
+        "rmse_nats": float(np.sqrt(np.mean(resid**2))),
+        # the scale a new run scatters with: the residual sum of squares over n - k (the fitted
+        # parameters absorb k degrees of freedom; the in-sample RMSE is sqrt((n-k)/n) too small)
+        "residual_scale_nats": float(np.sqrt(resid @ resid / dof)) if dof > 0 else None,
+        "residual_dof": int(dof),
+    }
     samples = None
     if opts.bootstrap:
-        boot = bootstrap_law(law, points, fit, opts.bootstrap, opts.seed, groups=runs if unit == "runs" else None)
+        strata = isoflop_strata(points, groups)
+        boot = bootstrap_law(law, points, fit, opts.bootstrap, opts.seed, groups=runs if unit == "runs" else None, strata=strata)
         finite = np.all([np.isfinite(v) for v in boot.natural.values()], axis=0)
         if law is CHINCHILLA:  # a refit with alpha or beta <= 0 has no frontier: unusable, counted
             finite &= (boot.natural["alpha"] > 0) & (boot.natural["beta"] > 0)
         used = boot.converged & finite
         entry["bootstrap"] = _accounting(
-            boot.n_resamples, used.sum(), "runs with replacement" if boot.unit == "runs" else "points with replacement",
+            boot.n_resamples, used.sum(),
+            ("runs" if boot.unit == "runs" else "points") + " with replacement" + (" within each budget" if strata is not None else ""),
             opts.ci_level, opts.seed, n_not_converged=(~boot.converged).sum(), n_invalid=(boot.converged & ~finite).sum(),
         )
         samples = {k: v[used] for k, v in boot.natural.items()}
@@ -204,22 +236,26 @@ def fit_parametric(law_name: str, points, opts: FitOptions, cost: CostModel, gro
 
 
 def _lobo_approach3(points, fit, opts, cost, groups, minima) -> dict:
-    """Refit without each budget (warm-started like the bootstrap); predict its minimum."""
+    """Refit without each budget, COLD from the same starts as the full fit (a warm start from
+    the full fit would carry what it learnt from the held-out budget); predict its minimum."""
     labels = groups[0]
     if len(minima) < 2:
         return _lobo_summary([])
-    weights = np.stack([(labels != m["label"]).astype(float) for m in minima])
-    raw, converged = refit_weighted(CHINCHILLA, points, fit, weights)
-    params = CHINCHILLA.to_natural(raw)
     rows = []
-    for i, m in enumerate(minima):
-        p = {k: v[i] for k, v in params.items()}
-        N, _, L = chinchilla_frontier(p, cost, np.array([m["C"]]))
+    for m in minima:
         row = {"C": m["C"], "observed": {"N_opt": m["N_opt"], "loss": m["loss"], "how": m["how"]}}
-        if converged[i] and np.isfinite(N[0]):
-            row["predicted"] = {"N_opt": float(N[0]), "loss": float(L[0])}
-        else:
-            row["skipped"] = "the refit without this budget did not converge or has no frontier"
+        try:  # the budget's points weigh 0: the full fit's problem shape, so no new compilation
+            refit = fit_law(CHINCHILLA, points, delta=opts.huber_delta, starts=_starts(CHINCHILLA, opts), warn=False,
+                            weights=(labels != m["label"]).astype(float))
+        except AnalysisError as e:
+            refit = None
+            row["skipped"] = f"the refit without this budget failed: {e}"
+        if refit is not None:
+            N, _, L = chinchilla_frontier(refit.params, cost, np.array([m["C"]]))
+            if refit.converged and np.isfinite(N[0]):
+                row["predicted"] = {"N_opt": float(N[0]), "loss": float(L[0]), "E": float(refit.params["E"])}
+            else:
+                row["skipped"] = "the refit without this budget did not converge or has no frontier"
         rows.append(row)
     return _lobo_summary(rows)
 
@@ -261,7 +297,23 @@ def _bootstrap_entry(samples: ap.BootstrapSamples, opts, entry) -> None:
         )
 
 
-def fit_approach2(points, opts: FitOptions, cost, groups, minima) -> dict:
+def loss_floor(ds_floor, opts: FitOptions, record: dict) -> tuple[float, str | None]:
+    """Approach 2's E under L*(C) = E + A C^-gamma: --fix-E, else the entropy floor the runs
+    record, else approach 3's fitted E, else none (0: the plain power law A C^-gamma)."""
+    if opts.fix_E is not None:
+        return float(opts.fix_E), "--fix-E"
+    if ds_floor is not None:
+        return float(ds_floor), "the entropy floor the runs record"
+    e3 = record["fits"].get("approach3")
+    if e3:
+        return float(e3["params"]["E"]["value"]), "approach 3's fitted E"
+    return 0.0, None
+
+
+def fit_approach2(points, opts: FitOptions, cost, groups, minima, floor=(0.0, None), lobo_E=None) -> dict:
+    """`floor`: (E, where it comes from) of L*(C); `lobo_E`: {budget C: E} of approach 3's
+    refits without that budget, so the leave-one-out check of L*(C) never sees the held-out
+    budget through E."""
     res = ap.approach2(points, cost, groups=groups)
     ok = res.accepted
     samples = ap.bootstrap_approach2(points, groups, cost, opts.bootstrap, opts.seed) if opts.bootstrap else None
@@ -270,11 +322,14 @@ def fit_approach2(points, opts: FitOptions, cost, groups, minima) -> dict:
         "grouping": res.grouping,
         "budget_gap_decades": opts.budget_gap,
         "budgets": [dataclasses.asdict(b) for b in res.budgets],
+        "power_law_weights": "1/se^2 of each minimum's log10 N_opt" if res.weights is not None else "equal (some minimum has no se)",
         "warnings": list(res.warnings),
     }
     if samples is not None:
         _bootstrap_entry(samples, opts, entry)
-    entry["loss_law"] = fit_loglog([b.C for b in ok], [b.loss_opt for b in ok])
+    entry["loss_law"], note = _loss_law(ok, *floor)
+    if note:
+        entry["warnings"].append(note)
     labels, values, _ = groups
     resid = []
     for b in ok:  # residuals of each local parabola over its window
@@ -285,15 +340,28 @@ def fit_approach2(points, opts: FitOptions, cost, groups, minima) -> dict:
     entry["goodness"] = {
         "rmse_nats": float(np.sqrt(np.mean(resid**2))) if resid.size else None,
         "rmse_what": "the local IsoFLOP parabolas' residuals over their windows",
-        "lobo": _lobo_power_law(ok, minima),
+        "lobo": _lobo_power_law(ok, minima, floor, lobo_E or {}),
     }
     return entry
 
 
-def _lobo_power_law(budgets, minima) -> dict:
+def _loss_law(budgets, E, source) -> tuple[dict, str | None]:
+    """L*(C) through the budgets' minimum losses, weighted by their se, with the floor E; where
+    a minimum is not above E the floor cannot hold: the plain power law, said so."""
+    C, L, se = [b.C for b in budgets], [b.loss_opt for b in budgets], [b.loss_opt_se for b in budgets]
+    try:
+        return fit_loglog(C, L, se, E, source), None
+    except AnalysisError as e:
+        if not E:
+            raise
+        return fit_loglog(C, L, se), f"approach 2: L*(C) has no floor ({source} E = {E:.4g} is not below every minimum: {e})"
+
+
+def _lobo_power_law(budgets, minima, floor, lobo_E) -> dict:
     """Approach 2 without each budget: power law and L*(C) through the others, at its C."""
     rows = []
     by_c = {m["C"]: m for m in minima}
+    E, source = floor
     for i, b in enumerate(budgets):
         m = by_c.get(b.C)
         row = {"C": b.C, "observed": {"N_opt": m["N_opt"], "loss": m["loss"], "how": m["how"]}}
@@ -301,9 +369,10 @@ def _lobo_power_law(budgets, minima) -> dict:
         if len(rest) < 2:
             row["skipped"] = "fewer than two other budgets"
         else:
-            law = ap.fit_power_law([x.C for x in rest], [x.N_opt for x in rest])
-            loss = fit_loglog([x.C for x in rest], [x.loss_opt for x in rest])
-            row["predicted"] = {"N_opt": float(law(b.C)), "loss": float(loss["A"] * b.C ** -loss["gamma"])}
+            law = ap.fit_power_law([x.C for x in rest], [x.N_opt for x in rest], ap.minima_weights(rest))
+            E_i = lobo_E.get(b.C, E) if source == "approach 3's fitted E" else E
+            loss, _ = _loss_law(rest, E_i, source)
+            row["predicted"] = {"N_opt": float(law(b.C)), "loss": float(loss["E"] + loss["A"] * b.C ** -loss["gamma"])}
         rows.append(row)
     return _lobo_summary(rows)
 
@@ -352,6 +421,16 @@ def unlimited_points(points, law_name: str, groups) -> tuple:
     return points.loc[np.sort(best.to_numpy())].reset_index(drop=True), rule
 
 
+def with_unique_tokens(points):
+    """The points with U (unique tokens) filled where unknown by D (no repetition), capped at D."""
+    U = points["U"].to_numpy(float) if "U" in points else np.full(len(points), np.nan)
+    D = points["D"].to_numpy(float)
+    bad = np.isfinite(U) & ~(U > 0)
+    if bad.any():
+        raise AnalysisError(f"column U (unique tokens) must be > 0; {int(bad.sum())} row(s) are not (first: {points['run'].iloc[np.flatnonzero(bad)[0]]})")
+    return points.assign(U=np.where(np.isfinite(U), np.minimum(U, D), D))
+
+
 # ---------------------------------------------------------------- sensitivity and holdout --------
 def sensitivity(ds: Dataset, pts, opts, cost, entry3, c_max) -> list[dict]:
     """a and N_opt at the largest budget under other conventions: C = 6ND instead of the
@@ -385,6 +464,7 @@ def holdout(points, opts: FitOptions, cost, groups, minima) -> dict:
     held = set(np.argsort(values)[-k:].tolist())
     test_mask = np.isin(labels, list(held))
     law = get_law(opts.law)
+    points = with_unique_tokens(points) if "U" in law.inputs else points
     train, test = points[~test_mask], points[test_mask]
     if len(train) <= law.n_params:
         raise AnalysisError(f"--holdout-largest {k} leaves {len(train)} points, too few to fit {law.n_params} parameters")
@@ -453,7 +533,10 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
                 if a == "3":
                     record["fits"]["approach3"] = fit_parametric("chinchilla", pts, opts, cost, groups, minima, c_range)
                 elif a == "2":
-                    record["fits"]["approach2"] = fit_approach2(pts, opts, cost, groups, minima)
+                    lobo3 = record["fits"].get("approach3", {}).get("goodness", {}).get("lobo", {}).get("budgets", [])
+                    lobo_E = {r["C"]: r["predicted"]["E"] for r in lobo3 if "predicted" in r}
+                    floor = loss_floor(ds.entropy_floor, opts, record)
+                    record["fits"]["approach2"] = fit_approach2(pts, opts, cost, groups, minima, floor, lobo_E)
                 else:
                     record["fits"]["approach1"] = fit_approach1(pts, opts, cost, groups, minima)
             except AnalysisError as e:
@@ -464,7 +547,7 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
             record["sensitivity"] = sensitivity(ds, pts, opts, cost, record["fits"]["approach3"], c_max)
     else:
         progress.stage(f"{opts.law}: fit" + (f" and {opts.bootstrap} bootstrap refits" if opts.bootstrap else ""))
-        used, rule = unlimited_points(pts, opts.law, groups)
+        used, rule = unlimited_points(with_unique_tokens(pts) if "U" in get_law(opts.law).inputs else pts, opts.law, groups)
         entry = fit_parametric(opts.law, used, opts, cost, groups, minima, c_range)
         entry["points_used"] = {"rule": rule, "runs": used["run"].astype(str).tolist()}
         record["fits"][opts.law] = entry
@@ -474,6 +557,10 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
         if "frontier_model" in e:
             e["table"] = predict(record, name, table_c)
             e["grid"] = _grid(predict(record, name, grid_c))
+    if opts.points:
+        N, D = np.array(opts.points, float).T
+        for name in point_fits(record):
+            record["fits"][name]["points_table"] = predict_points(record, name, N, D)
     if opts.holdout_largest:
         progress.stage(f"holdout: refit without the {opts.holdout_largest} largest budget(s)")
         record["holdout"] = holdout(pts, opts, cost, groups, minima)

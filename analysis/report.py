@@ -189,6 +189,46 @@ def prediction_lines(record: dict, C: float) -> list[str]:
     return lines
 
 
+def _extrap_nd(row: dict) -> str:
+    parts = [f"{k} x{row['extrapolation'][k]:.3g} {row['extrapolation_side'][k]} the data" for k in ("N", "D") if row["extrapolation"][k]]
+    return "extrapolation: " + ", ".join(parts) if parts else "within the data in N and D"
+
+
+def loss_law_line(ll: dict) -> str:
+    """Approach 2's L*(C): its floor and where E comes from, the weights, and why there is no interval."""
+    E = ll.get("E", 0.0)
+    head = f"L*(C) = {E:.4g} + {ll['A']:.4g} * C^-{ll['gamma']:.4f}" if E else f"L*(C) = {ll['A']:.4g} * C^-{ll['gamma']:.4f}"
+    line = (f"{head} through the budgets' minimum losses (E from {ll.get('E_source') or 'nowhere: no floor'}; "
+            f"{'weighted by each minimum loss standard error' if ll.get('weighted') else 'unweighted'}; "
+            f"{ll['dof']} residual dof; RMSE {ll['rmse_nats']:.4f} nats)")
+    why = ll.get("no_interval") or ("no residual dof" if ll["dof"] < 1 else None)
+    return line + (f"; its loss predictions carry no interval: {why}." if why else ".")
+
+
+def point_lines(rows: list[dict]) -> list[str]:
+    """One line per predict_points row: the loss at (N, D) with ci and pi, and how far N and D extrapolate."""
+    return [
+        f"  {r['approach']} at N = {r['N']:.3g}, D = {r['D']:.3g} ({_extrap_nd(r)}): loss = {r['loss']['value']:.4f} "
+        f"{_ci(r['loss']) or '(no interval)'} (prediction interval {_ci(r['loss'], 'pi') or 'n/a'})"
+        for r in rows
+    ]
+
+
+def points_table_lines(record: dict, lvl: str) -> list[str]:
+    """report.md's table of the loss at the (N, D) pairs given to `scaling fit --model/--tokens`."""
+    rows = [r for e in record["fits"].values() for r in e.get("points_table", [])]
+    if not rows:
+        return []
+    out = ["", "## Loss at given (N, D)", "", f"The loss each law predicts at the --model/--tokens pairs; {lvl} intervals over the bootstrap refits, "
+           "the prediction interval (pi) adds the scatter of a new run (residual scale corrected for the fitted parameters).", "",
+           "| approach | N | D | D/N | loss [ci] | loss pi | range |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        loss = r["loss"]
+        out.append(f"| {r['approach']} | {r['N']:.3g} | {r['D']:.3g} | {_fmt(r['D'] / r['N'])} | {loss['value']:.4f} {_ci(loss) or '(no interval)'} | "
+                   f"{_ci(loss, 'pi') or 'n/a'} | {_extrap_nd(r)} |")
+    return out
+
+
 def summary(record: dict, C: float | None = None) -> str:
     """A few lines for a terminal: the data range, each fit with intervals, and the prediction at
     compute C (default: 3x the largest C in the data)."""
@@ -292,9 +332,12 @@ def markdown(record: dict) -> str:
             for r in rows:
                 n, d, loss = r["N_opt"], r["D_opt"], r["loss"]
                 cells = [name, f"{r['C']:.3g}", f"{_fmt(n['value'])} {_ci(n)}", f"{_fmt(d['value'])} {_ci(d)}", _fmt(d["value"] / n["value"])]
-                cells += [f"{loss['value']:.4f} {_ci(loss) or '(no interval)'}", _ci(loss, "pi") or "n/a"] if loss else ["n/a (no loss model)", ""]
+                cells += [f"{loss['value']:.4f} {_ci(loss) or '(no interval' + (': ' + loss['no_interval'] if loss.get('no_interval') else '') + ')'}",
+                          _ci(loss, "pi") or "n/a"] if loss else ["n/a (no loss model)", ""]
                 cells.append(_extrap(r["extrapolation"]))
                 lines.append("| " + " | ".join(cells) + " |")
+
+    lines += points_table_lines(record, lvl)
 
     for name, e in record["fits"].items():
         lines += ["", f"## {name}: {e.get('formula', '')}", ""]
@@ -321,12 +364,11 @@ def markdown(record: dict) -> str:
             lines += ["", e["exponents_note"] + "."]
         if e.get("loss_law"):
             ll = e["loss_law"]
-            lines += ["", f"L*(C) = {ll['A']:.4g} * C^-{ll['gamma']:.4f} through the budgets' minimum losses ({ll['dof']} residual dof; RMSE {ll['rmse_nats']:.4f} nats)"
-                      + ("; with no residual dof its loss predictions carry no interval." if ll["dof"] < 1 else ".")]
+            lines += ["", loss_law_line(ll)]
         if e.get("approach") == 2:
             lines += ["", "| budget C | points | window | N_opt [+-1 se] | D_opt | min loss | status |", "|---|---|---|---|---|---|---|"]
             for b in e["budgets"]:
-                status = "used" if b["accepted"] else f"refused: {b['reason']}"
+                status = ("used" + (" (one-sided window)" if b.get("one_sided") else "")) if b["accepted"] else f"refused: {b['reason']}"
                 se = b.get("log10_N_opt_se")
                 band = f" [{_fmt(b['N_opt'] / 10 ** se)}, {_fmt(b['N_opt'] * 10 ** se)}]" if se is not None and b["accepted"] and math.isfinite(se) else ""
                 lines.append(f"| {b['C']:.3g} | {b['n_points']} | {len(b.get('window') or [])} sizes | {_fmt(b['N_opt'])}{band} | {_fmt(b['D_opt'])} | {_fmt(b['loss_opt'])} | {status} |")

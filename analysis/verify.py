@@ -110,7 +110,8 @@ def entry(approach: str, C: float, run: dict, row: dict) -> dict:
         "D": run.get("D"),
         "run_id": run["run_id"],
         "approach": approach,
-        "predicted": {"value": pred, "pi": [float(pi[0]), float(pi[1])] if pi else None},
+        "predicted": {"value": pred, "pi": [float(pi[0]), float(pi[1])] if pi else None,
+                      **({"no_interval": loss["no_interval"]} if not pi and loss.get("no_interval") else {})},
         "achieved": float(achieved) if ok else None,
         "error": error,
         "relative_error": error / pred if ok else None,
@@ -202,7 +203,8 @@ def markdown_lines(check: dict, record: dict) -> list[str]:
         u = interval_units(e)
         run = runs.get(e["run_id"], {})
         achieved = _f(e["achieved"]) if e["achieved"] is not None else f"run {run.get('state', 'failed')}"
-        inside = "yes" if e["inside"] else ("n/a (no interval)" if e["achieved"] is not None and not pi else "no")
+        why = e["predicted"].get("no_interval")
+        inside = "yes" if e["inside"] else (f"n/a (no interval{': ' + why if why else ''})" if e["achieved"] is not None and not pi else "no")
         lines.append(
             f"| {e['approach']} | {_f(n_opt, '.4g')} | {_f(e['N'], '.4g')} | {_f(e['D'], '.4g')} | {e['predicted']['value']:.4f} | "
             + (f"[{pi[0]:.4f}, {pi[1]:.4f}]" if pi else "n/a")

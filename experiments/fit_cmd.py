@@ -1,9 +1,10 @@
 """`scaling fit`, `scaling plot` and `scaling predict`: thin command-line wrappers over analysis.
 
-    scaling fit --csv FILE --out DIR [--law chinchilla|power-N|power-D|power-C|kaplan]
+    scaling fit --csv FILE --out DIR [--law chinchilla|power-N|power-D|power-C|kaplan|chinchilla-tied|data-constrained]
     scaling fit RUN_ROOT --out DIR [--approach 1|2|3|all] [--bootstrap K] [--params total|non_embedding|active] [--at C]
     scaling plot DIR
     scaling predict DIR --at C [--at C2 ...] [--json]
+    scaling predict DIR --model N --tokens D [--model N2 --tokens D2 ...] [--json]
 
 `register(subparsers)` adds the subcommands to the `scaling` parser (experiments/cli.py); each
 sets `func(args) -> exit code`. Bad input prints one `error:` line, never a traceback: exit 2 for a
@@ -29,9 +30,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("fit", help=FIT_HELP, description=FIT_HELP)
     src = p.add_argument_group("data (one of)")
     src.add_argument("run_root", nargs="?", help="run-store folder: every finished run is fitted, the others are listed")
-    src.add_argument("--csv", metavar="FILE", help="CSV with columns N, D, loss (optional C, run, budget)")
+    src.add_argument("--csv", metavar="FILE", help="CSV with columns N, D, loss (optional C, run, budget, U: unique tokens)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for fit.json, report.md and the figures")
-    p.add_argument("--law", choices=list(LAWS), default="chinchilla", help="functional form (default chinchilla)")
+    p.add_argument("--law", choices=list(LAWS), default="chinchilla",
+                   help="functional form (default chinchilla; chinchilla-tied: alpha = beta; data-constrained: repeated epochs, needs U)")
+    p.add_argument("--fix-E", type=float, metavar="E", dest="fix_E",
+                   help="approach 2's floor under L*(C) = E + A C^-gamma (default: the runs' entropy floor, else approach 3's E)")
     p.add_argument("--approach", choices=["1", "2", "3", "all"], default="all",
                    help="Chinchilla approach(es); 'all' runs every one the data allow (default)")
     p.add_argument("--bootstrap", type=nonnegative_int, default=200, metavar="K", help="bootstrap resamples for intervals (default 200; 0: none)")
@@ -48,6 +52,7 @@ def register(subparsers) -> None:
                    help="also fit without the K largest budgets and report the error predicting them")
     p.add_argument("--at", type=positive_float, action="append", default=[], metavar="C",
                    help="also tabulate the compute-optimal allocation at C FLOPs (repeatable; figures reach it too)")
+    _add_point_args(p, "also tabulate")
     p.add_argument("--n-starts", type=positive_int, metavar="K", help="a seeded subset of K >= 1 starting points instead of the law's whole grid (quick looks)")
     p.add_argument("--train-loss-fallback", action="store_true",
                    help="fit a finished run that has no finite eval loss on its final train loss (said in the notes); "
@@ -63,8 +68,10 @@ def register(subparsers) -> None:
 
     r = subparsers.add_parser("predict", help="compute-optimal N, D and the loss to expect at compute C, from a fit")
     r.add_argument("dir", help="a folder written by `scaling fit` (or `scaling run`'s ROOT/fit)")
-    r.add_argument("--at", type=positive_float, action="append", required=True, metavar="C", help="compute in FLOPs (repeatable)")
-    r.add_argument("--json", action="store_true", help="print JSON: {C: [...], approaches: {name: [row per C]}}")
+    r.add_argument("--at", type=positive_float, action="append", default=[], metavar="C", help="compute in FLOPs (repeatable)")
+    _add_point_args(r, "predict")
+    r.add_argument("--json", action="store_true",
+                   help="print JSON: {C: [...], approaches: {name: [row per C]}} for --at; {points: [row per (N, D) and approach]} for --model/--tokens")
     r.set_defaults(func=cmd_predict)
 
 
@@ -72,6 +79,23 @@ def _level(text: str) -> float:
     from experiments.cli import _checked
 
     return _checked(float, lambda v: 0 < v < 1, "a coverage strictly between 0 and 1, e.g. 0.95")(text)
+
+
+def _add_point_args(p, verb: str) -> None:
+    from experiments.cli import positive_float
+
+    p.add_argument("--model", type=positive_float, action="append", default=[], metavar="N",
+                   help=f"{verb} the loss at N parameters (repeatable; pair each with a --tokens, in order)")
+    p.add_argument("--tokens", type=positive_float, action="append", default=[], metavar="D", help="training tokens of the matching --model")
+
+
+def _points(args) -> list[tuple[float, float]]:
+    """The (N, D) pairs of --model/--tokens; AnalysisError when their counts differ."""
+    from analysis.errors import AnalysisError
+
+    if len(args.model) != len(args.tokens):
+        raise AnalysisError(f"give one --tokens per --model: {len(args.model)} --model and {len(args.tokens)} --tokens values")
+    return list(zip(args.model, args.tokens))
 
 
 def _error(command: str, message: str, code: int = 1) -> int:
@@ -101,6 +125,10 @@ def cmd_fit(args) -> int:
     problem = _out_dir_problem(args.out)
     if problem:
         return _error("fit", problem, 2)
+    try:
+        points = _points(args)
+    except AnalysisError as e:
+        return _error("fit", str(e), 2)
     options = {
         "law": args.law,
         "approach": args.approach,
@@ -115,6 +143,8 @@ def cmd_fit(args) -> int:
         "holdout_largest": args.holdout_largest,
         "n_starts": args.n_starts,
         "at": tuple(args.at),
+        "points": tuple(points),
+        "fix_E": args.fix_E,
         "figures": not args.no_figures,
         "train_loss_fallback": args.train_loss_fallback,
     }
@@ -185,20 +215,36 @@ def cmd_predict(args) -> int:
     import json
 
     from analysis.errors import AnalysisError
-    from analysis.predict import predict
-    from analysis.report import json_safe, prediction_lines, read_record
+    from analysis.predict import point_fits, predict, predict_points
+    from analysis.report import json_safe, point_lines, prediction_lines, read_record
 
+    try:  # usage errors first: exit 2, as argparse's
+        pairs = _points(args)
+        if not args.at and not pairs:
+            raise AnalysisError("give --at C (compute-optimal allocation) and/or --model N --tokens D (loss at that size and data)")
+    except AnalysisError as e:
+        return _error("predict", str(e), 2)
     try:
         record = read_record(args.dir)
         names = [n for n, e in record["fits"].items() if "frontier_model" in e]
-        if not names:
+        if args.at and not names:
             raise AnalysisError(f"{args.dir}/fit.json has no compute-optimal frontier (fit with --law chinchilla)")
+        rows = []
+        if pairs:
+            if not point_fits(record):
+                raise AnalysisError(f"{args.dir}/fit.json has no law of N and D to predict the loss at (N, D) with (fit approach 3 or an N, D law)")
+            N, D = zip(*pairs)
+            rows = [r for n in point_fits(record) for r in predict_points(record, n, N, D)]
         if args.json:
-            out = {"C": [float(c) for c in args.at], "approaches": {n: predict(record, n, args.at) for n in names}}
+            out = {"C": [float(c) for c in args.at], "approaches": {n: predict(record, n, args.at) for n in names}} if args.at else {}
+            if pairs:
+                out["points"] = rows
             print(json.dumps(json_safe(out), indent=2, allow_nan=False))
             return 0
         for c in args.at:
             print("\n".join(prediction_lines(record, c)))
+        if rows:
+            print("\n".join(point_lines(rows)))
     except AnalysisError as e:
         return _error("predict", str(e))
     return 0

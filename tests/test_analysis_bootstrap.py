@@ -78,3 +78,19 @@ def test_bootstrap_intervals_cover_the_truth_in_most_seeds():
             assert 0 < hi - lo < width, (seed, k, lo, hi)
     # nominal 95%: at least 6 of 8 seeds for every parameter
     assert all(c >= 6 for c in covered.values()), covered
+
+
+def test_stratified_resamples_keep_each_budgets_count_and_runs_whole():
+    strata = np.repeat([0, 1, 2], [4, 6, 5])
+    groups = np.array([f"r{i // 2}" for i in range(15)])  # runs of 2 points (the last run alone)
+    groups[8:10] = ["x", "x"]
+    w = resample_weights(groups, 500, seed=0, strata=strata)
+    for s in range(3):  # each budget keeps its number of points in every resample... (runs of equal size here)
+        units = np.unique(groups[strata == s])
+        drawn = np.stack([w[:, np.flatnonzero(groups == u)[0]] for u in units], axis=1)
+        assert np.all(drawn.sum(axis=1) == units.size)  # ...as many runs drawn as the budget has
+        assert drawn.mean() == pytest.approx(1.0, abs=0.1)
+    for u in np.unique(groups):  # a run's points share a weight
+        cols = w[:, groups == u]
+        assert np.all(cols == cols[:, :1])
+    np.testing.assert_array_equal(w, resample_weights(groups, 500, seed=0, strata=strata))

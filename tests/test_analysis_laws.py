@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from analysis import approaches as ap
+from analysis.fit import SolverConfig
 from analysis.laws import CHINCHILLA, KAPLAN, LAWS, get_law
 from analysis.errors import AnalysisError
 
@@ -81,3 +82,104 @@ def test_chinchilla_grid_is_the_papers_4500_starts():
 def test_unknown_law_is_a_clear_error():
     with pytest.raises(AnalysisError, match="unknown law 'cubic'; choose one of"):
         get_law("cubic")
+
+
+# ------------------------------------------------------------------ Fits II: tied and data-constrained laws
+def _scipy_fit(log_predict_np, x0, n_cols, loss):
+    """An independent least-squares fit of log L (scipy, trust-region), from x0."""
+    from scipy.optimize import least_squares
+
+    return least_squares(lambda th: log_predict_np(th, *n_cols) - np.log(loss), x0, method="trf", xtol=1e-14, ftol=1e-14, gtol=1e-14).x
+
+
+def test_tied_exponent_law_recovers_its_parameters_as_scipy_does():
+    from analysis.fit import fit_law
+    from analysis.laws import CHINCHILLA_TIED
+
+    true = {"E": 1.8, "A": 300.0, "B": 900.0, "alpha": 0.3}
+    N, D = (x.ravel() for x in np.meshgrid(np.geomspace(1e7, 1e10, 8), np.geomspace(1e9, 1e12, 8)))
+    rng = np.random.default_rng(0)
+    loss = (true["E"] + true["A"] / N ** true["alpha"] + true["B"] / D ** true["alpha"]) * np.exp(1e-4 * rng.standard_normal(N.size))
+    fit = fit_law(CHINCHILLA_TIED, {"N": N, "D": D, "loss": loss}, starts=CHINCHILLA_TIED.grid_points()[::15], warn=False,
+                  config=SolverConfig(float32_first=False))  # 60 starts, float64 only: one compilation
+
+    def by_hand(th, n, d):  # the formula written out: th = log A, log B, log E, alpha
+        return np.log(np.exp(th[2]) + np.exp(th[0]) / n ** th[3] + np.exp(th[1]) / d ** th[3])
+
+    ref = _scipy_fit(by_hand, [np.log(200.0), np.log(500.0), np.log(1.5), 0.4], (N, D), loss)
+    ours = [np.log(fit.params["A"]), np.log(fit.params["B"]), np.log(fit.params["E"]), fit.params["alpha"]]
+    np.testing.assert_allclose(ours, ref, rtol=2e-3, atol=2e-4)
+    assert fit.params["alpha"] == pytest.approx(true["alpha"], abs=0.01) and fit.params["E"] == pytest.approx(true["E"], rel=0.01)
+
+
+def test_effective_data_is_muennighoffs_equation_5():
+    from analysis.laws import effective_data
+
+    U = 1e9
+    assert effective_data(U, 0.5 * U, 15.0) == pytest.approx(0.5 * U)  # under one epoch: nothing repeats
+    assert effective_data(U, U, 15.0) == pytest.approx(U)
+    R = 3.0  # four epochs: D' = U + U R* (1 - e^(-R/R*)), written out
+    assert effective_data(U, 4 * U, 15.0) == pytest.approx(U + U * 15.0 * (1 - np.exp(-R / 15.0)), rel=1e-12)
+    assert effective_data(U, 1e6 * U, 15.0) == pytest.approx(16.0 * U, rel=1e-6)  # endless repeats are worth U (1 + R*)
+    eps = 1e-6  # the first repeats are worth almost as much as fresh tokens: dD'/dD -> 1 at one epoch
+    assert (effective_data(U, (1 + eps) * U, 15.0) - U) / (eps * U) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_data_constrained_law_recovers_r_star_from_repeated_epochs_as_scipy_does():
+    from analysis.fit import fit_law
+    from analysis.laws import DATA_CONSTRAINED, effective_data
+
+    true = {"E": 1.7, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28, "R_star": 15.0}
+    rows = [(n, 4e8 * ep, 4e8) for n in np.geomspace(1e7, 1e9, 4) for ep in (0.5, 1, 2, 4, 8, 16, 32, 64)]
+    N, D, U = (np.array(c) for c in zip(*rows))
+    rng = np.random.default_rng(1)
+    Dp = effective_data(U, D, true["R_star"])
+    loss = (true["E"] + true["A"] / N ** true["alpha"] + true["B"] / Dp ** true["beta"]) * np.exp(1e-4 * rng.standard_normal(N.size))
+    grid = DATA_CONSTRAINED.grid_points()
+    starts = grid[np.sort(np.random.default_rng(0).choice(len(grid), 64, replace=False))]
+    # 32 points and 64 starts, as the run-store test below: one compilation serves both
+    fit = fit_law(DATA_CONSTRAINED, {"N": N, "D": D, "U": U, "loss": loss}, starts=starts, warn=False)
+    assert fit.params["R_star"] == pytest.approx(15.0, rel=0.05) and fit.params["beta"] == pytest.approx(0.28, abs=0.01)
+
+    def by_hand(th, n, d, u):  # th = log A, log B, log E, alpha, beta, log R*
+        r = np.exp(th[5])
+        dp = np.where(d <= u, d, u + u * r * (1 - np.exp(-(d / u - 1) / r)))
+        return np.log(np.exp(th[2]) + np.exp(th[0]) / n ** th[3] + np.exp(th[1]) / dp ** th[4])
+
+    x0 = DATA_CONSTRAINED.from_natural({**true, "R_star": 8.0, "alpha": 0.3, "beta": 0.3})
+    ref = _scipy_fit(by_hand, x0, (N, D, U), loss)
+    np.testing.assert_allclose(fit.raw, ref, rtol=2e-3, atol=2e-3)
+
+
+def test_a_run_store_gives_unique_tokens_and_the_data_constrained_law_fits_it(tmp_path):
+    import json
+
+    from analysis.data import load_run_store
+    from analysis.laws import effective_data
+    from analysis.report import fit_and_report
+    from test_analysis_data import write_run
+
+    root = tmp_path / "runs"
+    true = {"E": 1.7, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+    i = 0
+    for n in np.geomspace(1e7, 1e9, 4):
+        for epochs in (0.5, 1, 3, 9, 27):
+            U = 4e8
+            D = U * epochs
+            L = true["E"] + true["A"] / n ** true["alpha"] + true["B"] / effective_data(U, D, 15.0) ** true["beta"]
+            write_run(root, f"r{i}", "done", N=n, D=D, C=6 * n * D, eval_loss=L)
+            path = root / f"r{i}" / "summary.json"
+            s = json.loads(path.read_text())
+            if i % 2:  # what lib/data/text.py describes; else only the loop's epochs
+                s["data"] = {"unique_tokens": U}
+            s["epochs"] = epochs
+            path.write_text(json.dumps(s))
+            i += 1
+    ds = load_run_store(root)
+    np.testing.assert_allclose(ds.points["U"], 4e8, rtol=1e-12)
+    rec = fit_and_report(ds, tmp_path / "fit", {"law": "data-constrained", "bootstrap": 0, "n_starts": 64, "figures": False,
+                                                 "points": ((1e8, 4e9),)})
+    e = rec["fits"]["data-constrained"]
+    assert e["params"]["R_star"]["value"] == pytest.approx(15.0, rel=0.05)
+    (row,) = e["points_table"]  # U not given: no repetition assumed, D' = D
+    assert row["U"] == 4e9 and row["loss"]["value"] == pytest.approx(true["E"] + true["A"] / 1e8 ** 0.34 + true["B"] / 4e9 ** 0.28, rel=2e-3)

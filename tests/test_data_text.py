@@ -290,6 +290,9 @@ def test_a_tiny_model_learns_real_text_well_below_its_unigram_entropy(trained_te
     assert os.path.isdir(root / "runs" / ".data" / summary["data"]["store_key"])  # default data root: <workdir>/../.data
     rows = [json.loads(line) for line in (root / "runs" / "text" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["epoch"] == pytest.approx(150 * 32 / summary["data"]["windows_per_epoch"])
+    # the unique tokens one epoch feeds, as D counts them: D = U x epochs (analysis's data-constrained law reads U)
+    assert summary["data"]["unique_tokens"] == summary["data"]["windows_per_epoch"] * 64
+    assert summary["tokens"] == pytest.approx(summary["data"]["unique_tokens"] * summary["epochs"], rel=1e-12)
 
 
 def test_resuming_a_run_with_another_tokenizer_is_refused_before_training(trained_text_run):

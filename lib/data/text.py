@@ -88,6 +88,7 @@ class TextSource:
             "documents": m["counts"]["documents"],
             "eval_documents": m["counts"]["eval_documents"],
             "windows_per_epoch": self.n_windows,
+            "unique_tokens": self.n_windows * c.seq_len,  # the training tokens one epoch feeds, as D counts them (analysis: repeated data)
             "steps_per_epoch": self.n_windows / c.global_batch,
             "eval_windows": self.n_eval_windows,
             "unigram_entropy": m["unigram_entropy"],  # nats/token: what a context-free model reaches
