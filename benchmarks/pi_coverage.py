@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.bootstrap import bootstrap_law, intervals  # noqa: E402
+from analysis.bootstrap import bootstrap_law  # noqa: E402
 from analysis.fit import fit_law  # noqa: E402
 from analysis.laws import CHINCHILLA  # noqa: E402
 from analysis.predict import prediction_band  # noqa: E402
