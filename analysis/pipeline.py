@@ -22,7 +22,7 @@ from analysis.costmodel import SIX_N, CostModel, fit_cost_model
 from analysis.data import COLUMNS, Dataset
 from analysis.errors import AnalysisError
 from analysis.fit import fit_law
-from analysis.laws import CHINCHILLA, get_law
+from analysis.laws import CHINCHILLA, Law, chinchilla_fixed_E, get_law
 from analysis.predict import anchors, chinchilla_frontier, fit_loglog, local_exponents, point_fits, predict, predict_points
 
 MIN_USABLE = 0.8  # intervals from fewer usable bootstrap resamples are flagged
@@ -46,7 +46,11 @@ class FitOptions:
     budget_gap: float = 0.05  # decades of C separating inferred IsoFLOP budgets
     at: tuple[float, ...] = ()  # extra compute values for the table (and the figures' reach)
     points: tuple[tuple[float, float], ...] = ()  # (N, D) pairs: the loss each N, D law predicts there (--model/--tokens)
-    fix_E: float | None = None  # approach 2's floor under L*(C) (default: the runs' entropy floor, else approach 3's E)
+    # The floor: approach 3's E is held there (the primary fit; the free-E fit is a diagnostic beside
+    # it) and approach 2's L*(C) = E + A C^-gamma rests on it. None: the entropy floor every run
+    # records, where they record one (approach 2: else approach 3's E).
+    fix_E: float | None = None
+    free_E: bool = False  # approach 3 fits E freely even where a floor is known (then no diagnostic)
     figures: bool = True
     train_loss_fallback: bool = False  # run stores: a run without a finite eval loss is fitted on its train loss (else left out, named)
 
@@ -174,13 +178,17 @@ def isoflop_strata(points, groups):
     return labels if min(np.unique(n[labels == k]).size for k in range(len(values))) >= 3 else None
 
 
-def fit_parametric(law_name: str, points, opts: FitOptions, cost: CostModel, groups, minima, c_range) -> dict:
-    """Fit one law (with bootstrap); for chinchilla also its frontier under the cost model."""
-    law = get_law(law_name)
+def fit_parametric(law_name: str, points, opts: FitOptions, cost: CostModel, groups, minima, c_range,
+                   law: Law | None = None, lobo: bool = True) -> dict:
+    """Fit one law (with bootstrap); for chinchilla also its frontier under the cost model. `law`:
+    a variant of `law_name`'s form to fit instead (chinchilla with E held: `chinchilla_fixed_E`);
+    `lobo`: the leave-one-budget-out refits (chinchilla)."""
+    law = law or get_law(law_name)
+    chinchilla = law_name == "chinchilla"  # the form with a compute-optimal frontier (E free or held)
     fit = fit_law(law, points, delta=opts.huber_delta, starts=_starts(law, opts), warn=False)  # warnings go in the record
     runs, unit = _groups(points)
     entry = {
-        "law": law.name,
+        "law": law_name,
         "formula": law.formula,
         "n_points": fit.n_points,
         "objective": fit.objective,
@@ -207,7 +215,7 @@ def fit_parametric(law_name: str, points, opts: FitOptions, cost: CostModel, gro
         strata = isoflop_strata(points, groups)
         boot = bootstrap_law(law, points, fit, opts.bootstrap, opts.seed, groups=runs if unit == "runs" else None, strata=strata)
         finite = np.all([np.isfinite(v) for v in boot.natural.values()], axis=0)
-        if law is CHINCHILLA:  # a refit with alpha or beta <= 0 has no frontier: unusable, counted
+        if chinchilla:  # a refit with alpha or beta <= 0 has no frontier: unusable, counted
             finite &= (boot.natural["alpha"] > 0) & (boot.natural["beta"] > 0)
         used = boot.converged & finite
         entry["bootstrap"] = _accounting(
@@ -221,7 +229,7 @@ def fit_parametric(law_name: str, points, opts: FitOptions, cost: CostModel, gro
             entry["warnings"].append(f"{law.name}: only {used.mean():.0%} of bootstrap refits are usable; its intervals are rough")
     ci = (lambda k: interval(samples[k], opts.ci_level)) if samples else (lambda k: None)
     entry["params"] = {k: _value(fit.params[k], ci(k)) for k in law.names}
-    if law is CHINCHILLA:
+    if chinchilla:
         entry.update(approach=3, frontier_model="chinchilla")
         a, b = local_exponents(fit.params, cost, *c_range)
         ab = local_exponents(samples, cost, *c_range) if samples else None
@@ -231,11 +239,12 @@ def fit_parametric(law_name: str, points, opts: FitOptions, cost: CostModel, gro
             f"a, b: slopes of log N_opt, log D_opt over the data's C range ({c_range[0]:.3g}..{c_range[1]:.3g}) "
             f"under the cost model; beta/(alpha+beta) = {fit.params['beta'] / (fit.params['alpha'] + fit.params['beta']):.4f} is their limit where c/6N is constant"
         )
-        entry["goodness"]["lobo"] = _lobo_approach3(points, fit, opts, cost, groups, minima)
+        if lobo:
+            entry["goodness"]["lobo"] = _lobo_approach3(points, fit, opts, cost, groups, minima, law)
     return entry
 
 
-def _lobo_approach3(points, fit, opts, cost, groups, minima) -> dict:
+def _lobo_approach3(points, fit, opts, cost, groups, minima, law: Law = CHINCHILLA) -> dict:
     """Refit without each budget, COLD from the same starts as the full fit (a warm start from
     the full fit would carry what it learnt from the held-out budget); predict its minimum."""
     labels = groups[0]
@@ -245,7 +254,7 @@ def _lobo_approach3(points, fit, opts, cost, groups, minima) -> dict:
     for m in minima:
         row = {"C": m["C"], "observed": {"N_opt": m["N_opt"], "loss": m["loss"], "how": m["how"]}}
         try:  # the budget's points weigh 0: the full fit's problem shape, so no new compilation
-            refit = fit_law(CHINCHILLA, points, delta=opts.huber_delta, starts=_starts(CHINCHILLA, opts), warn=False,
+            refit = fit_law(law, points, delta=opts.huber_delta, starts=_starts(law, opts), warn=False,
                             weights=(labels != m["label"]).astype(float))
         except AnalysisError as e:
             refit = None
@@ -449,21 +458,23 @@ def sensitivity(ds: Dataset, pts, opts, cost, entry3, c_max) -> list[dict]:
         rows.append(line("C = 6ND instead of the recorded cost", params, SIX_N))
     if "N_alt" in pts and np.all(np.isfinite(pts["N_alt"])):
         alt = pts.assign(N=pts["N_alt"])
-        fit = fit_law(CHINCHILLA, alt, delta=opts.huber_delta, starts=_starts(CHINCHILLA, opts), warn=False)
+        law = approach3_law(ds.entropy_floor, opts)  # as approach 3 was fitted: E held where it is
+        fit = fit_law(law, alt, delta=opts.huber_delta, starts=_starts(law, opts), warn=False)
         alt_cost = cost_model_for(ds, N=alt["N"]) if not cost.is_6N else SIX_N
         rows.append(line(f"N = {ds.alt_N_name} (refitted)", fit.params, alt_cost))
     return rows
 
 
-def holdout(points, opts: FitOptions, cost, groups, minima) -> dict:
-    """Fit without the K largest budgets; report how well the fit predicts their points and minima."""
+def holdout(points, opts: FitOptions, cost, groups, minima, law: Law | None = None) -> dict:
+    """Fit without the K largest budgets; report how well the fit predicts their points and minima.
+    `law`: the form to refit (default the options' law; approach 3's E-held variant where it is held)."""
     k = opts.holdout_largest
     labels, values, _ = groups
     if k >= len(values):
         raise AnalysisError(f"--holdout-largest {k} would hold out every one of the {len(values)} budgets")
     held = set(np.argsort(values)[-k:].tolist())
     test_mask = np.isin(labels, list(held))
-    law = get_law(opts.law)
+    law = law or get_law(opts.law)
     points = with_unique_tokens(points) if "U" in law.inputs else points
     train, test = points[~test_mask], points[test_mask]
     if len(train) <= law.n_params:
@@ -487,7 +498,7 @@ def holdout(points, opts: FitOptions, cost, groups, minima) -> dict:
         "rmse_nats": float(np.sqrt(np.mean((pred - obs) ** 2))),
         "warnings": list(fit.warnings),
     }
-    if law is CHINCHILLA:
+    if opts.law == "chinchilla":
         out["minima"] = []
         for m in minima:
             if m["label"] in held:
@@ -531,7 +542,9 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
             progress.stage(f"approach {a}: fit" + (f" and {opts.bootstrap} bootstrap refits" if opts.bootstrap else ""))
             try:
                 if a == "3":
-                    record["fits"]["approach3"] = fit_parametric("chinchilla", pts, opts, cost, groups, minima, c_range)
+                    record["fits"]["approach3"], free = fit_approach3(ds, pts, opts, cost, groups, minima, c_range)
+                    if free is not None:
+                        record["approach3_free_E"] = free
                 elif a == "2":
                     lobo3 = record["fits"].get("approach3", {}).get("goodness", {}).get("lobo", {}).get("budgets", [])
                     lobo_E = {r["C"]: r["predicted"]["E"] for r in lobo3 if "predicted" in r}
@@ -563,12 +576,58 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
             record["fits"][name]["points_table"] = predict_points(record, name, N, D)
     if opts.holdout_largest:
         progress.stage(f"holdout: refit without the {opts.holdout_largest} largest budget(s)")
-        record["holdout"] = holdout(pts, opts, cost, groups, minima)
+        record["holdout"] = holdout(pts, opts, cost, groups, minima, approach3_law(ds.entropy_floor, opts) if opts.law == "chinchilla" else None)
     if ds.lr_grid is not None and opts.law == "chinchilla":
         record["lr_grid"] = {"choices": ds.lr_grid["choices"], "n_edge": sum(bool(c["edge"]) for c in ds.lr_grid["choices"])}
         record["lr_sensitivity"], record["lr_sensitivity_exponents"] = lr_sensitivity(ds, opts)
     record["warnings"] = [w for e in record["fits"].values() for w in e.get("warnings", [])] + record.get("holdout", {}).get("warnings", [])
     return record
+
+
+def pinned_E(ds_floor, opts: FitOptions) -> tuple[float | None, str | None]:
+    """(E, where it comes from) that approach 3 holds E at: --fix-E, else the entropy floor every run
+    records; (None, None) with --free-E, or where no floor is known."""
+    if opts.free_E:
+        return None, None
+    if opts.fix_E is not None:  # --fix-E 0 is no floor for approach 3 (its law's E is a positive loss): E free
+        return (float(opts.fix_E), "--fix-E") if opts.fix_E > 0 else (None, None)
+    if ds_floor is not None and ds_floor > 0:
+        return float(ds_floor), "the entropy floor every run records"
+    return None, None
+
+
+def approach3_law(ds_floor, opts: FitOptions) -> Law:
+    """Chinchilla's law as approach 3 fits it: E held at the pinned floor, else free."""
+    E, _ = pinned_E(ds_floor, opts)
+    return CHINCHILLA if E is None else chinchilla_fixed_E(E)
+
+
+def fit_approach3(ds: Dataset, pts, opts: FitOptions, cost, groups, minima, c_range) -> tuple[dict, dict | None]:
+    """(approach 3's entry, the free-E diagnostic or None). Where the floor is known exactly, E is held
+    there and A, B, alpha, beta are fitted (a free E trades itself against the exponents: anywhere
+    from 0.46 to 1.17 across runs of one command, with the floor known to 4 digits); the free-E fit
+    stays beside it, point estimates only, with both fits' predictions at 10x and 100x the data."""
+    E, source = pinned_E(ds.entropy_floor, opts)
+    if E is None:
+        return fit_parametric("chinchilla", pts, opts, cost, groups, minima, c_range), None
+    entry = fit_parametric("chinchilla", pts, opts, cost, groups, minima, c_range, law=approach3_law(ds.entropy_floor, opts))
+    entry["E_pinned"] = {"value": E, "source": source}
+    free = fit_parametric("chinchilla", pts, dataclasses.replace(opts, bootstrap=0), cost, groups, minima, c_range, lobo=False)
+    c_max = c_range[1]
+    at = np.array([10.0 * c_max, 100.0 * c_max])
+
+    def at_reach(e):
+        N, D, L = chinchilla_frontier({k: v["value"] for k, v in e["params"].items()}, cost, at)
+        return [{"C": float(c), "N_opt": float(n), "D_opt": float(d), "loss": float(loss)} for c, n, d, loss in zip(at, N, D, L)]
+
+    diagnostic = {
+        "params": {k: v["value"] for k, v in free["params"].items()},
+        "a": free["a"]["value"],
+        "rmse_nats": free["goodness"]["rmse_nats"],
+        "predictions": {"E_pinned": at_reach(entry), "E_free": at_reach(free)},
+        "note": f"approach 3 is fitted with E held at {E:.6g} ({source}); this fit lets E free, as a diagnostic",
+    }
+    return entry, diagnostic
 
 
 def lr_sensitivity(ds: Dataset, opts: FitOptions) -> tuple[dict, dict]:
@@ -578,7 +637,7 @@ def lr_sensitivity(ds: Dataset, opts: FitOptions) -> tuple[dict, dict]:
     runs = pd.DataFrame(ds.lr_grid["runs"])
     variants = {f"lr_x{f:g}": lr_grid_lib.at_factor(runs, f) for f in sorted(runs["lr_factor"].unique())}
     variants["lr_best"] = ds.points
-    quick = dataclasses.replace(opts, bootstrap=0, holdout_largest=0, at=())
+    quick = dataclasses.replace(opts, bootstrap=0, holdout_largest=0, at=(), points=())
     a_by, exps_by = {}, {}
     for name, pts in variants.items():
         if len(pts) < len(ds.points):  # a factor some points lack (diverged runs, or an edge extension)

@@ -235,7 +235,8 @@ def summary(record: dict, C: float | None = None) -> str:
     C = C or 3.0 * record["data_range"]["C"][1]
     lines = [f"data: {data_range_line(record)}", f"cost model: {record['cost_model']['description']}"]
     for name, e in record["fits"].items():
-        params = ", ".join(f"{k}={_fmt(p['value'])}{' ' + _ci(p) if p.get('ci') else ''}" for k, p in e["params"].items())
+        params = ", ".join(f"{k}={_fmt(p['value'])}{' (held)' if k == 'E' and e.get('E_pinned') else ' ' + _ci(p) if p.get('ci') else ''}"
+                           for k, p in e["params"].items())
         lines.append(f"{name} ({e['n_points']} points): {params}")
         if "a" in e and "a" not in e["params"]:
             lines.append(f"  N_opt ~ C^{_fmt(e['a']['value'])} {_ci(e['a'])}, D_opt ~ C^{_fmt(e['b']['value'])} {_ci(e['b'])}")
@@ -308,10 +309,11 @@ def markdown(record: dict) -> str:
         images = record.get("source", {}).get("units") == "images"
         what = "the Bayes cross-entropy of the images" if images else "best achievable loss over a training window"
         line = f"- Entropy floor recorded by the runs ({what}): {floor:.4f} nats/{'image' if images else 'token'}."
-        if e3:
+        if e3 and not e3.get("E_pinned"):
             E = e3["params"]["E"]
             line += f" Fitted E = {E['value']:.4f} {_ci(E)}: {'consistent with' if E.get('ci') and E['ci'][0] <= floor <= E['ci'][1] else ('below' if E['value'] < floor else 'above')} the floor."
         lines.append(line)
+    lines += pinned_E_lines(record)
     f = record["filters"]
     lines.append(
         f"- Filters: min tokens per parameter = {f.get('min_tokens_per_param')}, exclude top loss = "
@@ -420,4 +422,20 @@ def lr_sensitivity_lines(record: dict) -> list[str]:
     if grid.get("n_edge"):
         edged = [f"{min(c['run_ids'])} ({c['edge']})" for c in grid["choices"] if c["edge"]]
         lines += ["", f"{grid['n_edge']} point(s) have their best lr on a grid edge (loss as measured): {', '.join(edged)}."]
+    return lines
+
+
+def pinned_E_lines(record: dict) -> list[str]:
+    """Approach 3 with E held at the floor, and the free-E fit beside it (the diagnostic)."""
+    e3, free = record["fits"].get("approach3") or {}, record.get("approach3_free_E")
+    if not e3.get("E_pinned"):
+        return []
+    pin = e3["E_pinned"]
+    lines = [f"- Approach 3 (primary) holds E = {pin['value']:.6g} ({pin['source']}) and fits A, B, alpha, beta; `--free-E` fits E too."]
+    if free:
+        p = free["params"]
+        lines.append(f"- Diagnostic, E free: E = {p['E']:.4g}, alpha = {p['alpha']:.3g}, beta = {p['beta']:.3g}, a = {free['a']:.3g} "
+                     f"(RMSE {free['rmse_nats']:.4f} nats). Predictions at 10x / 100x the largest budget, E held vs free: "
+                     + "; ".join(f"C = {h['C']:.3g}: N_opt {_fmt(h['N_opt'])} vs {_fmt(f['N_opt'])}, loss {h['loss']:.4f} vs {f['loss']:.4f}"
+                                 for h, f in zip(free["predictions"]["E_pinned"], free["predictions"]["E_free"])) + ".")
     return lines

@@ -35,7 +35,10 @@ def register(subparsers) -> None:
     p.add_argument("--law", choices=list(LAWS), default="chinchilla",
                    help="functional form (default chinchilla; chinchilla-tied: alpha = beta; data-constrained: repeated epochs, needs U)")
     p.add_argument("--fix-E", type=float, metavar="E", dest="fix_E",
-                   help="approach 2's floor under L*(C) = E + A C^-gamma (default: the runs' entropy floor, else approach 3's E)")
+                   help="the known floor: approach 3 holds E there (its free-E fit a diagnostic beside it) and approach 2's "
+                        "L*(C) = E + A C^-gamma rests on it (default: the entropy floor every run records; a CSV has none)")
+    p.add_argument("--free-E", action="store_true", dest="free_E",
+                   help="approach 3 fits E freely even where the floor is known (default: E held at the floor)")
     p.add_argument("--approach", choices=["1", "2", "3", "all"], default="all",
                    help="Chinchilla approach(es); 'all' runs every one the data allow (default)")
     p.add_argument("--bootstrap", type=nonnegative_int, default=200, metavar="K", help="bootstrap resamples for intervals (default 200; 0: none)")
@@ -145,6 +148,7 @@ def cmd_fit(args) -> int:
         "at": tuple(args.at),
         "points": tuple(points),
         "fix_E": args.fix_E,
+        "free_E": args.free_E,
         "figures": not args.no_figures,
         "train_loss_fallback": args.train_loss_fallback,
     }
