@@ -10,7 +10,8 @@ its heartbeat is older than STALE_AFTER_S, or at once when its holder is a proce
 that no longer exists (a kill -9); a stale claim is taken over by a conditional replace (the
 version read must still be there: the generation on gs://, the bytes under an flock locally), so
 of two launchers that find it stale one takes it. A refresh is conditional too: a holder whose
-claim was taken over (it stalled for longer than the timeout) learns it lost the run.
+claim was taken over (it stalled for longer than the timeout) stops refreshing it and says so on
+stderr (it does not stop training that run: pick a timeout well above any stall).
 
 Why heartbeats and no lock service: the root may be a bucket shared by hosts with nothing else in
 common, and a killed process must not hold its runs forever. The timeout (SCALING_CLAIM_STALE_S,
@@ -24,6 +25,7 @@ import dataclasses
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -87,11 +89,10 @@ class Claims:
     def __init__(self, timeout: float | None = None):
         self.timeout = stale_after_s() if timeout is None else timeout
         self._held: dict[str, tuple[str, float, object]] = {}  # claim path -> (token, started_at, version)
-        self._lost: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.messages: list[str] = []  # takeovers and losses, for the caller to print
+        self.messages: list[str] = []  # takeovers, for the caller to print
 
     def acquire(self, run_path) -> Holder | None:
         """Claim the run: None when this process now holds it, else the live holder."""
@@ -128,10 +129,6 @@ class Claims:
             self._thread.join()
             self._thread = None
 
-    def lost(self, run_path) -> bool:
-        """Whether another process took this run's claim over (this one stalled past the timeout)."""
-        return _claim_path(run_path) in self._lost
-
     def _release(self, path: str) -> None:
         with self._lock:
             held = self._held.pop(path, None)
@@ -155,15 +152,15 @@ class Claims:
                 try:
                     new = storage.replace_if(path, _record(token, started_at, time.time()), version)
                 except Exception as e:  # noqa: BLE001  (a network blip: the next beat tries again)
-                    self.messages.append(f"{path}: heartbeat failed ({type(e).__name__}: {e}); retrying")
+                    print(f"warning: {path}: heartbeat failed ({type(e).__name__}: {e}); retrying", file=sys.stderr, flush=True)
                     continue
                 with self._lock:
                     if path not in self._held:
                         continue  # released meanwhile
                     if new is None:
                         self._held.pop(path)
-                        self._lost.add(path)
-                        self.messages.append(f"{path}: claim lost to another process (this one stalled past {self.timeout:.0f}s)")
+                        print(f"warning: {path}: claim lost to another process (this one stalled past {self.timeout:.0f}s)",
+                              file=sys.stderr, flush=True)
                     else:
                         self._held[path] = (token, started_at, new)
 
