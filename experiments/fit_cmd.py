@@ -73,6 +73,8 @@ def register(subparsers) -> None:
     r.add_argument("dir", help="a folder written by `scaling fit` (or `scaling run`'s ROOT/fit)")
     r.add_argument("--at", type=positive_float, action="append", default=[], metavar="C", help="compute in FLOPs (repeatable)")
     _add_point_args(r, "predict")
+    r.add_argument("--unique-tokens", type=float, action="append", default=[], metavar="U",
+                   help="unique tokens behind the matching --tokens (data-constrained law; default D: nothing repeats)")
     r.add_argument("--json", action="store_true",
                    help="print JSON: {C: [...], approaches: {name: [row per C]}} for --at; {points: [row per (N, D) and approach]} for --model/--tokens")
     r.set_defaults(func=cmd_predict)
@@ -238,7 +240,10 @@ def cmd_predict(args) -> int:
             if not point_fits(record):
                 raise AnalysisError(f"{args.dir}/fit.json has no law of N and D to predict the loss at (N, D) with (fit approach 3 or an N, D law)")
             N, D = zip(*pairs)
-            rows = [r for n in point_fits(record) for r in predict_points(record, n, N, D)]
+            if args.unique_tokens and len(args.unique_tokens) != len(pairs):
+                raise AnalysisError(f"give one --unique-tokens per --model/--tokens pair or none: {len(pairs)} pairs and {len(args.unique_tokens)} --unique-tokens values")
+            U = args.unique_tokens or None
+            rows = [r for n in point_fits(record) for r in predict_points(record, n, N, D, U)]
         if args.json:
             out = {"C": [float(c) for c in args.at], "approaches": {n: predict(record, n, args.at) for n in names}} if args.at else {}
             if pairs:

@@ -183,3 +183,7 @@ def test_a_run_store_gives_unique_tokens_and_the_data_constrained_law_fits_it(tm
     assert e["params"]["R_star"]["value"] == pytest.approx(15.0, rel=0.05)
     (row,) = e["points_table"]  # U not given: no repetition assumed, D' = D
     assert row["U"] == 4e9 and row["loss"]["value"] == pytest.approx(true["E"] + true["A"] / 1e8 ** 0.34 + true["B"] / 4e9 ** 0.28, rel=2e-3)
+    from analysis.predict import predict_points
+
+    (row,) = predict_points(rec, "data-constrained", [1e8], [4e9], U=[4e8])  # ten epochs of 4e8 unique tokens
+    assert row["loss"]["value"] == pytest.approx(true["E"] + true["A"] / 1e8 ** 0.34 + true["B"] / effective_data(4e8, 4e9, 15.0) ** 0.28, rel=2e-3)
