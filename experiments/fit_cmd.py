@@ -13,7 +13,6 @@ bad argument (a usage error, as argparse's), 1 for data that cannot be fitted.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -261,8 +260,10 @@ def cmd_predict(args) -> int:
 
 def main(argv=None) -> int:
     """`python -m experiments.fit_cmd fit ...` without the rest of the `scaling` command."""
-    parser = argparse.ArgumentParser(prog="scaling")
-    register(parser.add_subparsers(dest="command", required=True))
+    from experiments.cli import Parser
+
+    parser = Parser(prog="scaling")
+    register(parser.add_subparsers(dest="command", required=True, parser_class=Parser))
     args = parser.parse_args(argv)
     return args.func(args)
 
