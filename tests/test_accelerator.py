@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from lib.config import DataConfig, MeshConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig
+from lib.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig
 from lib.parallel import sharding
 from lib.train.step import build_steps
 
