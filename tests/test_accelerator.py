@@ -1,8 +1,8 @@
 """What a lent accelerator must confirm, runnable anywhere (marked `accelerator`).
 
 `benchmarks/accelerator_check.sh` runs every test marked `accelerator` on the machine's default
-backend (these here, the vmapped pack in test_pack.py and kill-and-resume in test_train.py); the
-normal suite runs the same tests on CPU. Each uses the default backend's first device, so on a
+backend (bf16 against fp32 and a sharded mesh on one device here, the vmapped pack in test_pack.py,
+kill-and-resume in test_train.py); the normal suite runs the same tests on CPU. Each uses the default backend's first device, so on a
 GPU box they test the GPU.
 """
 
@@ -24,8 +24,8 @@ pytestmark = pytest.mark.accelerator
 REPO = Path(__file__).resolve().parents[1]
 
 # bf16 compute (fp32 parameters, optimizer and loss) against fp32 compute, same init and batches:
-# measured on CPU, the 40-step losses differ by at most 0.4% (relative); a bf16 step that went
-# wrong (a cast dropped, fp32 state rounded) moves them by tens of percent.
+# measured on CPU, the 40 losses (5.89 -> 4.10 nats) differ by at most 0.12% (relative); 2% leaves
+# room for a GPU's bf16 kernels (their accumulation order differs from XLA:CPU's).
 BF16_RTOL = 0.02
 
 
@@ -64,13 +64,13 @@ def test_bf16_compute_tracks_fp32_within_tolerance():
     assert not np.array_equal(bf16, fp32)  # and bf16 really computed in bf16
 
 
-def test_every_mesh_preset_on_one_device_trains_the_same_numbers():
-    """On one device every mesh axis has size 1: dp, fsdp and ep are the same program up to the
-    order of float sums, so their losses agree to float rounding."""
+def test_a_sharded_mesh_preset_on_one_device_trains_the_dp_numbers():
+    """On one device every mesh axis has size 1: fsdp (parameters and optimizer state sharded by the
+    rules table) is dp's program up to the order of float sums, so the losses agree to rounding."""
     device = jax.devices()[:1]
-    losses = {p: _losses(_cfg().with_overrides({"mesh.preset": p}), device, steps=10) for p in ("dp", "fsdp", "ep")}
-    for preset in ("fsdp", "ep"):
-        np.testing.assert_allclose(losses[preset], losses["dp"], rtol=1e-5, err_msg=preset)
+    dp, fsdp = (_losses(_cfg().with_overrides({"mesh.preset": p}), device, steps=8) for p in ("dp", "fsdp"))
+    assert dp[-1] < dp[0]
+    np.testing.assert_allclose(fsdp, dp, rtol=1e-5)
 
 
 def test_the_accelerator_check_runs_on_cpu_without_datasets_wandb_or_gcsfs(tmp_path):

@@ -18,6 +18,7 @@ Parametrization (`cfg.parametrization`):
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -83,15 +84,16 @@ class RMSNorm(nn.Module):
         return (y * scale_D).astype(x_BTD.dtype)
 
 
+@functools.lru_cache(maxsize=64)
 def rope_tables(T: int, K: int, theta: float):
-    """cos and signed sin [T, K] for `rope`: the rotate-half pair (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)
-    is x * cos + swap_halves(x) * sin with sin's first half negated. Evaluated while tracing (constants
-    of the program): left in the graph, XLA:CPU recomputed sin and cos inside every fusion using them."""
-    with jax.ensure_compile_time_eval():
-        inv_freq = 1.0 / (theta ** (jnp.arange(0, K, 2, dtype=jnp.float32) / K))
-        angles_TK2 = jnp.arange(T, dtype=jnp.float32)[:, None] * inv_freq[None, :]
-        sin, cos = jnp.sin(angles_TK2), jnp.cos(angles_TK2)
-        return jnp.concatenate([cos, cos], axis=-1), jnp.concatenate([-sin, sin], axis=-1)
+    """cos and signed sin [T, K] (numpy float32) for `rope`: the rotate-half pair (x1, x2) -> (x1 cos -
+    x2 sin, x2 cos + x1 sin) is x * cos + swap_halves(x) * sin with sin's first half negated. Host
+    constants of the program: computed in the graph, XLA:CPU recomputed sin and cos inside every
+    fusion using them (and numpy, unlike an eager jnp computation, is safe inside shard_map)."""
+    inv_freq = (1.0 / (np.float32(theta) ** (np.arange(0, K, 2, dtype=np.float32) / np.float32(K)))).astype(np.float32)
+    angles_TK2 = np.arange(T, dtype=np.float32)[:, None] * inv_freq[None, :]
+    sin, cos = np.sin(angles_TK2), np.cos(angles_TK2)
+    return np.concatenate([cos, cos], axis=-1), np.concatenate([-sin, sin], axis=-1)
 
 
 def swap_halves(x):
