@@ -73,6 +73,7 @@ def _without(d: dict, keys) -> dict:
     return {k: v for k, v in d.items() if k not in keys}
 
 
+@pytest.mark.accelerator
 @pytest.mark.parametrize("chunk", ["auto", None], ids=["cpu-default", "vmap"])
 def test_a_pack_trains_every_run_as_it_would_alone(alone, tmp_path, chunk):
     """On CPU a pack computes its runs one by one inside its program (chunk 1); chunk None vmaps all of them."""

@@ -49,7 +49,8 @@ def test_activation_constraints_take_effect_only_under_the_mesh_and_rules():
         constrained = fwd.lower(params, tokens).as_text()
     unconstrained = jax.jit(lambda p, t: model.apply({"params": p}, t)).lower(params, tokens).as_text()
     assert constrained.count("sdy.sharding_constraint") >= 5
-    assert '[{"data", "fsdp", "expert"}, {}, {"tensor"}, {}]' in constrained  # q/k/v: batch over data+fsdp+expert, heads over tensor
+    # q/k/v (heads-major, [B, H, T, K] in the XLA attention path): batch over data+fsdp+expert, heads over tensor
+    assert '[{"data", "fsdp", "expert"}, {"tensor"}, {}, {}]' in constrained
     assert "sharding_constraint" not in unconstrained
 
 

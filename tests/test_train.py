@@ -208,6 +208,7 @@ def _wait_for_checkpoint(workdir, proc, step, timeout=240):
         time.sleep(0.02)
 
 
+@pytest.mark.accelerator
 @pytest.mark.timeout(600)
 def test_sigkill_after_a_checkpoint_then_relaunch_equals_an_uninterrupted_run(tmp_path):
     steps, every = 300, 20

@@ -18,11 +18,13 @@ Parametrization (`cfg.parametrization`):
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lib.config import ModelConfig
 from lib.models import base
@@ -31,6 +33,7 @@ from lib.models import base
 # (data, fsdp), parameters shard d_model over fsdp; one name for both would map fsdp twice.
 ACT_BTD = ("act_batch", "act_len", "act_embed")
 ACT_BTHK = ("act_batch", "act_len", "act_heads", "act_kv")
+ACT_BHTK = ("act_batch", "act_heads", "act_len", "act_kv")
 ACT_BTF = ("act_batch", "act_len", "act_mlp")
 ACT_BTV = ("act_batch", "act_len", "act_vocab")
 
@@ -81,15 +84,49 @@ class RMSNorm(nn.Module):
         return (y * scale_D).astype(x_BTD.dtype)
 
 
-def rope(x_BTHK, theta: float):
-    """Rotary position embedding (rotate-half form), positions 0..T-1."""
-    T, K = x_BTHK.shape[1], x_BTHK.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, K, 2, dtype=jnp.float32) / K))
-    angles_TK2 = jnp.arange(T, dtype=jnp.float32)[:, None] * inv_freq[None, :]
-    sin, cos = jnp.sin(angles_TK2)[None, :, None, :], jnp.cos(angles_TK2)[None, :, None, :]
-    x1, x2 = jnp.split(x_BTHK.astype(jnp.float32), 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x_BTHK.dtype)
+@functools.lru_cache(maxsize=64)
+def rope_tables(T: int, K: int, theta: float):
+    """cos and signed sin [T, K] (numpy float32) for `rope`: the rotate-half pair (x1, x2) -> (x1 cos -
+    x2 sin, x2 cos + x1 sin) is x * cos + swap_halves(x) * sin with sin's first half negated. Host
+    constants of the program: computed in the graph, XLA:CPU recomputed sin and cos inside every
+    fusion using them (and numpy, unlike an eager jnp computation, is safe inside shard_map)."""
+    inv_freq = (1.0 / (np.float32(theta) ** (np.arange(0, K, 2, dtype=np.float32) / np.float32(K)))).astype(np.float32)
+    angles_TK2 = np.arange(T, dtype=np.float32)[:, None] * inv_freq[None, :]
+    sin, cos = np.sin(angles_TK2), np.cos(angles_TK2)
+    return np.concatenate([cos, cos], axis=-1), np.concatenate([-sin, sin], axis=-1)
+
+
+def swap_halves(x):
+    """(x1, x2) -> (x2, x1) on the last axis, as a reshape and a reverse (one elementwise pass, where
+    split + concatenate left XLA a pad and a concatenate per use in the backward pass)."""
+    K = x.shape[-1]
+    return jnp.flip(x.reshape(*x.shape[:-1], 2, K // 2), axis=-2).reshape(x.shape)
+
+
+def rope(x, theta: float, time_axis: int = 1):
+    """Rotary position embedding (rotate-half form), positions 0..T-1 along `time_axis`, head_dim last."""
+    T, K = x.shape[time_axis], x.shape[-1]
+    cos_TK, sin_TK = rope_tables(T, K, theta)
+    where = (slice(None),) + (None,) * (x.ndim - time_axis - 2) + (slice(None),)  # [T, 1.., K] against x
+    cos, sin = cos_TK[where], sin_TK[where]
+    x32 = x.astype(jnp.float32)
+    return (x32 * cos + swap_halves(x32) * sin).astype(x.dtype)
+
+
+def attention_xla(q_BHTK, k_BHSK, v_BHSK, scale: float | None, causal: bool):
+    """jax.nn.dot_product_attention's XLA path (the same ops: f32 logits, scale, mask with its large
+    negative, f32 softmax), heads-major: with batch and heads leading, both attention matmuls are
+    plain batched matmuls and XLA inserts no transposes around them."""
+    K, T, S = q_BHTK.shape[-1], q_BHTK.shape[2], k_BHSK.shape[2]
+    precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q_BHTK.dtype == jnp.bfloat16 else None
+    logits = jnp.einsum("bhtk,bhsk->bhts", q_BHTK, k_BHSK, precision=precision,
+                        preferred_element_type=jnp.promote_types(q_BHTK.dtype, jnp.float32))
+    logits *= jnp.array(1.0 / K**0.5 if scale is None else scale, dtype=logits.dtype)
+    if causal:
+        mask_TS = jnp.tril(jnp.ones((T, S), jnp.bool_))
+        logits = jnp.where(mask_TS, logits, jnp.asarray(-0.7 * float(jnp.finfo(logits.dtype).max), logits.dtype))
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(k_BHSK.dtype)
+    return jnp.einsum("bhts,bhsk->bhtk", probs, v_BHSK)
 
 
 class Attention(nn.Module):
@@ -103,18 +140,46 @@ class Attention(nn.Module):
         D, H, K = cfg.d_model, cfg.n_heads, cfg.head_dim
         w_qkv = _param(self, "qkv", (3, D, H, K), (None, "embed", "heads", "kv"), _hidden_init(cfg))
         w_out = _param(self, "out", (H, K, D), ("heads", "kv", "embed"), _hidden_init(cfg))
+        scale = 1.0 / K if cfg.parametrization == "mup" else None  # None: 1/sqrt(K)
+        if cfg.attention_impl == "xla":  # heads-major: q, k, v come out of the projection as [B, H, T, K]
+            qkv = jnp.einsum("btd,cdhk->cbhtk", x_BTD, w_qkv.astype(dt))
+            position = (lambda x: rope(x, cfg.rope_theta, time_axis=2)) if self.use_rope else (lambda x: x)
+            q, k, v = (nn.with_logical_constraint(x, ACT_BHTK) for x in (position(qkv[0]), position(qkv[1]), qkv[2]))
+            o_BHTK = nn.with_logical_constraint(attention_xla(q, k, v, scale, self.causal), ACT_BHTK)
+            return jnp.einsum("bhtk,hkd->btd", o_BHTK, w_out.astype(dt))
         qkv = jnp.einsum("btd,cdhk->cbthk", x_BTD, w_qkv.astype(dt))
         position = (lambda x: rope(x, cfg.rope_theta)) if self.use_rope else (lambda x: x)
         q_BTHK = nn.with_logical_constraint(position(qkv[0]), ACT_BTHK)
         k_BTHK = nn.with_logical_constraint(position(qkv[1]), ACT_BTHK)
         v_BTHK = nn.with_logical_constraint(qkv[2], ACT_BTHK)
-        scale = 1.0 / K if cfg.parametrization == "mup" else None  # None: 1/sqrt(K)
-        o_BTHK = jax.nn.dot_product_attention(
-            q_BTHK, k_BTHK, v_BTHK, scale=scale, is_causal=self.causal,
-            implementation=None if cfg.attention_impl == "xla" else cfg.attention_impl,
-        )
+        o_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTHK, v_BTHK, scale=scale, is_causal=self.causal, implementation=cfg.attention_impl)
         o_BTHK = nn.with_logical_constraint(o_BTHK, ACT_BTHK)
         return jnp.einsum("bthk,hkd->btd", o_BTHK, w_out.astype(dt))
+
+
+@jax.custom_vjp
+def gelu(x):
+    """flax's nn.gelu (the tanh approximation), with its derivative computed in the same pass as the
+    value and saved: autodiff's backward recomputes tanh, and XLA:CPU duplicated that fusion into
+    both consumers of the hidden gradient (the input gradient and the weight gradient)."""
+    return _gelu_and_slope(x)[0]
+
+
+def _gelu_and_slope(x):
+    c = np.sqrt(2 / np.pi).astype(x.dtype)
+    x2 = x * x
+    t = jnp.tanh(c * (x + 0.044715 * (x2 * x)))
+    cdf = 0.5 * (1.0 + t)
+    slope = cdf + x * (0.5 * (1.0 - t * t)) * (c * (1.0 + 3 * 0.044715 * x2))
+    return x * cdf, slope
+
+
+def _gelu_fwd(x):
+    y, slope = _gelu_and_slope(x)
+    return y, slope
+
+
+gelu.defvjp(_gelu_fwd, lambda slope, g: (g * slope,))
 
 
 class Mlp(nn.Module):
@@ -131,7 +196,7 @@ class Mlp(nn.Module):
             w_gate = _param(self, "wg", (D, F), ("embed", "mlp"), _hidden_init(cfg))
             h_BTF = nn.silu(x_BTD @ w_gate.astype(dt)) * h_BTF
         else:
-            h_BTF = nn.gelu(h_BTF)
+            h_BTF = gelu(h_BTF)
         h_BTF = nn.with_logical_constraint(h_BTF, ACT_BTF)
         return h_BTF @ w_out.astype(dt)
 
