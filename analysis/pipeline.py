@@ -610,7 +610,7 @@ def fit_approach3(ds: Dataset, pts, opts: FitOptions, cost, groups, minima, c_ra
     E, source = pinned_E(ds.entropy_floor, opts)
     if E is None:
         return fit_parametric("chinchilla", pts, opts, cost, groups, minima, c_range), None
-    entry = fit_parametric("chinchilla", pts, opts, cost, groups, minima, c_range, law=approach3_law(ds.entropy_floor, opts))
+    entry = fit_parametric("chinchilla", pts, opts, cost, groups, minima, c_range, law=chinchilla_fixed_E(E))
     entry["E_pinned"] = {"value": E, "source": source}
     free = fit_parametric("chinchilla", pts, dataclasses.replace(opts, bootstrap=0), cost, groups, minima, c_range, lobo=False)
     c_max = c_range[1]

@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Any
 
-from experiments.cli import add_distributed_args, add_set_arg, load_experiment
+from experiments.cli import _process_count, add_distributed_args, add_set_arg, load_experiment
 from lib.config import ConfigError, parse_set_args
 from lib.sweeps.executors import SweepReport, SweepStopped
 from lib.store.runstore import RunDir, load_runs, read_json, run_dirs, shown_state, summary_D, write_json_atomic
@@ -120,12 +120,6 @@ def run_sweep(sweep: Sweep, root, options: SweepOptions | None = None) -> SweepR
             say(f"learning rate per point: best lr on a grid edge for {len(more)} point(s); adding one run each past it ({path})")
             return run_sweep(sweep, root, options)
     return report
-
-
-def _process_count() -> int:
-    import jax
-
-    return jax.process_count()
 
 
 def _worker_envs(options: SweepOptions) -> list[dict[str, str]]:
