@@ -8,6 +8,7 @@ import os
 import pytest
 
 from lib.config import ConfigError, RunConfig, parse_set_args
+from lib.config_rules import validate
 
 BAD = [
     ({"model.d_model": 30, "model.n_heads": 4}, "model.d_model", "not divisible by n_heads"),
@@ -34,13 +35,13 @@ BAD = [
 @pytest.mark.parametrize("overrides,field,fix", BAD)
 def test_each_bad_config_names_the_field_and_the_fix(overrides, field, fix):
     with pytest.raises(ConfigError) as e:
-        RunConfig().with_overrides(overrides).validate(device_count=8)
+        validate(RunConfig().with_overrides(overrides), device_count=8)
     assert str(e.value).startswith(f"{field}:") and fix in str(e.value)
 
 
 def test_the_default_config_is_valid_on_one_and_eight_devices():
-    RunConfig().validate(1)
-    RunConfig().validate(8)
+    validate(RunConfig(), 1)
+    validate(RunConfig(), 8)
 
 
 def test_unknown_set_key_is_an_error_listing_the_known_fields():

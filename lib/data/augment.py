@@ -38,3 +38,7 @@ def augment(images_BHWC: np.ndarray, rows: np.ndarray, seed: int, mode: str, pad
         flip = (h & np.uint64(1)).astype(bool)
         out = np.where(flip[:, None, None, None], out[:, :, ::-1], out)
     return np.ascontiguousarray(out)
+
+
+# == configuration (lib/data/base.py check_image_fields) ==============================================
+AUGMENTS = ("none", "flip", "crop", "crop_flip")  # data.augment: training batches only
