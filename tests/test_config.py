@@ -144,3 +144,13 @@ def test_a_new_field_with_a_default_keeps_every_run_id_and_setting_it_changes_it
         grown = top(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(RunConfig)})
         assert grown.content_hash() == cfg.content_hash()
         assert dataclasses.replace(grown, new_top=1).content_hash() != cfg.content_hash()
+
+
+def test_the_shape_tag_names_heads_only_for_the_families_that_declare_attention():
+    from lib.models import shape_tag
+
+    model = RunConfig().with_overrides({"model.d_model": 48, "model.n_layers": 3, "model.n_heads": 6}).model
+    tags = {f: shape_tag(dataclasses.replace(model, family=f)) for f in ("transformer", "moe", "vit", "lstm", "cnn", "resnet")}
+    assert tags == {"transformer": "transformer d_model 48, n_layers 3, n_heads 6", "moe": "moe d_model 48, n_layers 3, n_heads 6",
+                    "vit": "vit d_model 48, n_layers 3, n_heads 6", "lstm": "lstm d_model 48, n_layers 3",
+                    "cnn": "cnn d_model 48, n_layers 3", "resnet": "resnet d_model 48, n_layers 3"}
