@@ -84,7 +84,7 @@ class EpochSampler:
 import dataclasses  # noqa: E402  (the config section sits at the end)
 from typing import Callable  # noqa: E402
 
-from lib.config import DataConfig, one_of, require  # noqa: E402
+from lib.config import DataConfig  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,13 +95,3 @@ class SourceSpec:
     # Its own fields: raise lib.config.ConfigError naming the field and the fix (lib.config.require).
     validate: Callable[[DataConfig], None] = lambda d: None
 
-
-def check_image_fields(d: DataConfig) -> None:
-    """The fields both image sources read (lib/data/images.py, image_store.py)."""
-    from lib.data.augment import AUGMENTS
-
-    require(d.image_size >= 4, "data.image_size", f"must be at least 4 pixels, got {d.image_size}")
-    require(d.image_channels in (1, 3), "data.image_channels", f"must be 1 (grayscale) or 3 (RGB), got {d.image_channels}")
-    require(d.num_classes >= 0, "data.num_classes", f"must be >= 0 (0: the default / the dataset's), got {d.num_classes}")
-    one_of(d.augment, AUGMENTS, "data.augment")
-    require(0 <= d.crop_pad < d.image_size, "data.crop_pad", f"must be in 0..image_size-1 ({d.image_size - 1}), got {d.crop_pad}")

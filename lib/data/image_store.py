@@ -325,7 +325,8 @@ class _Writer:
 
 # == configuration: the rules lib/config_rules.py runs for data.source=hf_images =======================
 from lib.config import require  # noqa: E402  (the config section sits at the end)
-from lib.data.base import SourceSpec, check_image_fields  # noqa: E402
+from lib.data.augment import check_image_fields  # noqa: E402
+from lib.data.base import SourceSpec  # noqa: E402
 
 
 def _check(d: DataConfig) -> None:

@@ -246,7 +246,8 @@ def _normals(key: np.ndarray, count: int) -> np.ndarray:
 
 # == configuration: the rules lib/config_rules.py runs for data.source=synthetic_images ================
 from lib.config import require  # noqa: E402  (the config section sits at the end)
-from lib.data.base import SourceSpec, check_image_fields  # noqa: E402
+from lib.data.augment import check_image_fields  # noqa: E402
+from lib.data.base import SourceSpec  # noqa: E402
 
 
 def _check(d: DataConfig) -> None:
