@@ -431,6 +431,10 @@ def check_model(m: ModelConfig) -> None:
         require(getattr(m, name) > 0, f"model.{name}", "must be positive")
     require(m.vocab_size >= 0, "model.vocab_size", "must be positive (or 0 to take it from the data)")
     require(m.d_ff >= 0, "model.d_ff", "must be positive (or 0 for 4 * d_model)")
+
+
+def check_model_training(m: ModelConfig) -> None:
+    """The fields that say how any family trains (checked after the family's own)."""
     require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
     one_of(m.parametrization, PARAMETRIZATIONS, "model.parametrization")
     require(m.base_width >= 0, "model.base_width", f"must be >= 0, got {m.base_width}")
@@ -450,7 +454,6 @@ def check_train_and_optimizer(cfg: RunConfig) -> None:
     for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
         require(getattr(t, name) > 0, f"train.{name}", "must be positive")
     require(t.eval_tokens > 0, "train.eval_tokens", f"held-out tokens per evaluation must be positive, got {t.eval_tokens}; e.g. 65536")
-    require(t.microbatches >= 0, "train.microbatches", f"must be >= 0 (0: no pipeline schedule), got {t.microbatches}")
     one_of(t.flops_convention, FLOPS_CONVENTIONS, "train.flops_convention")
 
     one_of(o.name, OPTIMIZERS, "optimizer.name")

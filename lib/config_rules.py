@@ -20,6 +20,7 @@ from lib.config import (
     check_data,
     check_mesh,
     check_model,
+    check_model_training,
     check_train_and_optimizer,
     eval_chunk_rows,
     eval_rows,
@@ -42,6 +43,7 @@ def validate(cfg: RunConfig, device_count: int | None = None) -> RunConfig:
     fam = models.spec(m.family)
     check_model(m)
     fam.validate(m)
+    check_model_training(m)
     _check_mup(cfg, fam)
     one_of(d.source, tuple(data.SOURCES), "data.source")
     source = data.source_spec(d.source)
@@ -91,6 +93,7 @@ def _check_task(cfg: RunConfig, fam: FamilySpec, source: SourceSpec) -> None:
 def _check_pipeline_shape(cfg: RunConfig, fam: FamilySpec, stage: int) -> None:
     """mesh.stage / train.microbatches against the model (lib/parallel/pipeline.py's assumptions)."""
     m, t = cfg.model, cfg.train
+    require(t.microbatches >= 0, "train.microbatches", f"must be >= 0 (0: no pipeline schedule), got {t.microbatches}")
     if stage == 1 and not t.microbatches:
         return
     if stage != 1:  # -1 (the rest): checked again once the device count resolves it
