@@ -62,7 +62,7 @@ def _check_mup(cfg: RunConfig, fam: FamilySpec) -> None:
     m = cfg.model
     if m.parametrization != "mup":
         return
-    require(fam.mup, "model.parametrization", f"mup is implemented for the {_names(lambda s: s.mup)} family, not '{m.family}'; use sp")
+    require(fam.mup, "model.parametrization", f"mup is implemented for the {_families(lambda s: s.mup)}, not '{m.family}'; use sp")
     require(m.base_width > 0, "model.base_width", "muP needs the width its learning rate was tuned at, e.g. --set model.base_width=32")
     require(m.base_width <= m.d_model, "model.base_width",
             f"base_width {m.base_width} is larger than the model (d_model {m.d_model}); use the smallest width of the ladder")
@@ -101,7 +101,7 @@ def _check_pipeline_shape(cfg: RunConfig, fam: FamilySpec, stage: int) -> None:
                 f"a pipeline over mesh.stage={stage} stages needs microbatches >= stages (bubble (S-1)/(M+S-1)); "
                 f"e.g. --set train.microbatches={4 * max(stage, 1)}")
     require(fam.pipeline, "mesh.stage",
-            f"pipeline stages are implemented for the {_names(lambda s: s.pipeline)}'s scanned layers, not '{m.family}'; "
+            f"pipeline stages are implemented for the {_families(lambda s: s.pipeline, possessive=True)} scanned layers, not '{m.family}'; "
             "use mesh.stage=1 and train.microbatches=0")
     require(m.scan_layers, "model.scan_layers", "the pipeline splits the scanned layer stack [L, ...]; use --set model.scan_layers=true")
     require(m.dropout == 0.0, "model.dropout", f"the pipeline schedule runs without dropout, got {m.dropout}; use --set model.dropout=0")
@@ -156,6 +156,10 @@ def _check_pipeline_batch(cfg: RunConfig, dp: int, eval_set_rows: int) -> None:
             f"{dp * t.microbatches * d.seq_len} tokens")
 
 
-def _names(declares) -> str:
-    """The registered families that declare something, for a message: "transformer" or "a, b"."""
-    return ", ".join(name for name, s in models.SPECS.items() if declares(s)) or "no"
+def _families(declares, possessive: bool = False) -> str:
+    """The registered families that declare something, for a message: "transformer family" (possessive
+    "transformer's"), or "transformer and moe families" ("transformer and moe families'")."""
+    names = [name for name, s in models.SPECS.items() if declares(s)] or ["no"]
+    if len(names) == 1:
+        return f"{names[0]}'s" if possessive else f"{names[0]} family"
+    return f"{' and '.join(names)} families" + ("'" if possessive else "")

@@ -74,7 +74,7 @@ def test_a_family_defined_outside_lib_is_validated_counted_and_trained(registere
         validate(cfg.with_overrides({"model.n_layers": 5}))
     with pytest.raises(ConfigError, match=r"^model\.family: data\.source 'synthetic_images' gives images and labels; 'tanh_stack'"):
         validate(cfg.with_overrides({"data.source": "synthetic_images"}))
-    with pytest.raises(ConfigError, match=r"^model\.parametrization: mup is implemented for the transformer family, not 'tanh_stack'"):
+    with pytest.raises(ConfigError, match=r"^model\.parametrization: mup is implemented for the .+, not 'tanh_stack'; use sp$"):
         validate(cfg.with_overrides({"model.parametrization": "mup", "model.base_width": 32}))
     assert models.shape_tag(cfg.model) == "tanh d32-L2"
 
