@@ -150,6 +150,7 @@ def step_vs_batch(data_cfg, root: str, steps: int) -> list[dict]:
 
     from lib.parallel import sharding
     from lib.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
+    from lib.config_rules import validate
     from lib.data import make_source, resolve_vocab
     from lib.train.step import build_steps
 
@@ -168,7 +169,7 @@ def step_vs_batch(data_cfg, root: str, steps: int) -> list[dict]:
             "data.tokenizer": data_cfg.tokenizer, "data.seq_len": seq_len, "data.data_root": root,
         })
         devices = jax.devices()
-        cfg.validate(len(devices))
+        validate(cfg, len(devices))
         source = make_source(cfg.data, data_root=root)
         cfg = resolve_vocab(cfg, source)
         mesh = sharding.make_mesh(cfg.mesh, devices)

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from lib.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig
+from lib.config_rules import validate
 from lib.data import make_source
 from lib.models.transformer import Transformer
 from lib.train.optim import learning_rate, make_run_direction
@@ -39,13 +40,13 @@ RESULTS = Path(__file__).resolve().parent / "results" / "mup_transfer.json"
 
 def config(parametrization: str, width: int, base_width: int, n_layers: int, n_heads: int, seq_len: int, batch: int,
            steps: int, lr: float = 1.0, schedule: str = "cosine", warmup: int = 0) -> RunConfig:
-    return RunConfig(
+    return validate(RunConfig(
         model=ModelConfig(d_model=width, n_layers=n_layers, n_heads=n_heads, vocab_size=64, parametrization=parametrization,
                           base_width=base_width if parametrization == "mup" else 0),
         data=DataConfig(seq_len=seq_len, global_batch=batch),
         optimizer=OptimizerConfig(name="adamw", lr=lr, weight_decay=0.0, clip_norm=0.0, schedule=schedule, warmup_steps=warmup),
         train=TrainConfig(steps=steps),
-    ).validate()
+    ))
 
 
 def train_grid(cfg: RunConfig, lrs, seed: int = 0):

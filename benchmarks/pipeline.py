@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from lib.config import DataConfig, MeshConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig  # noqa: E402
+from lib.config_rules import validate  # noqa: E402
 from lib.models.transformer import one_layer  # noqa: E402
 from lib.parallel import pipeline, sharding  # noqa: E402
 from lib.train.step import build_steps  # noqa: E402
@@ -79,14 +80,14 @@ def measure(args, devices, stages: int, microbatches: int) -> dict:
     data = len(devices) // stages
     batch = microbatches * args.rows * data
     on_accel = devices[0].platform != "cpu"
-    cfg = RunConfig(
+    cfg = validate(RunConfig(
         model=ModelConfig(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
                           scan_layers=True, compute_dtype="bfloat16" if on_accel else "float32"),
         data=DataConfig(seq_len=args.seq_len, global_batch=batch),
         optimizer=OptimizerConfig(name="adamw", lr=1e-4, warmup_steps=0),
         train=TrainConfig(steps=args.steps + 2, microbatches=microbatches, eval_tokens=batch * args.seq_len),
         mesh=MeshConfig(stage=stages, data=data),
-    ).validate(len(devices))
+    ), len(devices))
     mesh = sharding.make_mesh(cfg.mesh, devices)
     rng = np.random.default_rng(0)
     with sharding.activate(mesh):

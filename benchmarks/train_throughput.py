@@ -42,6 +42,7 @@ from lib import flops as flops_lib  # noqa: E402
 from lib import models  # noqa: E402
 from lib.parallel import sharding  # noqa: E402
 from lib.config import DataConfig, MeshConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig  # noqa: E402
+from lib.config_rules import validate  # noqa: E402
 from lib.train.step import build_steps  # noqa: E402
 
 # name -> (d_model, n_layers, n_heads). The named sizes are GPT-2/3 shapes at vocab 50304 (a
@@ -82,7 +83,7 @@ def bench(name: str, args, devices) -> list[dict]:
     """Rows for size `name`: this tree's step, and with --baseline the baseline's, timed in the same rounds."""
     d, L, H = SIZES[name]
     on_accel = devices[0].platform != "cpu"
-    cfg = RunConfig(
+    cfg = validate(RunConfig(
         model=ModelConfig(
             vocab_size=args.vocab, d_model=d, n_layers=L, n_heads=H, mlp=args.mlp,
             compute_dtype="bfloat16" if on_accel else "float32",
@@ -93,7 +94,7 @@ def bench(name: str, args, devices) -> list[dict]:
         optimizer=OptimizerConfig(name="adamw", lr=1e-4, warmup_steps=0),
         train=TrainConfig(steps=args.steps + 2),
         mesh=MeshConfig(preset=args.mesh),
-    ).validate(len(devices))
+    ), len(devices))
     mesh = sharding.make_mesh(cfg.mesh, devices)
     rng = np.random.default_rng(0)
     tokens = args.batch * args.seq_len

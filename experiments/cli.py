@@ -51,7 +51,9 @@ def run_config_from_args(args):
 
 
 def cmd_train(args) -> int:
-    cfg = run_config_from_args(args).validate()  # a bad config fails here, before jax and the model code are imported
+    from lib.config_rules import validate
+
+    cfg = validate(run_config_from_args(args))  # a bad config fails here, before anything is compiled
 
     from lib.parallel.distributed import initialize_from_args
     from lib.store.claims import RunClaimed

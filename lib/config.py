@@ -1,8 +1,10 @@
-"""Run configuration: frozen dataclasses, validation, overrides, JSON round trip, content hash.
+"""Run configuration: frozen dataclasses, the sections' shared checks, overrides, JSON, content hash.
 
-A `RunConfig` fully describes one training run. `validate()` runs before anything is traced and
-raises `ConfigError` naming the field and the fix. `with_overrides({"model.d_model": 256})`
-returns a new config; unknown keys are errors, never silently ignored.
+A `RunConfig` fully describes one training run. `lib.config_rules.validate(cfg)` runs before anything
+is traced and raises `ConfigError` naming the field and the fix: this module checks the fields the
+sections share; each family (lib/models/spec.py) and data source (lib/data/base.py) checks its own.
+`with_overrides({"model.d_model": 256})` returns a new config; unknown keys are errors, never
+silently ignored.
 """
 
 from __future__ import annotations
@@ -13,11 +15,6 @@ import json
 import math
 from typing import Any, Mapping
 
-MODEL_FAMILIES = ("transformer", "lstm", "gru", "mlp", "cnn", "moe", "resnet", "vit")  # lib/models/__init__.py registers each
-IMAGE_FAMILIES = ("resnet", "vit")  # classifiers of images (lib/tasks/classify.py); the others are LMs over tokens
-NORMS = ("group", "batch")  # resnet normalisation
-POOLS = ("mean", "cls")  # vit: mean over patch tokens, or a class token
-ATTENTION_FAMILIES = ("transformer", "moe")  # the families n_heads / RoPE / tensor-parallel heads apply to
 MLP_KINDS = ("gelu", "swiglu")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("xla", "cudnn")
@@ -37,9 +34,9 @@ MESH_PRESETS = {
     "fsdp_ep": (1, 1, -1, 2, 1),  # experts 2 ways, the rest fsdp
 }
 FLOPS_CONVENTIONS = ("6N", "kaplan", "chinchilla")
-DATA_SOURCES = ("synthetic", "hf", "synthetic_images", "hf_images")
-IMAGE_SOURCES = ("synthetic_images", "hf_images")  # batches are {"image", "label"} (lib/data/images.py, image_store.py)
-AUGMENTS = ("none", "flip", "crop", "crop_flip")  # training-time image augmentation (lib/data/augment.py)
+# The data sources whose batches are {"image", "label"} (task "classify"); lib/data registers each source
+# with its task and checks that its image sources are these (lib.tasks picks the task from this).
+IMAGE_SOURCES = ("synthetic_images", "hf_images")
 SYNTH_IMG_DEFAULT_CLASSES = 10
 
 
@@ -268,17 +265,22 @@ class RunConfig:
         return cls.from_dict(json.loads(text))
 
     def content_hash(self, length: int = 6) -> str:
-        """Hash of what determines the numbers (not mesh layout, tracking or naming)."""
-        d = self.to_dict()
-        for key in ("mesh", "tracking", "name", "sweep"):
-            d.pop(key)
-        d["train"] = {k: v for k, v in d["train"].items() if k not in _BOOKKEEPING_TRAIN_FIELDS + _LAYOUT_TRAIN_FIELDS}
-        for key in ("data_root", "streaming"):  # where the token store lives / how it was read
-            d["data"].pop(key)
-        for section, fields in _HASHED_UNLESS_DEFAULT.items():  # fields added later: old run ids stay valid
-            for key, default in fields.items():
-                if d[section].get(key) == default:
-                    d[section].pop(key)
+        """Hash of what determines the numbers (not mesh layout, tracking or naming).
+
+        A field is hashed when it differs from its default, except the fields of run id version 1
+        (HASHED_ALWAYS_V1), hashed always as they were then: so adding a field with a default to any
+        section leaves every existing run id as it was, with no list to keep."""
+        d: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name in _NOT_HASHED:
+                continue
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                skip = _NOT_HASHED_FIELDS.get(f.name, ())
+                d[f.name] = {k: v for k, v in dataclasses.asdict(value).items()
+                             if k not in skip and _hashed(f.name, k, v, type(value))}
+            elif _hashed("", f.name, value, type(self)):
+                d[f.name] = value
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:length]
 
@@ -305,27 +307,48 @@ class RunConfig:
         return RunConfig.from_dict(d)
 
     def validate(self, device_count: int | None = None) -> "RunConfig":
-        """Raise ConfigError for the first invalid field; returns self so calls chain."""
-        _validate(self, device_count)
-        return self
+        # The rules need the families and data sources (above this module): they live in lib/config_rules.py.
+        raise TypeError("RunConfig.validate moved: call lib.config_rules.validate(cfg, device_count) (the families' and "
+                        "data sources' own rules and the rules across sections)")
 
 
-# eval_tokens is not bookkeeping: it decides which tokens the summary's eval_loss averages over.
-# Fields that joined the config after runs were recorded: hashed only when they differ from the
-# default, so a run recorded before they existed keeps its id.
-_HASHED_UNLESS_DEFAULT = {"model": {"parametrization": "sp", "base_width": 0, "rnn_hidden": 0, "rnn_proj": 0, "context": 8,
-                                     "kernel_size": 4, "dilation_cycle": 1, "n_experts": 8, "top_k": 2, "capacity_factor": 1.25,
-                                     "moe_aux_weight": 0.01, "moe_z_weight": 0.001, "image_size": 0, "image_channels": 0,
-                                     "widths": (), "depths": (), "norm": "group", "norm_groups": 8, "patch_size": 4, "pool": "mean"},
-                          "data": {"image_size": 16, "image_channels": 3, "num_classes": 0, "image_field": "image", "label_field": "label",
-                                   "augment": "none", "crop_pad": 2, "synth_img_modes": 0, "synth_img_zipf": 1.3, "synth_img_band": 3,
-                                   "synth_img_noise": 0.5, "synth_img_label_noise": 0.1},
-                          "optimizer": {"wsd_decay_shape": "linear", "lr_factor": 1.0},
-                          "train": {"keep_steps": (), "trunk": "", "branch_start": 0}}
-_BOOKKEEPING_TRAIN_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "eval_every")
-# Layout, like the mesh: how the layer stack is scheduled over the devices (lib/parallel/pipeline.py)
-# moves only the order of float sums, so a run may resume under another stage layout (or none).
-_LAYOUT_TRAIN_FIELDS = ("microbatches",)
+# -- what the run id hashes (RunConfig.content_hash) -------------------------------------------------
+# Never hashed: where a run is laid out, tracked and named; how often it logs, evaluates and
+# checkpoints (eval_tokens is not bookkeeping: it decides which tokens eval_loss averages over); the
+# pipeline schedule (layout, like the mesh: it moves only the order of float sums, so a run may resume
+# under another stage layout or none); where the token store lives and how it was read.
+_NOT_HASHED = ("mesh", "tracking", "name", "sweep")
+_NOT_HASHED_FIELDS = {
+    "train": ("log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "microbatches"),
+    "data": ("data_root", "streaming"),
+}
+# Run id version 1: the fields hashed whatever their value, as they were before the rule "hashed
+# when it differs from the default" (which every other field follows). Frozen: a new field never
+# joins it (that would change every id); tests/test_config.py pins it and tests/test_run_ids.py the ids.
+HASHED_ALWAYS_V1 = {
+    "": ("budget",),
+    "model": ("family", "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "mlp", "tie_embeddings", "dropout",
+              "rope_theta", "compute_dtype", "attention_impl", "scan_layers", "remat"),
+    "data": ("source", "seq_len", "global_batch", "seed", "synth_vocab", "synth_zipf", "synth_filler_len", "synth_id_digits",
+             "dataset", "dataset_config", "data_files", "text_field", "split", "eval_split", "holdout_fraction", "tokenizer",
+             "max_tokens"),
+    "optimizer": ("name", "lr", "b1", "b2", "eps", "momentum", "weight_decay", "clip_norm", "schedule", "warmup_steps",
+                  "final_lr_frac", "decay_every", "decay_factor", "decay_rate", "wsd_decay_frac"),
+    "train": ("steps", "grad_accum", "seed", "eval_tokens", "flops_convention"),
+}
+
+
+def _hashed(section: str, name: str, value: Any, cls: type) -> bool:
+    if name in HASHED_ALWAYS_V1.get(section, ()):
+        return True
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if field.default is not dataclasses.MISSING:
+        default = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:
+        return True  # no default: always part of what the run computes
+    return value != default
 
 
 def parse_set_args(items: list[str] | None) -> dict[str, Any]:
@@ -388,223 +411,81 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def _require(ok: bool, field: str, message: str) -> None:
+def require(ok: bool, field: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{field}: {message}")
 
 
-def _one_of(value: str, options, field: str) -> None:
-    _require(value in options, field, f"unknown value '{value}'; choose one of {', '.join(options)}")
+def one_of(value: str, options, field: str) -> None:
+    require(value in options, field, f"unknown value '{value}'; choose one of {', '.join(options)}")
 
 
-def _validate_images(d: DataConfig) -> None:
-    _require(d.image_size >= 4, "data.image_size", f"must be at least 4 pixels, got {d.image_size}")
-    _require(d.image_channels in (1, 3), "data.image_channels", f"must be 1 (grayscale) or 3 (RGB), got {d.image_channels}")
-    _require(d.num_classes >= 0, "data.num_classes", f"must be >= 0 (0: the default / the dataset's), got {d.num_classes}")
-    _one_of(d.augment, AUGMENTS, "data.augment")
-    _require(0 <= d.crop_pad < d.image_size, "data.crop_pad", f"must be in 0..image_size-1 ({d.image_size - 1}), got {d.crop_pad}")
-    if d.source == "hf_images":
-        _require(bool(d.dataset), "data.dataset", "set a hub name (e.g. uoft-cs/cifar10) or imagefolder with data.data_files=<folder>")
-        return
-    _require(d.num_classes != 1, "data.num_classes", "a classification task needs at least 2 classes (0: 10)")
-    _require(d.synth_img_modes == 0 or d.synth_img_modes >= 2, "data.synth_img_modes", f"needs at least 2 modes (0: 2^62 - 1), got {d.synth_img_modes}")
-    _require(1.0 < d.synth_img_zipf <= 10.0 and math.isfinite(d.synth_img_zipf), "data.synth_img_zipf",
-             f"must be in (1, 10] so the mode law has a finite mean tail, got {d.synth_img_zipf}; e.g. 1.3")
-    _require(1 <= d.synth_img_band and 2 * d.synth_img_band < d.image_size, "data.synth_img_band",
-             f"must be in 1..{(d.image_size - 1) // 2} (below half the image size {d.image_size}), got {d.synth_img_band}")
-    _require(d.synth_img_noise >= 0 and math.isfinite(d.synth_img_noise), "data.synth_img_noise", f"must be >= 0, got {d.synth_img_noise}")
-    _require(0.0 <= d.synth_img_label_noise < 1.0, "data.synth_img_label_noise", f"must be in [0, 1), got {d.synth_img_label_noise}")
-
-
-def _validate(cfg: RunConfig, device_count: int | None) -> None:
-    m, d, o, t, mesh = cfg.model, cfg.data, cfg.optimizer, cfg.train, cfg.mesh
-    _one_of(m.family, MODEL_FAMILIES, "model.family")
-    _one_of(m.mlp, MLP_KINDS, "model.mlp")
-    _one_of(m.compute_dtype, DTYPES, "model.compute_dtype")
-    _one_of(m.attention_impl, ATTENTION_IMPLS, "model.attention_impl")
+# -- the checks of each section's shared fields (lib/config_rules.py runs them with the family's and
+# the data source's own rules and the rules across sections) ----------------------------------------
+def check_model(m: ModelConfig) -> None:
+    """The fields every family reads; a family's own fields are its FamilySpec's (lib/models/spec.py)."""
+    one_of(m.mlp, MLP_KINDS, "model.mlp")
+    one_of(m.compute_dtype, DTYPES, "model.compute_dtype")
+    one_of(m.attention_impl, ATTENTION_IMPLS, "model.attention_impl")
     for name in ("d_model", "n_layers", "n_heads"):
-        _require(getattr(m, name) > 0, f"model.{name}", "must be positive")
-    _require(m.vocab_size >= 0, "model.vocab_size", "must be positive (or 0 to take it from the data)")
-    _require(m.d_ff >= 0, "model.d_ff", "must be positive (or 0 for 4 * d_model)")
-    if m.family in ATTENTION_FAMILIES:
-        _require(
-            m.d_model % m.n_heads == 0,
-            "model.d_model",
-            f"d_model={m.d_model} is not divisible by n_heads={m.n_heads}; pick d_model a multiple of n_heads",
-        )
-        _require(m.head_dim % 2 == 0, "model.d_model", f"head_dim = d_model/n_heads = {m.head_dim} must be even for RoPE")
-    _validate_family(m)
-    _require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
-    _one_of(m.parametrization, PARAMETRIZATIONS, "model.parametrization")
-    _require(m.base_width >= 0, "model.base_width", f"must be >= 0, got {m.base_width}")
-    if m.parametrization == "mup":
-        _require(m.family == "transformer", "model.parametrization", f"mup is implemented for the transformer family, not '{m.family}'; use sp")
-        _require(m.base_width > 0, "model.base_width", "muP needs the width its learning rate was tuned at, e.g. --set model.base_width=32")
-        _require(
-            m.base_width <= m.d_model,
-            "model.base_width",
-            f"base_width {m.base_width} is larger than the model (d_model {m.d_model}); use the smallest width of the ladder",
-        )
-        _require(
-            cfg.optimizer.name in ("adam", "adamw"),
-            "model.parametrization",
-            f"mup implements Adam's per-layer rates; optimizer.name '{cfg.optimizer.name}' is not Adam: use adam or adamw",
-        )
+        require(getattr(m, name) > 0, f"model.{name}", "must be positive")
+    require(m.vocab_size >= 0, "model.vocab_size", "must be positive (or 0 to take it from the data)")
+    require(m.d_ff >= 0, "model.d_ff", "must be positive (or 0 for 4 * d_model)")
 
-    _one_of(d.source, DATA_SOURCES, "data.source")
-    _require(d.seq_len > 0, "data.seq_len", f"sequence length must be positive, got {d.seq_len}")
-    _require(d.global_batch > 0, "data.global_batch", "must be positive")
-    if d.source == "synthetic":
-        _require(d.synth_vocab >= 5, "data.synth_vocab", f"needs at least 5 tokens (boundary, 2 ID digits, 2 filler tokens), got {d.synth_vocab}")
-        _require(
-            1.0 < d.synth_zipf <= 10.0 and math.isfinite(d.synth_zipf),
-            "data.synth_zipf",
-            f"must be in (1, 10] so the rank law has a finite entropy, got {d.synth_zipf}; e.g. 1.3",
-        )
-        _require(d.synth_filler_len >= 1, "data.synth_filler_len", f"needs at least 1 filler token (it ends the ID), got {d.synth_filler_len}")
-        limit = synth_max_id_digits(d.synth_vocab)
-        _require(
-            0 <= d.synth_id_digits <= limit,
-            "data.synth_id_digits",
-            f"got {d.synth_id_digits}; ranks of more than {limit} base-{(d.synth_vocab - 1) // 2} digits overflow int64: "
-            f"use 1..{limit}, or 0 for {limit}",
-        )
-    elif d.source == "hf":
-        _require(bool(d.dataset), "data.dataset", "set a hub name or a builder (text|json|parquet|csv), e.g. --set data.dataset=text")
-        _require(d.max_tokens >= 0, "data.max_tokens", f"must be >= 0 (0: the whole split), got {d.max_tokens}")
-    else:
-        _validate_images(d)
-    _require(0.0 < d.holdout_fraction < 1.0, "data.holdout_fraction", "must be in (0, 1)")
-    _validate_task(cfg)  # after the data's own fields: a bad data field is named before the family/data pairing
 
-    _require(t.steps > 0, "train.steps", f"step count must be positive, got {t.steps}")
-    _require(t.grad_accum > 0, "train.grad_accum", "must be positive")
+def check_model_training(m: ModelConfig) -> None:
+    """The fields that say how any family trains (checked after the family's own)."""
+    require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+    one_of(m.parametrization, PARAMETRIZATIONS, "model.parametrization")
+    require(m.base_width >= 0, "model.base_width", f"must be >= 0, got {m.base_width}")
+
+
+def check_data(d: DataConfig) -> None:
+    """The fields every data source reads; a source's own fields are its SourceSpec's (lib/data/base.py)."""
+    require(d.seq_len > 0, "data.seq_len", f"sequence length must be positive, got {d.seq_len}")
+    require(d.global_batch > 0, "data.global_batch", "must be positive")
+    require(0.0 < d.holdout_fraction < 1.0, "data.holdout_fraction", "must be in (0, 1)")
+
+
+def check_train_and_optimizer(cfg: RunConfig) -> None:
+    o, t = cfg.optimizer, cfg.train
+    require(t.steps > 0, "train.steps", f"step count must be positive, got {t.steps}")
+    require(t.grad_accum > 0, "train.grad_accum", "must be positive")
     for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
-        _require(getattr(t, name) > 0, f"train.{name}", "must be positive")
-    _require(t.eval_tokens > 0, "train.eval_tokens", f"held-out tokens per evaluation must be positive, got {t.eval_tokens}; e.g. 65536")
-    _one_of(t.flops_convention, FLOPS_CONVENTIONS, "train.flops_convention")
+        require(getattr(t, name) > 0, f"train.{name}", "must be positive")
+    require(t.eval_tokens > 0, "train.eval_tokens", f"held-out tokens per evaluation must be positive, got {t.eval_tokens}; e.g. 65536")
+    one_of(t.flops_convention, FLOPS_CONVENTIONS, "train.flops_convention")
 
-    _one_of(o.name, OPTIMIZERS, "optimizer.name")
-    _one_of(o.schedule, SCHEDULES, "optimizer.schedule")
-    _require(o.lr > 0 and math.isfinite(o.lr), "optimizer.lr", f"learning rate must be positive, got {o.lr}")
-    _require(o.lr_factor > 0 and math.isfinite(o.lr_factor), "optimizer.lr_factor", f"must be positive (1: no lr grid), got {o.lr_factor}")
-    _require(o.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0")
-    _require(o.warmup_steps < t.steps, "optimizer.warmup_steps", f"warmup ({o.warmup_steps}) must be shorter than train.steps ({t.steps})")
-    _require(0.0 <= o.final_lr_frac <= 1.0, "optimizer.final_lr_frac", "must be in [0, 1]")
-    _require(o.clip_norm >= 0, "optimizer.clip_norm", "must be >= 0 (0 disables clipping)")
+    one_of(o.name, OPTIMIZERS, "optimizer.name")
+    one_of(o.schedule, SCHEDULES, "optimizer.schedule")
+    require(o.lr > 0 and math.isfinite(o.lr), "optimizer.lr", f"learning rate must be positive, got {o.lr}")
+    require(o.lr_factor > 0 and math.isfinite(o.lr_factor), "optimizer.lr_factor", f"must be positive (1: no lr grid), got {o.lr_factor}")
+    require(o.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0")
+    require(o.warmup_steps < t.steps, "optimizer.warmup_steps", f"warmup ({o.warmup_steps}) must be shorter than train.steps ({t.steps})")
+    require(0.0 <= o.final_lr_frac <= 1.0, "optimizer.final_lr_frac", "must be in [0, 1]")
+    require(o.clip_norm >= 0, "optimizer.clip_norm", "must be >= 0 (0 disables clipping)")
     if o.schedule == "step":
-        _require(o.decay_every > 0, "optimizer.decay_every", "the step schedule needs decay_every > 0")
-    _require(0.0 < o.wsd_decay_frac <= 1.0, "optimizer.wsd_decay_frac", "must be in (0, 1]")
-    _one_of(o.wsd_decay_shape, WSD_DECAY_SHAPES, "optimizer.wsd_decay_shape")
-    _require(all(0 < k <= t.steps for k in t.keep_steps), "train.keep_steps",
-             f"steps to keep checkpoints at must be in 1..train.steps ({t.steps}), got {list(t.keep_steps)}")
+        require(o.decay_every > 0, "optimizer.decay_every", "the step schedule needs decay_every > 0")
+    require(0.0 < o.wsd_decay_frac <= 1.0, "optimizer.wsd_decay_frac", "must be in (0, 1]")
+    one_of(o.wsd_decay_shape, WSD_DECAY_SHAPES, "optimizer.wsd_decay_shape")
+    require(all(0 < k <= t.steps for k in t.keep_steps), "train.keep_steps",
+            f"steps to keep checkpoints at must be in 1..train.steps ({t.steps}), got {list(t.keep_steps)}")
     if t.trunk:
-        _require(o.schedule == "wsd", "optimizer.schedule", f"a branch (train.trunk set) cools down with the wsd schedule, got '{o.schedule}'")
-        _require(o.warmup_steps <= t.branch_start < t.steps, "train.branch_start",
-                 f"a branch starts after its warmup ({o.warmup_steps} steps) and before its end ({t.steps}), got {t.branch_start}")
+        require(o.schedule == "wsd", "optimizer.schedule", f"a branch (train.trunk set) cools down with the wsd schedule, got '{o.schedule}'")
+        require(o.warmup_steps <= t.branch_start < t.steps, "train.branch_start",
+                f"a branch starts after its warmup ({o.warmup_steps} steps) and before its end ({t.steps}), got {t.branch_start}")
     else:
-        _require(t.branch_start == 0, "train.branch_start", "only a branch (train.trunk set) has a start step; set train.trunk or drop it")
+        require(t.branch_start == 0, "train.branch_start", "only a branch (train.trunk set) has a start step; set train.trunk or drop it")
 
-    _one_of(mesh.preset, tuple(MESH_PRESETS), "mesh.preset")
+
+def check_mesh(mesh: MeshConfig) -> tuple[int, int, int, int, int]:
+    """The preset and the axis sizes (-1 unresolved): (stage, data, fsdp, expert, tensor)."""
+    one_of(mesh.preset, tuple(MESH_PRESETS), "mesh.preset")
     sizes = mesh.axis_sizes()
     for name, size in zip(MESH_AXES, sizes):
-        _require(size == -1 or size >= 1, f"mesh.{name}", f"must be a positive size or -1 (the rest), got {size}")
-    _require(sizes.count(-1) <= 1, "mesh", f"at most one axis may be -1, got stage,data,fsdp,expert,tensor = {sizes}")
-    _validate_pipeline_shape(cfg, sizes[0])
-    if device_count is not None:
-        fixed = math.prod(s for s in sizes if s != -1)
-        if -1 in sizes:
-            ok = device_count % fixed == 0
-        else:
-            ok = fixed == device_count
-        _require(
-            ok,
-            "mesh",
-            f"mesh sizes stage,data,fsdp,expert,tensor = {sizes} do not multiply to the {device_count} devices; "
-            f"set them so the product is {device_count}, or use -1 for one axis",
-        )
-        stage, data, fsdp, expert, tensor = resolve_axis_sizes(mesh, device_count)
-        _require(
-            m.family not in ATTENTION_FAMILIES + ("vit",) or m.n_heads % tensor == 0,
-            "mesh.tensor",
-            f"n_heads={m.n_heads} is not divisible by the tensor-parallel size {tensor}; pick a tensor size dividing n_heads",
-        )
-        per_step = d.global_batch
-        if m.family == "moe":
-            _require(
-                m.n_experts % expert == 0,
-                "mesh.expert",
-                f"n_experts={m.n_experts} is not divisible by the expert-parallel size {expert}; pick mesh.expert dividing "
-                f"n_experts (e.g. --set mesh.expert={math.gcd(m.n_experts, expert)}) or more experts",
-            )
-        # The batch is split over the expert axis too (the experts' tokens arrive by all-to-all); every
-        # pipeline stage sees the whole batch of its data slice, so `stage` splits no rows.
-        dp = data * fsdp * expert
-        _require(
-            per_step % (dp * t.grad_accum) == 0,
-            "data.global_batch",
-            f"global batch {per_step} is not divisible by data-parallel size (data*fsdp*expert = {dp}) x grad_accum "
-            f"({t.grad_accum}); use a multiple of {dp * t.grad_accum}",
-        )
-        units = units_per_row(cfg)  # classify: eval_tokens counts images, one a row
-        per_row = f"seq_len {d.seq_len}" if task_kind(cfg) == "lm" else "1 image per row"
-        rows = eval_rows(t.eval_tokens, units)
-        _require(
-            rows % dp == 0,
-            "train.eval_tokens",
-            f"the eval set of {rows} rows (eval_tokens {t.eval_tokens} / {per_row}, rounded up) is not "
-            f"divisible by the data-parallel size (data*fsdp*expert = {dp}); use a multiple of {dp * units} {unit_name(cfg)}",
-        )
-        if sizes[0] == -1:
-            _validate_pipeline_shape(cfg, stage)  # the stage count the devices left
-        if t.microbatches:
-            _validate_pipeline_batch(cfg, dp, rows)
-
-
-def _validate_pipeline_shape(cfg: RunConfig, stage: int) -> None:
-    """mesh.stage / train.microbatches against the model (lib/parallel/pipeline.py's assumptions)."""
-    m, t = cfg.model, cfg.train
-    _require(t.microbatches >= 0, "train.microbatches", f"must be >= 0 (0: no pipeline schedule), got {t.microbatches}")
-    if stage == 1 and not t.microbatches:
-        return
-    if stage != 1:  # -1 (the rest): checked again once the device count resolves it
-        _require(t.microbatches > 0, "train.microbatches",
-                 f"a pipeline over mesh.stage={stage} stages needs microbatches >= stages (bubble (S-1)/(M+S-1)); "
-                 f"e.g. --set train.microbatches={4 * max(stage, 1)}")
-    _require(m.family == "transformer", "mesh.stage",
-             f"pipeline stages are implemented for the transformer's scanned layers, not '{m.family}'; use mesh.stage=1 "
-             "and train.microbatches=0")
-    _require(m.scan_layers, "model.scan_layers", "the pipeline splits the scanned layer stack [L, ...]; use --set model.scan_layers=true")
-    _require(m.dropout == 0.0, "model.dropout", f"the pipeline schedule runs without dropout, got {m.dropout}; use --set model.dropout=0")
-    if stage > 1:
-        _require(m.n_layers % stage == 0, "model.n_layers",
-                 f"n_layers={m.n_layers} does not split into mesh.stage={stage} equal stages; use a multiple of {stage} layers "
-                 f"or a stage count dividing {m.n_layers}")
-        _require(t.microbatches >= stage, "train.microbatches",
-                 f"{t.microbatches} microbatches cannot fill {stage} stages (every stage must hold one); use >= {stage}, "
-                 f"e.g. --set train.microbatches={4 * stage}")
-
-
-def _validate_pipeline_batch(cfg: RunConfig, dp: int, eval_set_rows: int) -> None:
-    """Each microbatch takes an equal share of every data-parallel replica's rows (no rows move)."""
-    t, d = cfg.train, cfg.data
-    per_replica = d.global_batch // (dp * t.grad_accum)
-    _require(per_replica % t.microbatches == 0, "train.microbatches",
-             f"{t.microbatches} microbatches do not divide the per-replica batch of {per_replica} rows (global_batch "
-             f"{d.global_batch} / (data*fsdp*expert {dp} x grad_accum {t.grad_accum})); pick a divisor of {per_replica}")
-    chunk = eval_chunk_rows(eval_set_rows, d.global_batch) // dp  # what each replica scores per eval batch
-    _require(chunk % t.microbatches == 0, "train.eval_tokens",
-             f"eval chunks of {chunk} rows per replica (gcd(eval rows {eval_set_rows}, global_batch {d.global_batch}) / {dp}) "
-             f"do not split into {t.microbatches} microbatches; use eval_tokens a multiple of "
-             f"{dp * t.microbatches * d.seq_len} tokens")
-
-
-def synth_max_id_digits(vocab: int) -> int:
-    """The synthetic language's ID digits are base b = (vocab - 1) // 2; ranks b^digits <= 2^62 fit int64."""
-    base, n = (vocab - 1) // 2, 1
-    while base ** (n + 1) <= 1 << 62:
-        n += 1
-    return n
+        require(size == -1 or size >= 1, f"mesh.{name}", f"must be a positive size or -1 (the rest), got {size}")
+    require(sizes.count(-1) <= 1, "mesh", f"at most one axis may be -1, got stage,data,fsdp,expert,tensor = {sizes}")
+    return sizes
 
 
 def eval_rows(eval_tokens: int, seq_len: int) -> int:
@@ -640,83 +521,10 @@ def resolve_model_input(cfg: RunConfig) -> RunConfig:
     m, d = cfg.model, cfg.data
     for name in ("image_size", "image_channels"):
         given, data = getattr(m, name), getattr(d, name)
-        _require(given in (0, data), f"model.{name}",
+        require(given in (0, data), f"model.{name}",
                  f"{given} does not match data.{name}={data}; leave model.{name} at 0 to take it from the data")
     model = dataclasses.replace(m, image_size=d.image_size, image_channels=d.image_channels)
     return dataclasses.replace(cfg, model=model)
-
-
-def _validate_task(cfg: RunConfig) -> None:
-    """The family must fit the data: image classifiers on image sources, LMs on token sources."""
-    m, d = cfg.model, cfg.data
-    if task_kind(cfg) == "classify":
-        _require(m.family in IMAGE_FAMILIES, "model.family",
-                 f"data.source '{d.source}' gives images and labels; '{m.family}' is a language model: use one of {', '.join(IMAGE_FAMILIES)}")
-        _require(d.image_size > 0 and d.image_channels > 0, "data.image_size", f"images need a positive size and channel count, "
-                 f"got {d.image_size} x {d.image_channels}")
-        _require(cfg.train.flops_convention == "chinchilla", "train.flops_convention",
-                 f"'{cfg.train.flops_convention}' counts each weight once per image, but an image model applies its convolution / "
-                 "block weights at every position; use chinchilla (the closed-form forward FLOPs per image)")
-        if m.family == "vit":
-            _require(m.patch_size > 0 and d.image_size % m.patch_size == 0, "model.patch_size",
-                     f"image size {d.image_size} is not divisible by patch_size {m.patch_size}; pick a patch size dividing it "
-                     f"(e.g. {max(p for p in (1, 2, 4, 8) if d.image_size % p == 0)})")
-    else:
-        _require(m.family not in IMAGE_FAMILIES, "data.source",
-                 f"model.family '{m.family}' classifies images, but data.source '{d.source}' gives tokens; "
-                 f"use --set data.source={IMAGE_SOURCES[0]} (or {IMAGE_SOURCES[1]}), or a language-model family")
-
-
-def _validate_family(m: ModelConfig) -> None:
-    """The fields of the non-transformer families (lib/models/): each named with its fix."""
-    if m.family in ("lstm", "gru"):
-        _require(m.rnn_hidden >= 0, "model.rnn_hidden", f"must be positive (or 0 for d_model), got {m.rnn_hidden}")
-        _require(m.rnn_proj >= 0, "model.rnn_proj", f"must be positive (or 0 for no projection), got {m.rnn_proj}")
-        out = m.rnn_proj or m.rnn_hidden or m.d_model
-        _require(
-            out == m.d_model or not m.tie_embeddings,
-            "model.tie_embeddings",
-            f"the {m.family}'s output size ({out}: rnn_proj, else rnn_hidden) differs from d_model={m.d_model}, so the "
-            f"embedding cannot be tied to the output head; set model.rnn_proj={m.d_model} or model.tie_embeddings=false",
-        )
-        _require(not m.scan_layers, "model.scan_layers",
-                 f"{m.family} layers differ in input size and are not scanned; use --set model.scan_layers=false")
-    if m.family == "mlp":
-        _require(m.context >= 1, "model.context", f"the window must hold at least the current token, got {m.context}; e.g. 8")
-        _require(not m.scan_layers, "model.scan_layers", "the mlp family does not scan its layers; use --set model.scan_layers=false")
-    if m.family == "cnn":
-        _require(m.kernel_size >= 1, "model.kernel_size", f"must be >= 1 tap, got {m.kernel_size}; e.g. 4")
-        _require(1 <= m.dilation_cycle <= 16, "model.dilation_cycle",
-                 f"must be in 1..16 (layer l is dilated by 2^(l mod dilation_cycle); 1: no dilation), got {m.dilation_cycle}")
-        _require(not m.scan_layers, "model.scan_layers", "the cnn family does not scan its layers (dilations differ); use --set model.scan_layers=false")
-    if m.family in IMAGE_FAMILIES:
-        _require(m.image_size >= 0 and m.image_channels >= 0, "model.image_size", "must be >= 0 (0: from the data)")
-        _require(not m.scan_layers, "model.scan_layers", f"the {m.family} family does not scan its layers; use --set model.scan_layers=false")
-        _require(m.parametrization == "sp", "model.parametrization", f"mup is implemented for the transformer family, not '{m.family}'; use sp")
-    if m.family == "resnet":
-        widths, depths = m.stage_widths, m.stage_depths
-        _require(len(widths) >= 1 and all(w > 0 for w in widths), "model.widths", f"stage widths must be positive, got {list(widths)}; e.g. [16, 32, 64]")
-        _require(len(depths) == len(widths) and all(k >= 1 for k in depths), "model.depths",
-                 f"one depth (>= 1 block) per stage of model.widths {list(widths)}, got {list(depths)}; e.g. {[1] * len(widths)}")
-        _one_of(m.norm, NORMS, "model.norm")
-        if m.norm == "group":
-            _require(m.norm_groups >= 1 and all(w % m.norm_groups == 0 for w in widths), "model.norm_groups",
-                     f"every stage width {list(widths)} must be divisible by norm_groups={m.norm_groups}; pick a divisor of "
-                     f"{math.gcd(*widths)}, or widths that are multiples of {m.norm_groups}")
-    if m.family == "vit":
-        _require(m.patch_size >= 1, "model.patch_size", f"must be >= 1, got {m.patch_size}; e.g. 4")
-        _one_of(m.pool, POOLS, "model.pool")
-        _require(m.d_model % m.n_heads == 0, "model.d_model",
-                 f"d_model={m.d_model} is not divisible by n_heads={m.n_heads}; pick d_model a multiple of n_heads")
-    if m.family == "moe":
-        _require(m.n_experts >= 1, "model.n_experts", f"must be >= 1, got {m.n_experts}; e.g. 8")
-        _require(1 <= m.top_k <= m.n_experts, "model.top_k",
-                 f"top_k={m.top_k} must be in 1..n_experts ({m.n_experts}); e.g. --set model.top_k={min(2, max(m.n_experts, 1))}")
-        _require(m.capacity_factor > 0 and math.isfinite(m.capacity_factor), "model.capacity_factor",
-                 f"must be > 0 (slots per expert = capacity_factor * top_k * seq_len / n_experts), got {m.capacity_factor}; e.g. 1.25")
-        for name in ("moe_aux_weight", "moe_z_weight"):
-            value = getattr(m, name)
-            _require(value >= 0 and math.isfinite(value), f"model.{name}", f"must be >= 0 (0 turns the loss off), got {value}")
 
 
 def resolve_axis_sizes(mesh: MeshConfig, device_count: int) -> tuple[int, int, int, int, int]:

@@ -1,5 +1,6 @@
 """Config: validation messages, overrides, JSON round trip, content hash, CLI errors."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -7,7 +8,8 @@ import os
 
 import pytest
 
-from lib.config import ConfigError, RunConfig, parse_set_args
+from lib.config import HASHED_ALWAYS_V1, ConfigError, DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig, parse_set_args
+from lib.config_rules import validate
 
 BAD = [
     ({"model.d_model": 30, "model.n_heads": 4}, "model.d_model", "not divisible by n_heads"),
@@ -34,13 +36,13 @@ BAD = [
 @pytest.mark.parametrize("overrides,field,fix", BAD)
 def test_each_bad_config_names_the_field_and_the_fix(overrides, field, fix):
     with pytest.raises(ConfigError) as e:
-        RunConfig().with_overrides(overrides).validate(device_count=8)
-    assert str(e.value).startswith(f"{field}:") and fix in str(e.value)
+        validate(RunConfig().with_overrides(overrides), device_count=8)
+    assert str(e.value).startswith(f"{field}:") and fix in str(e.value) and "\n" not in str(e.value)
 
 
 def test_the_default_config_is_valid_on_one_and_eight_devices():
-    RunConfig().validate(1)
-    RunConfig().validate(8)
+    validate(RunConfig(), 1)
+    validate(RunConfig(), 8)
 
 
 def test_unknown_set_key_is_an_error_listing_the_known_fields():
@@ -94,3 +96,61 @@ def test_cli_reports_a_bad_config_before_compiling(tmp_path):
     )
     assert proc.returncode == 2 and "unknown config key 'optimizer.nme'" in proc.stderr
     assert "Compiling" not in proc.stderr
+
+
+# The fields that joined the config after run ids were first recorded, hashed only off their default
+# (the list lib/config.py kept by hand before the rule covered every field).
+ADDED_AFTER_V1 = {
+    "model": {"parametrization", "base_width", "rnn_hidden", "rnn_proj", "context", "kernel_size", "dilation_cycle", "n_experts",
+              "top_k", "capacity_factor", "moe_aux_weight", "moe_z_weight", "image_size", "image_channels", "widths", "depths",
+              "norm", "norm_groups", "patch_size", "pool"},
+    "data": {"image_size", "image_channels", "num_classes", "image_field", "label_field", "augment", "crop_pad", "synth_img_modes",
+             "synth_img_zipf", "synth_img_band", "synth_img_noise", "synth_img_label_noise"},
+    "optimizer": {"wsd_decay_shape", "lr_factor"},
+    "train": {"keep_steps", "trunk", "branch_start"},
+}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig, "train": TrainConfig}
+
+
+def test_the_fields_hashed_always_are_real_fields_none_of_them_added_later():
+    for section, names in HASHED_ALWAYS_V1.items():
+        known = {f.name for f in dataclasses.fields(SECTIONS[section] if section else RunConfig)}
+        assert set(names) <= known, set(names) - known
+        assert not set(names) & ADDED_AFTER_V1.get(section, set())
+    # each field added later leaves the id alone at its default and changes it off it
+    base = RunConfig()
+    for section, names in ADDED_AFTER_V1.items():
+        for name in names:
+            default = getattr(getattr(base, section), name)
+            other = (3, 4) if isinstance(default, tuple) else "batch" if name == "norm" else "cls" if name == "pool" else \
+                "cosine" if name == "wsd_decay_shape" else "x" if isinstance(default, str) else default + 1
+            moved = base.with_overrides({f"{section}.{name}": other})
+            assert moved.content_hash() != base.content_hash(), f"{section}.{name}"
+
+
+def test_a_new_field_with_a_default_keeps_every_run_id_and_setting_it_changes_it():
+    """Add a field to each section (and the top level) as a later commit would: no id moves until a run sets it."""
+    configs = [RunConfig(), RunConfig().with_overrides({"model.family": "moe", "model.n_experts": 4, "optimizer.lr": 1e-3,
+                                                        "data.source": "hf", "data.dataset": "text", "train.steps": 77})]
+    for section, cls in SECTIONS.items():
+        plus = dataclasses.make_dataclass(f"{cls.__name__}Plus", [("new_knob", float, dataclasses.field(default=0.5))], bases=(cls,), frozen=True)
+        for cfg in configs:
+            grown = dataclasses.replace(cfg, **{section: plus(**dataclasses.asdict(getattr(cfg, section)))})
+            assert grown.content_hash() == cfg.content_hash(), section
+            turned = dataclasses.replace(grown, **{section: dataclasses.replace(getattr(grown, section), new_knob=0.25)})
+            assert turned.content_hash() != cfg.content_hash(), section
+    top = dataclasses.make_dataclass("RunConfigPlus", [("new_top", int, dataclasses.field(default=0))], bases=(RunConfig,), frozen=True)
+    for cfg in configs:
+        grown = top(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(RunConfig)})
+        assert grown.content_hash() == cfg.content_hash()
+        assert dataclasses.replace(grown, new_top=1).content_hash() != cfg.content_hash()
+
+
+def test_the_shape_tag_names_heads_only_for_the_families_that_declare_attention():
+    from lib.models import shape_tag
+
+    model = RunConfig().with_overrides({"model.d_model": 48, "model.n_layers": 3, "model.n_heads": 6}).model
+    tags = {f: shape_tag(dataclasses.replace(model, family=f)) for f in ("transformer", "moe", "vit", "lstm", "cnn", "resnet")}
+    assert tags == {"transformer": "transformer d_model 48, n_layers 3, n_heads 6", "moe": "moe d_model 48, n_layers 3, n_heads 6",
+                    "vit": "vit d_model 48, n_layers 3, n_heads 6", "lstm": "lstm d_model 48, n_layers 3",
+                    "cnn": "cnn d_model 48, n_layers 3", "resnet": "resnet d_model 48, n_layers 3"}

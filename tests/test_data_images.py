@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from lib.config import ConfigError, DataConfig, RunConfig
+from lib.config_rules import validate
 from lib.data import make_source
 from lib.data.augment import augment
 from lib.data.images import SyntheticImages
@@ -170,7 +171,7 @@ def test_augment_applies_to_training_batches_only():
 def test_bad_image_config_names_the_field(overrides, field):
     cfg = RunConfig().with_overrides({"data.source": "synthetic_images", **overrides})
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        cfg.validate()
+        validate(cfg)
 
 
 def test_image_fields_are_hashed_only_when_set():
@@ -180,7 +181,7 @@ def test_image_fields_are_hashed_only_when_set():
     base = RunConfig().with_overrides({"data.source": "synthetic_images", "model.family": "resnet"})  # an image model: validate() pairs them
     assert base.with_overrides({"data.augment": "flip"}).content_hash() != base.content_hash()
     assert base.with_overrides({"data.synth_img_label_noise": 0.2}).content_hash() != base.content_hash()
-    src = make_source(base.validate().data)
+    src = make_source(validate(base).data)
     assert isinstance(src, SyntheticImages)
 
 

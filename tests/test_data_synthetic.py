@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from lib.config import ConfigError, DataConfig, RunConfig
+from lib.config_rules import validate
 from lib.data.synthetic import BOUNDARY, PhraseLanguage, _neg_plogp, _sum_neg_plogp
 
 # vocab 11: boundary, ID digits 1..5 (base 5), filler 6..10; 3 digits -> 124 phrases; 2 filler tokens.
@@ -98,7 +99,7 @@ def test_default_lexicon_phrases_are_generated_from_their_rank_alone(lang):
     with pytest.raises(ConfigError, match=r"data.synth_id_digits: got 13; .*use 1..12, or 0 for 12"):
         PhraseLanguage(DataConfig(synth_id_digits=13))
     with pytest.raises(ConfigError, match=r"data.synth_id_digits: got 8; ranks of more than 7 base-255 digits overflow int64: use 1..7"):
-        RunConfig(data=DataConfig(synth_vocab=512, synth_id_digits=8)).validate(1)
+        validate(RunConfig(data=DataConfig(synth_vocab=512, synth_id_digits=8)), 1)
 
 
 # ---- floors -----------------------------------------------------------------------------------------

@@ -12,9 +12,12 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from lib import flops, models
-from lib.config import IMAGE_FAMILIES, MODEL_FAMILIES, ConfigError, MeshConfig, ModelConfig, RunConfig
+from lib.config import ConfigError, MeshConfig, ModelConfig, RunConfig
+from lib.config_rules import validate
 from lib.models import cnn, moe, recurrent, resnet
 from lib.parallel import sharding
+
+IMAGE_FAMILIES = models.families_of_task("classify")  # what each family's FamilySpec declares
 
 V = 64
 # (family, extra fields): every family, and the options that change its shapes.
@@ -64,7 +67,8 @@ def _apply(model, params, tokens):
 
 # ---- registry and the one rules table ------------------------------------------------------------
 def test_the_registry_lists_the_config_families_and_each_has_the_contract():
-    assert tuple(models.FAMILIES) == MODEL_FAMILIES
+    assert tuple(models.FAMILIES) == tuple(models.SPECS) == ("transformer", "lstm", "gru", "mlp", "cnn", "moe", "resnet", "vit")
+    assert IMAGE_FAMILIES == ("resnet", "vit")
     for name, fam in models.FAMILIES.items():
         assert fam.name == name and callable(fam.module) and callable(fam.param_counts) and callable(fam.forward_flops)
         assert set(fam.logical_axes) <= {n for n, _ in sharding.RULES}, f"{name}: logical names without a rule"
@@ -253,16 +257,16 @@ def test_forward_flops_agree_with_xla_cost_analysis(family, extra):
 def test_every_new_field_is_validated_with_its_field_and_fix(overrides, field, fix):
     cfg = RunConfig().with_overrides(overrides)
     with pytest.raises(ConfigError) as e:
-        cfg.validate(device_count=8)
+        validate(cfg, device_count=8)
     assert str(e.value).startswith(field + ":") and fix in str(e.value), str(e.value)
 
 
 def test_non_attention_families_ignore_the_head_rules_and_new_fields_keep_old_run_ids():
-    RunConfig().with_overrides({"model.family": "lstm", "model.d_model": 30, "model.n_heads": 4}).validate(device_count=8)
+    validate(RunConfig().with_overrides({"model.family": "lstm", "model.d_model": 30, "model.n_heads": 4}), device_count=8)
     assert RunConfig().content_hash() == RunConfig().with_overrides({"model.n_experts": 8, "mesh.expert": 1}).content_hash()
     assert RunConfig().content_hash() != RunConfig().with_overrides({"model.family": "gru"}).content_hash()
     ok = RunConfig().with_overrides({"model.family": "moe", "model.n_experts": 8, "mesh.preset": "fsdp_ep"})
-    ok.validate(device_count=8)
+    validate(ok, device_count=8)
 
 
 # ---- the router ------------------------------------------------------------------------------------

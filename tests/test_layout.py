@@ -22,9 +22,11 @@ LAYERS = {
     "lib.data": {"lib.config", "lib.store"},
     "lib.flops": {"lib.config", "lib.models"},
     "lib.parallel": {"lib.config"},
+    "lib.config_rules": {"lib.config", "lib.models", "lib.data"},  # the rules across sections: above families and sources
     "lib.tasks": {"lib.config", "lib.models"},
-    "lib.train": {"lib.config", "lib.flops", "lib.models", "lib.tasks", "lib.data", "lib.parallel", "lib.store"},
-    "lib.sweeps": {"lib.config", "lib.flops", "lib.models", "lib.tasks", "lib.data", "lib.parallel", "lib.store", "lib.train"},
+    "lib.train": {"lib.config", "lib.config_rules", "lib.flops", "lib.models", "lib.tasks", "lib.data", "lib.parallel", "lib.store"},
+    "lib.sweeps": {"lib.config", "lib.config_rules", "lib.flops", "lib.models", "lib.tasks", "lib.data", "lib.parallel", "lib.store",
+                   "lib.train"},
     "analysis": {"lib.store", "lib.flops"},
 }
 

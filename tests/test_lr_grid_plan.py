@@ -8,6 +8,7 @@ import math
 import pytest
 
 from lib.config import ConfigError, DataConfig, RunConfig
+from lib.config_rules import validate
 from lib.sweeps import rules
 from lib.sweeps.executors import make_packs
 from lib.sweeps.plans import Grid, IsoFlop, TokensPerParam
@@ -62,7 +63,7 @@ def test_bad_grids_are_named_errors():
     with pytest.raises(ConfigError, match="lr_grid and an optimizer.lr axis"):
         Grid(BASE, {"optimizer.lr": [1e-3, 1e-2]}, lr_grid=(0.5, 1))
     with pytest.raises(ConfigError, match="optimizer.lr_factor"):
-        BASE.with_overrides({"optimizer.lr_factor": -1.0}).validate()
+        validate(BASE.with_overrides({"optimizer.lr_factor": -1.0}))
 
 
 def test_edge_extensions_recorded_under_the_root_add_runs_to_their_point_only(tmp_path):

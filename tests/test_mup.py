@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from lib.config import ConfigError, DataConfig, ModelConfig, OptimizerConfig, RunConfig
+from lib.config_rules import validate
 from lib.models.transformer import Transformer
 from lib.train.optim import make_run_direction, mup_labels
 
@@ -111,12 +112,12 @@ def test_best_lr_transfers_from_width_32_to_256_under_mup():
 )
 def test_bad_parametrization_is_a_named_config_error(model, match):
     with pytest.raises(ConfigError, match=match):
-        RunConfig(model=ModelConfig(d_model=64, n_heads=4, **model)).validate()
+        validate(RunConfig(model=ModelConfig(d_model=64, n_heads=4, **model)))
 
 
 def test_mup_needs_adam():
     with pytest.raises(ConfigError, match="adam"):
-        RunConfig(model=ModelConfig(parametrization="mup", base_width=32), optimizer=OptimizerConfig(name="sgd")).validate()
+        validate(RunConfig(model=ModelConfig(parametrization="mup", base_width=32), optimizer=OptimizerConfig(name="sgd")))
 
 
 def test_new_fields_leave_old_run_ids_alone():

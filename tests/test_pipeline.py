@@ -12,6 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lib.config import (ConfigError, DataConfig, MeshConfig, ModelConfig, OptimizerConfig, RunConfig, TrackingConfig,
                         TrainConfig)
+from lib.config_rules import validate
 from lib.data import make_source, resolve_vocab
 from lib.parallel import pipeline, sharding
 from lib.store.runstore import RunDir
@@ -164,7 +165,7 @@ def test_each_stage_holds_its_own_contiguous_layers(cfg):
 ])
 def test_pipeline_shapes_are_validated_with_their_field_and_fix(cfg, overrides, field, fix):
     with pytest.raises(ConfigError) as e:
-        cfg.with_overrides({"model.vocab_size": 64, **overrides}).validate(device_count=8)
+        validate(cfg.with_overrides({"model.vocab_size": 64, **overrides}), device_count=8)
     assert str(e.value).startswith(field + ":") and fix in str(e.value)
 
 

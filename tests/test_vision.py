@@ -15,6 +15,7 @@ import pytest
 
 from lib import models, tasks
 from lib.config import ConfigError, DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrackingConfig, TrainConfig, resolve_model_input
+from lib.config_rules import validate
 from lib.data import make_source
 from lib.store.runstore import RunDir
 from lib.sweeps.executors import enable_compile_cache
@@ -194,7 +195,7 @@ def test_an_lm_state_flattens_as_before_so_old_checkpoints_restore():
 def test_bad_image_input_gets_a_named_error(overrides, field, fix):
     cfg = BN.with_overrides(overrides)
     with pytest.raises(ConfigError) as e:
-        resolve_model_input(cfg).validate(device_count=8)
+        validate(resolve_model_input(cfg), device_count=8)
     assert str(e.value).startswith(field + ":") and fix in str(e.value), str(e.value)
 
 
@@ -224,7 +225,7 @@ def test_the_vision_experiments_expand_to_valid_runs_that_spend_their_budgets(na
     assert len(plan.runs) == 5 * len(sweep.budgets)
     for r in plan.runs:
         cfg = r.cfg
-        cfg.validate(device_count=1)
+        validate(cfg, device_count=1)
         assert cfg.model.family == "resnet" and cfg.model.vocab_size == 10 and cfg.model.image_size == cfg.data.image_size
         images = cfg.train.steps * cfg.data.global_batch
         assert r.tokens == images  # the plan's D: images (one per row)

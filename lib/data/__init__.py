@@ -10,28 +10,25 @@ from __future__ import annotations
 
 import dataclasses
 
-from lib.config import ConfigError, DataConfig, RunConfig
-from lib.data.base import Source
+from lib.config import IMAGE_SOURCES, ConfigError, DataConfig, RunConfig
+from lib.data import image_store, images, synthetic, text
+from lib.data.base import Source, SourceSpec
+
+# The registered sources (config: data.source); each declares its task, factory and fields' checks in
+# a marked section at the end of its file. Their heavy libraries (datasets, PIL, tokenizers) load lazily.
+SOURCES: dict[str, SourceSpec] = {s.name: s for s in (synthetic.SOURCE, text.SOURCE, images.SOURCE, image_store.SOURCE)}
+assert {n for n, s in SOURCES.items() if s.task == "classify"} == set(IMAGE_SOURCES), \
+    "lib.config.IMAGE_SOURCES (which lib.tasks reads) must be the registered sources of task classify"
+
+
+def source_spec(name: str) -> SourceSpec:
+    if name not in SOURCES:
+        raise ConfigError(f"data.source: unknown value '{name}'; choose one of {', '.join(SOURCES)}")
+    return SOURCES[name]
 
 
 def make_source(cfg: DataConfig, data_root: str | None = None) -> Source:
-    if cfg.source == "synthetic":
-        from lib.data.synthetic import PhraseLanguage
-
-        return PhraseLanguage(cfg)
-    if cfg.source == "hf":
-        from lib.data.text import TextSource  # noqa: PLC0415  (pulls in datasets/tokenizers lazily)
-
-        return TextSource(cfg, data_root=data_root)
-    if cfg.source == "synthetic_images":
-        from lib.data.images import SyntheticImages
-
-        return SyntheticImages(cfg)
-    if cfg.source == "hf_images":
-        from lib.data.image_store import ImageSource  # noqa: PLC0415  (pulls in datasets/PIL lazily)
-
-        return ImageSource(cfg, data_root=data_root)
-    raise ConfigError(f"data.source: unknown value '{cfg.source}'; choose one of synthetic, hf, synthetic_images, hf_images")
+    return source_spec(cfg.source).make(cfg, data_root)
 
 
 def resolve_vocab(cfg: RunConfig, source: Source) -> RunConfig:

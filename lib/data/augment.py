@@ -38,3 +38,17 @@ def augment(images_BHWC: np.ndarray, rows: np.ndarray, seed: int, mode: str, pad
         flip = (h & np.uint64(1)).astype(bool)
         out = np.where(flip[:, None, None, None], out[:, :, ::-1], out)
     return np.ascontiguousarray(out)
+
+
+# == configuration: the image fields both image sources check (lib/data/images.py, image_store.py) ======
+from lib.config import DataConfig, one_of, require  # noqa: E402  (the config section sits at the end)
+
+AUGMENTS = ("none", "flip", "crop", "crop_flip")  # data.augment: training batches only
+
+
+def check_image_fields(d: DataConfig) -> None:
+    require(d.image_size >= 4, "data.image_size", f"must be at least 4 pixels, got {d.image_size}")
+    require(d.image_channels in (1, 3), "data.image_channels", f"must be 1 (grayscale) or 3 (RGB), got {d.image_channels}")
+    require(d.num_classes >= 0, "data.num_classes", f"must be >= 0 (0: the default / the dataset's), got {d.num_classes}")
+    one_of(d.augment, AUGMENTS, "data.augment")
+    require(0 <= d.crop_pad < d.image_size, "data.crop_pad", f"must be in 0..image_size-1 ({d.image_size - 1}), got {d.crop_pad}")

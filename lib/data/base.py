@@ -77,3 +77,21 @@ class EpochSampler:
             perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
             self._permutations[epoch] = perm.astype(np.int32) if self.n < 2**31 else perm  # half the memory
         return self._permutations[epoch]
+
+
+# == configuration: what a data source declares (lib/data/__init__.py registers it; lib/config_rules.py
+# runs its rules for whatever data.source names) ======================================================
+import dataclasses  # noqa: E402  (the config section sits at the end)
+from typing import Callable  # noqa: E402
+
+from lib.config import DataConfig  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    name: str
+    task: str  # what its batches are for: "lm" (token rows) or "classify" ({"image", "label"})
+    make: Callable[[DataConfig, str | None], Source]  # (data config, data_root) -> the source
+    # Its own fields: raise lib.config.ConfigError naming the field and the fix (lib.config.require).
+    validate: Callable[[DataConfig], None] = lambda d: None
+

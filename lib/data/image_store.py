@@ -321,3 +321,17 @@ class _Writer:
             f.flush()
             os.fsync(f.fileno())
             f.close()
+
+
+# == configuration: the rules lib/config_rules.py runs for data.source=hf_images =======================
+from lib.config import require  # noqa: E402  (the config section sits at the end)
+from lib.data.augment import check_image_fields  # noqa: E402
+from lib.data.base import SourceSpec  # noqa: E402
+
+
+def _check(d: DataConfig) -> None:
+    check_image_fields(d)
+    require(bool(d.dataset), "data.dataset", "set a hub name (e.g. uoft-cs/cifar10) or imagefolder with data.data_files=<folder>")
+
+
+SOURCE = SourceSpec(name="hf_images", task="classify", make=lambda cfg, data_root: ImageSource(cfg, data_root=data_root), validate=_check)

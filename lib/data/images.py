@@ -242,3 +242,24 @@ def _normals(key: np.ndarray, count: int) -> np.ndarray:
     angle = (words & np.uint64(0xFFFFFF)).astype(np.float32) * np.float32(2 * np.pi * 2.0**-24)
     radius = np.sqrt(np.float32(-2) * np.log(u1))
     return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)], axis=1)[:, :count]
+
+
+# == configuration: the rules lib/config_rules.py runs for data.source=synthetic_images ================
+from lib.config import require  # noqa: E402  (the config section sits at the end)
+from lib.data.augment import check_image_fields  # noqa: E402
+from lib.data.base import SourceSpec  # noqa: E402
+
+
+def _check(d: DataConfig) -> None:
+    check_image_fields(d)
+    require(d.num_classes != 1, "data.num_classes", "a classification task needs at least 2 classes (0: 10)")
+    require(d.synth_img_modes == 0 or d.synth_img_modes >= 2, "data.synth_img_modes", f"needs at least 2 modes (0: 2^62 - 1), got {d.synth_img_modes}")
+    require(1.0 < d.synth_img_zipf <= 10.0 and math.isfinite(d.synth_img_zipf), "data.synth_img_zipf",
+            f"must be in (1, 10] so the mode law has a finite mean tail, got {d.synth_img_zipf}; e.g. 1.3")
+    require(1 <= d.synth_img_band and 2 * d.synth_img_band < d.image_size, "data.synth_img_band",
+            f"must be in 1..{(d.image_size - 1) // 2} (below half the image size {d.image_size}), got {d.synth_img_band}")
+    require(d.synth_img_noise >= 0 and math.isfinite(d.synth_img_noise), "data.synth_img_noise", f"must be >= 0, got {d.synth_img_noise}")
+    require(0.0 <= d.synth_img_label_noise < 1.0, "data.synth_img_label_noise", f"must be in [0, 1), got {d.synth_img_label_noise}")
+
+
+SOURCE = SourceSpec(name="synthetic_images", task="classify", make=lambda cfg, data_root: SyntheticImages(cfg), validate=_check)

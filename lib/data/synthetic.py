@@ -78,7 +78,7 @@ import math
 
 import numpy as np
 
-from lib.config import ConfigError, DataConfig, synth_max_id_digits
+from lib.config import ConfigError, DataConfig
 from lib.data.base import local_rows
 
 BOUNDARY = 0
@@ -430,3 +430,36 @@ def _hash(key, *words) -> np.ndarray:
 def _uniform(h: np.ndarray) -> np.ndarray:
     """[0, 1) from the top 53 bits."""
     return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+# == configuration: the rules lib/config_rules.py runs for data.source=synthetic =======================
+from lib.config import require  # noqa: E402  (the config section sits at the end)
+from lib.data.base import SourceSpec  # noqa: E402
+
+
+def synth_max_id_digits(vocab: int) -> int:
+    """The synthetic language's ID digits are base b = (vocab - 1) // 2; ranks b^digits <= 2^62 fit int64."""
+    base, n = (vocab - 1) // 2, 1
+    while base ** (n + 1) <= 1 << 62:
+        n += 1
+    return n
+
+
+def _check(d: DataConfig) -> None:
+    require(d.synth_vocab >= 5, "data.synth_vocab", f"needs at least 5 tokens (boundary, 2 ID digits, 2 filler tokens), got {d.synth_vocab}")
+    require(
+        1.0 < d.synth_zipf <= 10.0 and math.isfinite(d.synth_zipf),
+        "data.synth_zipf",
+        f"must be in (1, 10] so the rank law has a finite entropy, got {d.synth_zipf}; e.g. 1.3",
+    )
+    require(d.synth_filler_len >= 1, "data.synth_filler_len", f"needs at least 1 filler token (it ends the ID), got {d.synth_filler_len}")
+    limit = synth_max_id_digits(d.synth_vocab)
+    require(
+        0 <= d.synth_id_digits <= limit,
+        "data.synth_id_digits",
+        f"got {d.synth_id_digits}; ranks of more than {limit} base-{(d.synth_vocab - 1) // 2} digits overflow int64: "
+        f"use 1..{limit}, or 0 for {limit}",
+    )
+
+
+SOURCE = SourceSpec(name="synthetic", task="lm", make=lambda cfg, data_root: PhraseLanguage(cfg), validate=_check)

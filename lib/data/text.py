@@ -249,3 +249,16 @@ def _data_root(cfg: DataConfig, data_root: str | os.PathLike | None) -> str:
     if is_url(root):
         raise ConfigError(f"data.data_root: token stores are memory-mapped, so they need a local or mounted folder, got '{root}'")
     return os.path.abspath(os.path.expanduser(root))
+
+
+# == configuration: the rules lib/config_rules.py runs for data.source=hf ==============================
+from lib.config import require  # noqa: E402  (the config section sits at the end)
+from lib.data.base import SourceSpec  # noqa: E402
+
+
+def _check(d: DataConfig) -> None:
+    require(bool(d.dataset), "data.dataset", "set a hub name or a builder (text|json|parquet|csv), e.g. --set data.dataset=text")
+    require(d.max_tokens >= 0, "data.max_tokens", f"must be >= 0 (0: the whole split), got {d.max_tokens}")
+
+
+SOURCE = SourceSpec(name="hf", task="lm", make=lambda cfg, data_root: TextSource(cfg, data_root=data_root), validate=_check)

@@ -13,6 +13,11 @@ in lib/parallel/sharding.py's one table). Registered families (config: `model.fa
   resnet       lib/models/resnet.py        pre-activation ResNet image classifier (group or batch norm)
   vit          lib/models/vit.py           Vision Transformer classifier (the transformer's Block, non-causal)
 
+Each family also declares its configuration rules in a `FamilySpec` (lib/models/spec.py), a marked
+section at the end of its file: its fields' checks, its task, whether it has attention heads, runs
+pipeline stages or muP, and its shape tag. `register(family, spec)` adds both; lib/config_rules.py
+runs the spec of whatever family a config names, so a new family touches its file and this registry.
+
 May import: lib.config. Not lib.flops (it counts for the families, so it sits above them).
 """
 
@@ -22,9 +27,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lib.config import MODEL_FAMILIES, ModelConfig
+from lib.config import ModelConfig
 from lib.models import base, cnn, mlp, moe, recurrent, resnet, transformer, vit
 from lib.models.base import Family
+from lib.models.spec import FamilySpec
 
 TRANSFORMER = Family(
     name="transformer",
@@ -38,15 +44,49 @@ TRANSFORMER = Family(
     ),
 )
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (TRANSFORMER, recurrent.LSTM, recurrent.GRU, mlp.MLP, cnn.CNN, moe.MOE, resnet.RESNET, vit.VIT)}
-assert tuple(FAMILIES) == MODEL_FAMILIES, "lib.config.MODEL_FAMILIES and the registry must list the same families"
+FAMILIES: dict[str, Family] = {}
+SPECS: dict[str, FamilySpec] = {}
 
 
-def family(name_or_cfg: str | ModelConfig) -> Family:
+def register(fam: Family, spec: FamilySpec) -> None:
+    """Add a family: its model contract and its configuration rules, under one name."""
+    if fam.name != spec.name:
+        raise ValueError(f"a family and its spec must have one name, got Family {fam.name!r} and FamilySpec {spec.name!r}")
+    if fam.name in FAMILIES:
+        raise ValueError(f"model family {fam.name!r} is already registered")
+    FAMILIES[fam.name], SPECS[fam.name] = fam, spec
+
+
+for _fam, _spec in ((TRANSFORMER, transformer.SPEC), (recurrent.LSTM, recurrent.LSTM_SPEC), (recurrent.GRU, recurrent.GRU_SPEC),
+                    (mlp.MLP, mlp.SPEC), (cnn.CNN, cnn.SPEC), (moe.MOE, moe.SPEC), (resnet.RESNET, resnet.SPEC), (vit.VIT, vit.SPEC)):
+    register(_fam, _spec)
+del _fam, _spec
+
+
+def _name(name_or_cfg: str | ModelConfig) -> str:
     name = name_or_cfg if isinstance(name_or_cfg, str) else name_or_cfg.family
     if name not in FAMILIES:
         raise ValueError(f"model.family: unknown family {name!r}; choose one of {', '.join(FAMILIES)}")
-    return FAMILIES[name]
+    return name
+
+
+def family(name_or_cfg: str | ModelConfig) -> Family:
+    return FAMILIES[_name(name_or_cfg)]
+
+
+def spec(name_or_cfg: str | ModelConfig) -> FamilySpec:
+    """The family's configuration rules (lib/models/spec.py)."""
+    return SPECS[_name(name_or_cfg)]
+
+
+def shape_tag(cfg: ModelConfig) -> str:
+    """The short name of a model's shape in reports, e.g. "transformer d_model 64, n_layers 2, n_heads 4"."""
+    return spec(cfg).tag(cfg)
+
+
+def families_of_task(task: str) -> tuple[str, ...]:
+    """The registered families that read `task`'s data ("lm": tokens, "classify": images)."""
+    return tuple(name for name, s in SPECS.items() if s.task == task)
 
 
 def make_model(cfg: ModelConfig, layer_stack=None) -> nn.Module:
@@ -58,9 +98,9 @@ def make_model(cfg: ModelConfig, layer_stack=None) -> nn.Module:
         raise ValueError("model.vocab_size is unset; resolve it from the data source first (lib.data.resolve_vocab)")
     if layer_stack is None:
         return family(cfg).module(cfg)
-    if cfg.family != "transformer" or not cfg.scan_layers:
-        raise ValueError(f"a layer_stack (pipeline) runs the transformer's scanned layers, not {cfg.family} "
-                         f"with scan_layers={cfg.scan_layers} (lib/config.py validates this)")
+    if not spec(cfg).pipeline or not cfg.scan_layers:
+        raise ValueError(f"a layer_stack (pipeline) runs a pipeline family's scanned layers, not {cfg.family} "
+                         f"with scan_layers={cfg.scan_layers} (lib/config_rules.py validates this)")
     return family(cfg).module(cfg, layer_stack=layer_stack)
 
 
@@ -107,4 +147,5 @@ def sown_means(intermediates, names) -> dict:
     return {n: jnp.mean(jnp.concatenate(v)) for n, v in found.items()}
 
 
-__all__ = ["FAMILIES", "Family", "apply_with_aux", "dummy_input", "family", "has_aux", "make_model", "param_axes", "sown_means"]
+__all__ = ["FAMILIES", "SPECS", "Family", "FamilySpec", "apply_with_aux", "dummy_input", "families_of_task", "family", "has_aux", "make_model",
+           "param_axes", "register", "shape_tag", "sown_means", "spec"]

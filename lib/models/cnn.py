@@ -103,3 +103,18 @@ def forward_flops(cfg: ModelConfig, seq_len: int) -> float:
 
 
 CNN = base.Family(name="cnn", module=ConvLM, param_counts=param_counts, forward_flops=forward_flops, logical_axes=LOGICAL_AXES)
+
+
+# == configuration (lib/models/spec.py): the rules lib/config_rules.py runs for this family ==========
+from lib.config import require  # noqa: E402  (the config section sits at the end)
+from lib.models.spec import FamilySpec  # noqa: E402
+
+
+def _check(m: ModelConfig) -> None:
+    require(m.kernel_size >= 1, "model.kernel_size", f"must be >= 1 tap, got {m.kernel_size}; e.g. 4")
+    require(1 <= m.dilation_cycle <= 16, "model.dilation_cycle",
+            f"must be in 1..16 (layer l is dilated by 2^(l mod dilation_cycle); 1: no dilation), got {m.dilation_cycle}")
+    require(not m.scan_layers, "model.scan_layers", "the cnn family does not scan its layers (dilations differ); use --set model.scan_layers=false")
+
+
+SPEC = FamilySpec(name="cnn", validate=_check)

@@ -79,3 +79,16 @@ def forward_flops(cfg: ModelConfig, seq_len: int) -> float:
 
 
 MLP = base.Family(name="mlp", module=WindowMLP, param_counts=param_counts, forward_flops=forward_flops, logical_axes=LOGICAL_AXES)
+
+
+# == configuration (lib/models/spec.py): the rules lib/config_rules.py runs for this family ==========
+from lib.config import require  # noqa: E402  (the config section sits at the end)
+from lib.models.spec import FamilySpec  # noqa: E402
+
+
+def _check(m: ModelConfig) -> None:
+    require(m.context >= 1, "model.context", f"the window must hold at least the current token, got {m.context}; e.g. 8")
+    require(not m.scan_layers, "model.scan_layers", "the mlp family does not scan its layers; use --set model.scan_layers=false")
+
+
+SPEC = FamilySpec(name="mlp", validate=_check)

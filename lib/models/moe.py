@@ -206,3 +206,30 @@ MOE = base.Family(
     name="moe", module=MoeTransformer, param_counts=param_counts, forward_flops=forward_flops, logical_axes=LOGICAL_AXES,
     context_flops=base.attention_context_flops, aux_weights=AUX_WEIGHTS,
 )
+
+
+# == configuration (lib/models/spec.py): the rules lib/config_rules.py runs for this family ==========
+from lib.config import require  # noqa: E402  (the config section sits at the end)
+from lib.models.spec import FamilySpec, check_heads  # noqa: E402
+
+
+def _check(m: ModelConfig) -> None:
+    check_heads(m, rope=True)
+    require(m.n_experts >= 1, "model.n_experts", f"must be >= 1, got {m.n_experts}; e.g. 8")
+    require(1 <= m.top_k <= m.n_experts, "model.top_k",
+            f"top_k={m.top_k} must be in 1..n_experts ({m.n_experts}); e.g. --set model.top_k={min(2, max(m.n_experts, 1))}")
+    require(m.capacity_factor > 0 and math.isfinite(m.capacity_factor), "model.capacity_factor",
+            f"must be > 0 (slots per expert = capacity_factor * top_k * seq_len / n_experts), got {m.capacity_factor}; e.g. 1.25")
+    for name in ("moe_aux_weight", "moe_z_weight"):
+        value = getattr(m, name)
+        require(value >= 0 and math.isfinite(value), f"model.{name}", f"must be >= 0 (0 turns the loss off), got {value}")
+
+
+def _check_mesh(m: ModelConfig, sizes: dict[str, int]) -> None:
+    expert = sizes["expert"]
+    require(m.n_experts % expert == 0, "mesh.expert",
+            f"n_experts={m.n_experts} is not divisible by the expert-parallel size {expert}; pick mesh.expert dividing "
+            f"n_experts (e.g. --set mesh.expert={math.gcd(m.n_experts, expert)}) or more experts")
+
+
+SPEC = FamilySpec(name="moe", attention=True, validate=_check, check_mesh=_check_mesh)

@@ -182,3 +182,26 @@ def _family(name: str) -> base.Family:
 
 LSTM = _family("lstm")
 GRU = _family("gru")
+
+
+# == configuration (lib/models/spec.py): the rules lib/config_rules.py runs for lstm and gru ==========
+from lib.config import require  # noqa: E402  (the config section sits at the end)
+from lib.models.spec import FamilySpec  # noqa: E402
+
+
+def _check(m: ModelConfig) -> None:
+    require(m.rnn_hidden >= 0, "model.rnn_hidden", f"must be positive (or 0 for d_model), got {m.rnn_hidden}")
+    require(m.rnn_proj >= 0, "model.rnn_proj", f"must be positive (or 0 for no projection), got {m.rnn_proj}")
+    out = m.rnn_proj or m.rnn_hidden or m.d_model
+    require(
+        out == m.d_model or not m.tie_embeddings,
+        "model.tie_embeddings",
+        f"the {m.family}'s output size ({out}: rnn_proj, else rnn_hidden) differs from d_model={m.d_model}, so the "
+        f"embedding cannot be tied to the output head; set model.rnn_proj={m.d_model} or model.tie_embeddings=false",
+    )
+    require(not m.scan_layers, "model.scan_layers",
+            f"{m.family} layers differ in input size and are not scanned; use --set model.scan_layers=false")
+
+
+LSTM_SPEC = FamilySpec(name="lstm", validate=_check)
+GRU_SPEC = FamilySpec(name="gru", validate=_check)

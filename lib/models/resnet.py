@@ -153,3 +153,29 @@ def padding_flops(cfg: ModelConfig) -> float:
 
 RESNET = base.Family(name="resnet", module=ResNet, param_counts=param_counts, forward_flops=forward_flops,
                      logical_axes=LOGICAL_AXES, dummy_input=base.image_dummy)
+
+
+# == configuration (lib/models/spec.py): the rules lib/config_rules.py runs for this family ==========
+import math  # noqa: E402  (the config section sits at the end)
+
+from lib.config import one_of, require  # noqa: E402
+from lib.models.spec import FamilySpec, check_image_input  # noqa: E402
+
+NORMS = ("group", "batch")  # model.norm: GroupNorm (norm_groups groups) or BatchNorm
+
+
+def _check(m: ModelConfig) -> None:
+    check_image_input(m)
+    require(not m.scan_layers, "model.scan_layers", "the resnet family does not scan its layers; use --set model.scan_layers=false")
+    widths, depths = m.stage_widths, m.stage_depths
+    require(len(widths) >= 1 and all(w > 0 for w in widths), "model.widths", f"stage widths must be positive, got {list(widths)}; e.g. [16, 32, 64]")
+    require(len(depths) == len(widths) and all(k >= 1 for k in depths), "model.depths",
+            f"one depth (>= 1 block) per stage of model.widths {list(widths)}, got {list(depths)}; e.g. {[1] * len(widths)}")
+    one_of(m.norm, NORMS, "model.norm")
+    if m.norm == "group":
+        require(m.norm_groups >= 1 and all(w % m.norm_groups == 0 for w in widths), "model.norm_groups",
+                f"every stage width {list(widths)} must be divisible by norm_groups={m.norm_groups}; pick a divisor of "
+                f"{math.gcd(*widths)}, or widths that are multiples of {m.norm_groups}")
+
+
+SPEC = FamilySpec(name="resnet", task="classify", validate=_check)

@@ -289,3 +289,14 @@ def make_model(cfg: ModelConfig) -> Transformer:
     if cfg.vocab_size <= 0:
         raise ValueError("model.vocab_size is unset; resolve it from the data source first (lib.data.resolve_vocab)")
     return Transformer(cfg)
+
+
+# == configuration (lib/models/spec.py): the rules lib/config_rules.py runs for this family ==========
+from lib.models.spec import FamilySpec, check_heads  # noqa: E402  (the config section sits at the end)
+
+
+def _check(m: ModelConfig) -> None:
+    check_heads(m, rope=True)
+
+
+SPEC = FamilySpec(name="transformer", attention=True, pipeline=True, mup=True, validate=_check)

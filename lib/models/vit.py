@@ -91,3 +91,27 @@ def forward_flops(cfg: ModelConfig, seq_len: int = 1) -> float:
 
 VIT = base.Family(name="vit", module=ViT, param_counts=param_counts, forward_flops=forward_flops,
                   logical_axes=LOGICAL_AXES, dummy_input=base.image_dummy)
+
+
+# == configuration (lib/models/spec.py): the rules lib/config_rules.py runs for this family ==========
+from lib.config import DataConfig, one_of, require  # noqa: E402  (the config section sits at the end)
+from lib.models.spec import FamilySpec, check_heads, check_image_input  # noqa: E402
+
+POOLS = ("mean", "cls")  # model.pool: the mean over patch tokens, or a class token
+
+
+def _check(m: ModelConfig) -> None:
+    check_image_input(m)
+    require(not m.scan_layers, "model.scan_layers", "the vit family does not scan its layers; use --set model.scan_layers=false")
+    require(m.patch_size >= 1, "model.patch_size", f"must be >= 1, got {m.patch_size}; e.g. 4")
+    one_of(m.pool, POOLS, "model.pool")
+    check_heads(m, rope=False)  # learned position embeddings: any head size
+
+
+def _check_data(m: ModelConfig, d: DataConfig) -> None:
+    require(m.patch_size > 0 and d.image_size % m.patch_size == 0, "model.patch_size",
+            f"image size {d.image_size} is not divisible by patch_size {m.patch_size}; pick a patch size dividing it "
+            f"(e.g. {max(p for p in (1, 2, 4, 8) if d.image_size % p == 0)})")
+
+
+SPEC = FamilySpec(name="vit", task="classify", attention=True, validate=_check, check_data=_check_data)

@@ -31,6 +31,7 @@ import threading
 import time
 from typing import Sequence
 
+from lib.config_rules import validate
 from lib.store import claims as claims_lib
 from lib.store.claims import RunClaimed
 from lib.store.runstore import RunDir
@@ -100,7 +101,7 @@ def run_local(plan: Plan, root, retries: int = 2, devices=None, progress: "Progr
 
     devices = list(jax.devices() if devices is None else devices)
     for r in plan.runs:  # every config error before the first step of the first run
-        r.cfg.validate(len(devices))
+        validate(r.cfg, len(devices))
     writer = jax.process_index() == 0
     runs, snapshot, outcomes = triage(plan, root, retries, writer=writer)
     progress = progress or Progress(plan, enabled=False)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from lib import flops as flops_lib
 from lib.config import IMAGE_SOURCES, SYNTH_IMG_DEFAULT_CLASSES, ConfigError, ModelConfig, RunConfig, resolve_model_input, units_per_row
+from lib.config_rules import validate
 from lib.sweeps import rules
 
 Size = Mapping[str, Any] | ModelConfig  # model fields, e.g. {"d_model": 64, "n_layers": 2, "n_heads": 4}
@@ -131,7 +132,7 @@ class Sweep:
             for factor in sorted({*self.lr_grid, *extensions.get(point.name, ())}):
                 cfg = lr_grid_run(point, factor)
                 try:
-                    cfg.validate()
+                    validate(cfg)
                 except ConfigError as e:
                     raise ConfigError(f"sweep '{self.name}', run '{cfg.name}': {e}") from None
                 planned = dataclasses.replace(_planned(cfg), point=point.name)

@@ -31,6 +31,7 @@ import numpy as np
 
 from lib import flops as flops_lib
 from lib.config import ConfigError, RunConfig, eval_chunk_rows, eval_rows, resolve_axis_sizes, resolve_model_input, task_kind, unit_name, units_per_row
+from lib.config_rules import validate
 from lib.data import make_source, resolve_vocab
 from lib.parallel import pipeline, sharding
 from lib.store.checkpoint import Checkpointer
@@ -171,7 +172,7 @@ def _claim(todo: list[_Run], claims: Claims, done: Callable[[_Run, Any], None]) 
 
 def _open(cfg: RunConfig, workdir, devices, sources: dict) -> _Run:
     """Validate `cfg`, find its data, check its folder belongs to it; a finished run comes back done."""
-    cfg.validate(len(devices))
+    validate(cfg, len(devices))
     workdir = os.fspath(workdir)
     if not is_url(workdir):
         workdir = os.path.abspath(workdir)  # orbax needs absolute paths
@@ -180,7 +181,7 @@ def _open(cfg: RunConfig, workdir, devices, sources: dict) -> _Run:
     if key not in sources:
         sources[key] = make_source(cfg.data, data_root=data_root)
     source = sources[key]
-    cfg = resolve_model_input(resolve_vocab(cfg, source)).validate(len(devices))
+    cfg = validate(resolve_model_input(resolve_vocab(cfg, source)), len(devices))
     run = RunDir(workdir, writer=jax.process_index() == 0)
     r = _Run(cfg, run, os.path.basename(os.path.normpath(workdir)), source)
     _check_same_run(run, cfg)
