@@ -108,3 +108,15 @@ def test_hook_cadence_by_brute_force():
             if hook.due(r):
                 due.add(step)
         assert due == expected[name], name
+
+
+def test_a_branch_trained_without_its_dependency_is_a_named_error(tmp_path):
+    from lib.config import ConfigError
+    from lib.train.loop import train
+
+    sweep = Cooldowns([dict(d_model=16, n_layers=1, n_heads=2)], tokens=[20 * B * T], decay_frac=0.25, base=BASE, name="cd",
+                      schedule=Schedule(warmup_frac=0.1))
+    _, branch = sweep.plan().runs
+    with pytest.raises(ConfigError, match="train.trunk"):
+        train(branch.cfg, tmp_path / branch.run_id)
+    assert not (tmp_path / branch.run_id / "status.json").exists()  # refused before anything was written

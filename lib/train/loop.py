@@ -159,6 +159,10 @@ def _open(cfg: RunConfig, workdir, devices, sources: dict, init_from: InitFrom |
     source = sources[key]
     cfg = resolve_model_input(resolve_vocab(cfg, source)).validate(len(devices))
     run = RunDir(workdir, writer=jax.process_index() == 0)
+    if cfg.train.trunk and init_from is None:  # the hashed field alone would silently train the prefix from scratch
+        raise ConfigError(f"train.trunk: run {os.path.basename(os.path.normpath(workdir))} is a cooldown branch of {cfg.train.trunk}; "
+                          "train it through its sweep (scaling sweep), whose plan makes it start from its trunk, or pass "
+                          "init_from=InitFrom(trunk run id, train.branch_start)")
     r = PackRun(cfg, run, os.path.basename(os.path.normpath(workdir)), source, init_from)
     _check_same_run(run, cfg)
     _check_same_data(run, source)
