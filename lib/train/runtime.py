@@ -82,6 +82,7 @@ class PackRuntime:
         self.spent = {"compile": 0.0, "eval": 0.0, "checkpoint": 0.0}  # time inside the loop that is not training
         self.pack, self.slots, self.state, self.pending = None, [], None, None
         self.values: dict = {}  # the last read tick's metrics, per run
+        self.scores: dict = {}  # this tick's eval scores, per run evaluated (the eval hook)
         self.saved: set = set()  # runs checkpointed in this tick
         self._exits = contextlib.ExitStack()
 
