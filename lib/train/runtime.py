@@ -140,7 +140,7 @@ class PackRuntime:
         """On the first tick, or when a run left: rebuild the pack of the active runs (one compile).
         False when no run is left to train."""
         active = self.active()
-        if [s for s in self.slots if s is not None] == active:
+        if active and [s for s in self.slots if s is not None] == active:
             return True
         if self.pending is not None:  # the last tick's losses first: a run that diverged there leaves too
             self.read()
