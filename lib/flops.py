@@ -30,7 +30,7 @@ FLOPs per token, training (forward + backward), three conventions:
 from __future__ import annotations
 
 from lib import models
-from lib.config import ModelConfig
+from lib.config import ModelConfig, RunConfig, units_per_row
 
 CONVENTIONS = ("6N", "kaplan", "chinchilla")
 
@@ -63,6 +63,21 @@ def param_counts(m: ModelConfig) -> dict[str, int]:
 def flops_per_token(m: ModelConfig, seq_len: int, convention: str = "chinchilla") -> float:
     """Training FLOPs (forward + backward) per token of context length `seq_len`."""
     return models.family(m).flops_per_token(m, seq_len, convention)
+
+
+def run_flops(cfg: RunConfig, steps: int | None = None, *, convention: str | None = None, global_batch: int | None = None,
+              start: int = 0) -> float:
+    """A run's compute C: training FLOPs over its first `steps` steps (default: all, train.steps) =
+    units (steps x global_batch x units per row: tokens, or images) x FLOPs per unit, in `convention`
+    (default the run's train.flops_convention). `global_batch` overrides the config's (a plan trying
+    batches). `start` > 0: only the steps after `start`, C x (steps - start) / steps -- what a run
+    initialised from another's state at step `start` trains itself (lib/sweeps/cooldowns.py).
+    The plans, the loop's metrics and summary, cooldowns and the executors' progress all call this."""
+    T = units_per_row(cfg)
+    steps = cfg.train.steps if steps is None else steps
+    units = steps * (cfg.data.global_batch if global_batch is None else global_batch) * T
+    c = units * flops_per_token(cfg.model, T, convention or cfg.train.flops_convention)
+    return c * (steps - start) / steps if start else c
 
 
 def forward_flops_per_token(m: ModelConfig, seq_len: int) -> float:

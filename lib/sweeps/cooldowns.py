@@ -16,6 +16,13 @@ order is a function of (seed, step), so a branch is bit for bit the fresh wsd ru
 its eval loss and `flops` = its point's whole compute (trunk prefix + branch), plus `trunk` and
 `branch_start`. Trunks are runs too (summary `role: "trunk"`); the fitter leaves them out.
 
+This module only plans: each branch is a PlannedRun that runs `after` its trunk and starts from
+its trunk's checkpoint (`init_from` = (trunk id, branch_start); lib/sweeps/plans.py). The
+executors order and wait on `after` (lib.sweeps.executors.dependency_order), the loop restores
+`init_from` (lib.train.runtime), so nothing downstream knows about trunks. `train.trunk` and
+`train.branch_start` stay in the branch's config because they are hashed into its run id;
+`train.keep_steps` (checkpoints kept whatever keep_checkpoints says) is the trunk's.
+
 Warmup: `schedule.warmup_frac` of the size's shortest branch, the same for its trunk and every
 branch (they must share it). Run order: each trunk, then its branches; `--worker i/n` gives a trunk
 and its branches to the same worker (`Plan.partition`), so a worker's in-process executor trains a
@@ -32,8 +39,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 from lib import flops as flops_lib
 from lib.config import WSD_DECAY_SHAPES, ConfigError, ModelConfig, RunConfig, units_per_row
-from lib.sweeps.plans import IsoFlop, Plan, PlannedRun, Schedule, Size, Sweep, _fmt, _planned, _size_tag, _with_size
+from lib.sweeps.plans import IsoFlop, Plan, Schedule, Size, Sweep, _fmt, _planned, _size_tag, _with_size
 from lib.train.optim import wsd_decay_start
+from lib.train.runtime import InitFrom
 
 
 @dataclasses.dataclass
@@ -100,7 +108,9 @@ class Cooldowns(Sweep):
 
     def plan(self, overrides: Mapping[str, Any] | None = None, root=None) -> Plan:
         """Sweep.plan, then each branch names its trunk by run id (known only once the lr rule has
-        set the trunk's lr), runs ordered trunk then its branches, and the compute notes."""
+        set the trunk's lr) and depends on it -- `after` the trunk, `init_from` its checkpoint at
+        branch_start (lib/sweeps/plans.py; the executors and the loop do the rest) --, runs ordered
+        trunk then its branches, and the compute notes."""
         plan = Sweep.plan(self, overrides, root)
         ids = {r.cfg.name: r.run_id for r in plan.runs if not r.cfg.train.trunk}
         trunks, branches = [], {}
@@ -110,8 +120,12 @@ class Cooldowns(Sweep):
                 continue
             if r.cfg.train.trunk not in ids:
                 raise ConfigError(f"sweep '{self.name}', run '{r.cfg.name}': its trunk '{r.cfg.train.trunk}' is not in the plan")
-            r = _planned(r.cfg.with_overrides({"train.trunk": ids[r.cfg.train.trunk]}))
-            branches.setdefault(r.cfg.train.trunk, []).append(r)
+            trunk_id = ids[r.cfg.train.trunk]
+            # train.trunk and train.branch_start stay in the config (hashed: they make the run id);
+            # what the machinery reads is the dependency.
+            r = dataclasses.replace(_planned(r.cfg.with_overrides({"train.trunk": trunk_id})),
+                                    after=(trunk_id,), init_from=InitFrom(trunk_id, r.cfg.train.branch_start))
+            branches.setdefault(trunk_id, []).append(r)
         ordered = []
         for t in sorted(trunks, key=lambda r: (r.params, r.run_id)):
             ordered += [t, *sorted(branches.get(t.run_id, []), key=lambda r: r.cfg.train.steps)]
@@ -133,44 +147,29 @@ def _check_counts(counts: list, field: str) -> None:
 
 
 # ---- compute accounting ---------------------------------------------------------------------------
-def is_trunk(r: PlannedRun) -> bool:
-    return bool(r.cfg.train.keep_steps) and not r.cfg.train.trunk and r.cfg.optimizer.schedule == "constant"
-
-
-def branch_tail_flops(r: PlannedRun) -> float:
-    """A branch's own compute: its steps after branch_start (the prefix is its trunk's)."""
-    return r.flops * (r.cfg.train.steps - r.cfg.train.branch_start) / r.cfg.train.steps
-
-
 def accounting(plan: Plan) -> dict:
     """{"spent": each trunk once + every branch's tail, "from_scratch": every branch point trained
     from step 0 (the sum of the branches' recorded flops), "ratio", "trunks", "branches"} in FLOPs.
-    A branch whose trunk is not in the plan counts whole (it would train its prefix itself).
+    Branches are the runs initialised from another run's checkpoint (`init_from`), trunks the runs
+    they start from. A branch whose trunk is not in the plan counts whole (it would train its prefix itself).
 
     "floor_ratio": the least any trunk-and-branch plan of these points could spend, as a share of
     from scratch -- each size trains at least to its longest point, so spent >= sum of each trunk's
     longest branch. With k token counts D_1 < ... < D_k per size and cooldown fraction f the ratio
     is f + (1 - f) D_k / sum(D_i) (warmup rounding aside), never below f + (1 - f) / k: with f = 0.2
     and 4 counts, 40% only as the counts become equal."""
-    trunks = {r.run_id: r for r in plan.runs if is_trunk(r)}
-    branches = [r for r in plan.runs if r.cfg.train.trunk]
-    others = [r for r in plan.runs if r.run_id not in trunks and not r.cfg.train.trunk]
+    branches = [r for r in plan.runs if r.init_from]
+    sources = {r.init_from.run_id for r in branches}
+    trunks = {r.run_id: r for r in plan.runs if r.run_id in sources}
+    others = [r for r in plan.runs if r.run_id not in trunks and not r.init_from]
     spent = sum(t.flops for t in trunks.values()) + sum(r.flops for r in others)
-    spent += sum(branch_tail_flops(r) if r.cfg.train.trunk in trunks else r.flops for r in branches)
+    spent += sum(r.own_flops if r.init_from.run_id in trunks else r.flops for r in branches)
     scratch = sum(r.flops for r in branches) + sum(r.flops for r in others)
     longest: dict[str, float] = {}
     for r in branches:
-        key = r.cfg.train.trunk if r.cfg.train.trunk in trunks else r.run_id
+        key = r.init_from.run_id if r.init_from.run_id in trunks else r.run_id
         longest[key] = max(longest.get(key, 0.0), r.flops)
     floor = sum(longest.values()) + sum(r.flops for r in others)
     nan = float("nan")
     return {"spent": spent, "from_scratch": scratch, "ratio": spent / scratch if scratch else nan,
             "floor_ratio": floor / scratch if scratch else nan, "trunks": len(trunks), "branches": len(branches)}
-
-
-def groups(runs: Sequence[PlannedRun]) -> list[list[PlannedRun]]:
-    """Runs grouped by trunk (a trunk with its branches; any other run alone), in the order given."""
-    out: dict[str, list[PlannedRun]] = {}
-    for r in runs:
-        out.setdefault(r.cfg.train.trunk or r.run_id, []).append(r)
-    return list(out.values())

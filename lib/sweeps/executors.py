@@ -112,7 +112,7 @@ def run_local(plan: Plan, root, retries: int = 2, devices=None, progress: "Progr
         if not todo or stopped:
             break
         claimed: dict[str, str] = {}  # run id -> who holds it
-        stopped = _train_packs(make_packs(todo, pack, devices), root, retries, devices, runs, snapshot, outcomes, claimed, progress)
+        stopped = _train_packs([p for p, _ in dependency_order(make_packs(todo, pack, devices))], root, retries, devices, runs, snapshot, outcomes, claimed, progress)
         if stopped or not claimed:
             break
         todo = after_claims([r for r in plan.runs if r.run_id in claimed], claimed, root, retries, outcomes, snapshot, runs, progress)
@@ -134,7 +134,7 @@ def _train_packs(packs, root, retries: int, devices, runs: dict, snapshot: dict,
     stopped = ""
     with _sigterm_raises():
         for members in packs:
-            members = _without_diverged_trunks(members, root, outcomes, runs, progress)  # trunks train first (plan order)
+            members = _without_failed_sources(members, root, outcomes, runs, progress)  # packs come in dependency_order
             if not members:
                 continue
             attempts = {r.run_id: snapshot[r.run_id].get("attempts", 0) for r in members}  # counted in memory from here
@@ -157,11 +157,13 @@ def _train_packs(packs, root, retries: int, devices, runs: dict, snapshot: dict,
                 try:
                     if len(left) == 1:  # a pack of one is a run: train() (what tests and tools patch)
                         try:
-                            on_done(0, train(left[0].cfg, os.path.join(root, left[0].run_id), devices))
+                            dependency = {"init_from": left[0].init_from} if left[0].init_from else {}
+                            on_done(0, train(left[0].cfg, os.path.join(root, left[0].run_id), devices, **dependency))
                         except (RunDiverged, RunClaimed) as e:
                             on_done(0, e)
                     else:
-                        train_pack([r.cfg for r in left], [os.path.join(root, r.run_id) for r in left], devices, on_done=on_done)
+                        train_pack([r.cfg for r in left], [os.path.join(root, r.run_id) for r in left], devices, on_done=on_done,
+                                   init_from=[r.init_from for r in left])
                     for r in left:  # found finished when opened: another process trained it since our triage
                         if r.run_id not in outcomes and r.run_id not in claimed:
                             claimed[r.run_id] = "another process"
@@ -248,15 +250,46 @@ def _held_elsewhere(run_path: str, timeout: float) -> bool:
     return h is not None and h.stale_reason(timeout) is None
 
 
-def _without_diverged_trunks(members: list[PlannedRun], root, outcomes: dict, runs: dict, progress) -> list[PlannedRun]:
-    """`members` less the branches whose trunk (lib/sweeps/cooldowns.py) diverged: each is failed
-    with the trunk's reason (not retried: its prefix would diverge again)."""
+# ================================================================================================
+# Run dependencies (PlannedRun.after / init_from): the one place executors honour them
+# ================================================================================================
+def dependency_order(packs: Sequence[Sequence[PlannedRun]]) -> list[tuple[list[PlannedRun], list[int]]]:
+    """`packs` ordered so that each comes after the packs holding the runs its runs follow
+    (`after`), otherwise in the order given, each with the positions (in the returned list) of the
+    packs it waits for. Where only some runs of a pack are ready, they go first and the others
+    become a pack of their own later (a run never waits inside its own pack). The in-process
+    executor trains in this order; Ray makes each pack's task wait for those packs' tasks;
+    `--worker i/n` keeps a run with the runs it follows (Plan.partition). A run that follows a run
+    not in `packs` (done, or another worker's) does not wait; a cycle is broken in the order given."""
+    remaining = [list(p) for p in packs if p]
+    planned = {r.run_id for p in remaining for r in p}
+    where: dict[str, int] = {}  # run id -> position of its pack in the output
+    out: list[tuple[list[PlannedRun], list[int]]] = []
+    while remaining:
+        ready = []
+        for k, members in enumerate(remaining):
+            ready = [r for r in members if all(a in where or a not in planned for a in r.after)]
+            if ready:
+                break
+        else:  # a cycle: the first pack as it is
+            k, ready = 0, remaining[0]
+        rest = [r for r in remaining[k] if r not in ready]
+        remaining = remaining[:k] + ([rest] if rest else []) + remaining[k + 1:]
+        waits = sorted({where[a] for r in ready for a in r.after if a in where})
+        where.update({r.run_id: len(out) for r in ready})
+        out.append((ready, waits))
+    return out
+
+
+def _without_failed_sources(members: list[PlannedRun], root, outcomes: dict, runs: dict, progress) -> list[PlannedRun]:
+    """`members` less the runs whose init_from run (a cooldown branch's trunk) diverged: each is
+    failed with that run's reason (not retried: its prefix would diverge again)."""
     keep = []
     for r in members:
-        trunk = r.cfg.train.trunk
-        status = (RunDir(os.path.join(root, trunk), writer=False).status() or {}) if trunk else {}
+        source = r.init_from.run_id if r.init_from else ""
+        status = (RunDir(os.path.join(root, source), writer=False).status() or {}) if source else {}
         if status.get("state") == "failed" and status.get("diverged"):
-            reason = f"trunk {trunk} diverged: {status.get('reason', '')}"
+            reason = f"trunk {source} diverged: {status.get('reason', '')}"
             runs[r.run_id].set_state("failed", reason=reason, diverged=True)
             outcomes[r.run_id] = Outcome(r.run_id, FAILED, reason)
             progress.finished(r, outcomes[r.run_id], trained=False)
@@ -524,25 +557,13 @@ def run_processes(
 # ================================================================================================
 # Progress: a tqdm bar over the steps of every run (tqdm's ETA), one line per finished run
 # ================================================================================================
-def _work(r: PlannedRun) -> float:
-    """The FLOPs run r trains: a cooldown branch only its steps after branch_start (lib/sweeps/cooldowns.py)."""
-    t = r.cfg.train
-    return r.flops * (t.steps - t.branch_start) / t.steps if t.trunk else r.flops
-
-
-def _work_steps(r: PlannedRun) -> int:
-    """The steps run r trains itself: a cooldown branch only those after branch_start."""
-    t = r.cfg.train
-    return t.steps - t.branch_start if t.trunk else t.steps
-
-
 class Progress:
     """tqdm over the steps of all runs on stderr -- a live run's steps read from its metrics log
     every `poll_s` -- with tqdm's ETA; one plain line per finished run on `stream` either way (its
     ETA from the FLOPs still to train)."""
 
     def __init__(self, plan: Plan, enabled: bool, stream=None, quiet: bool = False, poll_s: float = 2.0):
-        self.total_flops = sum(_work(r) for r in plan.runs) or 1.0
+        self.total_flops = sum(r.own_flops for r in plan.runs) or 1.0
         self.n = len(plan.runs)
         self.flops_left = self.total_flops
         self.trained_flops = 0.0
@@ -561,12 +582,12 @@ class Progress:
         if enabled and not quiet:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=sum(_work_steps(r) for r in plan.runs), unit="step", file=sys.stderr, dynamic_ncols=True,
+            self.bar = tqdm(total=sum(r.own_steps for r in plan.runs), unit="step", file=sys.stderr, dynamic_ncols=True,
                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
 
     def skipped(self, outcomes: list[Outcome], plan: Plan) -> None:
         """Runs decided before training: one line for those already done, one per failure not retried."""
-        flops = {r.run_id: _work(r) for r in plan.runs}
+        flops = {r.run_id: r.own_flops for r in plan.runs}
         done = [o for o in outcomes if o.result == SKIPPED]
         self.count += len(outcomes)
         self.flops_left -= sum(flops[o.run_id] for o in outcomes)
@@ -577,7 +598,7 @@ class Progress:
                 self.say(f"  {o.run_id} {o.result}: {o.reason}")
         if self.bar is not None and outcomes:
             for o in outcomes:
-                self._advance(o.run_id, _work_steps(self._of[o.run_id]))
+                self._advance(o.run_id, self._of[o.run_id].own_steps)
             with self._lock:  # steps done before: on the bar, not in its rate (tqdm's `initial`)
                 self.bar.n = self.bar.last_print_n = self.bar.initial = sum(self._steps.values())
             self.bar.refresh()
@@ -612,8 +633,9 @@ class Progress:
                 except Exception:  # noqa: BLE001  (a read racing a write: the next poll sees it)
                     continue
                 if rows and run_id in self._of:
-                    t = self._of[run_id].cfg.train
-                    self._advance(run_id, min(max(rows[-1].get("step", 0) - (t.branch_start if t.trunk else 0), 0), _work_steps(self._of[run_id])))
+                    r = self._of[run_id]
+                    start = r.init_from.step if r.init_from else 0  # a branch's rows up to its start are its trunk's
+                    self._advance(run_id, min(max(rows[-1].get("step", 0) - start, 0), r.own_steps))
 
     def _advance(self, run_id: str, steps: int) -> None:
         with self._lock:
@@ -625,12 +647,12 @@ class Progress:
 
     def finished(self, r: PlannedRun, outcome: Outcome, trained: bool) -> None:
         self.count += 1
-        self.flops_left -= _work(r)
+        self.flops_left -= r.own_flops
         if trained and outcome.result == DONE:
-            self.trained_flops += _work(r)
+            self.trained_flops += r.own_flops
         with self._lock:
             self._live.pop(r.run_id, None)
-        self._advance(r.run_id, _work_steps(r))  # a failed run's steps will not be trained: off the ETA too
+        self._advance(r.run_id, r.own_steps)  # a failed run's steps will not be trained: off the ETA too
         loss = f" eval {outcome.eval_loss:.4f}" if outcome.eval_loss is not None else ""
         took = f" in {outcome.seconds:.1f}s" if outcome.seconds else ""
         reason = f": {outcome.reason}" if outcome.reason else ""

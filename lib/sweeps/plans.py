@@ -28,6 +28,7 @@ from lib import flops as flops_lib
 from lib.config import IMAGE_SOURCES, SYNTH_IMG_DEFAULT_CLASSES, ConfigError, ModelConfig, RunConfig, resolve_model_input, units_per_row
 from lib.config_rules import validate
 from lib.sweeps import rules
+from lib.train.runtime import InitFrom
 
 Size = Mapping[str, Any] | ModelConfig  # model fields, e.g. {"d_model": 64, "n_layers": 2, "n_heads": 4}
 _SHAPE_FIELDS = ("d_model", "n_layers", "n_heads", "d_ff")
@@ -41,6 +42,23 @@ class PlannedRun:
     tokens: int  # D = steps * global_batch * seq_len
     flops: float  # C in the run's flops convention
     point: str = ""  # the point an lr-grid run belongs to (its x1 run's name); "" = the run's own name
+    # Run dependencies, as data: the runs of this plan that must finish first (executors order and
+    # wait on them: lib/sweeps/executors.py dependency_order), and the run and step whose checkpoint
+    # this run starts from on its first launch (the loop: lib.train.runtime.InitFrom). Not hashed:
+    # what makes a run what it is stays in its config (a cooldown branch's train.trunk, branch_start).
+    after: tuple[str, ...] = ()
+    init_from: InitFrom | None = None
+
+    @property
+    def own_steps(self) -> int:
+        """The steps this run trains itself: after its init_from step, if it has one."""
+        return self.cfg.train.steps - (self.init_from.step if self.init_from else 0)
+
+    @property
+    def own_flops(self) -> float:
+        """The compute this run trains itself: a run initialised from another's checkpoint at step S (a
+        cooldown branch) only its steps after S (the prefix is the other run's); any other run all of it."""
+        return flops_lib.run_flops(self.cfg, start=self.init_from.step) if self.init_from else self.flops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,14 +69,11 @@ class Plan:
     lr_rule: str = ""  # the learning-rate rule the runs follow, described; "" when none
 
     def partition(self, worker: int, n_workers: int) -> "Plan":
-        """Static share of worker i of n: runs i, i+n, i+2n, ... of the agreed order, where a trunk
-        and its branches (lib/sweeps/cooldowns.py) count as one run: they go to the same worker."""
+        """Static share of worker i of n: runs i, i+n, i+2n, ... of the agreed order, where a run and
+        the runs it follows (`after`; a cooldown branch and its trunk) count as one: they go to the same worker."""
         if not 0 <= worker < n_workers:
             raise ConfigError(f"--worker {worker}/{n_workers}: need 0 <= i < n, e.g. --worker 0/{max(n_workers, 1)}")
-        groups: dict[str, list[PlannedRun]] = {}
-        for r in self.runs:
-            groups.setdefault(r.cfg.train.trunk or r.run_id, []).append(r)
-        mine = list(groups.values())[worker::n_workers]
+        mine = dependency_groups(self.runs)[worker::n_workers]
         return dataclasses.replace(self, runs=tuple(r for g in mine for r in g))
 
     def lr_lines(self) -> list[str]:
@@ -68,6 +83,18 @@ class Plan:
             return []
         width = max(len(r.run_id) for r in self.runs)
         return [f"{r.run_id:<{width}}  N {r.params:>9.3g}  batch {r.cfg.data.global_batch:>4}  lr {r.cfg.optimizer.lr:.3g}" for r in self.runs]
+
+
+def dependency_groups(runs: Sequence[PlannedRun]) -> list[list[PlannedRun]]:
+    """`runs` grouped with the runs they follow (`after`, transitively; a run with none alone), in
+    the order given; a group is named by its first run."""
+    group_of: dict[str, str] = {}
+    groups: dict[str, list[PlannedRun]] = {}
+    for r in runs:
+        key = next((group_of[a] for a in r.after if a in group_of), r.run_id)
+        group_of[r.run_id] = key
+        groups.setdefault(key, []).append(r)
+    return list(groups.values())
 
 
 def run_id(cfg: RunConfig) -> str:
@@ -298,7 +325,7 @@ class IsoFlop(Sweep):
 
     def _sized(self, label: str, cfg: RunConfig, budget: float, tokens: float, convention: str, T: int, batch: int):
         steps = int(round(tokens / (batch * T)))
-        realised = steps * batch * T * flops_lib.flops_per_token(cfg.model, T, convention)
+        realised = flops_lib.run_flops(cfg, steps, convention=convention, global_batch=batch)
         if steps < 1 or abs(realised / budget - 1) > self.tolerance:
             return None, (
                 f"{label}: dropped, {steps} steps x {batch} x {T} tokens spend {realised:.3g} FLOPs, "
@@ -441,8 +468,7 @@ def _check_lr_grid(grid: Sequence[float], sweep: str) -> None:
 def _planned(cfg: RunConfig) -> PlannedRun:
     T = units_per_row(cfg)
     tokens = cfg.train.steps * cfg.data.global_batch * T
-    fpt = flops_lib.flops_per_token(cfg.model, T, cfg.train.flops_convention)
-    return PlannedRun(run_id(cfg), cfg, flops_lib.param_counts(cfg.model)["total"], tokens, tokens * fpt)
+    return PlannedRun(run_id(cfg), cfg, flops_lib.param_counts(cfg.model)["total"], tokens, flops_lib.run_flops(cfg))
 
 
 def _with_planning_vocab(cfg: RunConfig) -> RunConfig:

@@ -14,23 +14,24 @@ from __future__ import annotations
 import os
 import time
 
-from lib.sweeps.executors import DONE, FAILED, MAX_ROUNDS, NOT_RUN, Outcome, Progress, SweepReport, after_claims, make_packs, triage
+from lib.sweeps.executors import DONE, FAILED, MAX_ROUNDS, NOT_RUN, Outcome, Progress, SweepReport, after_claims, dependency_order, make_packs, triage
 from lib.store.storage import is_url
 from lib.sweeps.plans import Plan
 
 
-def train_pack_task(cfg_jsons: list[str], paths: list[str], compile_cache: str | None, *after) -> list[dict]:
+def train_pack_task(cfg_jsons: list[str], paths: list[str], compile_cache: str | None, init_from: list, *after) -> list[dict]:
     """The body of one Ray task: a pack of runs (or one). A diverged run comes back "failed" (it is
     marked so; retrying would diverge again); any other failure raises, so that Ray retries the pack.
-    `after`: the results of the tasks of the trunks of these runs' branches (lib/sweeps/cooldowns.py),
-    passed only so that Ray starts this task once they are done."""
+    `init_from`: each run's (run id, step) to start from, or None (PlannedRun.init_from).
+    `after`: the results of the tasks holding the runs these runs follow (PlannedRun.after;
+    lib.sweeps.executors.dependency_order), passed only so that Ray starts this task once they are done."""
     from lib.config import RunConfig
     from lib.sweeps.executors import enable_compile_cache
     from lib.store.claims import RunClaimed
-    from lib.train.loop import RunDiverged, train_pack
+    from lib.train.loop import InitFrom, RunDiverged, train_pack
 
     enable_compile_cache(compile_cache)
-    results = train_pack([RunConfig.from_json(c) for c in cfg_jsons], paths)
+    results = train_pack([RunConfig.from_json(c) for c in cfg_jsons], paths, init_from=[InitFrom(*x) if x else None for x in init_from])
     return [{"result": FAILED, "reason": str(x)} if isinstance(x, RunDiverged) else
             {"result": CLAIMED, "reason": str(x), "who": x.holder.describe() if x.holder else "another process"} if isinstance(x, RunClaimed) else {"result": DONE, "eval_loss": x.get("eval_loss")}
             for x in results]
@@ -107,11 +108,12 @@ def _run_tasks(task, packs, root: str, compile_cache, retries: int, outcomes: di
     """Submit each pack as a task, collect outcomes as they finish; returns the runs another process held."""
     import ray
 
-    pending, ref_of, claimed = {}, {}, {}
-    for members in packs:  # a branch's task depends on its trunk's (make_packs puts trunks first), so it starts after it
-        after = [ref_of[t] for t in sorted({r.cfg.train.trunk for r in members if r.cfg.train.trunk}) if t in ref_of]
-        ref = task.remote([r.cfg.to_json() for r in members], [os.path.join(root, r.run_id) for r in members], compile_cache, *after)
-        ref_of.update({r.run_id: ref for r in members})
+    pending, refs, claimed = {}, [], {}
+    for members, waits_for in dependency_order(packs):  # a task starts once the tasks of the runs it follows are done
+        init_from = [(r.init_from.run_id, r.init_from.step) if r.init_from else None for r in members]
+        ref = task.remote([r.cfg.to_json() for r in members], [os.path.join(root, r.run_id) for r in members], compile_cache, init_from,
+                          *[refs[i] for i in waits_for])
+        refs.append(ref)
         pending[ref] = members
         progress.started(members[0], len(members), [os.path.join(root, r.run_id) for r in members])
     while pending:

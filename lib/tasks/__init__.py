@@ -12,6 +12,8 @@ branch on the task or the family. A task gives:
                                 -> (what training minimises, (logged {"train_loss", ...}, new model_state))
   eval_metrics(params, model_state, model, batch) -> {"eval_loss": mean, ...}: means over the batch's
                                 rows, so equal chunks average to the mean over the eval set
+  summary_fields(cfg, source, last, units, flops_per_unit, flops_in) -> the task's fields of the run
+                                summary (lib/train/summary.py): D under its unit's key, C per convention, ...
 
 `model_state` holds the model's mutable collections besides "params" (batch norm's running
 averages, "batch_stats"); {} for every LM family. D counts `lib.config.unit_name` units: tokens

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lib.config import RunConfig
+from lib.config import RunConfig, eval_rows
 from lib.models import dummy_input
 
 
@@ -47,3 +47,20 @@ def eval_metrics(params, model_state, model, batch):
     logits_BK = model.apply({"params": params, **model_state}, batch["image"], deterministic=True, train=False)
     loss, error = _scores(logits_BK, batch["label"])
     return {"eval_loss": loss, "eval_error": error}
+
+
+def summary_fields(cfg: RunConfig, source, last: dict, units: int, flops_per_unit: float, flops_in: dict) -> dict:
+    """This task's fields of the run summary (lib/train/summary.py): D as "images" (named by "units"),
+    C in the chinchilla convention only (6N and Kaplan count a weight once per image, not once per
+    position), the top-1 errors and the source's Bayes error, the eval images, the image shape."""
+    return {
+        "eval_error": last.get("eval_error"),
+        "train_error": last.get("train_error"),
+        "units": "images",
+        "images": units,
+        "flops_per_image": flops_per_unit,
+        "flops_all_conventions": {"chinchilla": flops_in["chinchilla"]()},
+        "bayes_error": getattr(source, "bayes_error", None),  # the best top-1 error
+        "eval_images": eval_rows(cfg.train.eval_tokens, 1),  # held-out images behind eval_loss
+        "image_shape": list(source.image_shape),
+    }

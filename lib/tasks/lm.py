@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lib.config import RunConfig
+from lib.config import RunConfig, eval_rows
 from lib.models import apply_with_aux, dummy_input
 
 
@@ -41,3 +41,15 @@ def train_loss(params, model_state, model, tokens_BT1, dropout_rng=None):
 
 def eval_metrics(params, model_state, model, tokens_BT1):
     return {"eval_loss": lm_loss(params, model, tokens_BT1)}
+
+
+def summary_fields(cfg: RunConfig, source, last: dict, units: int, flops_per_unit: float, flops_in: dict) -> dict:
+    """This task's fields of the run summary (lib/train/summary.py): D as "tokens" (no "units" key:
+    tokens, as every run recorded before images), C in every flops convention, the eval tokens."""
+    return {
+        "tokens": units,
+        "flops_per_token": flops_per_unit,
+        "flops_all_conventions": {c: flops() for c, flops in flops_in.items()},
+        "eval_tokens": eval_rows(cfg.train.eval_tokens, cfg.data.seq_len) * cfg.data.seq_len,  # held-out tokens behind eval_loss
+        "seq_len": cfg.data.seq_len,
+    }
