@@ -18,6 +18,7 @@ IMAGE_FAMILIES = ("resnet", "vit")  # classifiers of images (lib/tasks/classify.
 NORMS = ("group", "batch")  # resnet normalisation
 POOLS = ("mean", "cls")  # vit: mean over patch tokens, or a class token
 ATTENTION_FAMILIES = ("transformer", "moe")  # the families n_heads / RoPE / tensor-parallel heads apply to
+PIPELINE_FAMILIES = MUP_FAMILIES = ("transformer", "moe")  # the transformer shell (lib/models/transformer.py): stages, muP
 MLP_KINDS = ("gelu", "swiglu")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("xla", "cudnn")
@@ -438,7 +439,8 @@ def _validate(cfg: RunConfig, device_count: int | None) -> None:
     _one_of(m.parametrization, PARAMETRIZATIONS, "model.parametrization")
     _require(m.base_width >= 0, "model.base_width", f"must be >= 0, got {m.base_width}")
     if m.parametrization == "mup":
-        _require(m.family == "transformer", "model.parametrization", f"mup is implemented for the transformer family, not '{m.family}'; use sp")
+        _require(m.family in MUP_FAMILIES, "model.parametrization",
+                 f"mup is implemented for the {' and '.join(MUP_FAMILIES)} families, not '{m.family}'; use sp")
         _require(m.base_width > 0, "model.base_width", "muP needs the width its learning rate was tuned at, e.g. --set model.base_width=32")
         _require(
             m.base_width <= m.d_model,
@@ -571,8 +573,8 @@ def _validate_pipeline_shape(cfg: RunConfig, stage: int) -> None:
         _require(t.microbatches > 0, "train.microbatches",
                  f"a pipeline over mesh.stage={stage} stages needs microbatches >= stages (bubble (S-1)/(M+S-1)); "
                  f"e.g. --set train.microbatches={4 * max(stage, 1)}")
-    _require(m.family == "transformer", "mesh.stage",
-             f"pipeline stages are implemented for the transformer's scanned layers, not '{m.family}'; use mesh.stage=1 "
+    _require(m.family in PIPELINE_FAMILIES, "mesh.stage",
+             f"pipeline stages are implemented for the {' and '.join(PIPELINE_FAMILIES)} families' scanned layers, not '{m.family}'; use mesh.stage=1 "
              "and train.microbatches=0")
     _require(m.scan_layers, "model.scan_layers", "the pipeline splits the scanned layer stack [L, ...]; use --set model.scan_layers=true")
     _require(m.dropout == 0.0, "model.dropout", f"the pipeline schedule runs without dropout, got {m.dropout}; use --set model.dropout=0")
