@@ -104,7 +104,7 @@ def _schedule(layer_fn, S: int, M: int, stage_layers, x_Mb):
         return ((jax.lax.ppermute(y_b, STAGE_AXIS, to_next) if S > 1 else y_b), aux_sum), y_b
 
     start_b = jax.lax.pcast(jnp.zeros_like(x_Mb[0]), (STAGE_AXIS,), to="varying")  # the carry differs per stage
-    aux_shape = jax.eval_shape(apply_stage, x_Mb[0])[1]
+    aux_shape = jax.eval_shape(apply_stage, start_b)[1]
     no_aux = jax.tree.map(lambda v: jax.lax.pcast(jnp.zeros(v.shape, v.dtype), (STAGE_AXIS,), to="varying"), aux_shape)
     (_, aux_sum), y_Tb = jax.lax.scan(tick, (start_b, no_aux), jnp.arange(M + S - 1))
     finished_Mb = y_Tb[S - 1:]  # on the last stage: microbatch m finished at tick m + S - 1
