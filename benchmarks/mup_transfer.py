@@ -31,7 +31,7 @@ import optax
 from lib.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig
 from lib.config_rules import validate
 from lib.data import make_source
-from lib.models.transformer import Transformer
+from lib.models import make_model
 from lib.train.optim import learning_rate, make_run_direction
 from lib.train.step import lm_loss
 
@@ -39,10 +39,10 @@ RESULTS = Path(__file__).resolve().parent / "results" / "mup_transfer.json"
 
 
 def config(parametrization: str, width: int, base_width: int, n_layers: int, n_heads: int, seq_len: int, batch: int,
-           steps: int, lr: float = 1.0, schedule: str = "cosine", warmup: int = 0) -> RunConfig:
+           steps: int, lr: float = 1.0, schedule: str = "cosine", warmup: int = 0, **model) -> RunConfig:
     return validate(RunConfig(
         model=ModelConfig(d_model=width, n_layers=n_layers, n_heads=n_heads, vocab_size=64, parametrization=parametrization,
-                          base_width=base_width if parametrization == "mup" else 0),
+                          base_width=base_width if parametrization == "mup" else 0, **model),
         data=DataConfig(seq_len=seq_len, global_batch=batch),
         optimizer=OptimizerConfig(name="adamw", lr=lr, weight_decay=0.0, clip_norm=0.0, schedule=schedule, warmup_steps=warmup),
         train=TrainConfig(steps=steps),
@@ -55,7 +55,7 @@ def train_grid(cfg: RunConfig, lrs, seed: int = 0):
     and loss. Returns (model, params with a leading lr axis, the data source)."""
     steps, warmup = cfg.train.steps, cfg.optimizer.warmup_steps
     source = make_source(cfg.data)
-    model, direction = Transformer(cfg.model), make_run_direction(cfg)
+    model, direction = make_model(cfg.model), make_run_direction(cfg)
     init = jax.jit(lambda key: nn.unbox(model.init(key, jnp.zeros((1, cfg.data.seq_len), jnp.int32))["params"]))
     params = init(jax.random.key(seed))
     params_K = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(lrs), *x.shape)), params)
@@ -75,10 +75,11 @@ def train_grid(cfg: RunConfig, lrs, seed: int = 0):
 
 
 def coordinates(parametrization: str, width: int, base_width: int = 32, steps: int = 4, lr: float = 1e-2,
-                n_layers: int = 2, n_heads: int = 4, seq_len: int = 16, batch: int = 8) -> dict[str, float]:
-    """Mean |x| of every block's attention, MLP and residual output and of the logits, on fixed held-out
-    rows, after `steps` Adam steps at a constant `lr`."""
-    cfg = config(parametrization, width, base_width, n_layers, n_heads, seq_len, batch, steps, schedule="constant")
+                n_layers: int = 2, n_heads: int = 4, seq_len: int = 16, batch: int = 8, **model) -> dict[str, float]:
+    """Mean |x| of every block's attention, MLP (moe: routed experts) and residual output and of the
+    logits, on fixed held-out rows, after `steps` Adam steps at a constant `lr` (the LM loss alone:
+    a moe model's auxiliary losses are left out). `model`: further ModelConfig fields."""
+    cfg = config(parametrization, width, base_width, n_layers, n_heads, seq_len, batch, steps, schedule="constant", **model)
     model, params_K, source = train_grid(cfg, [lr])
     params = jax.tree.map(lambda x: x[0], params_K)
     probe = jnp.asarray(source.eval_rows(0, batch))[:, :-1]
@@ -88,7 +89,7 @@ def coordinates(parametrization: str, width: int, base_width: int = 32, steps: i
     for i in range(n_layers):
         layer = inter[f"layer_{i}"]
         out[f"layer_{i}.attn"] = float(jnp.abs(layer["attn"]["__call__"][0]).mean())
-        out[f"layer_{i}.mlp"] = float(jnp.abs(layer["mlp"]["__call__"][0]).mean())
+        out[f"layer_{i}.mlp"] = float(jnp.abs(layer["moe" if "moe" in layer else "mlp"]["__call__"][0]).mean())
         out[f"layer_{i}"] = float(jnp.abs(layer["__call__"][0]).mean())
     out["logits"] = float(jnp.abs(inter["__call__"][0]).mean())
     return out

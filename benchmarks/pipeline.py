@@ -105,7 +105,8 @@ def measure(args, devices, stages: int, microbatches: int) -> dict:
             times.append(time.perf_counter() - t0)
         step_s = min(times[1:])
 
-        layer = one_layer(cfg.model, deterministic=True)
+        layer_and_sown = one_layer(cfg.model, deterministic=True)
+        layer = lambda p, x: layer_and_sown(p, x)[0]  # noqa: E731  (the dense layer sows nothing)
         x_BTD = sharding.global_batch(rng.standard_normal((batch, args.seq_len, args.d_model), dtype=np.float32), mesh)
         calls = {}
         for name, stack in (("stack", pipeline.run), ("ideal", no_bubble)):

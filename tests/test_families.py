@@ -251,7 +251,7 @@ def test_forward_flops_agree_with_xla_cost_analysis(family, extra):
     ({"model.family": "moe", "model.moe_aux_weight": -1.0}, "model.moe_aux_weight", "0 turns the loss off"),
     ({"model.family": "moe", "model.n_experts": 6, "mesh.expert": 4, "mesh.data": 2}, "mesh.expert", "--set mesh.expert=2"),
     ({"model.family": "moe", "mesh.preset": "ep", "model.n_experts": 4}, "mesh.expert", "expert-parallel size 8"),
-    ({"model.family": "cnn", "model.parametrization": "mup", "model.base_width": 32}, "model.parametrization", "implemented for the transformer family"),
+    ({"model.family": "cnn", "model.parametrization": "mup", "model.base_width": 32}, "model.parametrization", "implemented for the transformer and moe families"),
     ({"model.family": "moe", "mesh.expert": 3}, "mesh", "data,fsdp,expert,tensor"),
 ])
 def test_every_new_field_is_validated_with_its_field_and_fix(overrides, field, fix):

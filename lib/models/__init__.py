@@ -10,6 +10,8 @@ in lib/parallel/sharding.py's one table). Registered families (config: `model.fa
   mlp          lib/models/mlp.py           fixed-window feed-forward LM with a residual MLP stack
   cnn          lib/models/cnn.py           causal gated convolutions, residual, dilations
   moe          lib/models/moe.py           the transformer with routed experts (top-k, capacity, aux losses)
+
+Layers the families share (norms, attention, MLP, RoPE, the pre-norm Block) are lib/models/layers.py.
   resnet       lib/models/resnet.py        pre-activation ResNet image classifier (group or batch norm)
   vit          lib/models/vit.py           Vision Transformer classifier (the transformer's Block, non-causal)
 
@@ -92,8 +94,9 @@ def families_of_task(task: str) -> tuple[str, ...]:
 def make_model(cfg: ModelConfig, layer_stack=None) -> nn.Module:
     """The flax.linen module of `cfg.family`: (tokens_BT, deterministic=True) -> logits_BTV float32.
 
-    `layer_stack` (the transformer's scanned layers only): what runs the stack in place of nn.scan,
-    (layer_fn, stacked params [L, ...], x) -> x -- the pipeline schedule (lib/parallel/pipeline.py)."""
+    `layer_stack` (the transformer shell's scanned layers: transformer, moe): what runs the stack in
+    place of nn.scan, (layer_fn, stacked params [L, ...], x) -> (x, sown) -- the pipeline schedule
+    (lib/parallel/pipeline.py)."""
     if cfg.vocab_size <= 0:
         raise ValueError("model.vocab_size is unset; resolve it from the data source first (lib.data.resolve_vocab)")
     if layer_stack is None:

@@ -120,7 +120,7 @@ def embed_and_logits_forward(m: ModelConfig) -> float:
 
 
 def mlp_params(m: ModelConfig) -> int:
-    """One transformer MLP (lib.models.transformer.Mlp): d -> f -> d, a third matrix for SwiGLU."""
+    """One transformer MLP (lib.models.layers.Mlp): d -> f -> d, a third matrix for SwiGLU."""
     return (3 if m.mlp == "swiglu" else 2) * m.d_model * m.ffw_size
 
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from lib.config import ModelConfig
 from lib.models import base
-from lib.models.transformer import ACT_BTD, RMSNorm, _dtype, _param
+from lib.models.layers import ACT_BTD, RMSNorm, compute_dtype, param
 
 LOGICAL_AXES = ("vocab", "embed", "mlp", "norm", "act_batch", "act_len", "act_embed", "act_mlp", "act_vocab")
 
@@ -53,9 +53,9 @@ class GatedConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTD, deterministic: bool):
-        cfg, dt = self.cfg, _dtype(self.cfg)
+        cfg, dt = self.cfg, compute_dtype(self.cfg)
         D, K = cfg.d_model, cfg.kernel_size
-        w_KDE = _param(self, "conv", (K, D, 2 * D), (None, "embed", "mlp"))
+        w_KDE = param(self, "conv", (K, D, 2 * D), (None, "embed", "mlp"))
         h_BTE = causal_conv(RMSNorm(name="ln")(x_BTD), w_KDE.astype(dt), self.rate)
         h_BTE = nn.with_logical_constraint(h_BTE, ("act_batch", "act_len", "act_mlp"))
         a, b = jnp.split(h_BTE, 2, axis=-1)
@@ -68,8 +68,8 @@ class ConvLM(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT, deterministic: bool = True):
-        cfg, dt = self.cfg, _dtype(self.cfg)
-        embed_VD = _param(self, "embed", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), nn.initializers.normal(1.0))
+        cfg, dt = self.cfg, compute_dtype(self.cfg)
+        embed_VD = param(self, "embed", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), nn.initializers.normal(1.0))
         x_BTD = nn.with_logical_constraint(jnp.take(embed_VD, tokens_BT, axis=0).astype(dt), ACT_BTD)
         block = nn.remat(GatedConvBlock, static_argnums=(2,)) if cfg.remat else GatedConvBlock
         for i in range(cfg.n_layers):
@@ -78,7 +78,7 @@ class ConvLM(nn.Module):
         if cfg.tie_embeddings:
             logits_BTV = jnp.einsum("btd,vd->btv", x_BTD, embed_VD.astype(dt)) / jnp.sqrt(jnp.asarray(cfg.d_model, dt))
         else:
-            head_DV = _param(self, "head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"))
+            head_DV = param(self, "head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"))
             logits_BTV = x_BTD @ head_DV.astype(dt)
         return nn.with_logical_constraint(logits_BTV.astype(jnp.float32), ("act_batch", "act_len", "act_vocab"))
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from lib.config import ModelConfig
 from lib.models import base
-from lib.models.transformer import ACT_BTD, Mlp, RMSNorm, _dtype, _param
+from lib.models.layers import ACT_BTD, Mlp, RMSNorm, compute_dtype, param
 
 LOGICAL_AXES = ("vocab", "embed", "mlp", "norm", "act_batch", "act_len", "act_embed", "act_mlp", "act_vocab")
 
@@ -47,12 +47,12 @@ class WindowMLP(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT, deterministic: bool = True):
-        cfg, dt = self.cfg, _dtype(self.cfg)
+        cfg, dt = self.cfg, compute_dtype(self.cfg)
         C, D = cfg.context, cfg.d_model
-        embed_VD = _param(self, "embed", (cfg.vocab_size, D), ("vocab", "embed"), nn.initializers.normal(1.0))
+        embed_VD = param(self, "embed", (cfg.vocab_size, D), ("vocab", "embed"), nn.initializers.normal(1.0))
         x_BTD = jnp.take(embed_VD, tokens_BT, axis=0).astype(dt)
         # N(0, 1/(C*d)): the residual stream starts at unit variance, as the transformer's embedding does.
-        w_in = _param(self, "w_in", (C, D, D), (None, "embed", "mlp"), nn.initializers.normal((C * D) ** -0.5))
+        w_in = param(self, "w_in", (C, D, D), (None, "embed", "mlp"), nn.initializers.normal((C * D) ** -0.5))
         x_BTD = jnp.einsum("btcd,cde->bte", window(x_BTD, C), w_in.astype(dt))
         x_BTD = nn.with_logical_constraint(x_BTD, ACT_BTD)
         block = nn.remat(ResidualMlp, static_argnums=(2,)) if cfg.remat else ResidualMlp
@@ -62,7 +62,7 @@ class WindowMLP(nn.Module):
         if cfg.tie_embeddings:
             logits_BTV = jnp.einsum("btd,vd->btv", x_BTD, embed_VD.astype(dt)) / jnp.sqrt(jnp.asarray(D, dt))
         else:
-            head_DV = _param(self, "head", (D, cfg.vocab_size), ("embed", "vocab"))
+            head_DV = param(self, "head", (D, cfg.vocab_size), ("embed", "vocab"))
             logits_BTV = x_BTD @ head_DV.astype(dt)
         return nn.with_logical_constraint(logits_BTV.astype(jnp.float32), ("act_batch", "act_len", "act_vocab"))
 

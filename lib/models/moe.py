@@ -1,5 +1,9 @@
-"""Mixture-of-experts transformer, the `moe` family: the transformer (lib/models/transformer.py's
-attention and norms) with each MLP replaced by `n_experts` routed experts.
+"""Mixture-of-experts transformer, the `moe` family: lib/models/transformer.py's Transformer with
+`MoeBlock` as its layer, the shared pre-norm Block (lib/models/layers.py) with its MLP replaced by
+`n_experts` routed experts. The shell is the dense model's, so moe runs the same pipeline stages
+(its routing stats come back through the schedule) and the same muP: experts' matrices are hidden
+matrices (init and Adam rate / m); the router, a width -> n_experts readout like the head, keeps
+sp's init and rate and its logits get the head's 1/m multiplier.
 
 Routing, per group of S tokens (a group is one sequence, so routing never depends on how the batch
 is split over devices):
@@ -43,7 +47,8 @@ import jax.numpy as jnp
 
 from lib.config import ModelConfig
 from lib.models import base
-from lib.models.transformer import ACT_BTD, Attention, RMSNorm, _dtype, _param
+from lib.models.layers import ACT_BTD, Block, compute_dtype, hidden_init, param, width_mult
+from lib.models.transformer import Transformer
 
 ACT_ECGD = ("act_experts", "act_group", "act_capacity", "act_embed")
 ACT_ECGF = ("act_experts", "act_group", "act_capacity", "act_mlp")
@@ -97,12 +102,14 @@ class MoeMlp(nn.Module):
 
     @nn.compact
     def __call__(self, x_GSD):
-        cfg, dt = self.cfg, _dtype(self.cfg)
+        cfg, dt = self.cfg, compute_dtype(self.cfg)
         D, F, E = cfg.d_model, cfg.ffw_size, cfg.n_experts
-        router_DE = _param(self, "router", (D, E), ("embed", None))
-        w_in = _param(self, "wi", (E, D, F), ("experts", "embed", "mlp"))
-        w_out = _param(self, "wo", (E, F, D), ("experts", "mlp", "embed"))
+        router_DE = param(self, "router", (D, E), ("embed", None))
+        w_in = param(self, "wi", (E, D, F), ("experts", "embed", "mlp"), hidden_init(cfg))
+        w_out = param(self, "wo", (E, F, D), ("experts", "mlp", "embed"), hidden_init(cfg))
         logits_GSE = jnp.einsum("gsd,de->gse", x_GSD.astype(jnp.float32), router_DE)
+        if cfg.parametrization == "mup":  # the readout's multiplier, as the head's logits
+            logits_GSE = logits_GSE * (1.0 / width_mult(cfg))
         dispatch, combine, stats = route(logits_GSE, cfg.top_k, capacity(cfg, x_GSD.shape[1]))
         for name, value in stats.items():
             self.sow("intermediates", name, value)
@@ -110,7 +117,7 @@ class MoeMlp(nn.Module):
         x_EGCD = nn.with_logical_constraint(x_EGCD, ACT_ECGD)  # the all-to-all: tokens to their experts
         h_EGCF = jnp.einsum("egcd,edf->egcf", x_EGCD, w_in.astype(dt))
         if cfg.mlp == "swiglu":
-            w_gate = _param(self, "wg", (E, D, F), ("experts", "embed", "mlp"))
+            w_gate = param(self, "wg", (E, D, F), ("experts", "embed", "mlp"), hidden_init(cfg))
             h_EGCF = nn.silu(jnp.einsum("egcd,edf->egcf", x_EGCD, w_gate.astype(dt))) * h_EGCF
         else:
             h_EGCF = nn.gelu(h_EGCF)
@@ -120,56 +127,17 @@ class MoeMlp(nn.Module):
         return nn.with_logical_constraint(y_GSD, ACT_BTD)
 
 
-class MoeBlock(nn.Module):
-    cfg: ModelConfig
+class MoeBlock(Block):
+    """The shared pre-norm layer with routed experts as its feed-forward sublayer (params under "moe")."""
 
-    @nn.compact
-    def __call__(self, x_BTD, deterministic: bool):
-        drop = base.Dropout(self.cfg.dropout)
-        x_BTD = x_BTD + drop(Attention(self.cfg, name="attn")(RMSNorm(name="ln1")(x_BTD)), deterministic)
-        x_BTD = nn.with_logical_constraint(x_BTD, ACT_BTD)
-        x_BTD = x_BTD + drop(MoeMlp(self.cfg, name="moe")(RMSNorm(name="ln2")(x_BTD)), deterministic)
-        return nn.with_logical_constraint(x_BTD, ACT_BTD)
+    ffn: type[nn.Module] = MoeMlp
+    ffn_name: str = "moe"
 
 
-class ScannedMoeBlock(nn.Module):
-    cfg: ModelConfig
+class MoeTransformer(Transformer):
+    """The transformer shell (embedding, scanned or pipelined stack, norm, head, muP) with MoeBlock layers."""
 
-    @nn.compact
-    def __call__(self, x_BTD, _, deterministic: bool):
-        return MoeBlock(self.cfg, name="block")(x_BTD, deterministic), None
-
-
-class MoeTransformer(nn.Module):
-    cfg: ModelConfig
-
-    @nn.compact
-    def __call__(self, tokens_BT, deterministic: bool = True):
-        cfg, dt = self.cfg, _dtype(self.cfg)
-        embed_VD = _param(self, "embed", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), nn.initializers.normal(1.0))
-        x_BTD = nn.with_logical_constraint(jnp.take(embed_VD, tokens_BT, axis=0).astype(dt), ACT_BTD)
-        if cfg.scan_layers:
-            block = nn.remat(ScannedMoeBlock, static_argnums=(3,), prevent_cse=False) if cfg.remat else ScannedMoeBlock
-            stack = nn.scan(
-                block,
-                variable_axes={"params": 0, "intermediates": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast),
-                length=cfg.n_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )
-            x_BTD, _ = stack(cfg, name="layers")(x_BTD, None, deterministic)
-        else:
-            block = nn.remat(MoeBlock, static_argnums=(2,)) if cfg.remat else MoeBlock
-            for i in range(cfg.n_layers):
-                x_BTD = block(cfg, name=f"layer_{i}")(x_BTD, deterministic)
-        x_BTD = RMSNorm(name="ln_f")(x_BTD)
-        if cfg.tie_embeddings:
-            logits_BTV = jnp.einsum("btd,vd->btv", x_BTD, embed_VD.astype(dt)) / jnp.sqrt(jnp.asarray(cfg.d_model, dt))
-        else:
-            head_DV = _param(self, "head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"))
-            logits_BTV = x_BTD @ head_DV.astype(dt)
-        return nn.with_logical_constraint(logits_BTV.astype(jnp.float32), ("act_batch", "act_len", "act_vocab"))
+    block: type[nn.Module] = MoeBlock
 
 
 # -- closed forms -----------------------------------------------------------------------------------
@@ -232,4 +200,4 @@ def _check_mesh(m: ModelConfig, sizes: dict[str, int]) -> None:
             f"n_experts (e.g. --set mesh.expert={math.gcd(m.n_experts, expert)}) or more experts")
 
 
-SPEC = FamilySpec(name="moe", attention=True, validate=_check, check_mesh=_check_mesh)
+SPEC = FamilySpec(name="moe", attention=True, pipeline=True, mup=True, validate=_check, check_mesh=_check_mesh)

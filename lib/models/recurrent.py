@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from lib.config import ModelConfig
 from lib.models import base
-from lib.models.transformer import ACT_BTD, RMSNorm, _dtype, _param
+from lib.models.layers import ACT_BTD, RMSNorm, compute_dtype, param
 
 ACT_BTH = ("act_batch", "act_len", "act_mlp")
 LOGICAL_AXES = ("vocab", "embed", "mlp", "norm", "act_batch", "act_len", "act_embed", "act_mlp", "act_vocab")
@@ -66,13 +66,13 @@ class LSTMLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTI):
-        cfg, dt = self.cfg, _dtype(self.cfg)
+        cfg, dt = self.cfg, compute_dtype(self.cfg)
         H, P, _ = sizes(cfg)
         R = P or H
-        w_x = _param(self, "wx", (self.in_dim, 4 * H), ("embed", "mlp"), _fan_in_init(self.in_dim)).astype(dt)
-        w_h = _param(self, "wh", (R, 4 * H), ("embed", "mlp"), _fan_in_init(R)).astype(dt)
-        bias = _param(self, "b", (4 * H,), ("mlp",), lambda key, shape, dtype: jnp.zeros(shape, dtype).at[H : 2 * H].set(1.0))
-        w_p = _param(self, "wp", (H, P), ("mlp", "embed"), _fan_in_init(H)).astype(dt) if P else None
+        w_x = param(self, "wx", (self.in_dim, 4 * H), ("embed", "mlp"), _fan_in_init(self.in_dim)).astype(dt)
+        w_h = param(self, "wh", (R, 4 * H), ("embed", "mlp"), _fan_in_init(R)).astype(dt)
+        bias = param(self, "b", (4 * H,), ("mlp",), lambda key, shape, dtype: jnp.zeros(shape, dtype).at[H : 2 * H].set(1.0))
+        w_p = param(self, "wp", (H, P), ("mlp", "embed"), _fan_in_init(H)).astype(dt) if P else None
 
         def step(carry, x_BI):
             c_BH, r_BR = carry
@@ -96,12 +96,12 @@ class GRULayer(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTI):
-        cfg, dt = self.cfg, _dtype(self.cfg)
+        cfg, dt = self.cfg, compute_dtype(self.cfg)
         H, P, _ = sizes(cfg)
-        w_x = _param(self, "wx", (self.in_dim, 3 * H), ("embed", "mlp"), _fan_in_init(self.in_dim)).astype(dt)
-        w_h = _param(self, "wh", (H, 3 * H), ("embed", "mlp"), _fan_in_init(H)).astype(dt)
-        b_x = _param(self, "b", (3 * H,), ("mlp",), nn.initializers.zeros)
-        b_hn = _param(self, "b_hn", (H,), ("mlp",), nn.initializers.zeros)
+        w_x = param(self, "wx", (self.in_dim, 3 * H), ("embed", "mlp"), _fan_in_init(self.in_dim)).astype(dt)
+        w_h = param(self, "wh", (H, 3 * H), ("embed", "mlp"), _fan_in_init(H)).astype(dt)
+        b_x = param(self, "b", (3 * H,), ("mlp",), nn.initializers.zeros)
+        b_hn = param(self, "b_hn", (H,), ("mlp",), nn.initializers.zeros)
 
         def step(h_BH, x_BI):
             gx_r, gx_z, gx_n = jnp.split(_dot(x_BI, w_x, dt) + b_x, 3, axis=-1)
@@ -115,7 +115,7 @@ class GRULayer(nn.Module):
         _, h_TBH = jax.lax.scan(step, h0, jnp.swapaxes(x_BTI, 0, 1), unroll=self.unroll)
         y_BTH = jnp.swapaxes(h_TBH, 0, 1).astype(dt)
         if P:
-            w_p = _param(self, "wp", (H, P), ("mlp", "embed"), _fan_in_init(H))
+            w_p = param(self, "wp", (H, P), ("mlp", "embed"), _fan_in_init(H))
             y_BTH = y_BTH @ w_p.astype(dt)
         return y_BTH
 
@@ -129,8 +129,8 @@ class RecurrentLM(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT, deterministic: bool = True):
-        cfg, dt = self.cfg, _dtype(self.cfg)
-        embed_VD = _param(self, "embed", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), nn.initializers.normal(1.0))
+        cfg, dt = self.cfg, compute_dtype(self.cfg)
+        embed_VD = param(self, "embed", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), nn.initializers.normal(1.0))
         x = nn.with_logical_constraint(jnp.take(embed_VD, tokens_BT, axis=0).astype(dt), ACT_BTD)
         layer_cls = {"lstm": LSTMLayer, "gru": GRULayer}[cfg.family]
         if cfg.remat:
@@ -144,7 +144,7 @@ class RecurrentLM(nn.Module):
         if cfg.tie_embeddings:  # validate() has checked that the output size is d_model
             logits_BTV = jnp.einsum("btd,vd->btv", x, embed_VD.astype(dt)) / jnp.sqrt(jnp.asarray(cfg.d_model, dt))
         else:
-            head_OV = _param(self, "head", (x.shape[-1], cfg.vocab_size), ("embed", "vocab"))
+            head_OV = param(self, "head", (x.shape[-1], cfg.vocab_size), ("embed", "vocab"))
             logits_BTV = x @ head_OV.astype(dt)
         return nn.with_logical_constraint(logits_BTV.astype(jnp.float32), ("act_batch", "act_len", "act_vocab"))
 

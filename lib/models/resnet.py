@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from lib.config import ModelConfig
 from lib.models import base
-from lib.models.transformer import _dtype, _param
+from lib.models.layers import compute_dtype, param
 
 LOGICAL_AXES = ("vocab", "embed", "mlp", "norm", "act_batch", "act_embed", "act_vocab")
 ACT_BHWC = ("act_batch", None, None, "act_embed")
@@ -62,8 +62,8 @@ class Norm(nn.Module):
                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
         if cfg.norm == "batch":
             # Statistics in float32; momentum 0.9 as in the flax ImageNet example.
-            return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=_dtype(cfg), **inits)(x)
-        return nn.GroupNorm(num_groups=cfg.norm_groups, epsilon=1e-5, dtype=_dtype(cfg), **inits)(x)
+            return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=compute_dtype(cfg), **inits)(x)
+        return nn.GroupNorm(num_groups=cfg.norm_groups, epsilon=1e-5, dtype=compute_dtype(cfg), **inits)(x)
 
 
 class PreActBlock(nn.Module):
@@ -74,16 +74,16 @@ class PreActBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x_BHWC, train: bool, deterministic: bool):
-        cfg, dt = self.cfg, _dtype(self.cfg)
+        cfg, dt = self.cfg, compute_dtype(self.cfg)
         a = nn.relu(Norm(cfg, name="norm1")(x_BHWC, train))
-        w1 = _param(self, "conv1", (3, 3, self.cin, self.cout), (None, None, "embed", "mlp"), _he_init)
+        w1 = param(self, "conv1", (3, 3, self.cin, self.cout), (None, None, "embed", "mlp"), _he_init)
         h = conv(a, w1.astype(dt), self.stride)
         h = nn.relu(Norm(cfg, name="norm2")(h, train))
         h = base.Dropout(cfg.dropout)(h, deterministic)
-        w2 = _param(self, "conv2", (3, 3, self.cout, self.cout), (None, None, "mlp", "embed"), _he_init)
+        w2 = param(self, "conv2", (3, 3, self.cout, self.cout), (None, None, "mlp", "embed"), _he_init)
         h = conv(h, w2.astype(dt), 1)
         if self.stride != 1 or self.cin != self.cout:
-            ws = _param(self, "shortcut", (1, 1, self.cin, self.cout), (None, None, "embed", "mlp"), _he_init)
+            ws = param(self, "shortcut", (1, 1, self.cin, self.cout), (None, None, "embed", "mlp"), _he_init)
             x_BHWC = conv(a, ws.astype(dt), self.stride)
         return nn.with_logical_constraint(x_BHWC + h, ACT_BHWC)
 
@@ -93,17 +93,17 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, images_BHWC, deterministic: bool = True, train: bool = False):
-        cfg, dt = self.cfg, _dtype(self.cfg)
+        cfg, dt = self.cfg, compute_dtype(self.cfg)
         x = nn.with_logical_constraint(images_BHWC.astype(dt), ACT_BHWC)
         w0 = cfg.stage_widths[0]
-        stem = _param(self, "stem", (3, 3, cfg.image_channels, w0), (None, None, None, "mlp"), _he_init)
+        stem = param(self, "stem", (3, 3, cfg.image_channels, w0), (None, None, None, "mlp"), _he_init)
         x = conv(x, stem.astype(dt), 1)
         for i, (cin, cout, stride, _) in enumerate(stage_shapes(cfg)):
             x = PreActBlock(cfg, cin, cout, stride, name=f"block_{i}")(x, train, deterministic)
         x = nn.relu(Norm(cfg, name="norm_f")(x, train))
         pooled_BC = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(dt)
-        head = _param(self, "head", (cfg.stage_widths[-1], cfg.vocab_size), ("embed", "vocab"), nn.initializers.zeros)
-        bias = _param(self, "head_bias", (cfg.vocab_size,), ("vocab",), nn.initializers.zeros)
+        head = param(self, "head", (cfg.stage_widths[-1], cfg.vocab_size), ("embed", "vocab"), nn.initializers.zeros)
+        bias = param(self, "head_bias", (cfg.vocab_size,), ("vocab",), nn.initializers.zeros)
         logits_BK = pooled_BC @ head.astype(dt) + bias.astype(dt)
         return nn.with_logical_constraint(logits_BK.astype(jnp.float32), ("act_batch", "act_vocab"))
 

@@ -2,7 +2,7 @@
 
     image [H, W, C] -> P = (H/p)(W/p) patches of p*p*C values -> dense (+ bias) to d_model
       (+ a class token when pool = "cls") + learned position embeddings
-      -> n_layers x the transformer's Block (lib/models/transformer.py; non-causal, no RoPE)
+      -> n_layers x the transformer's Block (lib/models/layers.py; non-causal, no RoPE)
       -> RMSNorm -> mean over the patch tokens (pool "mean") or the class token -> dense (+ bias) -> logits
 
 The blocks are the LM's own (pre-norm RMSNorm, attention through jax.nn.dot_product_attention,
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from lib.config import ModelConfig
 from lib.models import base
-from lib.models.transformer import ACT_BTD, Block, RMSNorm, _dtype, _param
+from lib.models.layers import ACT_BTD, Block, RMSNorm, compute_dtype, param
 
 LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv", "norm",
                 "act_batch", "act_len", "act_embed", "act_heads", "act_kv", "act_mlp", "act_vocab")
@@ -50,16 +50,16 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, images_BHWC, deterministic: bool = True, train: bool = False):
-        cfg, dt = self.cfg, _dtype(self.cfg)
+        cfg, dt = self.cfg, compute_dtype(self.cfg)
         D, p = cfg.d_model, cfg.patch_size
         x_BPE = patchify(images_BHWC.astype(dt), p)
-        w_patch = _param(self, "patch", (x_BPE.shape[-1], D), (None, "embed"))
-        b_patch = _param(self, "patch_bias", (D,), ("embed",), nn.initializers.zeros)
+        w_patch = param(self, "patch", (x_BPE.shape[-1], D), (None, "embed"))
+        b_patch = param(self, "patch_bias", (D,), ("embed",), nn.initializers.zeros)
         x_BND = x_BPE @ w_patch.astype(dt) + b_patch.astype(dt)
         if cfg.pool == "cls":
-            cls_D = _param(self, "cls", (D,), ("embed",), nn.initializers.zeros)
+            cls_D = param(self, "cls", (D,), ("embed",), nn.initializers.zeros)
             x_BND = jnp.concatenate([jnp.broadcast_to(cls_D.astype(dt), (x_BND.shape[0], 1, D)), x_BND], axis=1)
-        pos_ND = _param(self, "pos", (n_tokens(cfg), D), (None, "embed"))
+        pos_ND = param(self, "pos", (n_tokens(cfg), D), (None, "embed"))
         x_BND = nn.with_logical_constraint(x_BND + pos_ND.astype(dt), ACT_BTD)
         x_BND = base.Dropout(cfg.dropout)(x_BND, deterministic)
         block = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
@@ -67,8 +67,8 @@ class ViT(nn.Module):
             x_BND = block(cfg, causal=False, use_rope=False, name=f"layer_{i}")(x_BND, deterministic)
         x_BND = RMSNorm(name="ln_f")(x_BND)
         pooled_BD = x_BND[:, 0] if cfg.pool == "cls" else jnp.mean(x_BND.astype(jnp.float32), axis=1).astype(dt)
-        head = _param(self, "head", (D, cfg.vocab_size), ("embed", "vocab"), nn.initializers.zeros)
-        bias = _param(self, "head_bias", (cfg.vocab_size,), ("vocab",), nn.initializers.zeros)
+        head = param(self, "head", (D, cfg.vocab_size), ("embed", "vocab"), nn.initializers.zeros)
+        bias = param(self, "head_bias", (cfg.vocab_size,), ("vocab",), nn.initializers.zeros)
         logits_BK = pooled_BD @ head.astype(dt) + bias.astype(dt)
         return nn.with_logical_constraint(logits_BK.astype(jnp.float32), ("act_batch", "act_vocab"))
 

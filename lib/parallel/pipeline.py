@@ -60,44 +60,60 @@ def stage_count() -> int:
     return mesh.shape[STAGE_AXIS]
 
 
-def run(layer_fn: Callable[[Any, jax.Array], jax.Array], layers, x_B, microbatches: int):
+def run(layer_fn: Callable[[Any, jax.Array], Any], layers, x_B, microbatches: int):
     """The stacked layers applied in order to x_B ([B, ...]), as the pipeline schedule.
 
-    layer_fn(params of one layer, x [b, ...]) -> x; `layers`: a pytree of [L, ...] arrays whose
-    leading axis is sharded over the mesh's `stage` axis. Equal to
-    `lax.scan(lambda x, p: (layer_fn(p, x), None), x_B, layers)[0]` up to float rounding.
+    layer_fn(params of one layer, x [b, ...]) -> x, or -> (x, aux) where aux is a pytree of values
+    the layer reports (moe's routing stats); `layers`: a pytree of [L, ...] arrays whose leading
+    axis is sharded over the mesh's `stage` axis. Returns x_B, equal to
+    `lax.scan(lambda x, p: (layer_fn(p, x), None), x_B, layers)[0]` up to float rounding; with aux,
+    (x_B, aux stacked [L, ...] per layer, each the mean over the microbatches of that layer's value),
+    which is what `train.grad_accum` = M microbatches would average.
     """
     S = stage_count()
     L = jax.tree.leaves(layers)[0].shape[0]
     if L % S or microbatches < S or x_B.shape[0] % microbatches:
         raise ValueError(f"pipeline: {L} layers over {S} stages with {microbatches} microbatches of a batch of "
                          f"{x_B.shape[0]} rows (lib/config.py validates this: S | L, M >= S, M | rows)")
-    schedule = functools.partial(_schedule, layer_fn, S, microbatches)
-    staged = jax.shard_map(schedule, in_specs=(P(STAGE_AXIS), P()), out_specs=P(), axis_names={STAGE_AXIS})
-    return from_microbatches(staged(layers, to_microbatches(x_B, microbatches)))
+    x_Mb = to_microbatches(x_B, microbatches)
+    first = jax.eval_shape(layer_fn, jax.tree.map(lambda w: w[0], layers), x_Mb[0])
+    with_aux = isinstance(first, tuple)
+    step = layer_fn if with_aux else (lambda p, x: (layer_fn(p, x), {}))
+    schedule = functools.partial(_schedule, step, S, microbatches)
+    staged = jax.shard_map(schedule, in_specs=(P(STAGE_AXIS), P()), out_specs=(P(), P(STAGE_AXIS)), axis_names={STAGE_AXIS})
+    y_Mb, aux_L = staged(layers, x_Mb)
+    return (from_microbatches(y_Mb), aux_L) if with_aux else from_microbatches(y_Mb)
 
 
 def _schedule(layer_fn, S: int, M: int, stage_layers, x_Mb):
     """Per stage (manual over `stage`): stage_layers [L/S, ...] this stage's layers, x_Mb [M, b, ...]
-    every microbatch (used by stage 0). Returns the last stage's outputs [M, b, ...] on every stage."""
+    every microbatch (used by stage 0). Returns the last stage's outputs [M, b, ...] on every stage,
+    and this stage's layers' aux [L/S, ...] summed over the ticks it did real work at, / M."""
     s = jax.lax.axis_index(STAGE_AXIS)
     to_next = [(i, (i + 1) % S) for i in range(S)]
 
     def apply_stage(x_b):
-        return jax.lax.scan(lambda h, p: (layer_fn(p, h), None), x_b, stage_layers)[0]
+        return jax.lax.scan(lambda h, p: layer_fn(p, h), x_b, stage_layers)
 
-    def tick(received_b, t):
+    def tick(carry, t):
+        received_b, aux_sum = carry
         x_b = jnp.where(s == 0, x_Mb[jnp.minimum(t, M - 1)], received_b)
-        y_b = apply_stage(x_b)
-        return (jax.lax.ppermute(y_b, STAGE_AXIS, to_next) if S > 1 else y_b), y_b
+        y_b, aux = apply_stage(x_b)
+        busy = (t >= s) & (t < s + M)  # stage s works on microbatch t - s; the rest is the bubble
+        aux_sum = jax.tree.map(lambda a, v: a + jnp.where(busy, v, jnp.zeros_like(v)), aux_sum, aux)
+        return ((jax.lax.ppermute(y_b, STAGE_AXIS, to_next) if S > 1 else y_b), aux_sum), y_b
 
     start_b = jax.lax.pcast(jnp.zeros_like(x_Mb[0]), (STAGE_AXIS,), to="varying")  # the carry differs per stage
-    _, y_Tb = jax.lax.scan(tick, start_b, jnp.arange(M + S - 1))
+    aux_shape = jax.eval_shape(apply_stage, start_b)[1]
+    no_aux = jax.tree.map(lambda v: jax.lax.pcast(jnp.zeros(v.shape, v.dtype), (STAGE_AXIS,), to="varying"), aux_shape)
+    (_, aux_sum), y_Tb = jax.lax.scan(tick, (start_b, no_aux), jnp.arange(M + S - 1))
     finished_Mb = y_Tb[S - 1:]  # on the last stage: microbatch m finished at tick m + S - 1
-    return jax.lax.psum(jnp.where(s == S - 1, finished_Mb, jnp.zeros_like(finished_Mb)), STAGE_AXIS)
+    y_Mb = jax.lax.psum(jnp.where(s == S - 1, finished_Mb, jnp.zeros_like(finished_Mb)), STAGE_AXIS)
+    return y_Mb, jax.tree.map(lambda a: a / M, aux_sum)
 
 
 def layer_stack(microbatches: int):
-    """What a model runs its scanned layer stack with (lib.models.make_model's `layer_stack`):
+    """What a model runs its scanned layer stack with (lib.models.make_model's `layer_stack`;
+    its layer_fn returns (x, aux), and so does the stack):
     None (its own nn.scan) when there is no schedule, else `run` with M microbatches."""
     return functools.partial(run, microbatches=microbatches) if microbatches else None

@@ -12,7 +12,7 @@ unit-rate update times lr(step) is exactly the scheduled optimizer's update.
 
 muP's per-layer rates (`model.parametrization = "mup"`) are one more static link of that chain:
 `optax.multi_transform` scales the updates of hidden matrices (found from the parameters' logical
-axis names, lib.models.transformer.is_hidden) by base_width / d_model and leaves embeddings, the
+axis names, lib.models.layers.is_hidden) by base_width / d_model and leaves embeddings, the
 untied head and vectors alone. The scale is a property of the parameter tree, not of the run's
 traced hyperparameters, so runs of one shape share it.
 """
@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from lib.config import OptimizerConfig, RunConfig
-from lib.models import transformer
+from lib.models import layers, param_axes
 
 
 def learning_rate(cfg: OptimizerConfig, step, total_steps, warmup_steps):
@@ -120,14 +120,14 @@ def make_run_direction(cfg: RunConfig) -> optax.GradientTransformation:
 def mup_scale(cfg: RunConfig) -> optax.GradientTransformation:
     """Hidden matrices' updates x base_width/d_model (Adam's muP rates); everything else x 1."""
     labels = mup_labels(cfg)
-    m = transformer.width_mult(cfg.model)
+    m = layers.width_mult(cfg.model)
     return optax.multi_transform({"hidden": optax.scale(1.0 / m), "vector": optax.identity()}, labels)
 
 
 def mup_labels(cfg: RunConfig):
     """"hidden" or "vector" per parameter, from its logical axis names."""
-    axes = transformer.logical_axes(cfg.model, cfg.data.seq_len)
-    return jax.tree.map(lambda names: "hidden" if transformer.is_hidden(names) else "vector", axes, is_leaf=lambda x: isinstance(x, tuple))
+    axes = param_axes(cfg.model, cfg.data.seq_len)
+    return jax.tree.map(lambda names: "hidden" if layers.is_hidden(names) else "vector", axes, is_leaf=lambda x: isinstance(x, tuple))
 
 
 def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
