@@ -41,8 +41,25 @@ def tiny_config():
 
 @pytest.fixture(scope="session")
 def compile_cache(tmp_path_factory) -> str:
-    """One JAX compilation cache for the session's test sweeps: a shape compiles once, not per test."""
+    """One JAX compilation cache for the session: a program compiles once, not per test (the tests in
+    this process through _session_compile_cache; CLI subprocesses and Ray tasks when handed it)."""
     return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(autouse=True)
+def _session_compile_cache(compile_cache):
+    """Every test compiles through the session's persistent cache: most tests train the same few tiny
+    shapes, and a cache hit costs ~0.1 s where a compile costs seconds. A test (or a sweep it runs)
+    may point jax elsewhere or turn the cache off; the next test gets the session's back."""
+    import jax
+
+    from lib.sweeps.executors import enable_compile_cache
+
+    if jax.config.jax_compilation_cache_dir is None:
+        enable_compile_cache(compile_cache)
+    yield
+    if jax.config.jax_compilation_cache_dir != compile_cache:
+        enable_compile_cache(compile_cache)
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +81,19 @@ def mini_run(tmp_path_factory, compile_cache):
     proc = subprocess.run([sys.executable, "-m", "experiments.cli", "run", str(exp), "--root", str(root), "--progress", "off", "--no-verify"],
                           env=clean_env(tmp_path, cache=compile_cache), capture_output=True, text=True, timeout=540)
     return exp, root, proc
+
+
+@pytest.fixture(scope="session")
+def reference_train_run(tmp_path_factory, compile_cache):
+    """The folder of one uninterrupted `scaling train` (tests/test_sweep_support.py's TRAIN_SETS) in a
+    fresh process, trained once for the session: the run that test_train's kill and test_gcs's gs://
+    runs must reproduce bit for bit. It compiles into compile_cache, which their launches read."""
+    import subprocess
+
+    from test_sweep_support import train_cli
+
+    workdir = tmp_path_factory.mktemp("reference_train") / "r1"
+    cmd, env = train_cli(workdir, compile_cache)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return workdir

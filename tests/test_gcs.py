@@ -22,14 +22,10 @@ from lib.config import parse_set_args
 from lib.store.runstore import RunDir, load_curves, load_runs
 from lib.train.loop import train
 from gcs_emulator import BUCKET, list_objects, recorded_requests, running_emulator
+from test_sweep_support import TRAIN_EVERY, TRAIN_SETS, TRAIN_STEPS, train_cli
 
 GS = f"gs://{BUCKET}"
-SETS = [
-    "model.d_model=32", "model.n_layers=2", "data.seq_len=32", "data.global_batch=16",
-    "train.log_every=10", "train.eval_every=100", "train.eval_tokens=1024", "optimizer.warmup_steps=10",
-    "train.steps=200", "train.checkpoint_every=50",
-]
-STEPS, EVERY = 200, 50
+STEPS, EVERY = TRAIN_STEPS, TRAIN_EVERY
 TIMING = {"step_time_s", "tokens_per_s", "flops_per_s", "mfu"}  # differ between any two runs
 
 
@@ -42,22 +38,16 @@ def emulator():
 def _config():
     from experiments.cli import load_experiment
 
-    return load_experiment("tiny").config().with_overrides(parse_set_args(SETS))
+    return load_experiment("tiny").config().with_overrides(parse_set_args(TRAIN_SETS))
 
 
-def _cli(workdir):
+def _run_to_the_end(workdir, cache) -> str:
+    return _finish(_start(workdir, cache))
+
+
+def _start(workdir, cache) -> subprocess.Popen:
     """`scaling train` in a fresh process with one CPU device, as a user runs it."""
-    cmd = [sys.executable, "-m", "experiments.cli", "train", "--config", "tiny", "--workdir", str(workdir)]
-    cmd += [a for s in SETS for a in ("--set", s)]
-    return cmd, {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-
-
-def _run_to_the_end(workdir) -> str:
-    return _finish(_start(workdir))
-
-
-def _start(workdir) -> subprocess.Popen:
-    cmd, env = _cli(workdir)
+    cmd, env = train_cli(workdir, cache)
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -68,24 +58,17 @@ def _finish(proc: subprocess.Popen) -> str:
 
 
 @pytest.fixture(scope="module")
-def finished_runs(emulator, tmp_path_factory):
-    """(gs:// run, local run): the same uninterrupted run in both stores, trained side by side."""
-    local = tmp_path_factory.mktemp("local") / "runs" / "r1"
-    procs = [_start(f"{GS}/runs/r1"), _start(local)]
-    for proc in procs:
-        _finish(proc)
-    return f"{GS}/runs/r1", local
+def gs_run(emulator, compile_cache):
+    """The uninterrupted run of `local_reference`, on gs://."""
+    _run_to_the_end(f"{GS}/runs/r1", compile_cache)
+    return f"{GS}/runs/r1"
 
 
 @pytest.fixture(scope="module")
-def gs_run(finished_runs):
-    return finished_runs[0]
-
-
-@pytest.fixture(scope="module")
-def local_reference(finished_runs):
-    """The uninterrupted run on a local folder that every gs:// run must reproduce bit for bit."""
-    return finished_runs[1]
+def local_reference(reference_train_run):
+    """The uninterrupted run on a local folder (tests/conftest.py, shared with test_train) that every
+    gs:// run must reproduce bit for bit."""
+    return reference_train_run
 
 
 def _without_timing(rows):
@@ -137,8 +120,8 @@ def _wait_for_commit(prefix, proc, step, timeout=120):
 
 
 @pytest.mark.timeout(300)
-def test_sigkill_after_a_checkpoint_on_gs_then_relaunch_equals_the_uninterrupted_local_run(emulator, local_reference):
-    cmd, env = _cli(f"{GS}/kill/cut")
+def test_sigkill_after_a_checkpoint_on_gs_then_relaunch_equals_the_uninterrupted_local_run(emulator, local_reference, compile_cache):
+    cmd, env = train_cli(f"{GS}/kill/cut", compile_cache)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_for_commit("kill/cut", proc, EVERY)
     proc.send_signal(signal.SIGKILL)
@@ -152,7 +135,7 @@ def test_sigkill_after_a_checkpoint_on_gs_then_relaunch_equals_the_uninterrupted
     # A kill mid-save on GCS leaves a step folder without its commit marker: it must be ignored.
     storage.write_bytes(f"{GS}/kill/cut/checkpoints/{STEPS}/_CHECKPOINT_METADATA", b"{}")
 
-    assert "resumed from checkpoint at step" in _run_to_the_end(f"{GS}/kill/cut")
+    assert "resumed from checkpoint at step" in _run_to_the_end(f"{GS}/kill/cut", compile_cache)
     cut, ref = RunDir(f"{GS}/kill/cut"), RunDir(local_reference)
     assert cut.state() == "done" and cut.status()["attempts"] == 2
     assert _without_timing(cut.metrics()) == _without_timing(ref.metrics())  # no duplicated or lost rows

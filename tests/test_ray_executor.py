@@ -66,8 +66,8 @@ def _eval_losses(root, plan):
 
 
 @pytest.mark.timeout(600)
-def test_a_sweep_through_ray_lands_the_same_run_store_as_the_local_executor(cluster, plan, local_root, tmp_path):
-    report = run_ray(plan, tmp_path, retries=1)
+def test_a_sweep_through_ray_lands_the_same_run_store_as_the_local_executor(cluster, plan, local_root, tmp_path, compile_cache):
+    report = run_ray(plan, tmp_path, retries=1, compile_cache=compile_cache)  # the session's: later tasks of this shape compile nothing
     assert report.exit_code == 0 and [o.result for o in report.outcomes] == ["done", "done"]
     for r in plan.runs:
         ray_run, local_run = RunDir(tmp_path / r.run_id), RunDir(local_root / r.run_id)
@@ -76,15 +76,15 @@ def test_a_sweep_through_ray_lands_the_same_run_store_as_the_local_executor(clus
         assert [m["train_loss"] for m in ray_run.metrics()] == pytest.approx([m["train_loss"] for m in local_run.metrics()], rel=1e-6)
         assert ray_run.status()["pid"] != os.getpid()  # trained in a Ray worker, not here
     assert _eval_losses(tmp_path, plan) == pytest.approx(_eval_losses(local_root, plan), rel=1e-6)
-    again = run_ray(plan, tmp_path, retries=1)  # relaunch: nothing to do
+    again = run_ray(plan, tmp_path, retries=1, compile_cache=compile_cache)  # relaunch: nothing to do
     assert [o.result for o in again.outcomes] == ["skipped", "skipped"]
 
 
 @pytest.mark.timeout(600)
-def test_a_task_killed_mid_run_is_retried_and_resumes(cluster, plan, local_root, tmp_path):
+def test_a_task_killed_mid_run_is_retried_and_resumes(cluster, plan, local_root, tmp_path, compile_cache):
     first = plan.runs[0]
     result = {}
-    thread = threading.Thread(target=lambda: result.update(report=run_ray(plan, tmp_path, retries=2)))
+    thread = threading.Thread(target=lambda: result.update(report=run_ray(plan, tmp_path, retries=2, compile_cache=compile_cache)))
     thread.start()
     run, t0 = RunDir(tmp_path / first.run_id), time.time()
     while not ((tmp_path / first.run_id / "checkpoints" / "20").exists() and (run.status() or {}).get("pid")):
@@ -111,7 +111,7 @@ def test_per_run_resources_parse_from_the_command_line():
 
 
 @pytest.mark.timeout(600)
-def test_cooldown_branches_wait_for_their_trunk_task_and_match_the_local_executor(cluster, tmp_path):
+def test_cooldown_branches_wait_for_their_trunk_task_and_match_the_local_executor(cluster, tmp_path, compile_cache):
     """A trunk and its two branches through Ray: each branch's task depends on its trunk's, so every
     branch starts from the trunk's checkpoint, and the numbers equal the in-process executor's."""
     from lib.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig
@@ -124,7 +124,7 @@ def test_cooldown_branches_wait_for_their_trunk_task_and_match_the_local_executo
                      schedule=Schedule(warmup_frac=0.1, log_points=4, eval_points=1, checkpoints=2)).plan({"tracking.console": False})
     local = tmp_path / "local"
     assert run_local(plan, local, devices=jax.devices()[:1]).exit_code == 0
-    report = run_ray(plan, tmp_path / "ray", retries=1)
+    report = run_ray(plan, tmp_path / "ray", retries=1, compile_cache=compile_cache)
     assert [o.result for o in report.outcomes] == ["done"] * 3, report.lines()
     for r in plan.runs[1:]:
         summary = RunDir(tmp_path / "ray" / r.run_id).summary()

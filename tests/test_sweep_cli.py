@@ -31,9 +31,9 @@ def _checkpoint_steps(run):
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
 
 
-def _start_and_signal_mid_second_run(exp, root, env, signum) -> subprocess.Popen:
+def _start_and_signal_mid_second_run(exp, root, env, signum, cache=()) -> subprocess.Popen:
     """Launch the sweep (one run at a time); once its first run is done and the second has a checkpoint, send `signum`."""
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "sweep", str(exp), "--root", str(root), "--progress", "off", "--pack", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "sweep", str(exp), "--root", str(root), "--progress", "off", "--pack", "1", *cache],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 240
@@ -83,18 +83,19 @@ def test_sigkill_mid_sweep_then_relaunch_completes_only_the_missing_runs(tmp_pat
 
 
 @pytest.mark.timeout(300)
-def test_sigterm_checkpoints_the_current_run_and_stops_the_sweep(tmp_path):
+def test_sigterm_checkpoints_the_current_run_and_stops_the_sweep(tmp_path, compile_cache):
     env = clean_env(tmp_path)
     exp = write_experiment(tmp_path, steps=300, checkpoint_every=20)
     root = tmp_path / "root"
-    proc = _start_and_signal_mid_second_run(exp, root, env, signal.SIGTERM)
+    cache = ("--compile-cache", compile_cache)  # the session's: test_claims's sweeps compiled this shape
+    proc = _start_and_signal_mid_second_run(exp, root, env, signal.SIGTERM, cache)
     out = proc.stdout.read()
     assert proc.returncode == 143, out
     assert "stopped: SIGTERM" in out and "1 trained, 0 already done, 0 failed, 2 not run" in out
     ids = _run_ids(root)
     cut = next(r for r in ids if RunDir(root / r).state() != "done")
     assert len(ids) == 2 and RunDir(root / cut).state() == "interrupted"  # the third run never started
-    res = scaling("sweep", exp, "--root", root, "--progress", "off", "--pack", "1", env=env, timeout=240)
+    res = scaling("sweep", exp, "--root", root, "--progress", "off", "--pack", "1", *cache, env=env, timeout=240)
     assert res.returncode == 0 and "2 trained, 1 already done" in res.stdout, res.stdout + res.stderr
 
 

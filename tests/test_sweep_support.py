@@ -55,5 +55,27 @@ def clean_env(tmp_path: Path, cache: str | None = None) -> dict:
     return env
 
 
+# `scaling train` of the tiny config for a few seconds, as the kill/resume and gs:// tests launch it
+# (tests/test_train.py, tests/test_gcs.py): one shape, so the session's compile cache compiles it once.
+TRAIN_STEPS, TRAIN_EVERY = 200, 50
+TRAIN_SETS = [
+    "model.d_model=32", "model.n_layers=2", "data.seq_len=32", "data.global_batch=16",
+    "train.log_every=10", "train.eval_every=100", "train.eval_tokens=1024", "optimizer.warmup_steps=10",
+    f"train.steps={TRAIN_STEPS}", f"train.checkpoint_every={TRAIN_EVERY}",
+]
+
+
+def train_cli(workdir, cache: str | None, sets=TRAIN_SETS) -> tuple[list[str], dict]:
+    """(argv, env) of `scaling train --config tiny` with `sets`, in a fresh process with one CPU device;
+    `cache`: the session's compile_cache (the same program then compiles once per session)."""
+    import sys
+
+    cmd = [sys.executable, "-m", "experiments.cli", "train", "--config", "tiny", "--workdir", str(workdir)]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    if cache:
+        env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return cmd + [a for s in sets for a in ("--set", s)], env
+
+
 def files_with_mtimes(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}

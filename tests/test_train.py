@@ -1,10 +1,8 @@
 """The train loop: run store contents, learning, relaunch, divergence, kill-and-resume, SIGTERM."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -16,6 +14,7 @@ from lib.data.synthetic import PhraseLanguage
 from lib.train.optim import make_schedule
 from lib.store.runstore import RunDir
 from lib.train.loop import RunDiverged, train
+from test_sweep_support import TRAIN_EVERY, TRAIN_STEPS, train_cli
 
 def one_device():
     return jax.devices()[:1]
@@ -181,18 +180,8 @@ def test_gradient_accumulation_matches_the_full_batch(tiny_config, tmp_path):
 
 
 # ---- kill and resume, in subprocesses -------------------------------------------------------
-SMALL = [
-    "--set", "model.d_model=32", "--set", "model.n_layers=2", "--set", "data.seq_len=32", "--set", "data.global_batch=16",
-    "--set", "train.log_every=10", "--set", "train.eval_every=100",
-    "--set", "train.eval_tokens=1024", "--set", "optimizer.warmup_steps=10",
-]
-
-
-def _cli(workdir, steps, ckpt_every, extra=()):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    cmd = [sys.executable, "-m", "experiments.cli", "train", "--config", "tiny", "--workdir", str(workdir), *SMALL,
-           "--set", f"train.steps={steps}", "--set", f"train.checkpoint_every={ckpt_every}", *extra]
-    return cmd, env
+# `scaling train` of test_sweep_support's TRAIN_SETS (200 steps, a checkpoint every 50), compiled once per
+# session into compile_cache; the uninterrupted run is conftest's reference_train_run.
 
 
 def _final_params(workdir, step):
@@ -210,38 +199,34 @@ def _wait_for_checkpoint(workdir, proc, step, timeout=240):
 
 @pytest.mark.accelerator
 @pytest.mark.timeout(600)
-def test_sigkill_after_a_checkpoint_then_relaunch_equals_an_uninterrupted_run(tmp_path):
-    steps, every = 300, 20
-    cmd, env = _cli(tmp_path / "ref", steps, every)
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
-
-    cmd, env = _cli(tmp_path / "cut", steps, every)
+def test_sigkill_after_a_checkpoint_then_relaunch_equals_an_uninterrupted_run(tmp_path, reference_train_run, compile_cache):
+    cmd, env = train_cli(tmp_path / "cut", compile_cache)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for_checkpoint(tmp_path / "cut", proc, every)
+    _wait_for_checkpoint(tmp_path / "cut", proc, TRAIN_EVERY)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     cut = RunDir(tmp_path / "cut")
     assert cut.state() == "running" and cut.summary() is None  # really cut mid-run
     logged_before = max(r["step"] for r in cut.metrics())
-    assert logged_before < steps
+    assert logged_before < TRAIN_STEPS
 
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=300)
     assert "resumed from checkpoint" in out.stdout
-    ref, cut = RunDir(tmp_path / "ref"), RunDir(tmp_path / "cut")
+    ref, cut = RunDir(reference_train_run), RunDir(tmp_path / "cut")
     assert cut.state() == "done"
     # Same logged history (no duplicated steps after the resume) and the same final numbers.
     ref_rows, cut_rows = ref.metrics(), cut.metrics()
     assert [r["step"] for r in cut_rows] == [r["step"] for r in ref_rows]
     assert [r["train_loss"] for r in cut_rows] == [r["train_loss"] for r in ref_rows]
     assert cut.summary()["eval_loss"] == ref.summary()["eval_loss"]
-    jax.tree.map(np.testing.assert_array_equal, _final_params(tmp_path / "cut", steps), _final_params(tmp_path / "ref", steps))
+    jax.tree.map(np.testing.assert_array_equal, _final_params(tmp_path / "cut", TRAIN_STEPS), _final_params(reference_train_run, TRAIN_STEPS))
 
 
 @pytest.mark.timeout(600)
-def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(tmp_path):
-    cmd, env = _cli(tmp_path / "run", 400, 50)
+def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(tmp_path, compile_cache):
+    cmd, env = train_cli(tmp_path / "run", compile_cache)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for_checkpoint(tmp_path / "run", proc, 50)
+    _wait_for_checkpoint(tmp_path / "run", proc, TRAIN_EVERY)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
@@ -249,6 +234,6 @@ def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(tmp_path):
     assert status["state"] == "interrupted" and "SIGTERM" in status["reason"]
     stopped_at = int(status["reason"].split("step ")[1].split()[0])
     assert (tmp_path / "run" / "checkpoints" / str(stopped_at)).exists()  # checkpointed where it stopped
-    assert stopped_at < 400
+    assert stopped_at < TRAIN_STEPS
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
     assert RunDir(tmp_path / "run").state() == "done"
