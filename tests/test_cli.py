@@ -134,7 +134,7 @@ def test_verify_refuses_an_unknown_set_key_and_keeps_the_check(tmp_path, capsys)
 
 def test_a_failed_or_skipped_check_never_replaces_one_that_ran(tmp_path, capsys):
     from analysis.verify import skipped
-    from experiments.verify_cmd import _write
+    from experiments.workflow.check import _write
 
     done = {"C": 1e18, "status": "done", "checks": [{"approach": "approach3"}], "runs": []}
     (tmp_path / "check.json").write_text(json.dumps(done))
