@@ -10,6 +10,7 @@ experiments/cli.py and its *_cmd.py parsers are the only modules that know argpa
     sensitivity  the experiment's sensitivity sweeps into <root>/sensitivity/<name>
     fit          the laws on a root's runs -> <root>/fit (fit.json, report.md, figures)
     report       the lr rule and sensitivity section that report.md carries after the fit's own
+    analyse      `scaling fit`, `scaling plot`, `scaling predict` (thin wrappers over analysis)
     check        the prediction check at the next budget (`scaling verify`)
     run          `scaling run`: tune -> sweep -> sensitivity -> fit + report -> check
     plan         `scaling plan`: what a launch would train, without training

@@ -83,3 +83,26 @@ class RunOptions:
     extend: int = DEFAULT_EXTEND  # the tune stage's --extend
     verify: bool = True  # the prediction check at the next budget
     neighbours: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class FitCommandOptions:
+    """`scaling fit`: a CSV or a run root (exactly one) into `out`; `settings`: analysis FitOptions' fields."""
+    out: str
+    csv: str | None = None
+    run_root: str | None = None
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # law, approach, bootstrap, ... (without points)
+    model: tuple[float, ...] = ()  # --model N, each with the --tokens D at its place
+    tokens: tuple[float, ...] = ()
+    progress: str = "auto"  # the fit's stages as a progress line on stderr: auto (a terminal) | on | off
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictOptions:
+    """`scaling predict DIR`: the compute-optimal allocation at each C, and/or the loss at (N, D) pairs."""
+    dir: str
+    at: tuple[float, ...] = ()
+    model: tuple[float, ...] = ()
+    tokens: tuple[float, ...] = ()
+    unique_tokens: tuple[float, ...] = ()
+    json: bool = False
