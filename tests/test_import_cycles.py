@@ -19,6 +19,16 @@ def module_name(rel: str) -> str:
     return ".".join(parts)
 
 
+def statements(tree: ast.AST):
+    """Every statement, nested ones included (imports are statements: expressions need no visit)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            stack.extend(getattr(node, field, None) or [])
+
+
 def import_graph(sources: dict[str, str]) -> dict[str, set[str]]:
     """{module: the project modules it imports}; `sources` maps a path relative to the root to its text.
     `from P import x` is an edge to P.x when that is a module, else to P; `import a.b.c` to the
@@ -33,7 +43,7 @@ def import_graph(sources: dict[str, str]) -> dict[str, set[str]]:
 
     for me, rel in modules.items():
         package = me if rel.endswith("__init__.py") else me.rpartition(".")[0]
-        for node in ast.walk(ast.parse(sources[rel])):
+        for node in statements(ast.parse(sources[rel])):
             targets = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
