@@ -74,10 +74,12 @@ def prepare(data, options: FitOptions) -> Dataset:
     return apply_filters(ds, options.min_tokens_per_param, options.exclude_top_loss)
 
 
-def fit_and_report(data, out_dir, options=None) -> dict:
+def fit_and_report(data, out_dir, options=None, sections=None) -> dict:
     """Fit `data` (a CSV path, a run-store folder or a `Dataset`) and write DIR/fit.json,
     DIR/report.md and the figures. `options`: a `FitOptions`, a dict of its fields, or None for
-    the defaults. Returns the fit.json record. Raises `AnalysisError` on unusable input."""
+    the defaults. `sections`: None, or a function of the fit.json record giving the lines that
+    report.md carries after its own (e.g. `scaling run`'s lr rule and sensitivity fits).
+    Returns the fit.json record. Raises `AnalysisError` on unusable input."""
     opts = FitOptions.from_any(options).validate()
     ds = prepare(data, opts)
     record = run_fits(ds, opts)
@@ -97,8 +99,16 @@ def fit_and_report(data, out_dir, options=None) -> dict:
         os.unlink(os.path.join(out_dir, name))
     record = json_safe(record)
     write_atomic(os.path.join(out_dir, FIT_JSON), json.dumps(record, indent=2, allow_nan=False) + "\n")
-    write_atomic(os.path.join(out_dir, REPORT_MD), markdown(attach_check(record, check)))
+    write_report(out_dir, record, check, sections(record) if sections else ())
     return record
+
+
+def write_report(out_dir, record: dict, check: dict | None, sections=()) -> None:
+    """The one writer of DIR/report.md: the fit's markdown (with the check, if any), then `sections`."""
+    text = markdown(attach_check(record, check))
+    if sections:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(sections) + "\n"
+    write_atomic(os.path.join(out_dir, REPORT_MD), text)
 
 
 def _earlier_figures(out_dir) -> set[str]:
@@ -141,11 +151,11 @@ def replot(out_dir) -> list[str]:
     return plots.draw_all(attach_check(record, read_check(out_dir)), ds.points, out_dir)
 
 
-def render(out_dir) -> list[str]:
+def render(out_dir, sections=()) -> list[str]:
     """Re-draw the figures and rewrite report.md from DIR/fit.json and DIR/check.json (after
-    `scaling verify` writes the check). Returns the figure paths."""
+    `scaling verify` writes the check), `sections` after the fit's own. Returns the figure paths."""
     record = read_record(out_dir)
-    write_atomic(os.path.join(out_dir, REPORT_MD), markdown(attach_check(record, read_check(out_dir))))
+    write_report(out_dir, record, read_check(out_dir), sections)
     return replot(out_dir) if record.get("figures") else []
 
 

@@ -131,7 +131,8 @@ def _benchmark(script: str, args: list[str], tmp: Path) -> dict:
 def stage_isoflop_gpu(smoke: bool, tmp: Path) -> dict:
     """One budget of experiments/isoflop_gpu at the base lr (the tuned rule needs the tune stage)."""
     from experiments import isoflop_gpu
-    from experiments.sweep_cmd import SweepOptions, run_sweep
+    from experiments.workflow.options import SweepOptions
+    from experiments.workflow.sweep import run_sweep
     from lib.config import parse_set_args
 
     # the 3 sizes nearest the budget's expected optimum (of 6): each size is a compile, and 3 fit the time limit

@@ -129,7 +129,9 @@ def _line(r: dict) -> str:
 
 def sweep_wall_times(experiment: str, sets: list[str]) -> dict:
     """The sweep trained twice into fresh roots (cold compilation caches): --pack 1, then --pack auto."""
-    from experiments.sweep_cmd import SweepOptions, load_sweep, run_sweep
+    from experiments.workflow.experiment import load_sweep
+    from experiments.workflow.options import SweepOptions
+    from experiments.workflow.sweep import run_sweep
     from lib.config import parse_set_args
 
     out = {}

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import jax
 
-from experiments.sweep_cmd import SweepOptions, load_sweep, run_sweep
+from experiments.workflow.experiment import load_sweep
+from experiments.workflow.options import SweepOptions
+from experiments.workflow.sweep import run_sweep
 from lib.config import parse_set_args
 from lib.store.runstore import RunDir, run_dirs
 

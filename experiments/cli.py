@@ -8,36 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
-from pathlib import Path
-from types import ModuleType
 
+from experiments.workflow.experiment import EXPERIMENTS_DIR, load_experiment  # noqa: F401  (EXPERIMENTS_DIR: for tests)
+from experiments.workflow.options import Distributed
 from lib.config import ConfigError, parse_set_args
-
-EXPERIMENTS_DIR = Path(__file__).resolve().parent
-
-
-def _known_experiments() -> str:
-    return ", ".join(sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py") if not p.stem.startswith("_") and p.stem not in ("cli", "fit_cmd", "sweep_cmd", "verify_cmd", "tune_cmd")))
-
-
-def load_experiment(spec: str) -> ModuleType:
-    """An experiment by file path (`experiments/tiny.py`) or by name (`tiny`)."""
-    path = Path(spec)
-    if not path.exists():
-        path = EXPERIMENTS_DIR / f"{spec}.py"
-    if not path.exists():
-        raise ConfigError(f"experiment '{spec}' not found: give a path to a .py file or one of: {_known_experiments()}")
-    if path.is_dir() or path.suffix != ".py":  # e.g. a CSV or a run folder passed by mistake
-        what = "a folder" if path.is_dir() else f"a {path.suffix or 'suffix-less'} file"
-        raise ConfigError(f"experiment '{spec}' is {what}, not a Python file: give an experiment .py file defining config() or sweep(), "
-                          f"or one of: {_known_experiments()}")
-    module_spec = importlib.util.spec_from_file_location(f"experiment_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
 
 
 def run_config_from_args(args):
@@ -55,11 +31,11 @@ def cmd_train(args) -> int:
 
     cfg = validate(run_config_from_args(args))  # a bad config fails here, before anything is compiled
 
-    from lib.parallel.distributed import initialize_from_args
+    from lib.parallel.distributed import process_count
     from lib.store.claims import RunClaimed
     from lib.train.loop import Preempted, RunDiverged, train
 
-    initialize_from_args(args)
+    distributed_from_args(args).join()
     try:
         summary = train(cfg, args.workdir)
     except RunDiverged as e:
@@ -77,7 +53,7 @@ def cmd_train(args) -> int:
         import traceback
 
         traceback.print_exc()
-        hint = " (another process may have died: relaunch every process to resume)" if _process_count() > 1 else ""
+        hint = " (another process may have died: relaunch every process to resume)" if process_count() > 1 else ""
         print(f"run failed: {type(e).__name__}: {e}{hint}; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 1
     from lib.store.runstore import summary_D
@@ -89,12 +65,6 @@ def cmd_train(args) -> int:
         f"{units} {summary_D(summary):,} | flops {summary['flops']['value']:.3e} ({summary['flops']['convention']})"
     )
     return 0
-
-
-def _process_count() -> int:
-    import jax
-
-    return jax.process_count()
 
 
 def add_set_arg(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +81,11 @@ def add_distributed_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--process-id", type=int, help="this process's index, 0 .. num-processes - 1 (with --coordinator)")
     g.add_argument("--heartbeat-timeout", type=int, metavar="SECONDS",
                    help="declare a silent peer dead after this long (JAX default 100)")
+
+
+def distributed_from_args(args) -> Distributed:
+    return Distributed(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
+                       getattr(args, "process_id", None), getattr(args, "heartbeat_timeout", None))
 
 
 # Every subcommand: the module that registers it, and its one-line help. `scaling --help` lists

@@ -1,4 +1,5 @@
-"""`scaling fit`, `scaling plot` and `scaling predict`: thin command-line wrappers over analysis.
+"""`scaling fit`, `scaling plot` and `scaling predict`: their parsers, and the flags as typed options
+for experiments/workflow/analyse.py (thin wrappers over analysis).
 
     scaling fit --csv FILE --out DIR [--law chinchilla|power-N|power-D|power-C|kaplan|chinchilla-tied|data-constrained]
     scaling fit RUN_ROOT --out DIR [--approach 1|2|3|all] [--bootstrap K] [--params total|non_embedding|active] [--at C]
@@ -13,11 +14,9 @@ bad argument (a usage error, as argparse's), 1 for data that cannot be fitted.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import sys
-import warnings
+
+from experiments.workflow.options import FitCommandOptions, PredictOptions
 
 FIT_HELP = "fit scaling laws to a CSV or a run store; write fit.json, report.md and figures"
 
@@ -93,47 +92,10 @@ def _add_point_args(p, verb: str) -> None:
     p.add_argument("--tokens", type=positive_float, action="append", default=[], metavar="D", help="training tokens of the matching --model")
 
 
-def _points(args) -> list[tuple[float, float]]:
-    """The (N, D) pairs of --model/--tokens; AnalysisError when their counts differ."""
-    from analysis.errors import AnalysisError
-
-    if len(args.model) != len(args.tokens):
-        raise AnalysisError(f"give one --tokens per --model: {len(args.model)} --model and {len(args.tokens)} --tokens values")
-    return list(zip(args.model, args.tokens))
-
-
-def _error(command: str, message: str, code: int = 1) -> int:
-    print(f"scaling {command}: error: {message}", file=sys.stderr)
-    return code
-
-
-def _out_dir_problem(out: str) -> str | None:
-    """Why --out cannot hold the fit's files (None: it can), checked before the fit's minute of work."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        return f"--out {out} is an existing file, not a folder: give a folder for fit.json, report.md and the figures"
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        return f"--out {out} cannot be created ({e.strerror or e}): give a folder you can write to"
-    if not os.access(out, os.W_OK | os.X_OK):
-        return f"--out {out} is not writable: give a folder you can write to"
-    return None
-
-
 def cmd_fit(args) -> int:
-    from analysis.errors import AnalysisError, FitWarning
-    from analysis.report import fit_and_report, summary
+    from experiments.workflow.analyse import fit_command
 
-    if (args.csv is None) == (args.run_root is None):
-        return _error("fit", "give either --csv FILE or a RUN_ROOT folder (exactly one)", 2)
-    problem = _out_dir_problem(args.out)
-    if problem:
-        return _error("fit", problem, 2)
-    try:
-        points = _points(args)
-    except AnalysisError as e:
-        return _error("fit", str(e), 2)
-    options = {
+    settings = {
         "law": args.law,
         "approach": args.approach,
         "bootstrap": args.bootstrap,
@@ -147,115 +109,26 @@ def cmd_fit(args) -> int:
         "holdout_largest": args.holdout_largest,
         "n_starts": args.n_starts,
         "at": tuple(args.at),
-        "points": tuple(points),
         "fix_E": args.fix_E,
         "free_E": args.free_E,
         "figures": not args.no_figures,
         "train_loss_fallback": args.train_loss_fallback,
     }
-    if args.csv is not None:
-        from analysis.data import load_csv
-
-        load = lambda: load_csv(args.csv)  # noqa: E731  (a CSV path is read as CSV whatever its name)
-    else:
-        load = lambda: args.run_root  # noqa: E731
-    try:
-        with warnings.catch_warnings(), _progress(args, options):
-            warnings.simplefilter("ignore", FitWarning)  # the record carries them; printed below
-            record = fit_and_report(load(), args.out, options)
-    except AnalysisError as e:
-        return _error("fit", str(e))
-    for line in record.get("notes", []) + record.get("warnings", []):
-        print(f"warning: {line}", file=sys.stderr)
-    print(summary(record))
-    print(f"wrote {args.out}/fit.json, {args.out}/report.md and {len(record.get('figures', []))} figure files")
-    return 0
-
-
-@contextlib.contextmanager
-def _progress(args, options: dict):
-    """A tqdm line on stderr naming the fit's stage (a fit is silent for tens of seconds otherwise)."""
-    if args.progress == "off" or (args.progress == "auto" and not sys.stderr.isatty()):
-        yield
-        return
-    from tqdm import tqdm
-
-    from analysis import progress
-
-    chinchilla = options["law"] == "chinchilla"
-    total = (3 if chinchilla and options["approach"] == "all" else 1) + bool(options["holdout_largest"]) + bool(options["figures"])
-    size = shutil.get_terminal_size()  # 80x24 where a terminal reports 0x0, on which tqdm would hide its line
-    bar = tqdm(total=total, desc="fit", file=sys.stderr, leave=False, ncols=size.columns, nrows=size.lines,
-               bar_format="{desc} | stage {n_fmt}/{total_fmt} | {elapsed}")
-    started = []
-
-    def on_stage(what: str) -> None:
-        if started:
-            bar.update(1)
-        started.append(what)
-        bar.set_description(f"fit: {what}")
-
-    try:
-        with progress.reporting(on_stage):
-            yield
-    finally:
-        bar.close()
+    return fit_command(FitCommandOptions(out=args.out, csv=args.csv, run_root=args.run_root, settings=settings,
+                                         model=tuple(args.model), tokens=tuple(args.tokens), progress=args.progress))
 
 
 def cmd_plot(args) -> int:
-    from analysis.errors import AnalysisError, FitWarning
-    from analysis.report import replot
+    from experiments.workflow.analyse import plot_command
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FitWarning)
-            paths = replot(args.dir)
-    except AnalysisError as e:
-        return _error("plot", str(e))
-    print(f"re-drew {len(paths)} figure files in {args.dir}")
-    return 0
+    return plot_command(args.dir)
 
 
 def cmd_predict(args) -> int:
-    import json
+    from experiments.workflow.analyse import predict_command
 
-    from analysis.errors import AnalysisError
-    from analysis.predict import point_fits, predict, predict_points
-    from analysis.report import json_safe, point_lines, prediction_lines, read_record
-
-    try:  # usage errors first: exit 2, as argparse's
-        pairs = _points(args)
-        if not args.at and not pairs:
-            raise AnalysisError("give --at C (compute-optimal allocation) and/or --model N --tokens D (loss at that size and data)")
-    except AnalysisError as e:
-        return _error("predict", str(e), 2)
-    try:
-        record = read_record(args.dir)
-        names = [n for n, e in record["fits"].items() if "frontier_model" in e]
-        if args.at and not names:
-            raise AnalysisError(f"{args.dir}/fit.json has no compute-optimal frontier (fit with --law chinchilla)")
-        rows = []
-        if pairs:
-            if not point_fits(record):
-                raise AnalysisError(f"{args.dir}/fit.json has no law of N and D to predict the loss at (N, D) with (fit approach 3 or an N, D law)")
-            N, D = zip(*pairs)
-            if args.unique_tokens and len(args.unique_tokens) != len(pairs):
-                raise AnalysisError(f"give one --unique-tokens per --model/--tokens pair or none: {len(pairs)} pairs and {len(args.unique_tokens)} --unique-tokens values")
-            U = args.unique_tokens or None
-            rows = [r for n in point_fits(record) for r in predict_points(record, n, N, D, U)]
-        if args.json:
-            out = {"C": [float(c) for c in args.at], "approaches": {n: predict(record, n, args.at) for n in names}} if args.at else {}
-            if pairs:
-                out["points"] = rows
-            print(json.dumps(json_safe(out), indent=2, allow_nan=False))
-            return 0
-        for c in args.at:
-            print("\n".join(prediction_lines(record, c)))
-        if rows:
-            print("\n".join(point_lines(rows)))
-    except AnalysisError as e:
-        return _error("predict", str(e))
-    return 0
+    return predict_command(PredictOptions(dir=args.dir, at=tuple(args.at), model=tuple(args.model), tokens=tuple(args.tokens),
+                                          unique_tokens=tuple(args.unique_tokens), json=args.json))
 
 
 def main(argv=None) -> int:

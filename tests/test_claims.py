@@ -108,7 +108,7 @@ def test_the_heartbeat_keeps_a_claim_fresh_and_one_of_two_takers_wins(run_root):
 
 
 def test_status_shows_a_run_whose_heartbeat_stopped_as_stale(tmp_path, monkeypatch):
-    from experiments.sweep_cmd import format_status, status_rows
+    from experiments.workflow.status import format_status, status_rows
 
     monkeypatch.setenv("SCALING_CLAIM_STALE_S", "60")
     now = time.time()
@@ -155,7 +155,8 @@ def test_two_sweeps_on_one_root_train_every_run_once(where, tmp_path, compile_ca
         assert status["state"] == "done" and status["attempts"] == 1, (run_id, status, outs)  # one "running": trained once
         assert [m["step"] for m in run.metrics()] == list(range(log_every, steps + 1, log_every)), run_id  # its own rows, once
         assert run.summary() is not None and claims.holder(run.path) is None
-    from experiments.sweep_cmd import cmd_status, status_rows
+    from experiments.sweep_cmd import cmd_status
+    from experiments.workflow.status import status_rows
 
     assert sorted((r["run"], r["state"]) for r in status_rows(root)) == [(i, "done") for i in sorted(ids)]
     assert cmd_status(__import__("argparse").Namespace(root=root)) == 0  # `scaling status gs://...` too

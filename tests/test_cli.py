@@ -50,6 +50,18 @@ def test_help_imports_no_subcommand_module():
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_the_workflow_commands_build_their_parsers_without_jax():
+    """`scaling sweep --help` (run, status, tune, verify, plan, train) imports the workflow only when
+    the command runs: building its parser imports neither jax nor the workflow's stages."""
+    code = ("import sys\nfrom experiments.cli import build_parser\n"
+            "for c in ('sweep', 'run', 'status', 'tune', 'verify', 'plan', 'train'):\n    build_parser(c)\n"
+            "print(sorted(m for m in sys.modules if m in ('jax', 'pandas', 'scipy', 'matplotlib') or m.startswith('experiments.workflow.')"
+            " and m not in ('experiments.workflow.experiment', 'experiments.workflow.options')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=_env(), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
 def _subparsers(parser):
     (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     return action
@@ -134,7 +146,7 @@ def test_verify_refuses_an_unknown_set_key_and_keeps_the_check(tmp_path, capsys)
 
 def test_a_failed_or_skipped_check_never_replaces_one_that_ran(tmp_path, capsys):
     from analysis.verify import skipped
-    from experiments.verify_cmd import _write
+    from experiments.workflow.check import _write
 
     done = {"C": 1e18, "status": "done", "checks": [{"approach": "approach3"}], "runs": []}
     (tmp_path / "check.json").write_text(json.dumps(done))

@@ -59,12 +59,13 @@ def test_the_families_fit_recovers_each_family_power_law_and_draws_one_figure(tm
 
 def test_scaling_run_hands_the_fit_to_an_experiment_that_defines_its_own(monkeypatch, tmp_path):
     from experiments import sweep_cmd
+    from experiments.workflow import fit, run
 
     calls = []
-    monkeypatch.setattr(sweep_cmd, "cmd_sweep", lambda args: 0)
-    monkeypatch.setattr(sweep_cmd, "fit_and_summarise", lambda root: calls.append("chinchilla") or 0)
+    monkeypatch.setattr(run, "sweep_stage", lambda root, options, distributed: 0)
+    monkeypatch.setattr(fit, "fit_and_summarise", lambda root, sections=None: calls.append("chinchilla") or 0)
     module = load_experiment("families")
-    monkeypatch.setattr(sweep_cmd, "load_experiment", lambda spec: module)
+    monkeypatch.setattr(run, "load_experiment", lambda spec: module)
     monkeypatch.setattr(module, "analyse", lambda root: calls.append(("families", root)) or 0)
     args = build_parser().parse_args(["run", "families", "--root", str(tmp_path)])
     assert sweep_cmd.cmd_run(args) == 0

@@ -1,5 +1,7 @@
 """Imports point down only: a lower layer of lib never imports a higher one, lib never imports
 analysis or experiments, and analysis reads only the run store and the FLOP counts from lib.
+In experiments/: the command line (cli.py and the *_cmd.py parsers) sits above the workflow
+(experiments/workflow/), which sits above lib and analysis; only the command line imports argparse.
 
 Checked statically (every import statement in every module, including the lazy ones inside
 functions), so a violation fails even on a code path no other test runs.
@@ -29,6 +31,13 @@ LAYERS = {
                    "lib.train"},
     "analysis": {"lib.store", "lib.flops"},
 }
+LIB = {unit for unit in LAYERS if unit.startswith("lib.")}
+LAYERS.update({
+    "experiments.defs": LIB | {"analysis"},  # experiment files (quickstart.py, ...): sweeps and configs
+    "experiments.workflow": LIB | {"analysis"},  # the stages; experiment files are loaded by path, not imported
+    "experiments.cli": LIB | {"analysis", "experiments.workflow"},  # the `scaling` command: flags -> typed options
+})
+ARGPARSE_UNITS = {"experiments.cli"}  # the only unit that knows argparse
 
 
 def unit_of(module: str) -> str | None:
@@ -36,7 +45,11 @@ def unit_of(module: str) -> str | None:
     if parts[0] == "analysis":
         return "analysis"
     if parts[0] == "experiments":
-        return "experiments"
+        if len(parts) > 1 and parts[1] == "workflow":
+            return "experiments.workflow"
+        if len(parts) > 1 and (parts[1] == "cli" or parts[1].endswith("_cmd")):
+            return "experiments.cli"
+        return "experiments.defs" if len(parts) > 1 else "experiments"
     if parts[0] == "lib" and len(parts) > 1:
         return f"lib.{parts[1]}"
     return None
@@ -49,8 +62,8 @@ def imported_modules(source: str) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "lib":  # `from lib import flops` imports lib.flops
-                out += [(node.lineno, f"lib.{a.name}") for a in node.names]
+            if node.module in ("lib", "experiments", "experiments.workflow"):  # `from lib import flops` imports lib.flops
+                out += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
             else:
                 out.append((node.lineno, node.module))
     return out
@@ -67,6 +80,9 @@ def violations(sources: dict[str, str]) -> list[str]:
     for rel, source in sources.items():
         me = unit_of(module_name(rel))
         for lineno, mod in imported_modules(source):
+            if mod.split(".")[0] == "argparse" and me not in ARGPARSE_UNITS:
+                bad.append(f"{rel}:{lineno}: {me} imports argparse (only the command line, experiments/cli.py and *_cmd.py, may)")
+                continue
             other = unit_of(mod)
             if other is None or other == me:
                 continue
@@ -78,13 +94,13 @@ def violations(sources: dict[str, str]) -> list[str]:
 
 
 def project_sources() -> dict[str, str]:
-    files = sorted(p for d in ("lib", "analysis") for p in (ROOT / d).rglob("*.py"))
+    files = sorted(p for d in ("lib", "analysis", "experiments") for p in (ROOT / d).rglob("*.py"))
     return {p.relative_to(ROOT).as_posix(): p.read_text() for p in files}
 
 
-def test_every_unit_of_lib_is_placed_in_a_layer():
-    units = {unit_of(module_name(rel)) for rel in project_sources() if rel.startswith("lib/")}
-    assert units - {"lib.__init__", None} <= set(LAYERS), f"unplaced: {units - set(LAYERS)}"
+def test_every_unit_of_lib_and_experiments_is_placed_in_a_layer():
+    units = {unit_of(module_name(rel)) for rel in project_sources() if rel.startswith(("lib/", "experiments/"))}
+    assert units - {"lib.__init__", "experiments", None} <= set(LAYERS), f"unplaced: {units - set(LAYERS)}"
 
 
 def test_imports_point_down_only():
@@ -99,6 +115,12 @@ def test_imports_point_down_only():
         ("lib/models/x.py", "from lib import flops\n", "lib.models imports lib.flops"),
         ("analysis/x.py", "from lib.train.loop import train\n", "analysis imports lib.train.loop"),
         ("analysis/x.py", "from lib.store.storage import is_url\n", "analysis may read only lib.store.runstore"),
+        ("lib/sweeps/x.py", "def f():\n    from experiments.workflow.sweep import run_sweep\n", "lib.sweeps imports experiments.workflow.sweep"),
+        ("analysis/x.py", "from experiments import cli\n", "analysis imports experiments.cli"),
+        ("experiments/workflow/x.py", "def f():\n    from experiments.sweep_cmd import options_from_args\n",
+         "experiments.workflow imports experiments.sweep_cmd"),
+        ("experiments/workflow/x.py", "import argparse\n", "experiments.workflow imports argparse"),
+        ("experiments/quickstart2.py", "from experiments.workflow.run import run_experiment\n", "experiments.defs imports experiments.workflow.run"),
     ],
 )
 def test_an_upward_import_is_caught(where, source, complaint):

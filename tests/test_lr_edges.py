@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from experiments.sweep_cmd import SweepOptions, run_sweep
+from experiments.workflow.options import SweepOptions
+from experiments.workflow.sweep import run_sweep
 from lib.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrackingConfig, TrainConfig
 from lib.store.runstore import RunDir
 from lib.sweeps import rules

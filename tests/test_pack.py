@@ -294,7 +294,9 @@ def test_on_eight_devices_a_pack_is_spread_over_data_or_replicated_and_sharded(a
 
 
 def test_the_sweep_command_packs_and_reports_runs(tmp_path, capsys):
-    from experiments.sweep_cmd import SweepOptions, load_sweep, run_sweep
+    from experiments.workflow.experiment import load_sweep
+    from experiments.workflow.options import SweepOptions
+    from experiments.workflow.sweep import run_sweep
     from test_sweep_support import write_experiment
 
     sweep = load_sweep(str(write_experiment(tmp_path, steps=20, checkpoint_every=20, axes='{"data.seed": [0, 1, 2], "optimizer.lr": [0.003, 1e30]}')))

@@ -12,6 +12,7 @@ import jax
 import pytest
 
 from experiments import sweep_cmd
+from experiments.workflow import status, sweep
 from lib.config import ConfigError
 from lib.store.runstore import RunDir, load_runs
 from lib.sweeps.executors import DONE, SKIPPED, Outcome, Progress, run_local
@@ -62,7 +63,7 @@ def test_a_kill_between_the_final_checkpoint_and_the_summary_completes_without_t
     (run / "summary.json").unlink()
     RunDir(run).set_state("running")  # what the killed process left: its claim went with it
 
-    rows = {r["run"]: r for r in sweep_cmd.status_rows(root)}
+    rows = {r["run"]: r for r in status.status_rows(root)}
     assert rows[run.name]["state"] == "stale"  # never "running" once its trainer is gone
 
     report = _relaunch(plan, root)
@@ -112,10 +113,10 @@ def test_status_of_a_file_is_a_one_line_error(tmp_path):
 
 def test_worker_logs_of_a_gs_root_go_to_a_named_local_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    folder = sweep_cmd._logs_dir("gs://bucket/sweeps/a")
+    folder = sweep.logs_dir("gs://bucket/sweeps/a")
     assert folder == str(tmp_path / "scaling-logs" / "bucket" / "sweeps" / "a")
     assert "gs:" not in folder
-    assert sweep_cmd._logs_dir(str(tmp_path / "root")) == str(tmp_path / "root" / ".logs")
+    assert sweep.logs_dir(str(tmp_path / "root")) == str(tmp_path / "root" / ".logs")
 
 
 def test_the_sweep_bar_counts_steps_across_runs(tmp_path):

@@ -7,7 +7,9 @@ import math
 import pytest
 
 import lib.train.loop
-from experiments.sweep_cmd import SweepOptions, load_sweep, run_sweep
+from experiments.workflow.experiment import load_sweep
+from experiments.workflow.options import SweepOptions
+from experiments.workflow.sweep import run_sweep
 from lib.sweeps.executors import enable_compile_cache
 from lib.store.runstore import RunDir
 from test_sweep_support import files_with_mtimes, write_experiment

@@ -179,14 +179,16 @@ def sweep():
 @pytest.mark.timeout(300)
 def test_scaling_run_tunes_first_and_a_relaunch_is_a_no_op(tmp_path, capsys):
     from experiments.cli import build_parser
-    from experiments.sweep_cmd import load_sweep
-    from experiments.tune_cmd import tune_stage
+    from experiments.sweep_cmd import load_sweep, options_from_args
+    from experiments.workflow.options import TuneOptions
+    from experiments.workflow.tune import tune_stage
 
     exp = tmp_path / "mini.py"
     exp.write_text(MINI)
     root = tmp_path / "root"
     args = build_parser().parse_args(["run", str(exp), "--root", str(root), "--progress", "off"])
-    assert tune_stage(args) == 0
+    options = TuneOptions(sweep=options_from_args(args))
+    assert tune_stage(str(root), options) == 0
     out = capsys.readouterr().out
     record = json.loads((root / "tune" / "lr_rule.json").read_text())
     assert record["batch"] == 8 and record["steps"] == 20 and len(record["sizes"]) == 2
@@ -218,27 +220,37 @@ def test_scaling_run_tunes_first_and_a_relaunch_is_a_no_op(tmp_path, capsys):
     plan = load_sweep(str(exp)).plan(root=root)
     for r in plan.runs:
         assert r.cfg.optimizer.lr == pytest.approx(record["c"] * r.params ** -record["gamma"])
-    assert tune_stage(args) == 0
+    assert tune_stage(str(root), options) == 0
     assert "exists; skipping the tune stage" in capsys.readouterr().out
-    from experiments.tune_cmd import load_tune, run_tune
+    from experiments.workflow.experiment import load_grid, load_tune
+    from experiments.workflow.options import TUNE_GRID
+    from experiments.workflow.tune import run_tune
 
     assert run_tune(load_tune(str(exp)), root) == 0 and "nothing to do" in capsys.readouterr().out
     assert {p: os.path.getmtime(p / "status.json") for p in status} == status
-    # Worker processes load the grid as EXP:tune and plan exactly the runs on disk (extensions included).
-    tune = load_sweep(f"{exp}:tune")
+    # Worker processes, given grid="tune" in their options, plan exactly the runs on disk (extensions included).
+    tune = load_grid(str(exp), TUNE_GRID)
     assert isinstance(tune, Tune) and {r.run_id for r in tune.plan(root=root / "tune").runs} == {p.name for p in status}
 
 
-def test_the_report_section_replaces_its_earlier_copy(tmp_path):
-    from experiments.tune_cmd import _replace_section, _report_section
+def test_the_report_section_is_written_with_the_report_by_its_one_writer(tmp_path, monkeypatch):
+    """report.md is written whole, by analysis.report.write_report, with the lr-rule section after the
+    fit's own markdown: rewriting it (a refit, the check's redraw) gives one copy, never a splice."""
+    from analysis import report as R
+    from experiments.workflow.report import REPORT_BEGIN, REPORT_END, _report_section
 
     record = fit_lr_rule(_points())
     record["figures"] = ["lr_rule.png", "lr_rule.svg"]
-    report = tmp_path / "fit" / "report.md"
-    report.parent.mkdir()
-    report.write_text("# Fit\n\nbody\n")
+    monkeypatch.setattr(R, "markdown", lambda record: "# Fit\n\nbody\n")  # the fit's own part, whatever it holds
+    section = _report_section(record, ["sensitivity single_lr: approach3 a = 0.47"], str(tmp_path))
+    assert section[0] == REPORT_BEGIN and section[-1] == REPORT_END
+    out = tmp_path / "fit"
+    out.mkdir()
     for _ in range(2):
-        _replace_section(str(report), _report_section(record, ["sensitivity single_lr: approach3 a = 0.47"], str(tmp_path)))
-    text = report.read_text()
-    assert text.startswith("# Fit\n\nbody\n") and text.count("## Learning-rate rule") == 1
+        R.write_report(str(out), {}, None, section)
+    text = (out / "report.md").read_text()
+    assert text == "# Fit\n\nbody\n\n" + "\n".join(section) + "\n"
+    assert text.count("## Learning-rate rule") == 1
     assert "![lr rule](../tune/lr_rule.png)" in text and "- sensitivity single_lr: approach3 a = 0.47" in text
+    R.write_report(str(out), {}, None)  # without sections: the fit's part alone
+    assert (out / "report.md").read_text() == "# Fit\n\nbody\n"

@@ -44,7 +44,7 @@ def test_entry_has_exactly_the_schema_and_the_error_in_interval_units():
 
 
 def test_ladder_shape_is_the_nearest_in_log_n(tmp_path):
-    from experiments.verify_cmd import ladder, load_sweep
+    from experiments.workflow.check import ladder, load_sweep
     from lib import flops
 
     exp = tmp_path / "mini.py"
@@ -82,7 +82,7 @@ def _record(fits: dict, skipped: dict) -> dict:
      r"the fit is power-N; fit with --law chinchilla"),
 ])
 def test_a_fit_without_a_usable_frontier_skips_the_check_with_its_reason(tmp_path, fits, skipped, why):
-    from experiments.verify_cmd import verify
+    from experiments.workflow.check import verify
 
     fit_dir = tmp_path / "fit"
     fit_dir.mkdir()
@@ -142,7 +142,7 @@ def test_scaling_run_checks_its_prediction_idempotently(tmp_path, compile_cache,
         assert (e["N"], e["D"]) == (summary["params"]["total"], summary["tokens"])
         assert abs(summary["flops"]["value"] / 3.6e9 - 1) < 0.02
     # the chosen shape's N is the ladder's nearest to N_opt (log N) among the experiment's sizes
-    from experiments.verify_cmd import ladder, load_sweep
+    from experiments.workflow.check import ladder, load_sweep
 
     Ns = [s["N"] for s in ladder(load_sweep(str(exp)), 3.6e9, {}, "total")[1]]
     for e in check["checks"]:
@@ -187,8 +187,8 @@ def test_scaling_run_checks_its_prediction_idempotently(tmp_path, compile_cache,
     assert all(e["achieved"] is None and e["error"] is None and e["inside"] is False for e in failed["checks"])
     assert "**diverged**" in (fit / "report.md").read_text() and (fit / "fit.json").read_bytes() == fit_json
     # with the check that ran back in place, a failed one never replaces it: it goes beside it
-    from experiments.sweep_cmd import SweepOptions
-    from experiments.verify_cmd import verify
+    from experiments.workflow.options import SweepOptions
+    from experiments.workflow.check import verify
 
     (fit / "check.json").write_text(good)
     assert verify(fit, options=SweepOptions(progress="off", compile_cache=compile_cache)) == 1

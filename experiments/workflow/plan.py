@@ -35,8 +35,7 @@ class PlanOptions:
 def plan_launch(options: PlanOptions) -> dict:
     """{"sweep", "runs": [{"run_id", "stage", "N", "D", "C", "lr", "batch", "steps", "pack"}], "compute",
     "est_seconds", "throughput", "notes"}."""
-    from experiments.sweep_cmd import load_sweep
-    from experiments.tune_cmd import load_tune, wants_tuning
+    from experiments.workflow.experiment import load_sweep, load_tune, wants_tuning
 
     sweep = load_sweep(options.spec)
     stages: list[tuple[str, Plan]] = []

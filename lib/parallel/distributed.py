@@ -48,10 +48,12 @@ def initialize(
         jax.distributed.initialize(**timeouts)  # TPU VM: JAX reads the slice's worker list itself
 
 
-def initialize_from_args(args) -> None:
-    initialize(
-        getattr(args, "coordinator", None),
-        getattr(args, "num_processes", None),
-        getattr(args, "process_id", None),
-        getattr(args, "heartbeat_timeout", None),
-    )
+def process_index() -> int:
+    """This process's index among the JAX processes (0 on one host): process 0 writes and reports."""
+    return jax.process_index()
+
+
+def process_count() -> int:
+    """How many JAX processes take part (1 unless joined by `initialize`)."""
+    return jax.process_count()
+

@@ -493,7 +493,7 @@ def run_processes(
     progress: "Progress | None" = None,
     poll_s: float = 1.0,
 ) -> SweepReport:
-    """Start one process per (argv, env) -- each a `scaling sweep ... --worker i/n` -- and follow the root."""
+    """Start one process per (argv, env) -- each trains its share i/n of the plan (experiments/workflow/worker.py) -- and follow the root."""
     progress = progress or Progress(plan, enabled=False)
     before = {r.run_id: RunDir(os.path.join(root, r.run_id), writer=False).state() for r in plan.runs}
     t_start = time.perf_counter()
