@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lib.config_rules import validate
 from lib.config import ConfigError, DataConfig, MeshConfig, ModelConfig, OptimizerConfig, RunConfig, TrackingConfig, TrainConfig
 from lib.models import make_model
 from lib.parallel import pipeline, sharding
@@ -131,10 +132,10 @@ def test_moe_coordinate_check_flat_under_mup_growing_under_sp():
 
 def test_moe_pipeline_and_mup_pass_config_validation_and_recurrent_families_still_fail():
     ok = _run().with_overrides({"mesh.stage": 2, "mesh.data": 4, "train.microbatches": 2})
-    ok.validate(8)
-    _run(parametrization="mup", base_width=16).with_overrides({"optimizer.name": "adamw"}).validate()
+    validate(ok, 8)
+    validate(_run(parametrization="mup", base_width=16).with_overrides({"optimizer.name": "adamw"}))
     lstm = RunConfig(model=ModelConfig(family="lstm", d_model=32, n_layers=2), data=DataConfig(seq_len=16, global_batch=16))
     with pytest.raises(ConfigError, match="mesh.stage"):
-        lstm.with_overrides({"mesh.stage": 2, "mesh.data": 4, "train.microbatches": 2}).validate(8)
+        validate(lstm.with_overrides({"mesh.stage": 2, "mesh.data": 4, "train.microbatches": 2}), 8)
     with pytest.raises(ConfigError, match="model.parametrization"):
-        lstm.with_overrides({"model.parametrization": "mup", "model.base_width": 16}).validate()
+        validate(lstm.with_overrides({"model.parametrization": "mup", "model.base_width": 16}))

@@ -38,6 +38,7 @@ from experiments.workflow.options import CheckOptions, Distributed, SweepOptions
 from experiments.workflow.sweep import MANIFESTS, TUNE_LABEL, run_sweep
 from lib import flops as flops_lib
 from lib.config import ConfigError, RunConfig
+from lib.models import shape_tag
 from lib.store.runstore import RunDir, read_json, summary_D
 from lib.sweeps.executors import SweepStopped
 from lib.sweeps.plans import IsoFlop, Plan, Sweep, TokensPerParam
@@ -82,12 +83,6 @@ class _Planned(Sweep):
         return self._plan
 
 
-def _shape_tag(cfg) -> str:
-    m = cfg.model
-    heads = f", n_heads {m.n_heads}" if m.family in ("transformer", "moe", "vit") else ""  # the families with attention
-    return f"{m.family} d_model {m.d_model}, n_layers {m.n_layers}{heads}"
-
-
 def experiment_of(root) -> str:
     """The experiment a root's sweep came from, as its manifest (<root>/.sweeps/) records it."""
     folder = os.path.join(os.fspath(root), MANIFESTS)
@@ -130,7 +125,7 @@ def _result(root, planned, params: str) -> dict:
         "N": float((summary.get("params") or {}).get(params) or flops_lib.param_counts(planned.cfg.model)[params]),
         "D": float(summary_D(summary) or planned.tokens),
         "achieved": float(achieved) if done else None,
-        "shape": _shape_tag(planned.cfg),
+        "shape": shape_tag(planned.cfg.model),
     }
 
 
