@@ -120,3 +120,84 @@ def detectable_shift_a(measured: dict, C: float, budgets) -> float | None:
     if hm is None or reach <= 0:
         return None
     return hm / reach
+
+
+# ---------------------------------------------------------------- from trained runs ---------------
+def best_per_size(runs) -> list[dict]:
+    """One point per trained size: its run's loss, or with several learning rates (the sweep's lr
+    grid) the loss at its best lr (`lr_grid.best_lr`, as `scaling fit` takes it). `runs`: dicts with
+    "N", "D", "lr", "achieved" (None: not finished). Sizes without a finished run are left out."""
+    from analysis.lr_grid import best_lr
+
+    by_n: dict[float, list[dict]] = {}
+    for r in runs:
+        by_n.setdefault(float(r["N"]), []).append(r)
+    out = []
+    for n, rs in sorted(by_n.items()):
+        done = [r for r in rs if r.get("achieved") is not None and math.isfinite(r["achieved"])]
+        if not done:
+            continue
+        if len(rs) > 1 and len({r.get("lr") for r in rs}) == len(rs):
+            best = best_lr([r["lr"] for r in rs], [r["achieved"] if r.get("achieved") is not None else math.inf for r in rs])
+            loss, lr = best["loss"], best["lr"]
+        else:
+            r = min(done, key=lambda r: r["achieved"])
+            loss, lr = r["achieved"], r.get("lr")
+        out.append({"N": n, "D": float(done[0]["D"]), "loss": float(loss), "lr": lr})
+    return out
+
+
+def pooled_sigma(record: dict) -> tuple[float, int] | None:
+    """Approach 2's noise, pooled over the sweep's budgets (sigma, dof), from fit.json; None without."""
+    for b in (record.get("fits", {}).get("approach2") or {}).get("budgets", []):
+        if b.get("accepted") and b.get("sigma_dof") and b.get("sigma") is not None and math.isfinite(b["sigma"]):
+            return float(b["sigma"]), int(b["sigma_dof"])
+    return None
+
+
+def check(record: dict, rows: dict, runs, C: float) -> dict:
+    """The allocation check's record: the measured minimum at C from the trained sizes, per approach
+    its "allocation" (predicted vs measured N_opt) and loss comparisons, and the smallest detectable
+    shift in a. `rows`: {approach: predict() row at C}."""
+    from analysis.costmodel import CostModel
+
+    level = record["options"]["ci_level"]
+    cost = CostModel.from_dict(record["cost_model"])
+    pts = best_per_size(runs)
+    N, D, L = (np.array([p[k] for p in pts], float) for k in ("N", "D", "loss"))
+    out = {"C": float(C), "rule": f"{N_SIZES} sizes ~{SPACING}x apart around the predicted N_opt (nearest ladder shapes), "
+           "each at its best lr; minimum by approach 2's local robust parabola, its interval pooled with the sweep's approach-2 noise",
+           "points": pts, "by_approach": {}}
+    if N.size < 3:
+        out["measured"] = {"value": None, "ci": None, "reason": f"{N.size} finished size(s); a minimum needs 3 or more"}
+        return out
+    m = measure(C, N, D, L, cost, pooled_sigma(record), level)
+    out["measured"] = m
+    b = ap.fit_budget(C, N, D, L, cost)
+    loss_opt = float(b.loss_opt) if b.accepted else None
+    out["detectable_shift_a"] = detectable_shift_a(m, C, record.get("budgets") or record["data_range"]["C"])
+    for name, row in rows.items():
+        a = allocation(row["N_opt"], m)
+        pred_loss = (row.get("loss") or {}).get("value")
+        a["loss_at_measured_optimum"] = {"predicted_compute_optimal": pred_loss, "measured": loss_opt,
+                                         "error": (loss_opt - pred_loss) if loss_opt is not None and pred_loss is not None else None}
+        law = _law_at(record.get("fits", {}).get(name), N, D)
+        if law is not None:
+            a["law_at_trained"] = [{"N": float(n), "D": float(d), "law": float(v), "achieved": float(y), "error": float(y - v)}
+                                   for n, d, v, y in zip(N, D, law, L)]
+            if m["value"] is not None:
+                (at_opt,) = _law_at(record["fits"][name], [m["value"]], [float(cost.tokens(m["value"], C))])
+                a["loss_at_measured_optimum"]["law"] = float(at_opt)
+        out["by_approach"][name] = a
+    return out
+
+
+def _law_at(entry: dict | None, N, D):
+    """Approach 3's (or any N, D law's) loss at each (N, D); None for the power-law approaches."""
+    if not entry or "law" not in entry or entry.get("frontier_model") != "chinchilla":
+        return None
+    from analysis.laws import get_law
+
+    with np.errstate(all="ignore"):
+        return get_law(entry["law"]).predict({k: v["value"] for k, v in entry["params"].items()},
+                                            N=np.asarray(N, float), D=np.asarray(D, float))

@@ -164,7 +164,7 @@ def _write(fit_dir, check: dict) -> None:
 
 
 def verify(fit_dir, root=None, C: float | None = None, experiment: str | None = None, neighbours: bool = False,
-           options: SweepOptions | None = None) -> int:
+           options: SweepOptions | None = None, allocation: bool = False) -> int:
     """Check the fit in `fit_dir` at C by training in `root`; write check.json, report.md, figures."""
     fit_dir = os.fspath(fit_dir)
     record = read_record(fit_dir)
@@ -175,7 +175,7 @@ def verify(fit_dir, root=None, C: float | None = None, experiment: str | None = 
     rows, why = V.predictions(record, C)
     if why is None:
         try:
-            return _check(fit_dir, record, C, rows, root, experiment, neighbours, options)
+            return _check(fit_dir, record, C, rows, root, experiment, neighbours, options, allocation)
         except NoLadder as e:
             why = str(e)
     check = V.skipped(C, why)
@@ -184,7 +184,7 @@ def verify(fit_dir, root=None, C: float | None = None, experiment: str | None = 
     return 0
 
 
-def _check(fit_dir, record, C, rows, root, experiment, neighbours, options) -> int:
+def _check(fit_dir, record, C, rows, root, experiment, neighbours, options, allocation=False) -> int:
     src = record.get("source") or {}
     if root is None:
         if src.get("kind") != "runs":
@@ -218,6 +218,9 @@ def _check(fit_dir, record, C, rows, root, experiment, neighbours, options) -> i
                 chosen.setdefault(i, {"role": "neighbour", "approaches": []})
         nb_plan = {"approach": primary, "centre": centre, "members": [i for i in (lo, centre, hi) if i is not None], "missing": missing}
 
+    alloc = _allocation_members(rows, shapes) if allocation else None
+    for i in (alloc or {}).get("members", []):
+        chosen.setdefault(i, {"role": "allocation", "approaches": []})
     order = sorted(chosen)
     ids = {shapes[i]["run"].run_id for i in order}
     try:
@@ -256,11 +259,37 @@ def _check(fit_dir, record, C, rows, root, experiment, neighbours, options) -> i
         members = [results[i] for i in nb_plan["members"]]
         check["neighbours"] = {"approach": nb_plan["approach"], **V.neighbours_verdict(members, results[nb_plan["centre"]]["run_id"]),
                                "missing": nb_plan["missing"]}
+    if alloc:
+        _allocation_result(check, record, rows, C, shapes, alloc, results)
     _write(fit_dir, check)
     print("\n".join(V.console_lines(check)))
     for n in notes:
         print(f"  note: {n}")
     return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- the allocation check (issue 23) --
+def _allocation_members(rows: dict, shapes: list[dict]) -> dict:
+    """The ladder shapes (every lr of each: the sweep's lr grid) at the sizes analysis.allocation plans
+    around the primary approach's (approach 3's, else the first) predicted N_opt."""
+    from analysis import allocation as A
+
+    primary = "approach3" if "approach3" in rows else next(iter(rows))
+    sizes = sorted({s["N"] for s in shapes})
+    picked, notes = A.plan_sizes(rows[primary]["N_opt"]["value"], sizes)
+    keep = {sizes[i] for i in picked}
+    return {"approach": primary, "members": [i for i, s in enumerate(shapes) if s["N"] in keep], "notes": notes}
+
+
+def _allocation_result(check: dict, record: dict, rows: dict, C: float, shapes: list[dict], alloc: dict, results: dict) -> None:
+    """check.json's "allocation" and each entry's "allocation" from the trained sizes (analysis.allocation.check)."""
+    from analysis import allocation as A
+
+    runs = [{**results[i], "lr": float(shapes[i]["run"].cfg.optimizer.lr)} for i in alloc["members"]]
+    out = A.check(record, rows, runs, C)
+    check["allocation"] = {"approach": alloc["approach"], "notes": alloc["notes"], **{k: v for k, v in out.items() if k != "by_approach"}}
+    for e in check["checks"]:
+        e["allocation"] = out["by_approach"].get(e["approach"])
 
 
 # ---------------------------------------------------------------- commands ----------------------
@@ -277,7 +306,8 @@ def run_stage(args, C: float | None) -> int:
         print(f"verify: not run under several processes; run `scaling verify {os.path.join(args.root, 'fit')}` on one host")
         return 0
     assert _process_index() == 0
-    return verify(os.path.join(os.fspath(args.root), "fit"), args.root, C, args.experiment, args.neighbours, options_from_args(args))
+    return verify(os.path.join(os.fspath(args.root), "fit"), args.root, C, args.experiment, args.neighbours, options_from_args(args),
+                  getattr(args, "allocation", False))
 
 
 def _process_count() -> int:
@@ -290,6 +320,7 @@ def add_run_args(p) -> None:
     """`scaling run`'s verify options."""
     p.add_argument("--no-verify", action="store_true", help="skip the prediction check (training the fit's recommended model at the next budget)")
     p.add_argument("--neighbours", action="store_true", help="prediction check: also train N_opt/2 and 2 N_opt at the same budget")
+    p.add_argument("--allocation", action="store_true", help="prediction check: train 5 sizes around N_opt and compare the measured optimum with each approach's")
 
 
 def cmd_verify(args) -> int:
@@ -301,7 +332,7 @@ def cmd_verify(args) -> int:
     options = SweepOptions(overrides=overrides, retries=args.retries, progress=args.progress,
                            compile_cache=args.compile_cache, run_logs=args.run_logs, spec=args.experiment or "", sets=tuple(args.set))
     try:
-        return verify(args.fit_dir, args.root, args.at, args.experiment, args.neighbours, options)
+        return verify(args.fit_dir, args.root, args.at, args.experiment, args.neighbours, options, args.allocation)
     except AnalysisError as e:
         print(f"scaling verify: error: {e}", file=sys.stderr)
         return 1
@@ -318,6 +349,7 @@ def register(subparsers) -> None:
     p.add_argument("--root", help="run root to train into (default: the run store the fit read)")
     p.add_argument("--experiment", help="experiment file or name (default: the one the root's sweep manifest names)")
     p.add_argument("--neighbours", action="store_true", help="also train the ladder shapes nearest N_opt/2 and 2 N_opt at the same C")
+    p.add_argument("--allocation", action="store_true", help="also train 5 sizes ~1.7x apart around N_opt: the measured optimum vs each approach's N_opt interval")
     add_set_arg(p)
     p.add_argument("--retries", type=int, default=2, help="retry a failed check run up to this many times (default 2)")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bar on stderr (auto: when a terminal)")
