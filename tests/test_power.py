@@ -132,6 +132,10 @@ def test_plan_power_json_has_the_issues_keys(tmp_path):
     for stats in (rec["approaches"]["approach3"]["a"], rec["approaches"]["approach2"]["a"]):
         assert {"bias", "sd", "coverage"} <= set(stats)
     assert 0 <= rec["bracketed_fraction"] <= 1 and rec["compute"] > 0 and rec["est_seconds"] is None
+    from experiments.workflow.plan import format_power
+
+    text = format_power(rec)  # what the command prints without --json
+    assert "approach3" in text and "allocation check at C = 3.33e+12" in text
     bad = subprocess.run([sys.executable, "-m", "experiments.cli", "plan", "quickstart", "--power", "--truth", "alpha=0.2,gamma=1"],
                          env=clean_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "gamma" in bad.stderr and bad.stderr.count("\n") == 1
