@@ -98,7 +98,7 @@ def test_approach3_estimates_and_coverage_match_scipy_on_the_same_datasets():
             rep = np.repeat(np.arange(design.N.size), wr.astype(int))
             boot.append(_scipy_fit(np.log(design.N[rep]), np.log(design.D[rep]), y[rep], truth["E"], p))
         boot = np.array(boot)
-        nat = lambda q: {"E": truth["E"], "A": np.exp(q[..., 0]), "B": np.exp(q[..., 1]), "alpha": q[..., 2], "beta": q[..., 3]}  # noqa: E731
+        nat = lambda q: {"E": np.full_like(q[..., 0], truth["E"]), "A": np.exp(q[..., 0]), "B": np.exp(q[..., 1]), "alpha": q[..., 2], "beta": q[..., 3]}  # noqa: E731
         a = local_exponents(nat(p), cost, *c_range)[0]
         a_s = local_exponents(nat(boot), cost, *c_range)[0]
         for key, v, s in (("a", a, a_s), ("alpha", p[2], boot[:, 2]), ("beta", p[3], boot[:, 3])):
@@ -117,16 +117,22 @@ def test_approach3_estimates_and_coverage_match_scipy_on_the_same_datasets():
 
 
 def test_plan_power_json_has_the_issues_keys(tmp_path):
+    from test_allocation import LADDER
     from test_sweep_support import clean_env
 
-    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "plan", "quickstart", "--power", "--truth",
-                           "alpha=0.2,beta=0.45,A=2.7132,B=90.661", "--noise", "0.01", "--sims", "3", "--bootstrap", "4", "--json"],
+    exp = tmp_path / "alloc.py"
+    exp.write_text(LADDER)  # a small IsoFLOP experiment (2 budgets, no tune stage): a quick plan
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "plan", str(exp), "--power", "--truth",
+                           "alpha=0.3,beta=0.3,A=5,B=60", "--noise", "0.01", "--sims", "3", "--bootstrap", "4", "--json"],
                           env=clean_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = json.loads(proc.stdout)
     assert {"n_sims", "noise", "truth", "approaches", "bracketed_fraction", "check_power", "compute", "est_seconds"} <= set(rec)
     assert rec["n_sims"] == 3 and rec["noise"] == 0.01
-    assert rec["truth"]["E"] == pytest.approx(0.8047, abs=1e-3)  # E defaults to the source's floor
+    from lib.config import DataConfig
+    from lib.data import make_source
+
+    assert rec["truth"]["E"] == make_source(DataConfig(seq_len=16, global_batch=16)).entropy_floor  # E defaults to the source's floor
     assert set(rec["approaches"]) == {"approach2", "approach3"} and "approach1" in rec["skipped"]
     assert set(rec["approaches"]["approach3"]) >= {"a", "alpha", "beta"}
     for stats in (rec["approaches"]["approach3"]["a"], rec["approaches"]["approach2"]["a"]):
@@ -135,7 +141,7 @@ def test_plan_power_json_has_the_issues_keys(tmp_path):
     from experiments.workflow.plan import format_power
 
     text = format_power(rec)  # what the command prints without --json
-    assert "approach3" in text and "allocation check at C = 3.33e+12" in text
-    bad = subprocess.run([sys.executable, "-m", "experiments.cli", "plan", "quickstart", "--power", "--truth", "alpha=0.2,gamma=1"],
+    assert "approach3" in text and "allocation check at C = 3.6e+09" in text
+    bad = subprocess.run([sys.executable, "-m", "experiments.cli", "plan", str(exp), "--power", "--truth", "alpha=0.2,gamma=1"],
                          env=clean_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "gamma" in bad.stderr and bad.stderr.count("\n") == 1
