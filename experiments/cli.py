@@ -219,7 +219,8 @@ def cmd_plan(args) -> int:
     if args.power:
         return _plan_power(args, options)
     if args.truth or args.from_root or args.noise is not None:
-        raise SystemExit("scaling plan: error: --truth, --from and --noise go with --power")
+        print("scaling plan: error: --truth, --from and --noise go with --power (add --power)", file=sys.stderr)
+        return 2
     record = plan_launch(options)
     print(json.dumps(record, indent=1) if args.json else format_plan(record))
     return 0
