@@ -74,11 +74,24 @@ def _scipy_fit(log_N, log_D, y, E, x0, delta=1e-3):
         a, b, al, be = p
         return y - np.log(np.exp(a - al * log_N) + np.exp(b - be * log_D) + E)
 
-    return least_squares(resid, x0, loss="huber", f_scale=delta, method="trf", xtol=1e-14, ftol=1e-14, gtol=1e-14).x
+    # from x0 and from two far corners of (alpha, beta): a resample of 15 noisy points can have a second
+    # basin (seen: alpha 0.76, beta 0.21 beside alpha 0.24, beta 0.54); the lower Huber objective wins
+    fits = [least_squares(resid, x, loss="huber", f_scale=delta, method="trf", xtol=1e-14, ftol=1e-14, gtol=1e-14)
+            for x in (x0, [x0[0], x0[1], 0.8, 0.2], [x0[0], x0[1], 0.2, 0.8])]
+    return min(fits, key=lambda f: f.cost).x
+
+
+def _huber_objective(q, log_N, log_D, y, E, delta=1e-3):
+    r = y - np.log(np.exp(q[0] - q[2] * log_N) + np.exp(q[1] - q[3] * log_D) + E)
+    return np.sum(np.where(np.abs(r) <= delta, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta)))
 
 
 @pytest.mark.timeout(600)
 def test_approach3_estimates_and_coverage_match_scipy_on_the_same_datasets():
+    """Per simulated dataset, approach 3's fit equals scipy's; every bootstrap refit is at least as good
+    as scipy's best of three starts (a resample can have a second basin that scipy falls into: the
+    batched refit must not); bias and sd equal scipy's, and the coverage is the fraction of the refits'
+    percentile intervals that hold the truth."""
     truth = dict(E=0.8047, A=2.7132, B=90.661, alpha=0.2, beta=0.45)
     budgets = [1e11, 3e11, 1e12]
     design = _isoflop_design(truth, budgets, offsets=(0.0, 0.1, -0.1), ratio=1.7, floor=truth["E"])
@@ -88,32 +101,35 @@ def test_approach3_estimates_and_coverage_match_scipy_on_the_same_datasets():
     Y = P.simulate(design, truth, opts.noise, K, np.random.default_rng(opts.seed))  # the same draws as power()
     cost = fit_cost_model(design.N, design.D, design.C, "recorded")
     c_range = (design.C.min(), design.C.max())
+    a3 = P.approach3(design, Y, cost, c_range, opts)  # the same batched fits, to see each refit
     w = resample_weights(np.arange(design.N.size), R, opts.seed, design.budget)
     x0 = [np.log(truth["A"]), np.log(truth["B"]), truth["alpha"], truth["beta"]]
-    est, lo, hi = {k: [] for k in ("a", "alpha", "beta")}, {k: [] for k in ("a", "alpha", "beta")}, {k: [] for k in ("a", "alpha", "beta")}
-    for y in np.log(Y):
-        p = _scipy_fit(np.log(design.N), np.log(design.D), y, truth["E"], x0)
-        boot = []
-        for wr in w:  # a resample: each point repeated by its weight
+    lN, lD = np.log(design.N), np.log(design.D)
+    est = {k: [] for k in ("a", "alpha", "beta")}
+    for k, y in enumerate(np.log(Y)):
+        p = _scipy_fit(lN, lD, y, truth["E"], x0)
+        assert [a3["params"][n][k] for n in ("alpha", "beta")] == pytest.approx(p[2:], abs=1e-4)
+        est["a"].append(float(local_exponents({"E": truth["E"], "A": np.exp(p[0]), "B": np.exp(p[1]), "alpha": p[2], "beta": p[3]},
+                                              cost, *c_range)[0]))
+        est["alpha"].append(p[2])
+        est["beta"].append(p[3])
+        assert a3["usable"][k].all()
+        for r, wr in enumerate(w):  # a resample: each point repeated by its weight
             rep = np.repeat(np.arange(design.N.size), wr.astype(int))
-            boot.append(_scipy_fit(np.log(design.N[rep]), np.log(design.D[rep]), y[rep], truth["E"], p))
-        boot = np.array(boot)
-        nat = lambda q: {"E": np.full_like(q[..., 0], truth["E"]), "A": np.exp(q[..., 0]), "B": np.exp(q[..., 1]), "alpha": q[..., 2], "beta": q[..., 3]}  # noqa: E731
-        a = local_exponents(nat(p), cost, *c_range)[0]
-        a_s = local_exponents(nat(boot), cost, *c_range)[0]
-        for key, v, s in (("a", a, a_s), ("alpha", p[2], boot[:, 2]), ("beta", p[3], boot[:, 3])):
-            est[key].append(float(v))
-            lo[key].append(np.percentile(s, 2.5))
-            hi[key].append(np.percentile(s, 97.5))
+            q = _scipy_fit(lN[rep], lD[rep], y[rep], truth["E"], p)
+            mine = np.array([np.log(a3["samples"]["A"][k, r]), np.log(a3["samples"]["B"][k, r]), a3["samples"]["alpha"][k, r], a3["samples"]["beta"][k, r]])
+            f_mine, f_scipy = (_huber_objective(x, lN[rep], lD[rep], y[rep], truth["E"]) for x in (mine, q))
+            assert f_mine <= f_scipy * (1 + 1e-6) + 1e-15
     e3 = rec["approaches"]["approach3"]
     assert "E" not in e3 and e3["E_pinned"] == truth["E"]
     for key in ("a", "alpha", "beta"):
         true = rec["truth"][key]
         v = np.array(est[key])
-        assert e3[key]["bias"] == pytest.approx(v.mean() - true, abs=2e-3)
-        assert e3[key]["sd"] == pytest.approx(v.std(ddof=1), rel=0.02)
-        covered = np.mean((np.array(lo[key]) <= true) & (true <= np.array(hi[key])))
-        assert e3[key]["coverage"] == covered
+        assert e3[key]["bias"] == pytest.approx(v.mean() - true, abs=1e-4)
+        assert e3[key]["sd"] == pytest.approx(v.std(ddof=1), rel=1e-3)
+        smp = a3["a_samples"] if key == "a" else a3["samples"][key]
+        lo, hi = np.percentile(smp, [2.5, 97.5], axis=1)
+        assert e3[key]["coverage"] == np.mean((lo <= true) & (true <= hi))
 
 
 def test_plan_power_json_has_the_issues_keys(tmp_path):
