@@ -62,7 +62,11 @@ def measure(C: float, N, D, loss, cost, pooled: tuple[float, int] | None = None,
     with this window's residuals (eval noise is taken to be the same at every budget, as approach 2
     does); without it only the window's own dof (5 sizes: 2, too few for a verdict).
     {"value", "ci", "dof", "sigma", "accepted", "reason", "window"}."""
-    b = ap.fit_budget(C, np.asarray(N, float), np.asarray(D, float), np.asarray(loss, float), cost)
+    N = np.asarray(N, float)
+    if np.unique(N).size < 3:  # e.g. the ladder has no shapes near the predicted N_opt
+        return {"value": None, "ci": None, "dof": 0, "sigma": None, "accepted": False, "window": [],
+                "reason": f"{np.unique(N).size} distinct size(s) trained; a minimum needs 3 or more"}
+    b = ap.fit_budget(C, N, np.asarray(D, float), np.asarray(loss, float), cost)
     out = {"value": None, "ci": None, "dof": 0, "sigma": None, "accepted": bool(b.accepted), "reason": b.reason,
            "window": list(b.window)}
     if not b.accepted:
