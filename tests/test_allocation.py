@@ -160,7 +160,7 @@ def test_no_verdict_without_three_residual_dof():
     pts = pd.DataFrame({"N": N, "D": D, "C": C, "loss": _law(t, N, D) * (1 + 1e-3 * np.array([1, -1, 2, -2, 1, -1])),
                         "run": [f"r{i}" for i in range(6)], "budget": C, "N_alt": np.nan, "U": np.nan})
     ds = Dataset(points=pts, source={"kind": "csv"}, conventions={}, cost_source="6N", entropy_floor=0.8)
-    record = run_fits(ds, FitOptions(bootstrap=20, figures=False, approach="3"))
+    record = run_fits(ds, FitOptions(bootstrap=20, n_starts=64, figures=False, approach="3"))
     assert record["fits"]["approach3"]["goodness"]["residual_dof"] == 2
     rows, why = V.predictions(record, 3e10)
     assert why is None and rows["approach3"]["loss"]["pi"] is None and "2 residual degree" in rows["approach3"]["loss"]["no_interval"]
