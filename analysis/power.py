@@ -281,7 +281,7 @@ def _check_power(design, truth, Y, cost, a3, sigmas, opts) -> dict:
     rng = np.random.default_rng(opts.seed + 1)
     ladder = np.asarray(design.check_ladder, float) if design.check_ladder else None
     flags = {s: [] for s in (+opts.shift_a, -opts.shift_a, 0.0)}
-    detect, notes = [], set()
+    detect, short, planned = [], 0, 0
     for k in range(K):
         ok = np.isfinite(n_smp[k])
         if not (np.isfinite(n_fit[k]) and ok.sum() >= 2):
@@ -291,7 +291,8 @@ def _check_power(design, truth, Y, cost, a3, sigmas, opts) -> dict:
             f = 10 ** (shift * reach)
             pred = {"value": float(n_fit[k] * f), "ci": [ci[0] * f, ci[1] * f]}
             idx, nts = al.plan_sizes(pred["value"], ladder)
-            notes.update(nts)
+            planned += 1
+            short += bool(nts)  # the ladder lacks sizes near this prediction (counted, not one note per simulation)
             N = ladder[idx] if ladder is not None else al.target_sizes(pred["value"])
             D = np.asarray(cost.tokens(N, C), float)
             L = truth["E"] + truth["A"] / N ** truth["alpha"] + truth["B"] / D ** truth["beta"] + opts.noise * rng.standard_normal(N.size)
@@ -313,7 +314,9 @@ def _check_power(design, truth, Y, cost, a3, sigmas, opts) -> dict:
         "check": {"C": C, "shift_a": opts.shift_a, "power_up": frac(up), "power_down": frac(down),
                   "no_verdict_fraction": float(np.mean(np.isnan(np.asarray(up + down, float)))) if up else None,
                   "detectable_shift_a_median": float(np.nanmedian(detect)) if np.isfinite(np.asarray(detect, float)).any() else None,
-                  "sizes": al.N_SIZES, "spacing": al.SPACING, "notes": sorted(notes)},
+                  "sizes": al.N_SIZES, "spacing": al.SPACING,
+                  "notes": [f"in {short} of {planned} simulated checks the ladder had fewer than {al.N_SIZES} shapes within {al.SPACING}x of the "
+                            "target sizes around the predicted N_opt, or did not bracket it: extend the ladder there"] if short else []},
     }
 
 
