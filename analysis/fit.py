@@ -84,13 +84,19 @@ def objective(law: Law, theta, log_x, log_y, w, delta, xp=jnp):
 
 # ------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=32)
-def _value_and_grad(law: Law, delta: float):
-    """vg(theta[S,k], w[S,n], shared=(log_x, log_y)) -> (objective[S], gradient[S,k])."""
+def _value_and_grad(law: Law, delta: float, per_row_y: bool = False):
+    """vg(theta[S,k], w[S,n], shared=(log_x, log_y)) -> (objective[S], gradient[S,k]).
+    per_row_y: each row has its own losses (simulated datasets on one design, analysis.power):
+    aux = (w[S,n], log_y[S,n]), shared = (log_x,)."""
 
     def one(theta, w, log_x, log_y):
         return objective(law, theta, log_x, log_y, w, delta)
 
-    batched = jax.vmap(jax.value_and_grad(one), in_axes=(0, 0, None, None))
+    if per_row_y:
+        rows = jax.vmap(jax.value_and_grad(one), in_axes=(0, 0, None, 0))
+        batched = lambda theta, wy, log_x: rows(theta, wy[0], log_x, wy[1])  # noqa: E731
+    else:
+        batched = jax.vmap(jax.value_and_grad(one), in_axes=(0, 0, None, None))
 
     def vg(theta, w, shared):
         S, k = theta.shape
@@ -98,7 +104,8 @@ def _value_and_grad(law: Law, delta: float):
             return batched(theta, w, *shared)
         # blocks of rows, one after the other: the [S, n] temporaries of a big batch overflow the
         # CPU caches and every pass of the gradient then goes to memory (3.5x slower for 4,608 x 256)
-        f, g = jax.lax.map(lambda tw: batched(tw[0], tw[1], *shared), (theta.reshape(-1, BLOCK, k), w.reshape(-1, BLOCK, w.shape[1])))
+        blocks = jax.tree.map(lambda a: a.reshape(-1, BLOCK, *a.shape[1:]), w)
+        f, g = jax.lax.map(lambda tw: batched(tw[0], tw[1], *shared), (theta.reshape(-1, BLOCK, k), blocks))
         return f.reshape(S), g.reshape(S, k)
 
     return vg
@@ -114,6 +121,8 @@ def solve(
     problems: np.ndarray | None = None,
 ):
     """L-BFGS from every row of `starts`, each with the matching row of `weights` [S, n].
+    `log_y`: [n], the same losses for every row, or [S, n], each row's own (K simulated
+    datasets of one design fitted in one batch, analysis.power).
 
     `problems` [S] says which rows are starts of the same problem (same weights): the float64
     polish keeps, per problem, the rows within `polish_rtol` of that problem's best. None: all
@@ -122,22 +131,19 @@ def solve(
     """
     # pad the points with zero-weight copies to a power of two (multiple of 256 past 256) so that
     # nearby sizes share one compilation
-    n = log_y.shape[0]
+    per_row = np.ndim(log_y) == 2
+    n = log_y.shape[-1]
     n_pad = (max(32, 1 << int(np.ceil(np.log2(n)))) if n <= 256 else int(np.ceil(n / 256) * 256)) - n
     if n_pad:
         log_x = np.concatenate([log_x, np.repeat(log_x[:, :1], n_pad, axis=1)], axis=1)
-        log_y = np.concatenate([log_y, np.repeat(log_y[:1], n_pad)])
+        log_y = np.concatenate([log_y, np.repeat(log_y[..., :1], n_pad, axis=-1)], axis=-1)
         weights = np.concatenate([weights, np.zeros((weights.shape[0], n_pad))], axis=1)
 
-    def run(x0, w, dtype, cfg):
+    def run(x0, w, dtype, cfg, rows=slice(None)):
         with jax.enable_x64(True):
-            return lbfgs.minimize(
-                _value_and_grad(law, float(config.delta)),
-                jnp.asarray(x0, dtype),
-                jnp.asarray(w, dtype),
-                (jnp.asarray(log_x, dtype), jnp.asarray(log_y, dtype)),
-                cfg,
-            )
+            data = (jnp.asarray(log_x, dtype), jnp.asarray(log_y, dtype))
+            aux, shared = ((jnp.asarray(w, dtype), jnp.asarray(log_y[rows], dtype)), data[:1]) if per_row else (jnp.asarray(w, dtype), data)
+            return lbfgs.minimize(_value_and_grad(law, float(config.delta), per_row), jnp.asarray(x0, dtype), aux, shared, cfg)
 
     if not config.float32_first:
         theta, value, it, status = run(starts, weights, jnp.float64, config.lbfgs)
@@ -149,11 +155,11 @@ def solve(
     best = np.full(problems.max() + 1, np.inf)
     np.minimum.at(best, problems, value)
     polish = np.isfinite(value) & (value <= best[problems] * (1 + config.polish_rtol) + 1e-12)
-    theta[polish], value[polish], it2, status[polish] = run(theta[polish], weights[polish], jnp.float64, config.polish)
+    theta[polish], value[polish], it2, status[polish] = run(theta[polish], weights[polish], jnp.float64, config.polish, polish)
     it[polish] += it2
     # the others keep their float32 end point; their objective is recomputed in float64
     rest = ~polish & np.all(np.isfinite(theta), axis=1)
-    value[rest] = objective(law, theta[rest], log_x, log_y, weights[rest], config.delta, xp=np)
+    value[rest] = objective(law, theta[rest], log_x, log_y[rest] if per_row else log_y, weights[rest], config.delta, xp=np)
     return theta, np.where(np.isfinite(value), value, np.inf), it, status
 
 

@@ -1,7 +1,7 @@
 """The prediction check: the fit's compute-optimal prediction at the next budget, the shape that
 tests it, and the record of what training that shape achieved (FIT_DIR/check.json).
 
-The pure half of `scaling verify` (experiments/verify_cmd.py trains; this module decides and
+The pure half of `scaling verify` (experiments/workflow/check.py trains; this module decides and
 records, so it is testable without training):
 
     C = next_budget(record)                       # the sweep's next budget up
@@ -14,7 +14,9 @@ approach that made a prediction: exactly {"C", "N", "D", "run_id", "approach", "
 {"value", "pi": [lo, hi]}, "achieved", "error", "relative_error", "inside"}], "runs": [each run
 trained, with its state], "predictions": {approach: predict()'s row at C}, "neighbours" (with
 --neighbours), "notes"}. `error` = achieved - predicted (nats); `relative_error` = error /
-predicted; `inside`: the achieved loss lies in the prediction interval (False without one).
+predicted; `inside`: the achieved loss lies in the prediction interval; None (no verdict) where the
+approach has no interval (fewer than MIN_DOF = 3 residual degrees of freedom: predicted.no_interval
+says so); False when the run did not finish.
 A failed check run leaves achieved/error null and says so in "status" and "reason".
 """
 
@@ -32,6 +34,16 @@ CHECK_JSON = "check.json"
 SHAPE_RULE = "the trainable shape of the experiment's size ladder nearest N_opt in log N (no interpolation)"
 NEXT_BUDGET_FALLBACK = 3.0  # with one budget: the next is 3x the largest C
 STALE_TOL = 1e-6  # relative: a stored prediction differing more than this from the fit's is stale
+MIN_DOF = 3  # residual degrees of freedom behind a prediction interval; fewer: no interval, no verdict
+
+
+def residual_dof(entry: dict) -> int | None:
+    """The residual degrees of freedom behind an approach's loss prediction: approach 3 (and other
+    laws) n - k of its fit, approach 2 its L*(C)'s budgets - 2; None where the record does not say."""
+    if (entry.get("loss_law") or {}).get("dof") is not None:
+        return int(entry["loss_law"]["dof"])
+    dof = (entry.get("goodness") or {}).get("residual_dof")
+    return None if dof is None else int(dof)
 
 
 # ---------------------------------------------------------------- what to check ------------------
@@ -66,7 +78,11 @@ def predictions(record: dict, C: float) -> tuple[dict[str, dict], str | None]:
         elif not (math.isfinite(row["N_opt"]["value"]) and math.isfinite(loss["value"])):
             why.append(f"{name}: no compute-optimal optimum at C = {C:.3g} (the fitted law has none)")
         else:
-            rows[name] = row
+            dof = residual_dof(record["fits"][name])
+            if dof is not None and dof < MIN_DOF and loss.get("pi"):  # no interval, so no verdict (issue 23)
+                row["loss"] = {**loss, "ci": None, "pi": None,
+                               "no_interval": f"{dof} residual degree(s) of freedom; an interval needs >= {MIN_DOF}"}
+            rows[name] = {**row, "residual_dof": dof}
     if not rows:
         return {}, "no approach predicts a loss at the optimum: " + "; ".join(why)
     return rows, None
@@ -115,7 +131,8 @@ def entry(approach: str, C: float, run: dict, row: dict) -> dict:
         "achieved": float(achieved) if ok else None,
         "error": error,
         "relative_error": error / pred if ok else None,
-        "inside": bool(ok and pi is not None and pi[0] <= achieved <= pi[1]),
+        # no interval (fewer than MIN_DOF residual dof): no verdict, None; a failed run: False
+        "inside": (None if ok and not pi else bool(ok and pi is not None and pi[0] <= achieved <= pi[1])),
     }
 
 
@@ -204,7 +221,7 @@ def markdown_lines(check: dict, record: dict) -> list[str]:
         run = runs.get(e["run_id"], {})
         achieved = _f(e["achieved"]) if e["achieved"] is not None else f"run {run.get('state', 'failed')}"
         why = e["predicted"].get("no_interval")
-        inside = "yes" if e["inside"] else (f"n/a (no interval{': ' + why if why else ''})" if e["achieved"] is not None and not pi else "no")
+        inside = "yes" if e["inside"] else (f"no verdict (no interval{': ' + why if why else ''})" if e["achieved"] is not None and not pi else "no")
         lines.append(
             f"| {e['approach']} | {_f(n_opt, '.4g')} | {_f(e['N'], '.4g')} | {_f(e['D'], '.4g')} | {e['predicted']['value']:.4f} | "
             + (f"[{pi[0]:.4f}, {pi[1]:.4f}]" if pi else "n/a")
@@ -229,6 +246,7 @@ def markdown_lines(check: dict, record: dict) -> list[str]:
             lines.append(f"- Neighbours at the same C: the predicted optimum {verdict} the best of the {len(nb['runs'])}.")
         for m in nb.get("missing", []):
             lines.append(f"- Neighbour: {m}.")
+    lines += allocation_lines(check, "- ")
     lines += [f"- Note: {n}" for n in check.get("notes", [])]
     lines.append("- Error / pi half-width: the error divided by the prediction interval's half-width on its side (|x| <= 1: inside).")
     return lines + [""]
@@ -251,9 +269,38 @@ def console_lines(check: dict) -> list[str]:
             u = interval_units(e)
             out.append(head + f", achieved {e['achieved']:.4f}: error {e['error']:+.4f} nats ({e['relative_error']:+.2%}"
                        + (f", {u:+.2f} pi half-widths" if u is not None else "") + "), "
-                       + (("inside" if e["inside"] else "OUTSIDE") + " the interval" if pi else "no prediction interval"))
+                       + (("inside" if e["inside"] else "OUTSIDE") + " the interval" if pi
+                          else f"no verdict (no prediction interval{': ' + e['predicted']['no_interval'] if e['predicted'].get('no_interval') else ''})"))
+    out += allocation_lines(check, "  ")
     nb = check.get("neighbours")
     if nb and nb.get("optimum_was_best") is not None:
         out.append("  neighbours: the predicted optimum " + ("was the best of the three" if nb["optimum_was_best"] else f"was not the best (best: {nb['best']})"))
     return out
 
+
+
+def allocation_lines(check: dict, bullet: str) -> list[str]:
+    """The allocation check (analysis/allocation.py) in words: the measured optimum, each approach's
+    predicted N_opt against it, and the smallest shift in a the check could have detected."""
+    al = check.get("allocation")
+    if not al:
+        return []
+    m = al.get("measured") or {}
+
+    def n_ci(v):
+        return "n/a" if v.get("value") is None else f"{v['value']:.4g}" + (f" [{v['ci'][0]:.4g}, {v['ci'][1]:.4g}]" if v.get("ci") else "")
+
+    out = [f"{bullet}Allocation check at C = {check['C']:.3g}: {len(al.get('points', []))} sizes trained; measured N_opt {n_ci(m)}"
+           + (f" ({m.get('no_interval') or m.get('reason')})" if not m.get("ci") and (m.get("no_interval") or m.get("reason")) else "") + "."]
+    for e in check.get("checks", []):
+        a = e.get("allocation")
+        if not a:
+            continue
+        verdict = "no verdict: " + a.get("no_verdict", "") if a["inside"] is None else ("consistent" if a["inside"] else "INCONSISTENT")
+        err = f", log10 error {a['log10_error']:+.3f}" if a.get("log10_error") is not None else ""
+        out.append(f"{bullet}  {e['approach']}: predicted N_opt {n_ci(a['predicted_N_opt'])}{err}: {verdict}")
+    if al.get("detectable_shift_a") is not None:
+        out.append(f"{bullet}  smallest shift in a this check could detect: {al['detectable_shift_a']:.3f} (the measured interval's half-width "
+                   "over the decades of C from the data's centre)")
+    out += [f"{bullet}  note: {n}" for n in al.get("notes", [])]
+    return out

@@ -131,6 +131,7 @@ def _checked(kind, test, what: str):
 positive_int = _checked(int, lambda v: v >= 1, "an integer >= 1")
 nonnegative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _checked(float, lambda v: v > 0 and v < float("inf"), "a positive finite number")
+nonnegative_float = _checked(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
 
 
 def build_parser(command: str | None = ALL) -> argparse.ArgumentParser:
@@ -174,6 +175,14 @@ def _register_plan(sub) -> None:
     p.add_argument("--json", action="store_true",
                    help='print JSON: {"runs": [{"run_id", "stage", "N", "D", "C", "lr", "batch", "steps", "pack"}], "compute", "est_seconds", ...}')
     add_set_arg(p)
+    g = p.add_argument_group("--power: simulate the design under a known law and fit each dataset as `scaling fit` does")
+    g.add_argument("--power", action="store_true", help="report bias, sd and coverage of a, alpha, beta, E per approach and the check's power")
+    g.add_argument("--truth", metavar="alpha=..,beta=..,E=..,A=..,B=..", help="the law to simulate (E defaults to the source's floor)")
+    g.add_argument("--from", dest="from_root", metavar="ROOT", help="simulate the approach-3 fit under ROOT instead (and its residual scale)")
+    g.add_argument("--noise", type=nonnegative_float, metavar="NATS", help="sd of each point's loss about the law")
+    g.add_argument("--sims", type=positive_int, default=100, help="simulated datasets (default 100)")
+    g.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the simulations (default 0)")
+    g.add_argument("--bootstrap", type=nonnegative_int, default=50, help="resamples behind each simulated fit's intervals (default 50)")
     p.set_defaults(func=cmd_plan)
 
 
@@ -182,9 +191,31 @@ def cmd_plan(args) -> int:
 
     from experiments.workflow.plan import PlanOptions, format_plan, plan_launch
 
-    record = plan_launch(PlanOptions(spec=args.experiment, root=args.root, overrides=parse_set_args(args.set),
-                                     pack=args.pack, throughput_from=args.throughput_from))
+    options = PlanOptions(spec=args.experiment, root=args.root, overrides=parse_set_args(args.set),
+                          pack=args.pack, throughput_from=args.throughput_from)
+    if args.power:
+        return _plan_power(args, options)
+    if args.truth or args.from_root or args.noise is not None:
+        print("scaling plan: error: --truth, --from and --noise go with --power (add --power)", file=sys.stderr)
+        return 2
+    record = plan_launch(options)
     print(json.dumps(record, indent=1) if args.json else format_plan(record))
+    return 0
+
+
+def _plan_power(args, options) -> int:
+    import json
+
+    from analysis.errors import AnalysisError
+    from experiments.workflow.plan import PowerPlanOptions, format_power, plan_power
+
+    try:
+        record = plan_power(options, PowerPlanOptions(truth=args.truth, from_root=args.from_root, noise=args.noise, sims=args.sims,
+                                                      seed=args.seed, bootstrap=args.bootstrap))
+    except AnalysisError as e:
+        print(f"scaling plan: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(record, indent=1) if args.json else format_power(record))
     return 0
 
 

@@ -42,7 +42,7 @@ def options_from_args(args) -> SweepOptions:
 
 def run_options_from_args(args) -> RunOptions:
     return RunOptions(spec=args.experiment, root=args.root, sweep=options_from_args(args), distributed=distributed_from_args(args),
-                      verify=not args.no_verify, neighbours=args.neighbours)
+                      verify=not args.no_verify, neighbours=args.neighbours, allocation=args.allocation)
 
 
 def _parse_pack(text: str) -> str:
@@ -122,6 +122,7 @@ def register(subparsers) -> None:
     add_sweep_args(p)
     p.add_argument("--no-verify", action="store_true", help="skip the prediction check (training the fit's recommended model at the next budget)")
     p.add_argument("--neighbours", action="store_true", help="prediction check: also train N_opt/2 and 2 N_opt at the same budget")
+    p.add_argument("--allocation", action="store_true", help="prediction check: train 5 sizes around N_opt and compare the measured optimum with each approach's")
     p.set_defaults(func=cmd_run)
 
     p = subparsers.add_parser("status", help="table of a root's runs: state, attempts, step, losses")

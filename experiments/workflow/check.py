@@ -161,7 +161,7 @@ def _write(fit_dir, check: dict, sections=()) -> None:
 
 
 def verify(fit_dir, root=None, C: float | None = None, experiment: str | None = None, neighbours: bool = False,
-           options: SweepOptions | None = None, report_sections=()) -> int:
+           options: SweepOptions | None = None, report_sections=(), allocation: bool = False) -> int:
     """Check the fit in `fit_dir` at C by training in `root`; write check.json, report.md (with
     `report_sections` after the fit's own), figures."""
     fit_dir = os.fspath(fit_dir)
@@ -173,7 +173,7 @@ def verify(fit_dir, root=None, C: float | None = None, experiment: str | None = 
     rows, why = V.predictions(record, C)
     if why is None:
         try:
-            return _check(fit_dir, record, C, rows, root, experiment, neighbours, options, report_sections)
+            return _check(fit_dir, record, C, rows, root, experiment, neighbours, options, report_sections, allocation)
         except NoLadder as e:
             why = str(e)
     check = V.skipped(C, why)
@@ -182,7 +182,7 @@ def verify(fit_dir, root=None, C: float | None = None, experiment: str | None = 
     return 0
 
 
-def _check(fit_dir, record, C, rows, root, experiment, neighbours, options, report_sections=()) -> int:
+def _check(fit_dir, record, C, rows, root, experiment, neighbours, options, report_sections=(), allocation=False) -> int:
     src = record.get("source") or {}
     if root is None:
         if src.get("kind") != "runs":
@@ -216,6 +216,9 @@ def _check(fit_dir, record, C, rows, root, experiment, neighbours, options, repo
                 chosen.setdefault(i, {"role": "neighbour", "approaches": []})
         nb_plan = {"approach": primary, "centre": centre, "members": [i for i in (lo, centre, hi) if i is not None], "missing": missing}
 
+    alloc = _allocation_members(rows, shapes) if allocation else None
+    for i in (alloc or {}).get("members", []):
+        chosen.setdefault(i, {"role": "allocation", "approaches": []})
     order = sorted(chosen)
     ids = {shapes[i]["run"].run_id for i in order}
     try:
@@ -254,11 +257,37 @@ def _check(fit_dir, record, C, rows, root, experiment, neighbours, options, repo
         members = [results[i] for i in nb_plan["members"]]
         check["neighbours"] = {"approach": nb_plan["approach"], **V.neighbours_verdict(members, results[nb_plan["centre"]]["run_id"]),
                                "missing": nb_plan["missing"]}
+    if alloc:
+        _allocation_result(check, record, rows, C, shapes, alloc, results)
     _write(fit_dir, check, report_sections)
     print("\n".join(V.console_lines(check)))
     for n in notes:
         print(f"  note: {n}")
     return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- the allocation check (issue 23) --
+def _allocation_members(rows: dict, shapes: list[dict]) -> dict:
+    """The ladder shapes (every lr of each: the sweep's lr grid) at the sizes analysis.allocation plans
+    around the primary approach's (approach 3's, else the first) predicted N_opt."""
+    from analysis import allocation as A
+
+    primary = "approach3" if "approach3" in rows else next(iter(rows))
+    sizes = sorted({s["N"] for s in shapes})
+    picked, notes = A.plan_sizes(rows[primary]["N_opt"]["value"], sizes)
+    keep = {sizes[i] for i in picked}
+    return {"approach": primary, "members": [i for i, s in enumerate(shapes) if s["N"] in keep], "notes": notes}
+
+
+def _allocation_result(check: dict, record: dict, rows: dict, C: float, shapes: list[dict], alloc: dict, results: dict) -> None:
+    """check.json's "allocation" and each entry's "allocation" from the trained sizes (analysis.allocation.check)."""
+    from analysis import allocation as A
+
+    runs = [{**results[i], "lr": float(shapes[i]["run"].cfg.optimizer.lr)} for i in alloc["members"]]
+    out = A.check(record, rows, runs, C)
+    check["allocation"] = {"approach": alloc["approach"], "notes": alloc["notes"], **{k: v for k, v in out.items() if k != "by_approach"}}
+    for e in check["checks"]:
+        e["allocation"] = out["by_approach"].get(e["approach"])
 
 
 def check_command(options: CheckOptions, distributed: Distributed = Distributed()) -> int:
@@ -268,7 +297,7 @@ def check_command(options: CheckOptions, distributed: Distributed = Distributed(
     RunConfig().with_overrides(dict(options.sweep.overrides))
     try:
         return verify(options.fit_dir, options.root, options.at, options.experiment, options.neighbours, options.sweep,
-                      options.report_sections)
+                      options.report_sections, options.allocation)
     except AnalysisError as e:
         print(f"scaling verify: error: {e}", file=sys.stderr)
         return 1
@@ -286,4 +315,5 @@ def check_stage(options: CheckOptions) -> int:
         print(f"verify: not run under several processes; run `scaling verify {options.fit_dir}` on one host")
         return 0
     assert process_index() == 0
-    return verify(options.fit_dir, options.root, options.at, options.experiment, options.neighbours, options.sweep, options.report_sections)
+    return verify(options.fit_dir, options.root, options.at, options.experiment, options.neighbours, options.sweep, options.report_sections,
+                  options.allocation)

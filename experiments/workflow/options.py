@@ -69,6 +69,7 @@ class CheckOptions:
     at: float | None = None  # the budget C (default: the sweep's next budget up)
     experiment: str | None = None  # default: the one the root's sweep manifest names
     neighbours: bool = False  # also train the ladder shapes nearest N_opt/2 and 2 N_opt
+    allocation: bool = False  # also train 5 sizes around N_opt and compare the measured optimum (analysis/allocation.py)
     sweep: SweepOptions = SweepOptions()
     report_sections: tuple[str, ...] = ()  # lines report.md carries after the fit's own (the lr rule, sensitivity)
 
@@ -83,6 +84,7 @@ class RunOptions:
     extend: int = DEFAULT_EXTEND  # the tune stage's --extend
     verify: bool = True  # the prediction check at the next budget
     neighbours: bool = False
+    allocation: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -125,3 +125,121 @@ def _duration(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     h, m = divmod(m, 60)
     return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
+
+
+# ---------------------------------------------------------------- --power -------------------------
+@dataclasses.dataclass(frozen=True)
+class PowerPlanOptions:
+    """`scaling plan EXP --power`: the truth (alpha=..,beta=..,E=..,A=..,B=.., or the approach-3 fit
+    under --from ROOT), the noise (nats; default the earlier fit's residual scale), simulations, seed."""
+
+    truth: str | None = None
+    from_root: str | None = None
+    noise: float | None = None
+    sims: int = 100
+    seed: int = 0
+    bootstrap: int = 50
+
+
+def parse_truth(text: str) -> dict:
+    """'alpha=0.3,beta=0.25,E=0.8,A=400,B=900' -> dict; a clear error naming what is wrong."""
+    from analysis.errors import AnalysisError
+    from analysis.power import TRUTH_KEYS
+
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key.strip() not in TRUTH_KEYS:
+            raise AnalysisError(f"--truth takes {','.join(k + '=..' for k in TRUTH_KEYS)}; {part!r} is not one of them")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise AnalysisError(f"--truth {key.strip()}={value!r}: not a number") from None
+    return out
+
+
+def _truth_from(root: str) -> tuple[dict, float | None]:
+    """(approach 3's parameters, its residual scale) from the fit under ROOT (ROOT/fit/fit.json or ROOT/fit.json)."""
+    from analysis.errors import AnalysisError
+    from analysis.report import read_record
+
+    folder = root if os.path.exists(os.path.join(root, "fit.json")) else os.path.join(root, "fit")
+    e = read_record(folder)["fits"].get("approach3")
+    if not e:
+        raise AnalysisError(f"--from {root}: its fit has no approach 3 (the truth is approach 3's law)")
+    return {k: v["value"] for k, v in e["params"].items()}, (e.get("goodness") or {}).get("residual_scale_nats")
+
+
+def plan_power(options: PlanOptions, power_options: PowerPlanOptions) -> dict:
+    """The design's power (analysis.power) with the plan's compute and estimated time."""
+    from analysis import power as P
+    from analysis.errors import AnalysisError
+
+    po = power_options
+    if (po.truth is None) == (po.from_root is None):
+        raise AnalysisError("--power needs the truth: --truth alpha=..,beta=..,E=..,A=..,B=.. or --from ROOT (an earlier fit)")
+    truth, noise = (parse_truth(po.truth), None) if po.truth else _truth_from(po.from_root)
+    noise = po.noise if po.noise is not None else noise
+    if noise is None:
+        raise AnalysisError("--power needs --noise NATS (no earlier fit gives a residual scale)")
+    plan, design = power_design(options)
+    record = P.power(design, P.with_defaults(truth, design.floor),
+                     P.PowerOptions(n_sims=po.sims, noise=float(noise), seed=po.seed, bootstrap=po.bootstrap))
+    return {**record, "compute": plan["compute"], "est_seconds": plan["est_seconds"], "sweep": plan["sweep"],
+            "design": {"points": int(design.N.size), "budgets": [float(v) for v in design.budgets]}}
+
+
+def power_design(options: PlanOptions):
+    """(the plan, the analysis.power.Design of its sweep's points: one per (N, D), an lr grid's runs
+    being one point; the source's floor; the check budget and the ladder's sizes there)."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis import power as P
+    from analysis.approaches import group_budgets
+    from experiments.workflow.experiment import load_sweep
+    from lib.data import make_source
+
+    plan = plan_launch(options)
+    sweep = load_sweep(options.spec)
+    floor = getattr(make_source(sweep.base.data), "entropy_floor", None)
+    rows = {(r["N"], r["D"]): r for r in plan["runs"] if r["stage"] == "sweep"}
+    N, D, C = (np.array([r[k] for r in rows.values()], float) for k in ("N", "D", "C"))
+    labels, values, _ = group_budgets(pd.DataFrame({"C": C}))
+    check_C = P.next_budget(values)
+    return plan, P.Design(N, D, C, values[labels], floor, check_C=check_C, check_ladder=_check_ladder(sweep, check_C, options))
+
+
+def _check_ladder(sweep, C: float, options: PlanOptions) -> tuple[float, ...] | None:
+    """N of the experiment's ladder shapes trainable at the check budget (None: no ladder; ideal sizes)."""
+    from experiments.workflow.check import NoLadder, ladder
+
+    try:
+        _, shapes, _ = ladder(dataclasses.replace(sweep, lr_rule=None) if getattr(sweep, "lr_rule", None) == "tuned" else sweep,
+                              C, dict(options.overrides), "total")
+    except NoLadder:
+        return None
+    return tuple(s["N"] for s in shapes) or None
+
+
+def format_power(record: dict) -> str:
+    """The power record as a short table."""
+    t = record["truth"]
+    lines = [f"power of {record['sweep']} ({record['design']['points']} points, budgets "
+             f"{', '.join(f'{c:.3g}' for c in record['design']['budgets'])}): {record['n_sims']} simulations, noise {record['noise']:.3g} nats, "
+             f"truth alpha {t['alpha']:.3g}, beta {t['beta']:.3g}, E {t['E']:.4g}, A {t['A']:.4g}, B {t['B']:.4g} (a {t['a']:.3f})",
+             f"{'approach':<10} {'param':<6} {'truth':>8} {'bias':>8} {'sd':>8} {'coverage':>8}"]
+    g = lambda x, s="+.3f": "-" if x is None else format(x, s)  # noqa: E731
+    for name, e in record["approaches"].items():
+        for p, v in e.items():
+            if isinstance(v, dict):
+                lines.append(f"{name:<10} {p:<6} {v['truth']:>8.3f} {g(v['bias']):>8} {g(v['sd'], '.3f'):>8} {g(v['coverage'], '.0%'):>8}")
+    lines += [f"  {k} skipped: {v}" for k, v in record["skipped"].items()]
+    ck = record["check"]
+    lines.append(f"bracketed minima: {g(record['bracketed_fraction'], '.0%')} of budgets; allocation check at C = {ck.get('C', float('nan')):.3g}: "
+                 f"flags a +-{ck.get('shift_a', 0.1)} error in a with probability {g(record['check_power'], '.0%')} "
+                 f"(false alarms {g(record['check_false_alarm'], '.0%')})")
+    lines += [f"  note: {n}" for n in ck.get("notes", [])]
+    est = record["est_seconds"]
+    lines.append(f"plan: {record['compute']:.3g} FLOPs" + (f", about {_duration(est)}" if est else ", no time estimate"))
+    return "\n".join(lines)

@@ -56,7 +56,8 @@ def run_experiment(options: RunOptions) -> int:
         from experiments.workflow.check import check_stage
 
         check = CheckOptions(fit_dir=os.path.join(os.fspath(root), "fit"), root=root, at=next_budget(root), experiment=spec,
-                             neighbours=options.neighbours, sweep=sweep, report_sections=tuple(section))
+                             neighbours=options.neighbours, allocation=options.allocation, sweep=sweep,
+                             report_sections=tuple(section))
         code = max(code, check_stage(check))
     return code
 
