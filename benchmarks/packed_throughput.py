@@ -11,7 +11,7 @@ lone run's step (a pack of one: the program a run trains with alone). Prints a t
     speedup     K * lone step time / pack step time: how much faster than K sequential runs
     cpu x       the same ratio in process CPU time (wall time on a shared machine is noisy)
     faults      minor page faults per step: on CPU, the fresh pages a step's temporary buffers
-                touch (a big program's temporaries are mmapped anew each step; README, packs)
+                touch (a big program's temporaries are mmapped anew each step; docs/design.md, packs)
 
     python benchmarks/packed_throughput.py                       # CPU: quickstart shapes + d128/d256
     python benchmarks/packed_throughput.py --packs 1 8 --steps 10

@@ -16,7 +16,7 @@ import pytest
 from lib.store.runstore import RunDir
 from lib.train.loop import train
 
-UNIGRAM_ENTROPY = 3.71  # the synthetic language's (README, lib/data/synthetic.py)
+UNIGRAM_ENTROPY = 3.71  # the synthetic language's (docs/design.md, lib/data/synthetic.py)
 MOE = {"model.family": "moe", "model.n_experts": 4, "model.top_k": 2}
 
 

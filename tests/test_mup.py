@@ -3,7 +3,7 @@
 The coordinate check and the transfer run small versions of benchmarks/mup_transfer.py (loaded
 from its file): widths 32, 128, 512 for 4 steps; widths 32 and 256 with 5 lrs for 120 steps, the
 lr grid vmapped into one program per width. The benchmark's full tables (widths 32..256, 9 lrs,
-200 steps, SP beside muP) are what the README quotes.
+200 steps, SP beside muP) are what docs/design.md quotes.
 """
 
 import functools

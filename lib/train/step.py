@@ -323,7 +323,7 @@ def build_pack(cfgs: Sequence[RunConfig], mesh, spread: bool = False, chunk: int
     and the vmapped step's K-times larger temporaries are mapped fresh each step (a page fault
     per 4 KB page, about half its time), while the map's loop reuses its body's buffers -- the
     runs in turn measure 1.0-1.6x the speed of the runs in sequence, the vmap 0.5-0.9x for
-    d_model >= 24 (benchmarks/packed_throughput.py; README, "How a pack computes its runs").
+    d_model >= 24 (benchmarks/packed_throughput.py; docs/design.md, "How a pack computes its runs").
     """
     cfg, size = cfgs[0], len(cfgs)
     if chunk == "auto" or spread:  # a spread pack is one vmap: each device computes its own runs
