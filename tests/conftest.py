@@ -62,38 +62,68 @@ def _session_compile_cache(compile_cache):
         enable_compile_cache(compile_cache)
 
 
+def _once_per_session(tmp_path_factory, name: str, make):
+    """make(folder) -> a JSON-able result, run once per test session and its result shared: with
+    pytest-xdist (`-n 2` in CI) the workers share the base temp folder's parent and take a file
+    lock, so the first worker to ask builds it and the others wait for it and read its result."""
+    import json
+
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    folder = base / name
+    with FileLock(str(folder) + ".lock"):
+        done = base / f"{name}.json"
+        if not done.exists():
+            folder.mkdir(exist_ok=True)
+            done.write_text(json.dumps(make(folder)))
+        return json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def mini_run(tmp_path_factory, compile_cache):
     """(experiment file, root, the finished process) of `scaling run` on tests/test_run_command.py's
-    tiny IsoFLOP sweep with --no-verify, trained once for the session: test_run_command reads it,
-    tests/test_verify.py relaunches `scaling run` on a copy of the root for the check stage. It
-    compiles into the session's compile_cache, which test_verify's relaunches read."""
+    tiny IsoFLOP sweep with --no-verify, trained once for the session (across xdist workers too):
+    test_run_command reads it, tests/test_verify.py relaunches `scaling run` on a copy of the root for
+    the check stage, tests/test_plan_cmd.py plans over it. Nothing may write into the root."""
+    import pathlib
     import subprocess
     import sys
 
     from test_run_command import EXPERIMENT
     from test_sweep_support import clean_env
 
-    tmp_path = tmp_path_factory.mktemp("mini_run")
-    exp = tmp_path / "mini.py"
-    exp.write_text(EXPERIMENT)
-    root = tmp_path / "root"
-    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "run", str(exp), "--root", str(root), "--progress", "off", "--no-verify"],
-                          env=clean_env(tmp_path, cache=compile_cache), capture_output=True, text=True, timeout=540)
-    return exp, root, proc
+    def make(folder):
+        exp = folder / "mini.py"
+        exp.write_text(EXPERIMENT)
+        root = folder / "root"
+        proc = subprocess.run([sys.executable, "-m", "experiments.cli", "run", str(exp), "--root", str(root), "--progress", "off", "--no-verify"],
+                              env=clean_env(folder, cache=compile_cache), capture_output=True, text=True, timeout=540)
+        return {"exp": str(exp), "root": str(root), "args": proc.args, "returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
+
+    r = _once_per_session(tmp_path_factory, "mini_run", make)
+    proc = subprocess.CompletedProcess(r["args"], r["returncode"], r["stdout"], r["stderr"])
+    return pathlib.Path(r["exp"]), pathlib.Path(r["root"]), proc
 
 
 @pytest.fixture(scope="session")
 def reference_train_run(tmp_path_factory, compile_cache):
     """The folder of one uninterrupted `scaling train` (tests/test_sweep_support.py's TRAIN_SETS) in a
-    fresh process, trained once for the session: the run that test_train's kill and test_gcs's gs://
-    runs must reproduce bit for bit. It compiles into compile_cache, which their launches read."""
+    fresh process, trained once for the session (across xdist workers too): the run that test_train's
+    kill and test_gcs's gs:// runs must reproduce bit for bit. It compiles into compile_cache, which
+    their launches read."""
+    import pathlib
     import subprocess
 
     from test_sweep_support import train_cli
 
-    workdir = tmp_path_factory.mktemp("reference_train") / "r1"
-    cmd, env = train_cli(workdir, compile_cache)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return workdir
+    def make(folder):
+        workdir = folder / "r1"
+        cmd, env = train_cli(workdir, compile_cache)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-5000:]
+        return str(workdir)
+
+    return pathlib.Path(_once_per_session(tmp_path_factory, "reference_train", make))
