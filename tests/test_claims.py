@@ -107,6 +107,30 @@ def test_the_heartbeat_keeps_a_claim_fresh_and_one_of_two_takers_wins(run_root):
             t.release_all()
 
 
+def test_a_release_during_a_heartbeat_leaves_no_claim_behind(run_root, monkeypatch):
+    """The release reads the claim's version while the heartbeat rewrites it: the release must wait
+    for the rewrite (and delete the new version), not fail on the old one and leave the claim held by
+    nobody, as it did when a finished run kept its claim.json."""
+    run = f"{run_root}/released"
+    mine = claims.Claims(timeout=600)  # no background beat during the test: it is driven by hand
+    assert mine.acquire(run) is None
+    rewrite = storage.replace_if
+    releasing = []
+
+    def rewrite_then_release(path, data, version):
+        new = rewrite(path, data, version)  # the claim now has a new version
+        releasing.append(threading.Thread(target=mine.release, args=(run,)))
+        releasing[0].start()
+        releasing[0].join(timeout=0.5)  # a release that does not wait for the beat finishes here
+        return new
+
+    monkeypatch.setattr(storage, "replace_if", rewrite_then_release)
+    mine._beat_one(claims._claim_path(run))
+    releasing[0].join()
+    assert claims.holder(run) is None  # released: nothing left behind
+    mine.release_all()
+
+
 def test_status_shows_a_run_whose_heartbeat_stopped_as_stale(tmp_path, monkeypatch):
     from experiments.workflow.status import format_status, status_rows
 

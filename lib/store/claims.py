@@ -90,6 +90,9 @@ class Claims:
         self.timeout = stale_after_s() if timeout is None else timeout
         self._held: dict[str, tuple[str, float, object]] = {}  # claim path -> (token, started_at, version)
         self._lock = threading.Lock()
+        # A heartbeat's rewrite and a release's delete of one claim never interleave: a beat that
+        # rewrote the claim after the release read its version would leave it behind, held by nobody.
+        self._io = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.messages: list[str] = []  # takeovers, for the caller to print
@@ -130,10 +133,11 @@ class Claims:
             self._thread = None
 
     def _release(self, path: str) -> None:
-        with self._lock:
-            held = self._held.pop(path, None)
-        if held is not None:
-            storage.delete_if(path, held[2])
+        with self._io:
+            with self._lock:
+                held = self._held.pop(path, None)
+            if held is not None:
+                storage.delete_if(path, held[2])
 
     def _hold(self, path: str, token: str, started_at: float, version) -> None:
         with self._lock:
@@ -147,22 +151,29 @@ class Claims:
     def _beat(self) -> None:
         while not self._stop.wait(self.timeout / 10):
             with self._lock:
-                held = dict(self._held)
-            for path, (token, started_at, version) in held.items():
-                try:
-                    new = storage.replace_if(path, _record(token, started_at, time.time()), version)
-                except Exception as e:  # noqa: BLE001  (a network blip: the next beat tries again)
-                    print(f"warning: {path}: heartbeat failed ({type(e).__name__}: {e}); retrying", file=sys.stderr, flush=True)
-                    continue
-                with self._lock:
-                    if path not in self._held:
-                        continue  # released meanwhile
-                    if new is None:
-                        self._held.pop(path)
-                        print(f"warning: {path}: claim lost to another process (this one stalled past {self.timeout:.0f}s)",
-                              file=sys.stderr, flush=True)
-                    else:
-                        self._held[path] = (token, started_at, new)
+                paths = list(self._held)
+            for path in paths:
+                self._beat_one(path)
+
+    def _beat_one(self, path: str) -> None:
+        """Rewrite one held claim's heartbeat; under self._io, so no release of it runs meanwhile."""
+        with self._io:
+            with self._lock:
+                if path not in self._held:
+                    return  # released meanwhile
+                token, started_at, version = self._held[path]
+            try:
+                new = storage.replace_if(path, _record(token, started_at, time.time()), version)
+            except Exception as e:  # noqa: BLE001  (a network blip: the next beat tries again)
+                print(f"warning: {path}: heartbeat failed ({type(e).__name__}: {e}); retrying", file=sys.stderr, flush=True)
+                return
+            with self._lock:
+                if new is None:
+                    self._held.pop(path)
+                    print(f"warning: {path}: claim lost to another process (this one stalled past {self.timeout:.0f}s)",
+                          file=sys.stderr, flush=True)
+                else:
+                    self._held[path] = (token, started_at, new)
 
 
 def _claim_path(run_path) -> str:
