@@ -32,7 +32,7 @@ from analysis import verify as V
 from analysis.data import CHECK_SUFFIX, is_check_sweep
 from analysis.errors import AnalysisError
 from analysis.report import json_safe, read_record, render, write_atomic
-from experiments.cli import add_set_arg
+from experiments.cli import add_set_arg, load_experiment
 from experiments.sweep_cmd import MANIFESTS, TUNE_SUFFIX, SweepOptions, load_sweep, run_sweep
 from lib import flops as flops_lib
 from lib.config import ConfigError, RunConfig, parse_set_args
@@ -306,8 +306,10 @@ def run_stage(args, C: float | None) -> int:
         print(f"verify: not run under several processes; run `scaling verify {os.path.join(args.root, 'fit')}` on one host")
         return 0
     assert _process_index() == 0
+    # an experiment can ask for the allocation check itself (`verify_allocation = True`, e.g. experiments/ladder.py)
+    allocation = getattr(args, "allocation", False) or bool(getattr(load_experiment(args.experiment), "verify_allocation", False))
     return verify(os.path.join(os.fspath(args.root), "fit"), args.root, C, args.experiment, args.neighbours, options_from_args(args),
-                  getattr(args, "allocation", False))
+                  allocation)
 
 
 def _process_count() -> int:
