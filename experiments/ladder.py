@@ -4,7 +4,7 @@ synthetic language's theory (alpha ~ 0.30, beta ~ 0.23, a ~ 0.43; issue 22 item 
     scaling run ladder --root runs/ladder
 
 5 budgets, 1e10..1e12 FLOPs (half a decade apart) x 7 model sizes each, picked from a ladder of
-shapes (1.3k..200k parameters, neighbours ~1.2-1.8x apart) around a centre N_c(C) that lies between
+shapes (1.3k..310k parameters, neighbours ~1.2-1.8x apart) around a centre N_c(C) that lies between
 the theory's optimum (N_opt ~ C^0.43) and the quickstart's measured one (~ C^0.69): a 7-size window
 spans ~10x in N (1.3k..15k at 1e10, 11k..117k at 1e12), so each budget's minimum is bracketed under either exponent.
 Every point trains at its rule's lr x (0.5, 1, 2) (one pack per point); the fit takes each point's
@@ -25,9 +25,10 @@ import math
 from experiments.quickstart import BASE
 from lib.sweeps.plans import IsoFlop, Schedule, Tune
 
-# (d_model, n_layers, n_heads): the quickstart's shapes, extended below (for 1e10) and above (for 1e12).
+# (d_model, n_layers, n_heads): the quickstart's shapes, extended below (for 1e10) and above (for 1e12 and the
+# allocation check at 3.33e12, whose predicted N_opt can reach ~2e5).
 SHAPES = [(8, 1, 2), (8, 2, 2), (12, 1, 2), (16, 1, 2), (16, 2, 2), (20, 2, 2), (24, 2, 2), (32, 2, 2), (40, 2, 2), (40, 3, 2),
-          (48, 3, 3), (56, 3, 4), (64, 3, 4), (64, 4, 4)]
+          (48, 3, 3), (56, 3, 4), (64, 3, 4), (64, 4, 4), (72, 4, 4), (80, 4, 4)]
 SIZES = [dict(d_model=d, n_layers=L, n_heads=h) for d, L, h in SHAPES]
 BUDGETS = [1e10, 3e10, 1e11, 3e11, 1e12]
 PER_BUDGET = 7
