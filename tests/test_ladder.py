@@ -37,7 +37,8 @@ def test_the_ladder_meets_the_issues_design_constraints():
     budgets = sorted(points)
     assert len(budgets) >= 5 and budgets[-1] / budgets[0] >= 100
     assert all(f == {0.5, 1.0, 2.0} for f in factors.values())  # every point at the rule's lr x 0.5, 1, 2
-    assert {r.cfg.data.global_batch for r in plan.runs} == {32}  # batch not confounded with C
+    for C in {r.cfg.budget for r in plan.runs}:  # one batch per budget, so batch is not confounded with N
+        assert len({r.cfg.data.global_batch for r in plan.runs if r.cfg.budget == C}) == 1
     for C, pts in points.items():
         N = np.array(sorted(n for n, _ in pts.values()), float)
         assert len(N) >= 7, f"budget {C:g}: {len(N)} sizes"
@@ -63,13 +64,15 @@ def test_the_ladders_planned_compute_fits_90_minutes_on_2_cores():
     tune_plan = ladder.tune().plan()
     grid = len(sweep.lr_grid)
     sweep_flops = sum(r.flops for r in plan.runs)
-    # every point's grid extended once past an edge (one more run at its C); every tune group once
-    extensions = sweep_flops / grid
     tune_flops = sum(r.flops for r in tune_plan.runs)
-    tune_extensions = tune_flops / len(ladder.tune().lrs)
     budgets = sorted({r.cfg.budget for r in plan.runs})
+    n_points = len({r.point for r in plan.runs})
+    assert math.isclose(sweep_flops, sum(r.cfg.budget for r in plan.runs), rel_tol=0.03)  # each run spends its C (2%)
+    assert n_points >= 7 * len(budgets)
     check_C = budgets[-1] ** 2 / budgets[-2]  # `scaling run`'s next budget
-    check = CHECK_SIZES * (grid + 1) * check_C  # 5 sizes at the lr grid, each extended once
-    total = sweep_flops + extensions + tune_flops + tune_extensions + check
-    assert math.isclose(sweep_flops, grid * 7 * sum(budgets), rel_tol=0.03)  # each run spends its budget (2% tolerance)
+    check = CHECK_SIZES * grid * check_C  # 5 sizes, each at the lr grid
+    nominal = sweep_flops + tune_flops + check
+    # headroom for lr-edge extensions: one more run at a point (or a tune group) whose best lr is on
+    # an edge: +1/3 of a point's compute (+1/5 of a tune group's); 25% lets 3 in 4 points extend
+    total = 1.25 * nominal
     assert total < COMPUTE_BUDGET_FLOPS, f"{total:.3g} FLOPs planned, {COMPUTE_BUDGET_FLOPS:.3g} fit in 90 minutes"
