@@ -76,3 +76,18 @@ def test_the_ladders_planned_compute_fits_90_minutes_on_2_cores():
     # an edge: +1/3 of a point's compute (+1/5 of a tune group's); 25% lets 3 in 4 points extend
     total = 1.25 * nominal
     assert total < COMPUTE_BUDGET_FLOPS, f"{total:.3g} FLOPs planned, {COMPUTE_BUDGET_FLOPS:.3g} fit in 90 minutes"
+
+
+def test_scaling_run_asks_for_the_allocation_check_when_the_experiment_does(monkeypatch, tmp_path):
+    import argparse
+
+    from experiments import verify_cmd
+
+    seen = []
+    monkeypatch.setattr(verify_cmd, "verify", lambda *a, **k: seen.append(a[-1]) or 0)
+    monkeypatch.setattr(verify_cmd, "_process_count", lambda: 1)
+    monkeypatch.setattr("experiments.sweep_cmd.options_from_args", lambda a: None)  # only the allocation flag matters here
+    for experiment, want in (("ladder", True), ("quickstart", False)):  # neither passes --allocation
+        ns = argparse.Namespace(experiment=experiment, root=str(tmp_path), neighbours=False, no_verify=False, worker=None, allocation=False)
+        assert verify_cmd.run_stage(ns, 3e12) == 0
+        assert seen[-1] is want
