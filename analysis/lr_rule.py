@@ -34,10 +34,12 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from analysis.errors import AnalysisError
-from lib.sweeps.plans import tag_tokens
 from lib.store.runstore import write_json_atomic
 
 SCHEMA = 1
+# A multi-horizon Tune's group tag, `d32-L2@D409600`, as lib/sweeps/plans.py (HORIZON_TAG) names it
+# (analysis sits beside lib.sweeps in the layering, so the suffix is parsed here).
+HORIZON_TAG = "@D"
 LR_RULE_JSON = "lr_rule.json"
 FIGURE = "lr_rule"
 
@@ -72,6 +74,12 @@ def size_optimum(lrs: Iterable[float], losses: Iterable[float | None]) -> dict:
     vertex = -b / (2 * a) if a > 0 else x[1]
     vertex = float(np.clip(vertex, x[0], x[2]))
     return {**out, "lr_opt": float(np.exp(vertex)), "method": "parabola", "edge": None}
+
+
+def tag_tokens(tag: str) -> float | None:
+    """The horizon (tokens per run) a group tag names, None without one."""
+    _, sep, tokens = str(tag).partition(HORIZON_TAG)
+    return float(tokens) if sep else None
 
 
 def fit_power_law(n: np.ndarray, lr: np.ndarray) -> tuple[float, float]:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from analysis.errors import AnalysisError
+from analysis import lr_rule
 from analysis.lr_rule import fit_lr_rule
 from lib.config import ConfigError, DataConfig, OptimizerConfig, RunConfig
 from lib.store.runstore import write_json_atomic
@@ -68,7 +69,7 @@ def test_tune_at_several_budgets_plans_one_group_per_size_and_horizon(tmp_path):
         groups.setdefault(size_tag(r.cfg), []).append(r)
     assert len(groups) == 6
     for tag, runs in groups.items():
-        assert {r.tokens for r in runs} == {tag_tokens(tag)}  # the tag names the group's own D
+        assert {r.tokens for r in runs} == {tag_tokens(tag)} == {lr_rule.tag_tokens(tag)}  # the tag names the group's own D
         assert len({r.params for r in runs}) == 1 and sorted(r.cfg.optimizer.lr for r in runs) == [5e-3, 1e-2, 2e-2]
     for tag in groups:  # each size at both horizons, the longer spending ~10x the FLOPs
         if tag_tokens(tag) < 1e6 and any(t.startswith(tag.split("@")[0]) and tag_tokens(t) > tag_tokens(tag) for t in groups):
