@@ -296,13 +296,15 @@ def _fit_budget(C, N, loss, cost: CostModel, C_spread: float, vertex_shift: bool
     loss_opt = b0 - b1 * b1 / (4 * b2)
     if not (xs[0] < x_opt < xs[-1]):
         low = x_opt <= xs[0]
+        with np.errstate(over="ignore"):  # a nearly flat parabola's vertex can lie past 1e308 (inf, not an OverflowError)
+            n_vertex = float(np.power(10.0, x_opt))
         return Budget(
             **base,
             accepted=False,
             coeffs=coeffs,
             window=window,
-            N_opt=float(10**x_opt),
-            reason=f"the parabola's minimum N={10 ** x_opt:.3g} lies {'below the smallest' if low else 'above the largest'} model trained "
+            N_opt=n_vertex,
+            reason=f"the parabola's minimum N={n_vertex:.3g} lies {'below the smallest' if low else 'above the largest'} model trained "
             f"({rng[0]:.3g}..{rng[1]:.3g}); add {'smaller' if low else 'larger'} models to this budget",
         ), nan2
     # delta method: gradients of the vertex position and value w.r.t. (b2, b1, b0)

@@ -18,6 +18,11 @@ than two distinct sizes are redrawn), seeded: the same points give the same reco
 
 lr_rule.json holds "c", "gamma", "ci", "batch", "seq_len", "steps", "N_range", "sizes" (each with
 its grid, losses, best lr, lr*, method, edge) and "warnings"; lib/sweeps/rules.py reads it.
+
+Several horizons (Tune(budgets=...): each group's tag names its tokens, `d32-L2@D409600`): the
+rule is lr*(N, D) = c * N^-gamma * D^-delta, least squares of log lr* on log N and log D; the record
+adds "delta", "D_range" and delta's interval (the same bootstrap, over (size, horizon) groups).
+It needs at least 2 sizes and 2 horizons among the bracketed optima.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from analysis.errors import AnalysisError
 from lib.store.runstore import write_json_atomic
 
 SCHEMA = 1
+# A multi-horizon Tune's group tag, `d32-L2@D409600`, as lib/sweeps/plans.py (HORIZON_TAG) names it
+# (analysis sits beside lib.sweeps in the layering, so the suffix is parsed here).
+HORIZON_TAG = "@D"
 LR_RULE_JSON = "lr_rule.json"
 FIGURE = "lr_rule"
 
@@ -68,35 +76,43 @@ def size_optimum(lrs: Iterable[float], losses: Iterable[float | None]) -> dict:
     return {**out, "lr_opt": float(np.exp(vertex)), "method": "parabola", "edge": None}
 
 
+def tag_tokens(tag: str) -> float | None:
+    """The horizon (tokens per run) a group tag names, None without one."""
+    _, sep, tokens = str(tag).partition(HORIZON_TAG)
+    return float(tokens) if sep else None
+
+
 def fit_power_law(n: np.ndarray, lr: np.ndarray) -> tuple[float, float]:
     """log lr = log c - gamma log N by least squares -> (c, gamma)."""
     slope, intercept = np.polyfit(np.log(n), np.log(lr), 1)
     return float(math.exp(intercept)), float(-slope)
 
 
-def bootstrap(n: np.ndarray, lr: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> dict:
-    """95% percentile intervals for c and gamma, resampling sizes with replacement."""
+def fit_power_law_nd(n: np.ndarray, d: np.ndarray, lr: np.ndarray) -> tuple[float, float, float]:
+    """log lr = log c - gamma log N - delta log D by least squares -> (c, gamma, delta)."""
+    X = np.column_stack([np.ones(len(n)), -np.log(n), -np.log(d)])
+    (log_c, gamma, delta), *_ = np.linalg.lstsq(X, np.log(lr), rcond=None)
+    return float(math.exp(log_c)), float(gamma), float(delta)
+
+
+def bootstrap(n: np.ndarray, lr: np.ndarray, n_resamples: int = 2000, seed: int = 0, d: np.ndarray | None = None) -> dict:
+    """95% percentile intervals for c and gamma (and delta when `d` is given), resampling the
+    optima (sizes, or (size, horizon) groups) with replacement."""
     rng = np.random.default_rng(seed)
     k = len(n)
-    cs, gammas = [], []
+    draws = []
     tries = 0
-    while len(cs) < n_resamples and tries < 20 * n_resamples:
+    while len(draws) < n_resamples and tries < 20 * n_resamples:
         tries += 1
         idx = rng.integers(0, k, size=k)
-        if len(set(n[idx])) < 2:
+        if len(set(n[idx])) < 2 or (d is not None and (len(set(d[idx])) < 2 or len(set(zip(n[idx], d[idx]))) < 3)):
             continue
-        c, g = fit_power_law(n[idx], lr[idx])
-        cs.append(c)
-        gammas.append(g)
-    cs, gammas = np.asarray(cs), np.asarray(gammas)
-    return {
-        "c": [float(np.percentile(cs, 2.5)), float(np.percentile(cs, 97.5))],
-        "gamma": [float(np.percentile(gammas, 2.5)), float(np.percentile(gammas, 97.5))],
-        "samples": len(cs),
-        "seed": seed,
-        "unit": "sizes",
-        "_draws": (cs, gammas),
-    }
+        draws.append(fit_power_law(n[idx], lr[idx]) if d is None else fit_power_law_nd(n[idx], d[idx], lr[idx]))
+    draws = np.asarray(draws).reshape(-1, 2 if d is None else 3)
+    names = ("c", "gamma") if d is None else ("c", "gamma", "delta")
+    out = {name: [float(np.percentile(draws[:, j], 2.5)), float(np.percentile(draws[:, j], 97.5))] for j, name in enumerate(names)}
+    return {**out, "samples": len(draws), "seed": seed, "unit": "sizes" if d is None else "(size, horizon) groups",
+            "_draws": tuple(draws.T)}
 
 
 def fit_lr_rule(points: Iterable[Mapping], n_resamples: int = 2000, seed: int = 0, meta: Mapping | None = None) -> dict:
@@ -117,8 +133,17 @@ def fit_lr_rule(points: Iterable[Mapping], n_resamples: int = 2000, seed: int = 
             side = {"low": "the lowest", "high": "the highest"}.get(opt["edge"])
             what = f"its best lr {opt['best_lr']:.3g} is {side} of its grid" if side else "every run diverged"
             warnings.append(f"size {tag}: {what}, so its optimum is not bracketed; left out of the fit (extend its grid)")
-    sizes.sort(key=lambda s: s["N"])
+    horizons = [tag_tokens(s["tag"]) for s in sizes]
+    if any(h is None for h in horizons) and any(h is not None for h in horizons):
+        raise AnalysisError("tuning groups mix one horizon and several (some size tags name their tokens, some do not); tune one way")
+    in_d = horizons and horizons[0] is not None  # tuned at several horizons: a rule in N and D
+    for s, h in zip(sizes, horizons):
+        if in_d:
+            s["D"] = h
+    sizes.sort(key=lambda s: (s["N"], s.get("D", 0)))
     used = [s for s in sizes if not s["edge"]]
+    if in_d:
+        return _fit_in_n_and_d(sizes, used, warnings, n_resamples, seed, meta)
     record = {"schema": SCHEMA, "rule": "lr = c * N^-gamma", "N": "total parameters", **dict(meta or {})}
     record["sizes"] = sizes
     record["warnings"] = warnings
@@ -154,6 +179,40 @@ def fit_lr_rule(points: Iterable[Mapping], n_resamples: int = 2000, seed: int = 
     return record
 
 
+def _fit_in_n_and_d(sizes: list[dict], used: list[dict], warnings: list[str], n_resamples: int, seed: int, meta) -> dict:
+    """fit_lr_rule's record for optima at several horizons: lr*(N, D) = c N^-gamma D^-delta."""
+    record = {"schema": SCHEMA, "rule": "lr = c * N^-gamma * D^-delta", "N": "total parameters", "D": "tokens per run",
+              **dict(meta or {}), "sizes": sizes, "warnings": warnings}
+    n = np.array([s["N"] for s in used], float)
+    d = np.array([s["D"] for s in used], float)
+    lr = np.array([s["lr_opt"] for s in used], float)
+    if len(set(n)) < 2 or len(set(d)) < 2 or len(set(zip(n, d))) < 3:
+        raise AnalysisError(
+            f"lr*(N, D) needs bracketed optima at 2 or more sizes and 2 or more horizons (3 or more groups), got {len(used)} "
+            f"({len(set(n))} sizes, {len(set(d))} horizons; {'; '.join(warnings) or 'too few groups'}); add sizes or widen the grids"
+        )
+    c, gamma, delta = fit_power_law_nd(n, d, lr)
+    boot = bootstrap(n, lr, n_resamples, seed, d=d)
+    draws = boot.pop("_draws")
+    residual = np.log(lr) - (math.log(c) - gamma * np.log(n) - delta * np.log(d))
+    # the figure's line: the rule at the geometric-mean horizon
+    grid_n, d_mid = np.geomspace(n.min(), n.max(), 25), float(np.exp(np.mean(np.log(d))))
+    band = np.array([cs * grid_n**-g * d_mid**-dl for cs, g, dl in zip(*draws)]) if len(draws) and len(draws[0]) else np.empty((0, 25))
+    record.update({
+        "c": c, "gamma": gamma, "delta": delta,
+        "ci": {"c": boot["c"], "gamma": boot["gamma"], "delta": boot["delta"]},
+        "bootstrap": {k: boot[k] for k in ("samples", "seed", "unit")},
+        "N_range": [float(n.min()), float(n.max())],
+        "D_range": [float(d.min()), float(d.max())],
+        "rmse_log_lr": float(np.sqrt(np.mean(residual**2))),
+        "sizes_used": len(used),
+        "grid": {"N": grid_n.tolist(), "D": d_mid, "lr": (c * grid_n**-gamma * d_mid**-delta).tolist(),
+                 "lo": np.percentile(band, 2.5, axis=0).tolist() if len(band) else [],
+                 "hi": np.percentile(band, 97.5, axis=0).tolist() if len(band) else []},
+    })
+    return record
+
+
 def edges(record: Mapping) -> dict[str, str]:
     """size tag -> "low" / "high" for the sizes whose best lr sat on an edge of their grid."""
     return {s["tag"]: s["edge"] for s in record["sizes"] if s["edge"] in ("low", "high")}
@@ -173,6 +232,12 @@ def describe(record: Mapping) -> str:
     """One line: the rule with its interval and where it was measured."""
     lo, hi = record["ci"]["gamma"]
     n_lo, n_hi = record["N_range"]
+    if record.get("D_range"):
+        d_lo, d_hi = record["D_range"]
+        dl, dh = record["ci"]["delta"]
+        return (f"lr*(N, D) = {record['c']:.3g} * N^-{record['gamma']:.3f} * D^-{record['delta']:.3f} (gamma 95% CI [{lo:.3f}, {hi:.3f}], "
+                f"delta [{dl:.3f}, {dh:.3f}]; {record['sizes_used']} (size, horizon) groups, N {n_lo:.3g}..{n_hi:.3g}, "
+                f"D {d_lo:.3g}..{d_hi:.3g}" + (f", batch {record['batch']}" if record.get("batch") else "") + ")")
     return (f"lr*(N) = {record['c']:.3g} * N^-{record['gamma']:.3f} (gamma 95% CI [{lo:.3f}, {hi:.3f}]; "
             f"{record['sizes_used']} sizes, N {n_lo:.3g}..{n_hi:.3g}"
             + (f", batch {record['batch']}" if record.get("batch") else "")

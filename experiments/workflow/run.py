@@ -56,8 +56,13 @@ def run_experiment(options: RunOptions) -> int:
         from experiments.workflow.check import check_stage
 
         check = CheckOptions(fit_dir=os.path.join(os.fspath(root), "fit"), root=root, at=next_budget(root), experiment=spec,
-                             neighbours=options.neighbours, allocation=options.allocation, sweep=sweep,
+                             neighbours=options.neighbours, allocation=_allocation(options, spec), sweep=sweep,
                              report_sections=tuple(section))
         code = max(code, check_stage(check))
     return code
 
+
+def _allocation(options: RunOptions, spec: str) -> bool:
+    """--allocation, or the experiment asks for the allocation check itself (`verify_allocation = True`,
+    e.g. experiments/ladder.py)."""
+    return options.allocation or bool(getattr(load_experiment(spec), "verify_allocation", False))

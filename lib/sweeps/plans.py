@@ -375,7 +375,9 @@ class Tune(Sweep):
     Horizon: `steps` for every size; or (steps=0) `tokens_per_param` > 0: D = tokens_per_param * N;
     or (steps=0) `budget` > 0: the length that spends C FLOPs, each size's run in an IsoFLOP budget
     C -- the optimum lr falls as runs get longer, so a rule tuned at a horizon far shorter than the
-    sweep's runs overshoots for them.
+    sweep's runs overshoots for them. Several horizons: `budgets=(C1, C2, ...)`, each size trained
+    at the length that spends each C; each (size, horizon) is then its own group (`size_tag` ends in
+    "@D<tokens>") and the stage fits lr*(N, D) = c N^-gamma D^-delta (analysis/lr_rule.py).
     """
 
     sizes: Sequence[Size]
@@ -387,6 +389,7 @@ class Tune(Sweep):
     budget: float = 0.0
     extra_lrs: Mapping[str, Sequence[float]] = dataclasses.field(default_factory=dict)
     schedule: Schedule = Schedule(log_points=10, eval_points=1, checkpoints=1)
+    budgets: Sequence[float] = ()  # several horizons (FLOPs per run); a rule in N and D is fitted
 
     derived = ("optimizer.lr", *IsoFlop.derived)
 
@@ -399,7 +402,12 @@ class Tune(Sweep):
                 raise ConfigError(f"Tune.lrs: learning rates must be positive and finite, got {lr!r}")
         if not self.sizes:
             raise ConfigError("Tune.sizes: give at least one model size (two or more to fit lr*(N))")
-        horizons = {"steps": self.steps, "tokens_per_param": self.tokens_per_param, "budget": self.budget}
+        horizons = {"steps": self.steps, "tokens_per_param": self.tokens_per_param, "budget": self.budget,
+                    "budgets": len(self.budgets)}
+        if not all(isinstance(c, (int, float)) and math.isfinite(c) and c > 0 for c in self.budgets):
+            raise ConfigError(f"Tune.budgets: FLOP budgets must be positive and finite, got {list(self.budgets)}")
+        if self.budgets and len(set(self.budgets)) < 2:
+            raise ConfigError(f"Tune.budgets: give two or more distinct horizons (one horizon: budget=C), got {list(self.budgets)}")
         if sum(v > 0 for v in horizons.values()) != 1:
             raise ConfigError(f"Tune: set exactly one of {', '.join(f'{k} ({v:g})' for k, v in horizons.items())} above 0: the tuning runs' horizon")
 
@@ -427,22 +435,39 @@ class Tune(Sweep):
 
     def _expand(self, base, overrides):
         T, B = units_per_row(base), base.data.global_batch
-        for size in self.sizes:
-            cfg = _with_size(base, size)
-            tag = _size_tag(cfg.model)
-            if self.budget:
-                tokens = self.budget / flops_lib.flops_per_token(cfg.model, T, base.train.flops_convention)
-            else:
-                tokens = self.tokens_per_param * flops_lib.param_counts(cfg.model)["total"]
-            steps = self.steps or max(int(round(tokens / (B * T))), 1)
-            for lr in self.grid(tag):
-                label = f"{self.name}-{tag}-lr{_fmt(float(lr))}"
-                yield self.schedule.apply(cfg.with_overrides({"name": label, "optimizer.lr": float(lr)}), steps), ""
+        for budget in self.budgets or (self.budget,):
+            for size in self.sizes:
+                cfg = _with_size(base, size)
+                tag = _size_tag(cfg.model)
+                if budget:
+                    tokens = budget / flops_lib.flops_per_token(cfg.model, T, base.train.flops_convention)
+                else:
+                    tokens = self.tokens_per_param * flops_lib.param_counts(cfg.model)["total"]
+                steps = self.steps or max(int(round(tokens / (B * T))), 1)
+                if self.budgets:  # one group per (size, horizon): the horizon is in the tag, so in the name
+                    tag = f"{tag}{HORIZON_TAG}{steps * B * T}"
+                for lr in self.grid(tag):
+                    label = f"{self.name}-{tag}-lr{_fmt(float(lr))}"
+                    yield self.schedule.apply(cfg.with_overrides({"name": label, "optimizer.lr": float(lr)}), steps), ""
+
+
+HORIZON_TAG = "@D"  # a multi-horizon tune run's group: <size>@D<tokens>, e.g. d32-L2@D409600
 
 
 def size_tag(cfg: RunConfig) -> str:
-    """The readable size part of run names (`d32-L2`), as the tune stage groups runs by it."""
-    return _size_tag(cfg.model)
+    """The readable size part of run names (`d32-L2`), as the tune stage groups runs by it; a run of a
+    multi-horizon Tune (Tune(budgets=...)) is grouped by size and horizon: `d32-L2@D409600`."""
+    tag = _size_tag(cfg.model)
+    marker = f"-{tag}{HORIZON_TAG}"
+    if marker in cfg.name:  # Tune(budgets=...) names its runs <tune>-<size>@D<tokens>-lr<lr>
+        return tag + HORIZON_TAG + cfg.name.split(marker, 1)[1].split("-", 1)[0]
+    return tag
+
+
+def tag_tokens(tag: str) -> float | None:
+    """The horizon (tokens per run) a size tag names (`d32-L2@D409600` -> 409600.0), None without one."""
+    _, sep, tokens = tag.partition(HORIZON_TAG)
+    return float(tokens) if sep else None
 
 
 # ================================================================================================

@@ -2,6 +2,8 @@
 what happens to it when a sweep changes the batch.
 
     PowerLawLR(c=0.3, gamma=0.25)     lr = c * N^-gamma, N = total parameters (lib.flops)
+    PowerLawLR(c, gamma, delta=0.1)   lr = c * N^-gamma * D^-delta, D = the run's tokens (a rule tuned
+                                      at several horizons: Tune(budgets=...))
     read_lr_rule(root)                the rule `scaling tune` fitted, from <root>/tune/lr_rule.json
     "tuned"                           in a sweep (lr_rule="tuned"): read_lr_rule(the sweep's root), at plan time
     any callable RunConfig -> float   e.g. lambda cfg: 1e-2 * (cfg.model.d_model / 64) ** -1
@@ -11,7 +13,8 @@ batch B differs from it, the planner multiplies the lr by sqrt(B / B_ref) (`lr_b
 the square-root rule for Adam, Malladi et al. 2022) or leaves it ("none"); the plan notes say which.
 
 lr_rule.json is read here as plain JSON: lib never imports analysis (analysis/lr_rule.py fits and
-writes it). Fields used: "c", "gamma", "batch", "seq_len", "N_range", "steps".
+writes it). Fields used: "c", "gamma", "batch", "seq_len", "N_range", "steps" and, for a rule in N
+and D, "delta" and "D_range" (a file without them is a rule in N alone).
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def n_params(cfg: RunConfig) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class PowerLawLR:
-    """lr*(N) = c * N^-gamma; `batch` and `n_range` say where it was measured (0 / () = unknown)."""
+    """lr*(N, D) = c * N^-gamma * D^-delta (delta 0: a rule in N alone); `batch`, `n_range` and
+    `d_range` say where it was measured (0 / () = unknown)."""
 
     c: float
     gamma: float
@@ -62,15 +66,20 @@ class PowerLawLR:
     steps: int = 0
     tokens_per_param: float = 0.0
     budget: float = 0.0
+    delta: float = 0.0
+    d_range: tuple[float, float] | tuple = ()  # the tuning runs' tokens, for a rule in N and D
 
     def __call__(self, cfg: RunConfig) -> float:
-        return self.c * n_params(cfg) ** -self.gamma
+        lr = self.c * n_params(cfg) ** -self.gamma
+        return lr * run_tokens(cfg) ** -self.delta if self.delta else lr
 
     def describe(self) -> str:
         where = f" from {self.source}" if self.source else ""
         measured = f", tuned on N {self.n_range[0]:.3g}..{self.n_range[1]:.3g}" if self.n_range else ""
+        measured += f", D {self.d_range[0]:.3g}..{self.d_range[1]:.3g}" if self.d_range else ""
         at = f" at batch {self.batch}" if self.batch else ""
-        return f"lr = {self.c:.4g} * N^-{self.gamma:.3f}{measured}{at}{where}"
+        in_d = f" * D^-{self.delta:.3f}" if self.delta else ""
+        return f"lr = {self.c:.4g} * N^-{self.gamma:.3f}{in_d}{measured}{at}{where}"
 
 
 def read_lr_rule(root) -> PowerLawLR:
@@ -85,7 +94,8 @@ def read_lr_rule(root) -> PowerLawLR:
     try:
         return PowerLawLR(float(record["c"]), float(record["gamma"]), int(record.get("batch") or 0),
                           tuple(record.get("N_range") or ()), source=path, steps=int(record.get("steps") or 0),
-                          tokens_per_param=float(record.get("tokens_per_param") or 0), budget=float(record.get("budget") or 0))
+                          tokens_per_param=float(record.get("tokens_per_param") or 0), budget=float(record.get("budget") or 0),
+                          delta=float(record.get("delta") or 0), d_range=tuple(record.get("D_range") or ()))
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{path} is not a learning-rate rule ({type(e).__name__}: {e}); delete it and rerun `scaling tune`") from None
 
@@ -160,13 +170,21 @@ def extrapolation_notes(rule: LRRule | None, points: list[RunConfig]) -> list[st
         off = [(name, r) for name, r in ratios if not 1 / EXTRAPOLATION_FACTOR <= r <= EXTRAPOLATION_FACTOR]
         if off:
             name, r = max(off, key=lambda o: max(o[1], 1 / o[1]))
-            notes.append(f"warning: the lr rule was tuned at {what} {tuned:g}; {len(off)} of {len(points)} points train at another "
+            at = what if what.startswith("D ") else f"{what} {tuned:g}"
+            notes.append(f"warning: the lr rule was tuned at {at}; {len(off)} of {len(points)} points train at another "
                          f"horizon (furthest: {name}, {r:.3g}x): tune at the sweep's horizons (Tune(budget=C)) or use an lr_grid")
     return notes
 
 
 def _horizon(rule) -> tuple[str, float, Callable[[RunConfig], float]] | None:
-    """(what, the tuned value, the same quantity of a run) for the horizon a rule records, else None."""
+    """(what, the tuned value, the same quantity of a run) for the horizon a rule records, else None.
+    A rule in N and D (tuned at several horizons) is compared in D with the middle of its range in
+    log D, the factor widened by the range's half-width, so only a D outside the range is named."""
+    d_range = getattr(rule, "d_range", ())
+    if d_range:
+        lo, hi = map(float, d_range)
+        mid, half = math.sqrt(lo * hi), math.sqrt(hi / lo)
+        return f"D {lo:.3g}..{hi:.3g} tokens", mid, lambda cfg: mid * _within(run_tokens(cfg) / mid, half)
     if getattr(rule, "steps", 0):
         return "steps", float(rule.steps), lambda cfg: float(cfg.train.steps)
     if getattr(rule, "tokens_per_param", 0):
@@ -174,6 +192,11 @@ def _horizon(rule) -> tuple[str, float, Callable[[RunConfig], float]] | None:
     if getattr(rule, "budget", 0):
         return "budget", float(rule.budget), lambda cfg: float(cfg.budget or 0) or math.nan
     return None
+
+
+def _within(ratio: float, half: float) -> float:
+    """A ratio to the range's middle, shrunk by the range's half-width towards 1 (1 inside it)."""
+    return ratio / half if ratio > half else ratio * half if ratio < 1 / half else 1.0
 
 
 def run_tokens(cfg: RunConfig) -> float:
