@@ -70,7 +70,7 @@ def _record(sweep, truth, root):
     pts = pd.DataFrame({"N": N, "D": D, "C": 6 * N * D, "loss": loss, "run": [r.run_id for r in plan.runs],
                         "budget": [r.cfg.budget for r in plan.runs], "N_alt": np.nan, "U": np.nan})
     ds = Dataset(points=pts, source={"kind": "runs", "path": str(root), "params": "total"}, conventions={}, cost_source="6N", entropy_floor=truth["E"])
-    return run_fits(ds, FitOptions(bootstrap=40, n_starts=64, figures=False))
+    return run_fits(ds, FitOptions(bootstrap=16, n_starts=32, figures=False))  # the interval needs a few resamples, not 200
 
 
 def _fake_runs(root, shapes, truth):

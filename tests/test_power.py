@@ -9,8 +9,6 @@
 """
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -87,7 +85,7 @@ def _huber_objective(q, log_N, log_D, y, E, delta=1e-3):
 
 
 @pytest.mark.timeout(600)
-def test_approach3_estimates_and_coverage_match_scipy_on_the_same_datasets():
+def test_approach3_estimates_and_coverage_match_scipy_on_the_same_datasets(monkeypatch):
     """Per simulated dataset, approach 3's fit equals scipy's; every bootstrap refit is at least as good
     as scipy's best of three starts (a resample can have a second basin that scipy falls into: the
     batched refit must not); bias and sd equal scipy's, and the coverage is the fraction of the refits'
@@ -95,13 +93,16 @@ def test_approach3_estimates_and_coverage_match_scipy_on_the_same_datasets():
     truth = dict(E=0.8047, A=2.7132, B=90.661, alpha=0.2, beta=0.45)
     budgets = [1e11, 3e11, 1e12]
     design = _isoflop_design(truth, budgets, offsets=(0.0, 0.1, -0.1), ratio=1.7, floor=truth["E"])
-    K, R = 5, 20
+    K, R = 4, 10  # 40 resamples refitted both ways (4 x 11 x 3 scipy fits); power()'s own batched fits are seen
     opts = P.PowerOptions(n_sims=K, noise=0.01, bootstrap=R, seed=3, approaches=("3",))
+    seen = []
+    batched = P.approach3
+    monkeypatch.setattr(P, "approach3", lambda *a: seen.append(batched(*a)) or seen[-1])  # power()'s own call, to see each refit
     rec = P.power(design, truth, opts)
+    (a3,) = seen
     Y = P.simulate(design, truth, opts.noise, K, np.random.default_rng(opts.seed))  # the same draws as power()
     cost = fit_cost_model(design.N, design.D, design.C, "recorded")
     c_range = (design.C.min(), design.C.max())
-    a3 = P.approach3(design, Y, cost, c_range, opts)  # the same batched fits, to see each refit
     w = resample_weights(np.arange(design.N.size), R, opts.seed, design.budget)
     x0 = [np.log(truth["A"]), np.log(truth["B"]), truth["alpha"], truth["beta"]]
     lN, lD = np.log(design.N), np.log(design.D)
@@ -132,17 +133,21 @@ def test_approach3_estimates_and_coverage_match_scipy_on_the_same_datasets():
         assert e3[key]["coverage"] == np.mean((lo <= true) & (true <= hi))
 
 
-def test_plan_power_json_has_the_issues_keys(tmp_path):
+def test_plan_power_json_has_the_issues_keys(tmp_path, monkeypatch, capsys):
+    from experiments.cli import main
     from test_allocation import LADDER
     from test_sweep_support import clean_env
 
+    for k, v in clean_env(tmp_path).items():  # what the command would see as a fresh process, in-process (no jax import twice)
+        if k in ("HOME", "WANDB_MODE", "HF_HOME"):
+            monkeypatch.setenv(k, v)
     exp = tmp_path / "alloc.py"
     exp.write_text(LADDER)  # a small IsoFLOP experiment (2 budgets, no tune stage): a quick plan
-    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "plan", str(exp), "--power", "--truth",
-                           "alpha=0.3,beta=0.3,A=5,B=60", "--noise", "0.01", "--sims", "3", "--bootstrap", "4", "--json"],
-                          env=clean_env(tmp_path), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rec = json.loads(proc.stdout)
+    code = main(["plan", str(exp), "--power", "--truth", "alpha=0.3,beta=0.3,A=5,B=60", "--noise", "0.01", "--sims", "3",
+                 "--bootstrap", "4", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    rec = json.loads(out)
     assert {"n_sims", "noise", "truth", "approaches", "bracketed_fraction", "check_power", "compute", "est_seconds"} <= set(rec)
     assert rec["n_sims"] == 3 and rec["noise"] == 0.01
     from lib.config import DataConfig
@@ -158,6 +163,6 @@ def test_plan_power_json_has_the_issues_keys(tmp_path):
 
     text = format_power(rec)  # what the command prints without --json
     assert "approach3" in text and "allocation check at C = 3.6e+09" in text
-    bad = subprocess.run([sys.executable, "-m", "experiments.cli", "plan", str(exp), "--power", "--truth", "alpha=0.2,gamma=1"],
-                         env=clean_env(tmp_path), capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "gamma" in bad.stderr and bad.stderr.count("\n") == 1
+    code = main(["plan", str(exp), "--power", "--truth", "alpha=0.2,gamma=1"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "gamma" in err and err.count("\n") == 1, err
