@@ -80,8 +80,9 @@ def test_the_ladders_planned_compute_fits_90_minutes_on_2_cores():
 
 def test_scaling_run_asks_for_the_allocation_check_when_the_experiment_does():
     from experiments.workflow import run
+    from experiments.workflow.experiment import load_experiment
     from experiments.workflow.options import RunOptions
 
     for experiment, want in (("ladder", True), ("quickstart", False)):  # neither passes --allocation
-        assert run._allocation(RunOptions(spec=experiment, root="unused"), experiment) is want
-    assert run._allocation(RunOptions(spec="quickstart", root="unused", allocation=True), "quickstart") is True
+        assert run._allocation(RunOptions(spec=experiment, root="unused"), load_experiment(experiment)) is want
+    assert run._allocation(RunOptions(spec="quickstart", root="unused", allocation=True), load_experiment("quickstart")) is True

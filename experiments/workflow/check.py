@@ -29,6 +29,7 @@ import sys
 
 import numpy as np
 
+from analysis import allocation as A
 from analysis import verify as V
 from analysis.data import CHECK_SUFFIX, is_check_sweep
 from analysis.errors import AnalysisError
@@ -270,8 +271,6 @@ def _check(fit_dir, record, C, rows, root, experiment, neighbours, options, repo
 def _allocation_members(rows: dict, shapes: list[dict]) -> dict:
     """The ladder shapes (every lr of each: the sweep's lr grid) at the sizes analysis.allocation plans
     around the primary approach's (approach 3's, else the first) predicted N_opt."""
-    from analysis import allocation as A
-
     primary = "approach3" if "approach3" in rows else next(iter(rows))
     sizes = sorted({s["N"] for s in shapes})
     picked, notes = A.plan_sizes(rows[primary]["N_opt"]["value"], sizes)
@@ -281,8 +280,6 @@ def _allocation_members(rows: dict, shapes: list[dict]) -> dict:
 
 def _allocation_result(check: dict, record: dict, rows: dict, C: float, shapes: list[dict], alloc: dict, results: dict) -> None:
     """check.json's "allocation" and each entry's "allocation" from the trained sizes (analysis.allocation.check)."""
-    from analysis import allocation as A
-
     runs = [{**results[i], "lr": float(shapes[i]["run"].cfg.optimizer.lr)} for i in alloc["members"]]
     out = A.check(record, rows, runs, C)
     check["allocation"] = {"approach": alloc["approach"], "notes": alloc["notes"], **{k: v for k, v in out.items() if k != "by_approach"}}

@@ -31,7 +31,8 @@ def run_experiment(options: RunOptions) -> int:
     code = sweep_stage(root, sweep, options.distributed)
     if code in (0, 1):  # the experiment's sensitivity sweeps (e.g. the old single lr), into <root>/sensitivity/
         code = max(code, sensitivity_stage(root, sweep))
-    own_fit = getattr(load_experiment(spec), "analyse", None)
+    experiment = load_experiment(spec)
+    own_fit = getattr(experiment, "analyse", None)
     if own_fit is not None:
         return max(code, own_fit(root)) if code in (0, 1) and process_index() == 0 else code
     if code not in (0, 1) or process_index() != 0:  # fit what finished, even if some runs failed
@@ -56,13 +57,13 @@ def run_experiment(options: RunOptions) -> int:
         from experiments.workflow.check import check_stage
 
         check = CheckOptions(fit_dir=os.path.join(os.fspath(root), "fit"), root=root, at=next_budget(root), experiment=spec,
-                             neighbours=options.neighbours, allocation=_allocation(options, spec), sweep=sweep,
+                             neighbours=options.neighbours, allocation=_allocation(options, experiment), sweep=sweep,
                              report_sections=tuple(section))
         code = max(code, check_stage(check))
     return code
 
 
-def _allocation(options: RunOptions, spec: str) -> bool:
+def _allocation(options: RunOptions, experiment) -> bool:
     """--allocation, or the experiment asks for the allocation check itself (`verify_allocation = True`,
     e.g. experiments/ladder.py)."""
-    return options.allocation or bool(getattr(load_experiment(spec), "verify_allocation", False))
+    return options.allocation or bool(getattr(experiment, "verify_allocation", False))
