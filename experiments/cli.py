@@ -102,6 +102,7 @@ COMMANDS = {
     "plot": ("experiments.fit_cmd", "re-draw the figures of a fit from DIR/fit.json and the data it names"),
     "predict": ("experiments.fit_cmd", "compute-optimal N, D and the loss to expect at compute C, from a fit"),
     "verify": ("experiments.verify_cmd", "train the fit's compute-optimal model at the next budget and compare its loss with the prediction"),
+    "loss-parts": ("experiments.fit_cmd", "split each run's loss into phrase memory (filler tokens 2..F, floor 0) and the rest; fit each part"),
     "plan": (None, "what a launch would train, without training: every run, the compute and an estimated time"),
 }
 ALL = None  # build_parser(ALL): every subcommand's module imported

@@ -19,6 +19,7 @@ import sys
 from experiments.workflow.options import FitCommandOptions, PredictOptions
 
 FIT_HELP = "fit scaling laws to a CSV or a run store; write fit.json, report.md and figures"
+LOSS_PARTS_HELP = "split each run's loss into phrase memory (filler tokens 2..F, floor 0) and the rest; fit each part"
 
 
 def register(subparsers) -> None:
@@ -77,6 +78,11 @@ def register(subparsers) -> None:
                    help="print JSON: {C: [...], approaches: {name: [row per C]}} for --at; {points: [row per (N, D) and approach]} for --model/--tokens")
     r.set_defaults(func=cmd_predict)
 
+    m = subparsers.add_parser("loss-parts", help=LOSS_PARTS_HELP, description=LOSS_PARTS_HELP)
+    m.add_argument("root", help="a run store of the synthetic language (e.g. `scaling run`'s ROOT): every finished run is read")
+    m.add_argument("--rows", type=positive_int, metavar="R", help="held-out rows per run (default: its own eval set, so the parts sum to its eval loss)")
+    m.set_defaults(func=cmd_loss_parts)
+
 
 def _level(text: str) -> float:
     from experiments.cli import _checked
@@ -129,6 +135,12 @@ def cmd_predict(args) -> int:
 
     return predict_command(PredictOptions(dir=args.dir, at=tuple(args.at), model=tuple(args.model), tokens=tuple(args.tokens),
                                           unique_tokens=tuple(args.unique_tokens), json=args.json))
+
+
+def cmd_loss_parts(args) -> int:
+    from experiments.workflow.loss_parts import loss_parts
+
+    return loss_parts(args.root, args.rows)
 
 
 def main(argv=None) -> int:

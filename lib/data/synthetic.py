@@ -83,6 +83,9 @@ from lib.data.base import local_rows
 
 BOUNDARY = 0
 _TRAIN_STREAM, _EVAL_STREAM = 0, 1
+# What a predicted token is (PhraseLanguage.target_roles).
+ROLE_ID, ROLE_FIRST_FILLER, ROLE_LATER_FILLER, ROLE_BOUNDARY = 0, 1, 2, 3
+ROLE_NAMES = ("id", "first_filler", "later_filler", "boundary")
 # A rank's leading digits, up to the first that carries more than 2^32, come from the inverse CDF in
 # float64: each value of them is hit by a grid of uniforms fine enough that its probability is right
 # to 3e-5 (vocab 64) / 2e-3 (vocab 512) relative. Its other digits are drawn uniformly: over such a
@@ -206,6 +209,41 @@ class PhraseLanguage:
         the filler of every never-seen phrase costs log(filler tokens) per token (module docstring)."""
         per_phrase = self.mean_tokens_per_phrase
         return self.unseen_mass(tokens / per_phrase) * self.filler_len * math.log(self.filler_vocab) / per_phrase
+
+    def target_roles(self, tokens_BT1) -> np.ndarray:
+        """[B, T] role of each predicted token of rows [B, T+1] (rows open with a boundary): ROLE_ID (an
+        ID digit), ROLE_FIRST_FILLER (the filler token that ends the ID), ROLE_LATER_FILLER (filler
+        tokens 2..F: given the ID they are fixed, so their Bayes loss is exactly 0 and a model's loss on
+        them is what it has not memorised), ROLE_BOUNDARY. Read from token values alone (the classes'
+        token ranges are disjoint)."""
+        tokens_BT1 = np.asarray(tokens_BT1)
+        prev_BT, next_BT = tokens_BT1[:, :-1], tokens_BT1[:, 1:]
+        filler_BT = next_BT > self.base
+        roles_BT = np.where(next_BT == BOUNDARY, ROLE_BOUNDARY, ROLE_ID)
+        roles_BT = np.where(filler_BT, np.where(prev_BT > self.base, ROLE_LATER_FILLER, ROLE_FIRST_FILLER), roles_BT)
+        return roles_BT.astype(np.int8)
+
+    def target_ranks(self, tokens_BT1) -> np.ndarray:
+        """[B, T] rank of the phrase each predicted token's filler belongs to (its ID decoded from the
+        row's tokens, not from how the row was drawn), -1 for ID digits and boundaries."""
+        tokens_BT1 = np.asarray(tokens_BT1)
+        ranks_BT = np.full((tokens_BT1.shape[0], tokens_BT1.shape[1] - 1), -1, np.int64)
+        decoded: dict = {}
+        for i, row in enumerate(tokens_BT1.tolist()):
+            digits, rank = [], -1
+            for t, token in enumerate(row[1:]):  # row[0] is the opening boundary
+                if token == BOUNDARY:
+                    digits, rank = [], -1
+                elif token <= self.base:
+                    digits.append(token)
+                else:
+                    if rank < 0:
+                        key = tuple(digits)
+                        if key not in decoded:
+                            decoded[key] = self._decode_id(key) or -1
+                        rank = decoded[key]
+                    ranks_BT[i, t] = rank
+        return ranks_BT
 
     def rank_probs(self, ranks) -> np.ndarray:
         return _p_tilde(np.asarray(ranks, dtype=np.float64), self.alpha) / self._z

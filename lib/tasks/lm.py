@@ -18,13 +18,18 @@ def batch_spec(cfg: RunConfig, rows: int):
     return jax.ShapeDtypeStruct((rows, cfg.data.seq_len + 1), jnp.int32)
 
 
-def lm_loss(params, model, tokens_BT1, dropout_rng=None):
-    """Mean next-token cross-entropy in nats over a [B, T+1] token batch."""
+def token_losses(params, model, tokens_BT1, dropout_rng=None):
+    """[B, T] next-token cross-entropy in nats of each predicted token of a [B, T+1] token batch."""
     inputs_BT, targets_BT = tokens_BT1[:, :-1], tokens_BT1[:, 1:]
     deterministic = dropout_rng is None
     rngs = None if deterministic else {"dropout": dropout_rng}
     logits_BTV = model.apply({"params": params}, inputs_BT, deterministic=deterministic, rngs=rngs)
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT)
+
+
+def lm_loss(params, model, tokens_BT1, dropout_rng=None):
+    """Mean next-token cross-entropy in nats over a [B, T+1] token batch."""
+    return token_losses(params, model, tokens_BT1, dropout_rng).mean()
 
 
 def train_loss(params, model_state, model, tokens_BT1, dropout_rng=None):

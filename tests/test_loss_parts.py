@@ -1,0 +1,76 @@
+"""`scaling loss-parts`: the loss split by what each predicted token is, and phrase memory by sightings."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+
+from lib.config import DataConfig
+from lib.data.synthetic import ROLE_BOUNDARY, ROLE_FIRST_FILLER, ROLE_ID, ROLE_LATER_FILLER, PhraseLanguage
+
+
+def test_roles_and_ranks_name_each_tokens_phrase_and_place():
+    lang = PhraseLanguage(DataConfig(seq_len=32, global_batch=16, synth_filler_len=4))
+    tokens_BT1 = lang.eval_rows(0, 64)
+    roles_BT, ranks_BT = lang.target_roles(tokens_BT1), lang.target_ranks(tokens_BT1)
+    F = lang.filler_len
+    for i in range(tokens_BT1.shape[0]):
+        pos = 0  # where the next phrase starts in the row's predicted tokens
+        row = tokens_BT1[i, 1:]
+        while pos < row.size:
+            # Walk the row by the phrases the ranks name: each must spell out exactly there.
+            end = pos
+            while end < row.size and ranks_BT[i, end] < 0:
+                end += 1
+            if end == row.size:  # a phrase cut in its ID: no filler seen, no rank
+                assert (roles_BT[i, pos:] == ROLE_ID).all()
+                break
+            phrase = lang.phrase_tokens([ranks_BT[i, end]])[0]
+            n_id = len(phrase) - F
+            assert end - pos == n_id and tuple(row[pos:end]) == phrase[:n_id]
+            assert (roles_BT[i, pos:end] == ROLE_ID).all()
+            fill = row[end:end + F]
+            assert tuple(fill) == phrase[n_id:n_id + fill.size]
+            assert roles_BT[i, end] == ROLE_FIRST_FILLER and (roles_BT[i, end + 1:end + fill.size] == ROLE_LATER_FILLER).all()
+            assert (ranks_BT[i, end:end + fill.size] == ranks_BT[i, end]).all()
+            pos = end + F
+            if pos < row.size:
+                assert row[pos] == 0 and roles_BT[i, pos] == ROLE_BOUNDARY and ranks_BT[i, pos] == -1
+                pos += 1
+
+
+def test_half_memory_sightings_recovers_a_known_threshold():
+    from experiments.workflow.loss_parts import half_memory_sightings
+
+    rng = np.random.default_rng(0)
+    sightings = np.exp(rng.uniform(np.log(0.5), np.log(5000), 20000))
+    remembered = rng.random(sightings.size) < 1 / (1 + (40.0 / sightings) ** 3)  # P = 1/2 at 40 sightings
+    losses = np.where(remembered, 0.01, math.log(32))
+    assert abs(half_memory_sightings(sightings, losses, math.log(32)) / 40.0 - 1) < 0.05
+    assert math.isnan(half_memory_sightings(sightings, np.zeros_like(sightings), math.log(32)))
+
+
+def test_loss_parts_sum_to_each_runs_eval_loss_and_fit_each_part(mini_run, tmp_path):
+    from experiments.workflow.loss_parts import loss_parts
+
+    _, root, proc = mini_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)  # the fixture's root is shared: write the parts into a copy
+    assert loss_parts(copy) == 0
+    parts = pd.read_csv(copy / "loss_parts" / "parts.csv")
+    runs = [p for p in root.iterdir() if (p / "summary.json").exists()]
+    assert len(parts) == len(runs) > 0
+    recorded = {p.name: json.loads((p / "summary.json").read_text())["eval_loss"] for p in runs}
+    for _, r in parts.iterrows():
+        assert abs(r["eval_loss"] - recorded[r["run_id"]]) < 1e-5  # the same held-out rows as the run's own eval
+        assert abs(r[["id", "first_filler", "later_filler", "boundary"]].sum() - r["eval_loss"]) < 1e-9
+        assert r["tokens_id"] + r["tokens_first_filler"] + r["tokens_later_filler"] + r["tokens_boundary"] == r["rows"] * 16
+        counted = sum(r[c] for c in parts.columns if c.startswith("n_c"))
+        assert counted == r["tokens_later_filler"]  # every later filler token has a decoded rank
+    record = json.loads((copy / "loss_parts" / "loss_parts.json").read_text())
+    assert set(record["fits"]) == {"memory", "rest"} and record["fits"]["memory"]["E"] == 0.0
+    for fit in record["fits"].values():
+        assert fit["alpha"]["value"] > 0 and fit["beta"]["value"] > 0
