@@ -172,8 +172,10 @@ def main() -> None:
           f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
     print(f"{'shape':>8} {'params':>10} {'K':>3} {'step ms':>9} {'runs/hour':>10} {'GFLOP/s':>8} {'MFU':>6} {'speedup':>9} {'cpu x':>7} "
           f"{'compile s':>8} {'memory MB':>9} {'faults':>7}")
-    rows = [r for name in args.shapes for r in bench_shape(name, (CPU_SHAPES | GPU_SHAPES)[name], args, devices)]
-    record = {"device_kind": devices[0].device_kind, "args": {**vars(args), "chunk": str(args.chunk)}, "load_average": os.getloadavg(), "rows": rows}
+    record = {"device_kind": devices[0].device_kind, "args": {**vars(args), "chunk": str(args.chunk)}, "load_average": os.getloadavg(), "rows": []}
+    for name in args.shapes:  # the JSON after each shape: a run killed at a time limit keeps what it measured
+        record["rows"] += bench_shape(name, (CPU_SHAPES | GPU_SHAPES)[name], args, devices)
+        write_json(args.out, record)
     if args.sweep:
         record["sweep"] = {args.sweep: sweep_wall_times(args.sweep, args.set)}
     print(f"wrote {write_json(args.out, record)}")
