@@ -17,8 +17,9 @@
 #                  missing from a local folder of wheels (pip install --no-index --find-links DIR).
 # Other options go to benchmarks/accelerator_check.py: --out FILE, --budget-s S, --stages NAME..,
 # --allow-cpu. Exit code 0: every stage passed; 1: a stage failed (see the table); 2: cannot start.
-#   JAX 0.10.2 on some drivers fails with "Failed to add memset node to a CUDA graph": rerun with
-#   --no-command-buffer (XLA_FLAGS=--xla_gpu_enable_command_buffer=).
+# A stage that fails inside XLA's CUDA graphs ("command buffer", "CUDA graph" in its error; seen with
+# some driver/JAX pairs) is rerun once with XLA_FLAGS=--xla_gpu_enable_command_buffer= (and the later
+# stages with it); --no-command-buffer sets that from the start.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 INSTALL="" WHEELS="" ARGS=()
@@ -27,7 +28,7 @@ while [[ $# -gt 0 ]]; do
     --install) INSTALL="${2:?--install needs cuda12 or cuda13}"; shift 2 ;;
     --wheels) WHEELS="${2:?--wheels needs a folder of wheels}"; shift 2 ;;
     --no-command-buffer) export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer="; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^set -euo/ {exit} NR > 1' "$0"; exit 0 ;;
     *) ARGS+=("$1"); shift ;;
   esac
 done
