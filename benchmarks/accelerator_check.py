@@ -390,16 +390,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="accelerator_check_") as tmp:
         info = run_stage("info", args.cpu_smoke, Path(tmp), stage_limit("info", args.stages, 0.0, args.budget_s))
         if not info["ok"]:
-            sys.exit(f"accelerator check: could not start JAX with {sys.executable}:\n{info.get('error', '')[-3000:]}")
+            record.update(seconds=time.perf_counter() - t0, error=f"could not start JAX: {info.get('error', '')[-3000:]}")
+            write_json(args.out, record)
+            print(f"accelerator check: could not start JAX with {sys.executable}:\n{info.get('error', '')[-3000:]}", file=sys.stderr)
+            sys.exit(2)
         record.update(versions=info["versions"], optional_modules=info["optional"], devices=info["devices"], environment=info["environment"])
         print("\n".join(table({**record, "stages": [], "seconds": 0}).splitlines()[:2]), flush=True)
         if not args.cpu_smoke and info["devices"]["backend"] == "cpu" and not args.allow_cpu:
             record.update(seconds=time.perf_counter() - t0, error="JAX sees only a CPU")
             write_json(args.out, record)
-            sys.exit("accelerator check: JAX sees only a CPU. Is the CUDA plugin installed (--install cuda12|cuda13, "
-                     "or pip install 'jax[cuda12]'), does its version match jaxlib's (above), is the driver new enough "
-                     "(CUDA 12: >= 525, CUDA 13: >= 580), is JAX_PLATFORMS set? (--allow-cpu runs anyway.) JAX said:\n"
-                     + info["log"][-1500:])
+            print("accelerator check: JAX sees only a CPU. Is the CUDA plugin installed (--install cuda12|cuda13, "
+                  "or pip install 'jax[cuda12]'), does its version match jaxlib's (above), is the driver new enough "
+                  "(CUDA 12: >= 525, CUDA 13: >= 580), is JAX_PLATFORMS set? (--allow-cpu runs anyway.) JAX said:\n"
+                  + info["log"][-1500:], file=sys.stderr)
+            sys.exit(2)
         for name in args.stages:
             limit = stage_limit(name, args.stages, time.perf_counter() - t0, args.budget_s)
             s = run_stage(name, args.cpu_smoke, Path(tmp), limit)

@@ -126,3 +126,15 @@ def test_only_a_failure_inside_cuda_graphs_is_retried_without_them(monkeypatch):
     assert not needs_command_buffer_off({"error": "timed out after 60s (killed with its children)\n... command buffer ..."})
     monkeypatch.setenv("XLA_FLAGS", NO_COMMAND_BUFFER)  # already off: no second retry
     assert not needs_command_buffer_off({"error": "Failed to add memset node to a CUDA graph"})
+
+
+def test_without_an_accelerator_the_check_stops_at_once_and_says_why(tmp_path):
+    """Full-size stages on a CPU would only time out one after another: the check stops after the
+    versions with exit code 2, the reason in the JSON and on stderr."""
+    out = tmp_path / "check.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "accelerator_check.py"), "--out", str(out)],
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "JAX sees only a CPU" in proc.stderr and "--install cuda12|cuda13" in proc.stderr
+    record = json.loads(out.read_text())
+    assert record["error"] == "JAX sees only a CPU" and record["stages"] == [] and record["versions"]["jax"] == jax.__version__
