@@ -37,6 +37,10 @@ if [[ -n "${PYTHON:-}" ]]; then PY="$PYTHON"
 elif [[ -x "$REPO/.venv/bin/python" ]]; then PY="$REPO/.venv/bin/python"
 else PY="$(command -v python3 || command -v python)"; fi
 
+# This checkout, then where --wheels installs when pip may not write into the python's own site-packages
+# (a system python under PEP 668): no install of the project itself is needed.
+SITE="$REPO/benchmarks/results/site-packages"
+export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "$PY is Python < 3.11: set PYTHON to a newer one" >&2; exit 2; }
 if [[ -n "$INSTALL" ]]; then
   case "$INSTALL" in cuda12|cuda13) ;; *) echo "--install: use cuda12 or cuda13, got '$INSTALL'" >&2; exit 2 ;; esac
@@ -58,7 +62,9 @@ PY
 REQUIRED=(jax flax optax orbax.checkpoint tensorstore)
 if [[ -n "$WHEELS" ]]; then  # offline: what is missing, from a local folder of wheels, one at a time
   for pkg in $(missing "${REQUIRED[@]}" pytest); do
-    "$PY" -m pip install --no-index --find-links "$WHEELS" "$pkg" || echo "warning: could not install $pkg from $WHEELS" >&2
+    "$PY" -m pip install --no-index --find-links "$WHEELS" "$pkg" \
+      || "$PY" -m pip install --no-index --find-links "$WHEELS" --target "$SITE" "$pkg" \
+      || echo "warning: could not install $pkg from $WHEELS" >&2
   done
 fi
 need=$(missing "${REQUIRED[@]}")
@@ -69,6 +75,5 @@ fi
 [[ -z "$(missing pytest)" ]] || echo "warning: pytest is missing for $PY: the tests stage will fail (--wheels DIR installs it offline)" >&2
 echo "python: $PY"
 
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 exec "$PY" "$REPO/benchmarks/accelerator_check.py" ${ARGS[@]+"${ARGS[@]}"}
