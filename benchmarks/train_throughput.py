@@ -258,7 +258,7 @@ def gpu_preset(argv: list[str]) -> int:
                             str(args.vocab), "--steps", str(args.steps), "--rounds", str(args.rounds), "--attention", attention, "--out", str(out)]
                 try:
                     main()
-                except Exception as e:  # noqa: BLE001 -- recorded, and the next attempt or size goes on
+                except (Exception, SystemExit) as e:  # noqa: BLE001 -- recorded (SystemExit: main()'s flags refused), the next attempt goes on
                     text = str(e).strip()
                     error = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:400]
                     print(f"{size} attention={attention} batch={batch}: FAILED {error}", flush=True)
