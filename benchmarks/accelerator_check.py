@@ -17,7 +17,8 @@ out is killed with its children and recorded, and the others still run), inside 
 
 Each stage has a share of the budget (SHARES); a stage may also use what the stages before it left,
 never the shares of those after it, so one hang cannot eat the others' time. A stage killed at its
-limit keeps what it had written (the throughput rows so far, the finished IsoFLOP runs).
+limit keeps what it had written (the throughput rows so far, the finished IsoFLOP runs). A stage
+that fails inside XLA's CUDA graphs (command buffers) is run once more without them.
 
 Writes one JSON (--out) and prints one table. --cpu-smoke: the same stages on CPU at tiny shapes,
 in under a minute (the tests stage then only collects the marked tests: the normal suite runs them).
