@@ -226,10 +226,11 @@ def main() -> None:
 def gpu_preset(argv: list[str]) -> int:
     """`train_throughput.py --gpu-preset [flags]`: ~125M and ~350M parameters at sequence 1024 in
     bf16 (MFU: goal >= 50% on an H100), each size measured by main() on its own, so one failure
-    does not lose the other: cuDNN attention first and the XLA path where that fails (for the later
-    sizes too), the batch halved on out-of-memory; every failed attempt is recorded. The JSON is rewritten after each size
-    (a run killed at its time limit keeps what it measured). Flags override the preset's shapes
-    (the accelerator check's --cpu-smoke runs it at tiny ones). Exit code 1 if a size got no row."""
+    does not lose the other: cuDNN attention first and the XLA path where that fails (for the
+    later sizes too), the batch halved on out-of-memory; every failed attempt is recorded. The
+    JSON is rewritten after each size (a run killed at its time limit keeps what it measured).
+    Flags override the preset's shapes (the accelerator check's --cpu-smoke runs it at tiny
+    ones). Exit code 1 if a size got no row."""
     import gc
     import json
     import tempfile
