@@ -74,7 +74,8 @@ def timed_steps(step, state, advance, batches, hparams, n: int):
     return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n, faults / n
 
 
-def bench_shape(name, shape, args, devices) -> list[dict]:
+def bench_shape(name, shape, args, devices, failed: list) -> list[dict]:
+    """Rows for `shape`, K = 1 first (the lone run); a K that fails is appended to `failed`."""
     on_accel = devices[0].platform != "cpu"
     mesh = sharding.make_mesh(MeshConfig(preset="dp"), devices)
     rng = np.random.default_rng(0)
@@ -88,16 +89,24 @@ def bench_shape(name, shape, args, devices) -> list[dict]:
             if rows and (args.steps + 2) * rows[-1]["step_time_s"] * K / rows[-1]["K"] > args.budget_s:
                 print(f"{name:>8} K={K}: skipped (over --budget-s {args.budget_s:g}s)", flush=True)
                 break
-            cfgs = [config(shape, args, on_accel, lr=1e-3 * (1 + i / 8)) for i in range(K)]  # an LR grid
-            pack = build_pack(cfgs, mesh, chunk=args.chunk)
-            state = pack.stack(*[start] * K)
-            advance = sharding.replicated_array(np.ones(K, bool), mesh)
-            batches = [pack.batch(rng.integers(0, args.vocab, (K, args.batch, args.seq_len + 1), dtype=np.int32), mesh) for _ in range(2)]
-            t0 = time.perf_counter()
-            compiled = pack.train_step.lower(state, advance, batches[0], pack.hparams).compile()
-            compile_s = time.perf_counter() - t0
-            memory = compiled.memory_analysis()
-            wall, cpu, faults = timed_steps(compiled, state, advance, batches, pack.hparams, args.steps if K < 16 else max(args.steps // 2, 3))
+            try:
+                cfgs = [config(shape, args, on_accel, lr=1e-3 * (1 + i / 8)) for i in range(K)]  # an LR grid
+                pack = build_pack(cfgs, mesh, chunk=args.chunk)
+                state = pack.stack(*[start] * K)
+                advance = sharding.replicated_array(np.ones(K, bool), mesh)
+                batches = [pack.batch(rng.integers(0, args.vocab, (K, args.batch, args.seq_len + 1), dtype=np.int32), mesh) for _ in range(2)]
+                t0 = time.perf_counter()
+                compiled = pack.train_step.lower(state, advance, batches[0], pack.hparams).compile()
+                compile_s = time.perf_counter() - t0
+                memory = compiled.memory_analysis()
+                wall, cpu, faults = timed_steps(compiled, state, advance, batches, pack.hparams, args.steps if K < 16 else max(args.steps // 2, 3))
+            except Exception as e:  # noqa: BLE001 -- out of memory at a large K, say: recorded, the other rows stand
+                text = str(e).strip()
+                failed.append({"shape": name, "K": K, "error": f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:400]})
+                print(f"{name:>8} K={K}: FAILED {failed[-1]['error']}", flush=True)
+                if K == 1:
+                    break  # no lone run to compare the packs with
+                continue
             lone = lone or (wall, cpu)  # K = 1 is the lone run's program
             achieved = K * tokens * per_token / wall
             rows.append({
@@ -172,11 +181,15 @@ def main() -> None:
           f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
     print(f"{'shape':>8} {'params':>10} {'K':>3} {'step ms':>9} {'runs/hour':>10} {'GFLOP/s':>8} {'MFU':>6} {'speedup':>9} {'cpu x':>7} "
           f"{'compile s':>8} {'memory MB':>9} {'faults':>7}")
-    rows = [r for name in args.shapes for r in bench_shape(name, (CPU_SHAPES | GPU_SHAPES)[name], args, devices)]
-    record = {"device_kind": devices[0].device_kind, "args": {**vars(args), "chunk": str(args.chunk)}, "load_average": os.getloadavg(), "rows": rows}
+    record = {"device_kind": devices[0].device_kind, "args": {**vars(args), "chunk": str(args.chunk)}, "load_average": os.getloadavg(), "rows": [],
+              "failed_attempts": []}
+    for name in args.shapes:  # the JSON after each shape: a run killed at a time limit keeps what it measured
+        record["rows"] += bench_shape(name, (CPU_SHAPES | GPU_SHAPES)[name], args, devices, record["failed_attempts"])
+        write_json(args.out, record)
     if args.sweep:
         record["sweep"] = {args.sweep: sweep_wall_times(args.sweep, args.set)}
     print(f"wrote {write_json(args.out, record)}")
+    sys.exit(1 if record["failed_attempts"] else 0)
 
 
 if __name__ == "__main__":

@@ -222,5 +222,72 @@ def main() -> None:
     print(f"wrote {out}")
 
 
+# ---- --gpu-preset: the accelerator check's measurement (benchmarks/accelerator_check.py) ----------
+def gpu_preset(argv: list[str]) -> int:
+    """`train_throughput.py --gpu-preset [flags]`: ~125M and ~350M parameters at sequence 1024 in
+    bf16 (MFU: goal >= 50% on an H100), each size measured by main() on its own, so one failure
+    does not lose the other: cuDNN attention first and the XLA path where that fails (for the
+    later sizes too), the batch halved on out-of-memory; every failed attempt is recorded. The
+    JSON is rewritten after each size (a run killed at its time limit keeps what it measured).
+    Flags override the preset's shapes (the accelerator check's --cpu-smoke runs it at tiny
+    ones). Exit code 1 if a size got no row."""
+    import gc
+    import json
+    import tempfile
+
+    p = argparse.ArgumentParser(prog="train_throughput.py --gpu-preset", description=gpu_preset.__doc__)
+    p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["125M", "350M"])
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--min-batch", type=int, default=4, help="halve the batch on out-of-memory down to this")
+    p.add_argument("--vocab", type=int, default=50304)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--attention", nargs="+", choices=["cudnn", "xla"], default=["cudnn", "xla"], help="implementations to try, in order")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_throughput_gpu.json"))
+    args = p.parse_args(argv)
+    devices = jax.devices()
+    record = {"device_kind": devices[0].device_kind, "n_devices": len(devices), "preset": vars(args), "rows": [], "failed_attempts": []}
+    broken = set()  # attention implementations that failed other than by memory: not tried again for later sizes
+    with tempfile.TemporaryDirectory(prefix="train_throughput_") as tmp:
+        for size in args.sizes:
+            attempts = [(a, b) for a in args.attention if a not in broken or a == args.attention[-1] for b in _halvings(args.batch, args.min_batch)]
+            while attempts:
+                attention, batch = attempts.pop(0)
+                out = Path(tmp) / f"{size}-{attention}-{batch}.json"
+                sys.argv = [str(Path(__file__)), "--sizes", size, "--seq-len", str(args.seq_len), "--batch", str(batch), "--vocab",
+                            str(args.vocab), "--steps", str(args.steps), "--rounds", str(args.rounds), "--attention", attention, "--out", str(out)]
+                try:
+                    main()
+                except (Exception, SystemExit) as e:  # noqa: BLE001 -- recorded (SystemExit: main()'s flags refused), the next attempt goes on
+                    text = str(e).strip()
+                    error = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:400]
+                    print(f"{size} attention={attention} batch={batch}: FAILED {error}", flush=True)
+                    record["failed_attempts"].append({"size": size, "attention": attention, "batch": batch, "error": error})
+                    oom = "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+                    broken |= set() if oom else {attention}
+                    attempts = [(a, b) for a, b in attempts if (b < batch if oom else a != attention)]  # smaller batch, or next attention
+                    gc.collect()
+                    continue
+                record["rows"] += [{**r, "attention": attention, "batch": batch} for r in json.loads(out.read_text())["rows"]]
+                break
+            write_json(args.out, record)
+    measured = {r["size"] for r in record["rows"]}
+    print(f"--gpu-preset: {len(measured)} of {len(args.sizes)} sizes measured" + "".join(
+        f"; {r['size']}: MFU {r['mfu']:.1%}" if r["mfu"] is not None else f"; {r['size']}: {r['tflops_per_s']:.3g} TFLOP/s" for r in record["rows"])
+        + f"; wrote {args.out}", flush=True)
+    return 0 if measured == set(args.sizes) else 1
+
+
+def _halvings(batch: int, least: int) -> list[int]:
+    """batch, batch/2, ... down to `least` (at least the batch itself)."""
+    out = [batch]
+    while out[-1] // 2 >= least:
+        out.append(out[-1] // 2)
+    return out
+
+
 if __name__ == "__main__":
+    if "--gpu-preset" in sys.argv[1:]:
+        sys.exit(gpu_preset([a for a in sys.argv[1:] if a != "--gpu-preset"]))
     main()

@@ -34,14 +34,24 @@ from lib.config import ModelConfig, RunConfig, units_per_row
 
 CONVENTIONS = ("6N", "kaplan", "chinchilla")
 
-# Dense bf16 peak FLOP/s per device (vendor data sheets). Matched against jax's `device_kind`
-# by substring, most specific first.
+# Dense (no 2:4 sparsity) bf16 peak FLOP/s per device, matched against jax's `device_kind` by
+# substring, first match wins (so the specific names come before the families). Sources: NVIDIA's
+# data sheets, whose tensor-core figures are "with sparsity", halved here: H100 (SXM 1,979 TFLOPS,
+# PCIe 1,513, NVL 1,671; nvidia.com/en-us/data-center/h100), H200 (SXM 1,979, NVL 1,671;
+# nvidia.com/en-us/data-center/h200), GH200 (1,979; nvidia.com/en-us/data-center/grace-hopper-superchip),
+# A100 (312 dense, SXM and PCIe; nvidia.com/en-us/data-center/a100), L40S (733), L40 (362), L4 (242;
+# nvidia.com/en-us/data-center/l40s, /l40, /l4);
+# Cloud TPU system-architecture pages for the TPUs (cloud.google.com/tpu/docs/system-architecture-tpu-vm).
 PEAK_FLOPS_BF16 = (
     ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("H200", 989e12),
+    ("H100 NVL", 835e12),
+    ("H200 NVL", 835e12),
     ("GH200", 989e12),
+    ("H100", 989e12),  # SXM ("NVIDIA H100 80GB HBM3")
+    ("H200", 989e12),  # SXM ("NVIDIA H200")
     ("A100", 312e12),
+    ("L40S", 366e12),
+    ("L40", 181e12),
     ("L4", 121e12),
     ("TPU v4", 275e12),
     ("TPU v5 lite", 197e12),

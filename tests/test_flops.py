@@ -54,6 +54,11 @@ def test_unknown_convention_is_an_error():
 def test_mfu_uses_the_peak_table_and_is_empty_on_cpu():
     assert peak_flops_per_device("NVIDIA H100 80GB HBM3") == 989e12
     assert peak_flops_per_device("NVIDIA H100 PCIe") == 756e12
+    # the data sheets' "with sparsity" figures halved: NVL 1,671 TFLOPS, A100 624, L40S 733
+    assert peak_flops_per_device("NVIDIA H100 NVL") == peak_flops_per_device("NVIDIA H200 NVL") == 835e12
+    assert peak_flops_per_device("NVIDIA H200") == peak_flops_per_device("NVIDIA GH200 480GB") == 989e12
+    assert peak_flops_per_device("NVIDIA A100-SXM4-80GB") == peak_flops_per_device("NVIDIA A100 80GB PCIe") == 312e12
+    assert peak_flops_per_device("NVIDIA L40S") == 366e12 and peak_flops_per_device("NVIDIA L4") == 121e12
     assert peak_flops_per_device("TPU v5 lite") == 197e12
     assert peak_flops_per_device("TPU v4") == 275e12
     assert mfu(494.5e12 * 2, "NVIDIA H200", 2) == pytest.approx(0.5)

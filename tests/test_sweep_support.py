@@ -71,7 +71,9 @@ def train_cli(workdir, cache: str | None, sets=TRAIN_SETS) -> tuple[list[str], d
     import sys
 
     cmd = [sys.executable, "-m", "experiments.cli", "train", "--config", "tiny", "--workdir", str(workdir)]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    # one host device; the session's other XLA flags stay (on a GPU: deterministic ops, benchmarks/accelerator_check.py)
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+    env = {**os.environ, "XLA_FLAGS": " ".join([*flags, "--xla_force_host_platform_device_count=1"])}
     if cache:
         env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     return cmd + [a for s in sets for a in ("--set", s)], env
