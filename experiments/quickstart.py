@@ -22,7 +22,15 @@ N = total parameters. Batch 32 in every run.
 
 Why this design (docs/results.md, "Design power": `scaling plan --power`, K = 100 simulations under
 the language's theory, alpha 0.30, beta 0.23, E at the floor, A 4.27, B 8.51, noise 0.0175 nats):
-DESIGN_NUMBERS
+of the candidates that fit the time, 5 sizes from every other rung (span 10-12x) give approach 3's
+a the smallest sd, 0.116 (alpha 0.086, beta 0.059; the first quickstart's design: 0.177, 0.134,
+0.122), and bracket 80% of budgets' minima (5 neighbouring rungs, span 5x: 64%, sd 0.152; the first
+quickstart: 66%). 7 neighbouring rungs bracket 90% at the same sd (0.123) but need 537 s with the lr
+grid (455 s with a 2-point grid): over the budget. The allocation check at 3.33e11 flags a 0.1
+error in a in 0% of simulations (5 check sizes), and with 7-9 sizes or a check at 1e12-1e13 hardly
+more often than it flags a correct fit (4-13% against false alarms of 2-11%, simulated on the
+7-size design): the fit's own interval on N_opt there is wider than the shift, so the check cannot
+fail usefully and is not run.
 Its planned time stays within 7.5 minutes on 2 idle CPU cores with 25% headroom for lr-edge
 extensions (tests/test_quickstart.py: a per-step time model measured on the first quickstart's
 idle runs), so a fresh clone's install (~2 min) plus `scaling run quickstart` stays within 10.
