@@ -13,8 +13,9 @@ exponents at x0.5, x1, x2 and the best (the lr-policy spread, fit.json's `lr_sen
 replaces the first quickstart's single-lr sensitivity sweep). The rule lr*(N, D) = c N^-gamma
 D^-delta is tuned at two horizons, the lengths that spend 1e10 and 3e10 FLOPs: 3 sizes (1.3k, 4.1k,
 15k) x 5 lrs at each. Approach 3 holds E at the language's floor (0.8047 nats/token), the free-E
-fit beside it. The rule's tuned D reaches ~3e6 tokens; the smallest sizes at 1e11 train ~2x longer
-(the plan warns; their lr grid spans that).
+fit beside it. The rule is tuned on N 1.3k..15k and D 8.3e4..2.1e6 tokens; at 1e11 the largest
+size (27k, 1.7x above in N) and the smallest (2.5k, 1.9x longer in D) get extrapolated lrs (the plan
+warns; the lr grid's x0.5..x2 spans that, and a best on its edge extends it).
 Prediction check: the one-run check at the next budget (3.33e11), the fitted optimum trained and its
 loss compared with the prediction. No allocation check (`verify_allocation = False`): at any design
 that fits the time its power is nil (below). FLOPs: Chinchilla appendix-F convention (lib/flops.py),
