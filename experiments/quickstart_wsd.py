@@ -4,9 +4,9 @@
 
 The 15 points of the first quickstart design (3 budgets 1e11..1e12 x 5 sizes from its ladder,
 kept below since `experiments/quickstart.py` moved to the lr-grid protocol: each size's token
-counts are the D its IsoFLOP runs trained for, to the step), the quickstart's batch, data and FLOP
-convention, an lr rule tuned by that design's tune grid (4 sizes x 5 lrs x 200 steps); instead of one cosine run per
-point, one constant-rate trunk per size and a branch per point that cools down over its last 20%
+counts are the D its IsoFLOP runs trained for, to the step), the quickstart's batch, data and
+FLOP convention, an lr rule tuned by that design's tune grid (4 sizes x 5 lrs x 200 steps);
+instead of one cosine run per point, one constant-rate trunk per size and a branch per point that cools down over its last 20%
 with the 1-sqrt shape (Hägele et al. 2024). Each branch is recorded like a from-scratch run (its
 flops are its point's whole compute), so `scaling fit` treats the points alike; fit.json's
 `branches` names them. `benchmarks/cooldowns.py` compares compute, wall time and the fitted
