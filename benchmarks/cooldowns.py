@@ -4,12 +4,12 @@
     python benchmarks/cooldowns.py --train runs/bench  # also train both, time them, fit both
 
 Accounting, for two grids of points:
-  quickstart   the quickstart's 15 points (experiments/quickstart_wsd.py: 1-3 token counts per size);
-  4-per-size   every quickstart size at 4 token counts, D = C / flops_per_token(N) for
+  quickstart   the first quickstart's 15 points (experiments/quickstart_wsd.py: 1-3 token counts per size);
+  4-per-size   every one of those sizes at 4 token counts, D = C / flops_per_token(N) for
                C in 3e10, 1e11, 3e11, 1e12 (the issue's benchmark grid).
 Spent = each trunk once + every branch's tail; from scratch = each point trained alone (the
-branches' recorded flops). With --train (the quickstart grid, one lr 2e-2 for both, as the
-quickstart's single_lr sensitivity sweep, so no tune stage): wall time of each, then `scaling fit`
+branches' recorded flops). With --train (the quickstart grid, one lr 2e-2 for both, the first
+quickstart's single lr, so no tune stage): wall time of each, then `scaling fit`
 of each root, and Chinchilla's alpha, beta (approach 3) and a (approaches 1 and 3) with intervals.
 Writes benchmarks/results/cooldowns.json.
 """
@@ -42,7 +42,7 @@ def four_per_size() -> Cooldowns:
         fpt = flops_lib.flops_per_token(model, T, quickstart.BASE.train.flops_convention)
         return [int(round(c / fpt / (B * T))) * B * T for c in FOUR]
 
-    return Cooldowns(quickstart.SIZES, tokens=tokens, decay_frac=quickstart_wsd.DECAY_FRAC, decay_shape=quickstart_wsd.DECAY_SHAPE,
+    return Cooldowns(quickstart_wsd.SIZES, tokens=tokens, decay_frac=quickstart_wsd.DECAY_FRAC, decay_shape=quickstart_wsd.DECAY_SHAPE,
                      base=quickstart.BASE, name="wsd4")
 
 

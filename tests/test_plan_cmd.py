@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from experiments.cli import load_experiment
 from experiments.workflow.plan import format_plan
 from lib.store.runstore import run_dirs
 from test_sweep_support import clean_env
@@ -43,7 +44,9 @@ def test_the_plan_lists_the_runs_a_launch_trains_with_their_compute_and_time(min
 def test_a_fresh_plan_has_no_estimate_and_a_tuned_sweep_plans_its_tune_grid_first(tmp_path):
     record = json.loads(_plan(tmp_path, "quickstart", "--json"))
     stages = [r["stage"] for r in record["runs"]]
-    assert stages == sorted(stages, key=["tune", "sweep"].index) and stages.count("sweep") == 15
+    quickstart = load_experiment("quickstart")  # 3 budgets x PER_BUDGET points, each at every lr of the grid
+    assert stages == sorted(stages, key=["tune", "sweep"].index)
+    assert stages.count("sweep") == len(quickstart.BUDGETS) * quickstart.PER_BUDGET * len(quickstart.LR_GRID)
     assert all(r["run_id"] is None and r["lr"] is None for r in record["runs"] if r["stage"] == "sweep")
     assert record["est_seconds"] is None and record["throughput"] is None
     assert record["compute"] == pytest.approx(sum(r["C"] for r in record["runs"]))

@@ -62,15 +62,16 @@ def test_isoflop_per_budget_window_follows_its_center():
     plan = sweep.plan()
     for budget in sweep.budgets:
         kept = {(r.cfg.model.d_model, r.cfg.model.n_layers, r.cfg.model.n_heads) for r in plan.runs if r.cfg.budget == budget}
-        # Recompute: the 5 in-range sizes whose D/N is nearest the center for this budget.
+        # Recompute: the PER_BUDGET in-range sizes whose D/N is nearest the center for this budget.
         distance = {}
         for size in module.SIZES:
             m = dataclasses.replace(sweep.base.model, vocab_size=64, **size)
             tpp = budget / flops_lib.flops_per_token(m, 32) / flops_lib.param_counts(m)["total"]
             if sweep.tpp_range[0] <= tpp <= sweep.tpp_range[1]:
                 distance[(m.d_model, m.n_layers, m.n_heads)] = abs(math.log(tpp / sweep.center_tpp(budget)))
-        assert kept == set(sorted(distance, key=distance.get)[:5])
-    assert any("not among the 5 sizes with D/N nearest 80" in n for n in plan.notes)
+        assert kept == set(sorted(distance, key=distance.get)[:module.PER_BUDGET])
+    assert any(f"not among the {module.PER_BUDGET} sizes with D/N nearest {sweep.center_tpp(sweep.budgets[0]):.3g}" in n
+               for n in plan.notes)
 
 
 def test_isoflop_reduces_the_batch_to_keep_a_minimum_number_of_steps():
@@ -98,7 +99,7 @@ def test_run_ids_are_readable_plus_the_config_hash():
     for r in plan.runs:
         assert r.run_id == run_id(r.cfg)
         assert r.run_id.startswith(f"{r.cfg.name}-") and len(r.run_id) == len(r.cfg.name) + 7
-    assert any(r.run_id.startswith("quickstart-3e11-d32-L2-") for r in plan.runs)
+    assert any(r.run_id.startswith("quickstart-3e10-d16-L2-") for r in plan.runs)
     assert len({r.run_id for r in plan.runs}) == len(plan.runs)
     assert plan.runs == _sweeps()["quickstart"].plan().runs  # deterministic: every host agrees
 
