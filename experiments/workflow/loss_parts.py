@@ -105,28 +105,25 @@ def _token_losses(model):
 
 
 def measure_root(root, rows: int | None = None):
-    """A frame of the parts of every finished run of `root`'s sweep (not its check runs, nor tune/
-    or sensitivity/ below it), with N, D, C, budget, lr_factor and the recorded eval loss."""
+    """A frame of the parts of each point's best run (over its lr grid, by recorded eval loss) of
+    `root`'s sweep (not its check runs, nor tune/ or sensitivity/ below it), with N, D, C, budget,
+    lr_factor and the recorded eval loss."""
     import pandas as pd
 
-    from lib.store.runstore import load_runs
-
     from analysis.data import is_check_sweep
+    from lib.store.runstore import load_runs
 
     runs = load_runs(root)
     done = runs[(runs["state"] == "done") & ~runs["sweep"].map(is_check_sweep)]  # a check's runs test the fit; not fitted
+    best = done.loc[done.groupby(["budget", "N_total"])["eval_loss"].idxmin()].sort_values(["budget", "N_total"])
     found = []
-    for _, r in done.iterrows():
+    for _, r in best.iterrows():
         parts = measure(r["path"], rows, tokens=r["D"])
         found.append({"run_id": r["run_id"], "N": r["N_total"], "D": r["D"], "C": r["C"], "budget": r["budget"], "sweep": r["sweep"],
                       "lr_factor": r["lr_factor"], "recorded_eval_loss": r["eval_loss"], "entropy_floor": r["entropy_floor"], **parts})
-        print(f"  {r['run_id']}: eval {parts['eval_loss']:.4f} (recorded {r['eval_loss']:.4f}), memory {parts['later_filler']:.4f}", flush=True)
+        print(f"  {r['run_id']}: eval {parts['eval_loss']:.4f} (recorded {r['eval_loss']:.4f}), memory {parts['later_filler']:.4f}, "
+              f"half remembered at {parts.get('c50', float('nan')):.0f} sightings", flush=True)
     return pd.DataFrame(found)
-
-
-def best_per_point(parts):
-    """Each (budget, N) point's run with the lowest eval loss over its lr grid."""
-    return parts.loc[parts.groupby(["budget", "N"])["eval_loss"].idxmin()].sort_values(["budget", "N"]).reset_index(drop=True)
 
 
 def fit_parts(best, out_dir) -> dict:
@@ -159,12 +156,11 @@ def loss_parts(root, rows: int | None = None) -> int:
         return 1
     gap = float((parts["eval_loss"] - parts["recorded_eval_loss"]).abs().max())
     write_atomic(os.path.join(out_dir, PARTS_CSV), parts.to_csv(index=False))
-    best = best_per_point(parts)
-    fits = fit_parts(best, out_dir)
-    record = {"runs": len(parts), "points": len(best), "rows": int(parts["rows"].iloc[0]),
+    fits = fit_parts(parts, out_dir)
+    record = {"points": len(parts), "rows": int(parts["rows"].iloc[0]),
               "max_gap_to_recorded_eval_loss": gap, "fits": fits}
     write_atomic(os.path.join(out_dir, "loss_parts.json"), json.dumps(record, indent=2) + "\n")
-    print(f"\n{len(parts)} runs, {len(best)} points (best lr each); the parts sum to the recorded eval loss within {gap:.2e}")
+    print(f"\n{len(parts)} points (each at its best lr); the parts sum to the recorded eval loss within {gap:.2e}")
     for name, f in fits.items():
         print(f"  {name:6s} (E held at {f['E']:.4f}): alpha {_fmt(f.get('alpha'))}  beta {_fmt(f.get('beta'))}  a {_fmt(f.get('a'))}")
     print(f"-> {out_dir}/loss_parts.json, {PARTS_CSV}, memory/ and rest/ (fit.json, report.md)")
