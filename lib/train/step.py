@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from lib.config import ConfigError, RunConfig
+from lib import models
 from lib.models import make_model
 from lib import tasks
 from lib.parallel import pipeline, sharding
@@ -204,7 +205,7 @@ def build_steps(cfg: RunConfig, mesh) -> Steps:
     """Model, optimizer and shardings -> jitted init/train/eval (the benchmark times these too).
     A later run of the same program (`program_key`) on the same mesh gets the same jitted functions,
     traced and compiled once in this process; only its horizon is its own."""
-    programs = _cached(("steps", program_key(cfg), mesh), lambda: _build_steps(cfg, mesh))
+    programs = _cached(("steps", program_key(cfg), _module_of(cfg), mesh), lambda: _build_steps(cfg, mesh))
     return dataclasses.replace(programs, horizon={k: sharding.replicated_array(np.asarray(v, np.int32), mesh) for k, v in horizon(cfg).items()})
 
 
@@ -248,6 +249,11 @@ def program_key(cfg: RunConfig, traced: tuple[str, ...] = ()) -> str:
     bookkeeping, their data and the numbers traced per run."""
     constants = {f: _field_value(cfg, f) for f in (*traceable_fields(cfg), *TRACEABLE_OPTIMIZER_FIELDS, "seed") if f not in traced}
     return pack_key(cfg) + json.dumps(constants, sort_keys=True, separators=(",", ":"))
+
+
+def _module_of(cfg: RunConfig):
+    """The family's module class now (a benchmark may swap it for an older revision's)."""
+    return models.family(cfg.model).module
 
 
 def _cached(key, build):
@@ -381,7 +387,7 @@ def build_pack(cfgs: Sequence[RunConfig], mesh, spread: bool = False, chunk: int
         raise ConfigError(f"train.microbatches: a pipelined run trains alone, not in a pack of {size}; "
                           "train these runs one at a time (a pack of one)")
     traced, hp = pack_hparams(cfgs)
-    program = _cached(("pack", program_key(cfg, traced), size, spread, chunk, mesh),
+    program = _cached(("pack", program_key(cfg, traced), _module_of(cfg), size, spread, chunk, mesh),
                       lambda: _build_pack(cfg, size, mesh, spread, chunk, traced))
     return dataclasses.replace(program, hparams={k: sharding.replicated_array(v, mesh) for k, v in hp.items()})
 
