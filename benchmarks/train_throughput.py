@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import os
 import resource
+import shutil
 import subprocess
 import types
 import sys
@@ -170,9 +171,11 @@ def time_runs(cfg: RunConfig, args, run_flops: float, peak_dtype, peak_n) -> dic
     20 metrics rows, 4 evaluations of 16 batches, one checkpoint; the synthetic language at --vocab),
     each as a fraction of the matmul's rate timed just before it: compile, init, evaluation and host
     work included. "cold": this process's first run of the program; "warm": a second run of the same
-    program, as a sweep's later runs of one shape are (no persistent compilation cache in either)."""
+    program, as a sweep's later runs of one shape are. Both with a persistent compilation cache that
+    starts empty, as a sweep's first launch has (lib.sweeps.executors.enable_compile_cache)."""
     import tempfile
 
+    from lib.sweeps.executors import enable_compile_cache
     from lib.train.loop import train
 
     n = args.run_steps
@@ -184,6 +187,8 @@ def time_runs(cfg: RunConfig, args, run_flops: float, peak_dtype, peak_n) -> dic
     )
     run_cfg = dataclasses.replace(run_cfg, tracking=dataclasses.replace(run_cfg.tracking, console=False))
     out = {}
+    cache = tempfile.mkdtemp(prefix="train_throughput_cache")
+    enable_compile_cache(cache)
     for label in ("cold", "warm"):
         peak_wall, peak_cpu = matmul_rate(peak_dtype, peak_n)
         with tempfile.TemporaryDirectory() as workdir:
@@ -194,6 +199,8 @@ def time_runs(cfg: RunConfig, args, run_flops: float, peak_dtype, peak_n) -> dic
         out[f"run_{label}_of_matmul_peak"] = run_flops / wall / peak_wall
         out[f"run_{label}_of_matmul_peak_cpu"] = run_flops / cpu / peak_cpu
         out[f"run_{label}_eval_loss"] = summary.get("eval_loss")
+    enable_compile_cache(None)
+    shutil.rmtree(cache, ignore_errors=True)
     return out
 
 

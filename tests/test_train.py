@@ -119,6 +119,27 @@ def test_runs_of_different_lengths_share_one_compiled_step(tiny_config):
     assert lowered(50, 5) != lowered(50, 5, d_model=64)  # a different shape is a different program
 
 
+def test_a_later_run_of_the_same_program_reuses_it_and_trains_bit_for_bit(tiny_config, tmp_path):
+    """A sweep's runs of one program (they differ in name, length, warmup, data seed) share the
+    jitted steps and compiled train step kept in the process: the second run adds no program, and
+    its numbers equal those of the same run built from scratch. Another lr is another program."""
+    from lib.train import step as step_lib
+
+    a = tiny_config.with_overrides({"name": "a", "train.steps": 20, "optimizer.warmup_steps": 2})
+    b = tiny_config.with_overrides({"name": "b", "data.seed": 1})
+    train(a, tmp_path / "a", devices=one_device())
+    programs = dict(step_lib._PROGRAMS)
+    train(b, tmp_path / "b", devices=one_device())
+    assert all(step_lib._PROGRAMS[k] is v for k, v in programs.items()) and len(step_lib._PROGRAMS) == len(programs)
+    step_lib._PROGRAMS.clear()  # the same run again, traced and compiled afresh
+    train(b, tmp_path / "b_fresh", devices=one_device())
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith(("_s", "_per_s")) and k != "mfu"} for r in rows]  # noqa: E731
+    assert strip(RunDir(tmp_path / "b").metrics()) == strip(RunDir(tmp_path / "b_fresh").metrics())
+    before = len(step_lib._PROGRAMS)
+    train(b.with_overrides({"optimizer.lr": 1e-2}), tmp_path / "c", devices=one_device())
+    assert len(step_lib._PROGRAMS) > before  # lr is a constant of a lone run's program
+
+
 def test_relaunching_a_finished_run_does_nothing(tiny_config, tmp_path, capsys):
     cfg = tiny_config.with_overrides({"train.steps": 10, "tracking.console": True})
     first = train(cfg, tmp_path / "run", devices=one_device())
