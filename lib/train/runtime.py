@@ -155,7 +155,7 @@ class PackRuntime:
         self.pack = build_pack([(r or active[0]).cfg for r in self.slots], self.mesh, placed, self.chunk)
         self.state = self.pack.stack(*(self.states[r or active[0]] for r in self.slots))
         self.states.clear()
-        self.step_fn = self.pack.compiled_step(*_abstract_args(self.pack, self.state, self.cfg, self.mesh))
+        self.step_fn = self.pack.train_step.lower(*_abstract_args(self.pack, self.state, self.cfg, self.mesh)).compile()
         self.evaluate = _pack_evaluate(self.cfg, self.pack, self.slots, self.mesh)
         self._advance = (None, None)
         self.spent["compile"] += time.perf_counter() - t0

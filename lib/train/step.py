@@ -237,7 +237,7 @@ def _build_steps(cfg: RunConfig, mesh) -> Steps:
 # A sweep trains run after run of a few shapes in one process. Tracing, lowering and compiling a
 # run's steps (init, train, eval: seconds at the quickstart's sizes, as long as a short run's
 # training) is done once per program: the jitted functions are kept, and with them jax's caches of
-# their traces and executables. Bounded: a long sweep of many shapes keeps the latest few.
+# their traces and executables (`jit(f).lower(args).compile()` again is a cache hit). Bounded: a long sweep of many shapes keeps the latest few.
 _PROGRAMS: collections.OrderedDict = collections.OrderedDict()
 _MAX_PROGRAMS = 16
 
@@ -350,15 +350,6 @@ class Pack:
     take: Any  # (pack state, i) -> run i's state, laid out as a lone run's (its checkpoint)
     hparams: Any  # {name: [K]}, replicated
     rules: Any  # the rules table the pack's arrays follow (sharding.pack_rules)
-    # train_step compiled per argument layout, shared by every pack of this program (build_pack's cache)
-    compiled: dict = dataclasses.field(default_factory=dict, compare=False)
-
-    def compiled_step(self, *args):
-        """`train_step` compiled for the shapes, dtypes and shardings of `args`, once per program and layout."""
-        key = (jax.tree.structure(args), tuple((x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(args)))
-        if key not in self.compiled:
-            self.compiled[key] = self.train_step.lower(*args).compile()
-        return self.compiled[key]
 
     def batch(self, local_KB, mesh):
         """This process's rows of every run's batch ([K, B / processes, ...] leaves) -> the global pack batch."""
