@@ -15,6 +15,10 @@ on an H100); on CPU a few small models in float32 (no MFU: the CPU has no nomina
 dtype on accelerators), timed in alternation with the step, round by round, and reports the median
 round's ratio: on a machine shared with other work both slow down together, so the ratio holds
 where either rate alone would not. "cpu" is the same ratio in process CPU time (CPU only).
+`--run-steps N` (CPU) also times two whole runs per size through `lib.train.loop.train` -- compile,
+init, evaluations and host work included -- each against a matmul timed just before it: the first
+run of its program in the process ("cold") and a second one ("warm", as a sweep's later runs of one
+shape). Before/after a change: run this script in both trees, alternately.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import contextlib
 import dataclasses
 import os
 import resource
+import shutil
 import subprocess
 import types
 import sys
@@ -153,10 +158,50 @@ def bench(name: str, args, devices) -> list[dict]:
             "peak_memory_gb": peak / 2**30,
             "loss": float(m["train_loss"]),
         })
+    if args.run_steps and not on_accel:
+        rows[0].update(time_runs(cfg, args, tokens * per_token * args.run_steps, peak_dtype, peak_n))
     if args.baseline:  # this tree's speed over the baseline's, round by round (both in the same round)
         ratios = [b[0] / t[0] for t, b in zip(*(run[4] for run in runs.values()))]
         rows[0]["speedup_vs_baseline"] = float(np.median(ratios))
     return rows
+
+
+def time_runs(cfg: RunConfig, args, run_flops: float, peak_dtype, peak_n) -> dict:
+    """Whole runs of `args.run_steps` steps through `lib.train.loop.train` (the quickstart's cadence:
+    20 metrics rows, 4 evaluations of 16 batches, one checkpoint; the synthetic language at --vocab),
+    each as a fraction of the matmul's rate timed just before it: compile, init, evaluation and host
+    work included. "cold": this process's first run of the program; "warm": a second run of the same
+    program, as a sweep's later runs of one shape are. Both with a persistent compilation cache that
+    starts empty, as a sweep's first launch has (lib.sweeps.executors.enable_compile_cache)."""
+    import tempfile
+
+    from lib.sweeps.executors import enable_compile_cache
+    from lib.train.loop import train
+
+    n = args.run_steps
+    run_cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, source="synthetic", synth_vocab=args.vocab),
+        train=dataclasses.replace(cfg.train, steps=n, log_every=max(n // 20, 1), eval_every=max(n // 4, 1), checkpoint_every=n,
+                                  keep_checkpoints=1, eval_tokens=16 * args.seq_len * args.batch),
+    )
+    run_cfg = dataclasses.replace(run_cfg, tracking=dataclasses.replace(run_cfg.tracking, console=False))
+    out = {}
+    cache = tempfile.mkdtemp(prefix="train_throughput_cache")
+    enable_compile_cache(cache)
+    for label in ("cold", "warm"):
+        peak_wall, peak_cpu = matmul_rate(peak_dtype, peak_n)
+        with tempfile.TemporaryDirectory() as workdir:
+            t0, c0 = time.perf_counter(), time.process_time()
+            summary = train(run_cfg, workdir)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        out[f"run_{label}_s"] = wall
+        out[f"run_{label}_of_matmul_peak"] = run_flops / wall / peak_wall
+        out[f"run_{label}_of_matmul_peak_cpu"] = run_flops / cpu / peak_cpu
+        out[f"run_{label}_eval_loss"] = summary.get("eval_loss")
+    enable_compile_cache(None)
+    shutil.rmtree(cache, ignore_errors=True)
+    return out
 
 
 @contextlib.contextmanager
@@ -195,6 +240,8 @@ def main() -> None:
     p.add_argument("--remat", action="store_true")
     p.add_argument("--baseline", metavar="GIT_REV", help="also time the transformer as it was at this git revision, "
                    "in the same rounds (before/after in one process; speedup = its step time / this tree's)")
+    p.add_argument("--run-steps", type=int, default=0, help="CPU: also time two whole runs of this many steps per size "
+                   "(compile, init, evals included; the second a later run of the same program), as a fraction of the matmul's rate")
     p.add_argument("--convention", default="6N" if on_accel else "chinchilla", choices=flops_lib.CONVENTIONS,
                    help="FLOP count (6N is the usual MFU convention; chinchilla, the quickstart's, adds attention)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_throughput.json"))
@@ -219,6 +266,11 @@ def main() -> None:
         print(f"{r['size']:>8} {r['variant']:>12} {r['params']:>12,} {r['tokens_per_s']:>11.4g} {r['tflops_per_s']:>9.3g} {mfu:>7} {r['of_matmul_peak']:>8.1%} {cpu:>6} "
               f"{r['step_time_s']:>8.4f} {r['compile_time_s']:>10.2f} {r['peak_memory_gb']:>8.2f} {speedup:>8}")
     out = write_json(args.out, {"device_kind": devices[0].device_kind, "n_devices": len(devices), "args": vars(args), "rows": rows})
+    for r in rows:
+        if "run_cold_s" in r:
+            print(f"{r['size']:>8} whole run of {args.run_steps} steps: cold {r['run_cold_s']:.2f} s ({r['run_cold_of_matmul_peak']:.1%} of peak, "
+                  f"cpu {r['run_cold_of_matmul_peak_cpu']:.1%}), warm {r['run_warm_s']:.2f} s ({r['run_warm_of_matmul_peak']:.1%}, "
+                  f"cpu {r['run_warm_of_matmul_peak_cpu']:.1%}), eval loss {r['run_warm_eval_loss']}")
     print(f"wrote {out}")
 
 

@@ -119,6 +119,28 @@ def test_runs_of_different_lengths_share_one_compiled_step(tiny_config):
     assert lowered(50, 5) != lowered(50, 5, d_model=64)  # a different shape is a different program
 
 
+def test_a_later_run_of_the_same_program_reuses_it_and_trains_bit_for_bit(tiny_config, tmp_path):
+    """A sweep's runs of one program (they differ in name, length, warmup, data seed) share the
+    jitted steps and compiled train step kept in the process: the second run adds no program, and
+    its numbers equal those of the same run built from scratch. Another lr is another program."""
+    from lib.train import step as step_lib
+
+    short = {"train.steps": 10, "train.log_every": 5, "train.eval_every": 5, "train.checkpoint_every": 10}
+    a = tiny_config.with_overrides({**short, "name": "a", "optimizer.warmup_steps": 2})
+    b = tiny_config.with_overrides({**short, "name": "b", "train.steps": 12, "data.seed": 1})
+    assert step_lib.program_key(a) == step_lib.program_key(b)
+    assert step_lib.program_key(b) != step_lib.program_key(b.with_overrides({"optimizer.lr": 1e-2}))  # a lone run's constant
+    train(a, tmp_path / "a", devices=one_device())
+    programs = dict(step_lib._PROGRAMS)
+    train(b, tmp_path / "b", devices=one_device())
+    assert all(step_lib._PROGRAMS[k] is v for k, v in programs.items()) and len(step_lib._PROGRAMS) == len(programs)
+    step_lib._PROGRAMS.clear()  # the same run again, traced and compiled afresh
+    train(b, tmp_path / "b_fresh", devices=one_device())
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith(("_s", "_per_s")) and k != "mfu"} for r in rows]  # noqa: E731
+    rows = strip(RunDir(tmp_path / "b").metrics())
+    assert rows == strip(RunDir(tmp_path / "b_fresh").metrics()) and [r["step"] for r in rows if "eval_loss" in r] == [5, 10, 12]
+
+
 def test_relaunching_a_finished_run_does_nothing(tiny_config, tmp_path, capsys):
     cfg = tiny_config.with_overrides({"train.steps": 10, "tracking.console": True})
     first = train(cfg, tmp_path / "run", devices=one_device())

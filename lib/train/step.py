@@ -8,6 +8,7 @@ run axis of the whole state, the numbers the runs differ in traced per run (`pac
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -20,6 +21,7 @@ import numpy as np
 import optax
 
 from lib.config import ConfigError, RunConfig
+from lib import models
 from lib.models import make_model
 from lib import tasks
 from lib.parallel import pipeline, sharding
@@ -200,7 +202,14 @@ def run_model(cfg: RunConfig):
 
 
 def build_steps(cfg: RunConfig, mesh) -> Steps:
-    """Model, optimizer and shardings -> jitted init/train/eval (the benchmark times these too)."""
+    """Model, optimizer and shardings -> jitted init/train/eval (the benchmark times these too).
+    A later run of the same program (`program_key`) on the same mesh gets the same jitted functions,
+    traced and compiled once in this process; only its horizon is its own."""
+    programs = _cached(("steps", program_key(cfg), _module_of(cfg), mesh), lambda: _build_steps(cfg, mesh))
+    return dataclasses.replace(programs, horizon={k: sharding.replicated_array(np.asarray(v, np.int32), mesh) for k, v in horizon(cfg).items()})
+
+
+def _build_steps(cfg: RunConfig, mesh) -> Steps:
     model = run_model(cfg)
     direction = make_run_direction(cfg)  # the optimizer, with muP per-layer scales if asked
     # Shardings come from the logical axis names on the boxed parameters; the state itself is unboxed.
@@ -220,8 +229,41 @@ def build_steps(cfg: RunConfig, mesh) -> Steps:
         eval_step=jax.jit(make_eval_step(model, cfg), in_shardings=(state_shardings, batch_sharding), out_shardings=replicated),
         state_shardings=state_shardings,
         abstract_state=abstract_with_shardings(abstract, state_shardings),
-        horizon={k: sharding.replicated_array(np.asarray(v, np.int32), mesh) for k, v in horizon(cfg).items()},
+        horizon=None,  # per run: build_steps sets it
     )
+
+
+# ---- compiled programs, kept for the next run of the same program --------------------------------
+# A sweep trains run after run of a few shapes in one process. Tracing, lowering and compiling a
+# run's steps (init, train, eval: seconds at the quickstart's sizes, as long as a short run's
+# training) is done once per program: the jitted functions are kept, and with them jax's caches of
+# their traces and executables (`jit(f).lower(args).compile()` again is a cache hit). Bounded: a long sweep of many shapes keeps the latest few.
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
+_MAX_PROGRAMS = 16
+
+
+def program_key(cfg: RunConfig, traced: tuple[str, ...] = ()) -> str:
+    """What a run's compiled steps are made of: what a pack shares (`pack_key`), plus the values of
+    the traceable fields this program keeps as constants (every one for a lone run) and the seed
+    (its dropout masks' key). Runs with equal keys compile to the same program: they differ only in
+    bookkeeping, their data and the numbers traced per run."""
+    constants = {f: _field_value(cfg, f) for f in (*traceable_fields(cfg), *TRACEABLE_OPTIMIZER_FIELDS, "seed") if f not in traced}
+    return pack_key(cfg) + json.dumps(constants, sort_keys=True, separators=(",", ":"))
+
+
+def _module_of(cfg: RunConfig):
+    """The family's module class now (a benchmark may swap it for an older revision's)."""
+    return models.family(cfg.model).module
+
+
+def _cached(key, build):
+    if key in _PROGRAMS:
+        _PROGRAMS.move_to_end(key)
+        return _PROGRAMS[key]
+    _PROGRAMS[key] = value = build()
+    while len(_PROGRAMS) > _MAX_PROGRAMS:
+        _PROGRAMS.popitem(last=False)
+    return value
 
 
 # ================================================================================================
@@ -335,11 +377,17 @@ def build_pack(cfgs: Sequence[RunConfig], mesh, spread: bool = False, chunk: int
     if size > 1 and cfg.train.microbatches:
         raise ConfigError(f"train.microbatches: a pipelined run trains alone, not in a pack of {size}; "
                           "train these runs one at a time (a pack of one)")
+    traced, hp = pack_hparams(cfgs)
+    program = _cached(("pack", program_key(cfg, traced), _module_of(cfg), size, spread, chunk, mesh),
+                      lambda: _build_pack(cfg, size, mesh, spread, chunk, traced))
+    return dataclasses.replace(program, hparams={k: sharding.replicated_array(v, mesh) for k, v in hp.items()})
+
+
+def _build_pack(cfg: RunConfig, size: int, mesh, spread: bool, chunk: int | None, traced: tuple[str, ...]) -> Pack:
     model = run_model(cfg)
     direction = make_run_direction(cfg)
     rules = sharding.pack_rules(spread)
     spmd_axis = sharding.RUN_MESH_AXIS if spread else None
-    traced, hp = pack_hparams(cfgs)
     abstract_boxed = jax.eval_shape(make_init(model, direction, cfg, boxed=True), jax.random.key(0))
     state_shardings = nn.logical_to_mesh_sharding(sharding.with_run_axis(nn.get_partition_spec(abstract_boxed)), mesh, rules)
     lone_shardings = sharding.logical_shardings(abstract_boxed, mesh)
@@ -378,7 +426,7 @@ def build_pack(cfgs: Sequence[RunConfig], mesh, spread: bool = False, chunk: int
         ),
         stack=jax.jit(lambda *states: jax.tree.map(lambda *xs: jnp.stack(xs), *states), out_shardings=state_shardings),
         take=jax.jit(lambda state, i: jax.tree.map(lambda x: x[i], state), out_shardings=lone_shardings),
-        hparams={k: sharding.replicated_array(v, mesh) for k, v in hp.items()},
+        hparams=None,  # per pack: build_pack sets it
         rules=rules,
     )
 
