@@ -74,3 +74,34 @@ def test_loss_parts_sum_to_each_runs_eval_loss_and_fit_each_part(mini_run, tmp_p
     assert set(record["fits"]) == {"memory", "rest"} and record["fits"]["memory"]["E"] == 0.0
     for fit in record["fits"].values():
         assert fit["alpha"]["value"] > 0 and fit["beta"]["value"] > 0
+
+
+def test_tail_mass_and_rank_of_prob_match_the_rank_probabilities():
+    lang = PhraseLanguage(DataConfig(seq_len=32, global_batch=16))
+    ranks = np.arange(1, 300_001)
+    p_r = lang.rank_probs(ranks)
+    for r in (0, 7, 100, 5000):
+        assert abs(lang.tail_mass(r) - (p_r[r:].sum() + lang.tail_mass(ranks[-1]))) < 1e-12  # the sum beyond r, brute force
+    assert np.allclose(lang.rank_of_prob(lang.rank_probs(np.array([3, 250, 40_000]))), [3, 250, 40_000], rtol=1e-9)
+
+
+def test_frontier_exponents_recover_a_known_capacity_and_data_law():
+    """A frontier that is the theory's mechanism exactly -- r* = min(N / 40 phrases' worth of
+    parameters, the rank seen 30 times) -- gives alpha = a and beta = a / (1 + a) back."""
+    from experiments.workflow.loss_parts import frontier_exponents
+
+    lang = PhraseLanguage(DataConfig(seq_len=32, global_batch=16))
+    rows = []
+    for C in (1e10, 1e11, 1e12, 1e13):
+        for N in np.geomspace(1e3, 1e6, 13):
+            D = C / (6 * N)
+            M = D / lang.mean_tokens_per_phrase
+            r_star = min(N / 40, float(lang.rank_of_prob(30 / M)))
+            c50 = M * float(lang.rank_probs(np.array([r_star]))[0])  # the sightings of the frontier's phrase
+            tail = float(lang.tail_mass(r_star))
+            rows.append({"run_id": f"{C:g}-{N:.0f}", "N": N, "D": D, "c50": c50, "r_star": r_star,
+                         "later_filler": tail, "memory_if_frontier": tail})
+    out = frontier_exponents(pd.DataFrame(rows), lang.alpha, resamples=50)
+    assert abs(out["alpha"]["value"] - lang.alpha) < 0.01
+    assert abs(out["beta"]["value"] - lang.alpha / (1 + lang.alpha)) < 0.01
+    assert out["memory_over_frontier_tail"]["median"] == 1.0

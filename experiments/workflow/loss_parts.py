@@ -13,8 +13,16 @@ all predicted tokens, so the parts add up to the eval loss:
 
 Both are fitted at each point's best-lr run with approach 3 and E held at the part's floor (the
 same fitter as `scaling fit --csv`), into ROOT/loss_parts/{memory,rest}/, beside a table of the
-parts per run (ROOT/loss_parts/parts.csv). If the memory part's exponents sit near the theory and
-the rest's do not, the whole loss's distance from the theory comes from the structure term.
+parts per run (ROOT/loss_parts/parts.csv).
+
+The theory's own mechanism is measured too. Phrase memory by expected sightings c = (D / tokens per
+phrase) p_r gives c50, the sightings at which half of a phrase's filler is remembered, and the
+memory frontier r*, the rank seen c50 times. If a model knew exactly the phrases above r*, its
+memory part would be the tail mass beyond r* (lib.data.synthetic tail_mass) times (F - 1)
+log(filler tokens) per phrase: loss_parts.json's "frontier" says how close the measured part is,
+and how r* moves with N where capacity binds and with D where data binds, as exponents in the
+theory's terms (memory ~ r*^-a): the alpha and beta of the mechanism, free of the functional form
+E + A N^-alpha + B D^-beta that the fits above assume.
 """
 
 from __future__ import annotations
@@ -67,7 +75,13 @@ def measure(run_path, rows: int | None = None, tokens: float | None = None) -> d
             inside = bucket == k
             out[f"n_c{lo:g}"] = int(inside.sum())
             out[f"memory_c{lo:g}"] = float(losses_BT[later][inside].mean()) if inside.any() else float("nan")
-        out["c50"] = half_memory_sightings(sightings, losses_BT[later], math.log(run.source.filler_vocab))
+        out["c50"] = c50 = half_memory_sightings(sightings, losses_BT[later], math.log(run.source.filler_vocab))
+        # The memory frontier: the rank whose phrase is seen c50 times. A model that knows exactly the
+        # phrases above it has memory part tail_mass(r*) * (F - 1) log(filler tokens) / tokens per phrase.
+        src = run.source
+        out["r_star"] = float(src.rank_of_prob(c50 / (tokens / src.mean_tokens_per_phrase))) if math.isfinite(c50) else float("nan")
+        out["memory_if_frontier"] = float(src.tail_mass(out["r_star"]) * (src.filler_len - 1) * math.log(src.filler_vocab)
+                                          / src.mean_tokens_per_phrase) if math.isfinite(c50) else float("nan")
     return out
 
 
@@ -145,6 +159,42 @@ def fit_parts(best, out_dir) -> dict:
     return fits
 
 
+def frontier_exponents(parts, zipf_a: float, resamples: int = 2000, seed: int = 0) -> dict:
+    """How the memory frontier r* moves with N and D, in the theory's terms: memory ~ r*^-a, so
+    alpha = a * d log r* / d log N where capacity binds and beta = a * d log r* / d log D where data
+    binds. Data-bound points: those that remember a phrase after at most twice the fewest sightings
+    any point needs (min c50); capacity-bound: for each size, its longest run, where that needs more.
+    Slopes by least squares in logs, 95% intervals from a bootstrap over points (seed `seed`)."""
+    ok = parts[np.isfinite(parts["c50"])]
+    floor = float(ok["c50"].min())
+    data = ok[ok["c50"] <= 2 * floor]
+    longest = ok.loc[ok.groupby("N")["D"].idxmax()]
+    capacity = longest[longest["c50"] > 2 * floor]
+    rng = np.random.default_rng(seed)
+
+    def slope(x, y) -> dict | None:
+        x, y = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+        if x.size < 3 or np.ptp(x) == 0:
+            return None
+        boot = []
+        for _ in range(resamples):
+            i = rng.integers(0, x.size, x.size)
+            if np.ptp(x[i]) > 0:
+                boot.append(zipf_a * np.polyfit(x[i], y[i], 1)[0])
+        return {"value": float(zipf_a * np.polyfit(x, y, 1)[0]), "ci": [float(v) for v in np.percentile(boot, [2.5, 97.5])], "points": int(x.size)}
+
+    ratio = (ok["later_filler"] / ok["memory_if_frontier"]).to_numpy(float)
+    return {
+        "memory_over_frontier_tail": {"median": float(np.median(ratio)), "min": float(ratio.min()), "max": float(ratio.max()),
+                                      "corr": float(np.corrcoef(ok["later_filler"], ok["memory_if_frontier"])[0, 1])},
+        "c50_min": floor,
+        "alpha": slope(capacity["N"], capacity["r_star"]),
+        "beta": slope(data["D"], data["r_star"]),
+        "capacity_points": capacity["run_id"].tolist(),
+        "data_points": data["run_id"].tolist(),
+    }
+
+
 def loss_parts(root, rows: int | None = None) -> int:
     from analysis.report import write_atomic
 
@@ -158,13 +208,34 @@ def loss_parts(root, rows: int | None = None) -> int:
     write_atomic(os.path.join(out_dir, PARTS_CSV), parts.to_csv(index=False))
     fits = fit_parts(parts, out_dir)
     record = {"points": len(parts), "rows": int(parts["rows"].iloc[0]),
-              "max_gap_to_recorded_eval_loss": gap, "fits": fits}
+              "max_gap_to_recorded_eval_loss": gap, "fits": fits, "theory": _theory(root)}
+    if "c50" in parts and np.isfinite(parts["c50"]).sum() >= 3:
+        record["frontier"] = frontier_exponents(parts, record["theory"]["zipf_a"])
     write_atomic(os.path.join(out_dir, "loss_parts.json"), json.dumps(record, indent=2) + "\n")
-    print(f"\n{len(parts)} points (each at its best lr); the parts sum to the recorded eval loss within {gap:.2e}")
+    same = "the parts sum to the recorded eval loss" if rows is None else f"{rows} held-out rows per run (not the runs' own eval sets): the mean differs from the recorded eval loss by"
+    print(f"\n{len(parts)} points (each at its best lr); {same} at most {gap:.2e}")
     for name, f in fits.items():
         print(f"  {name:6s} (E held at {f['E']:.4f}): alpha {_fmt(f.get('alpha'))}  beta {_fmt(f.get('beta'))}  a {_fmt(f.get('a'))}")
+    fr = record.get("frontier")
+    if fr:
+        t, m = record["theory"], fr["memory_over_frontier_tail"]
+        print(f"  memory frontier r* (the rank seen c50 times): memory part / the tail beyond r* = {m['median']:.3f} "
+              f"(median; {m['min']:.3f}..{m['max']:.3f}, corr {m['corr']:.4f})")
+        print(f"  r* against N where capacity binds: alpha {_fmt(fr['alpha'])}; against D where data binds: beta {_fmt(fr['beta'])} "
+              f"(theory alpha {t['alpha']:.3f}, beta {t['beta']:.3f})")
     print(f"-> {out_dir}/loss_parts.json, {PARTS_CSV}, memory/ and rest/ (fit.json, report.md)")
     return 0
+
+
+def _theory(root) -> dict:
+    """The language's theory, as its runs record it (summary.json "theory"), and its Zipf exponent a."""
+    from lib.store.runstore import run_dirs
+
+    for run in run_dirs(root):
+        theory = (run.summary() or {}).get("theory")
+        if theory:
+            return {**theory, "zipf_a": theory["alpha"]}  # alpha = a: the tail beyond rank r is ~ r^-a
+    raise ValueError(f"{root}: no run records the language's theory (summary.json 'theory'): not the synthetic language")
 
 
 def _fmt(entry) -> str:

@@ -245,6 +245,23 @@ class PhraseLanguage:
                     ranks_BT[i, t] = rank
         return ranks_BT
 
+    def tail_mass(self, rank) -> np.ndarray:
+        """P(a phrase's rank > `rank`) = ((rank+1)^-a - b^-aD) / (1 - b^-aD): the mass a model that
+        knows exactly the `rank` most frequent phrases has not memorised (any real rank >= 0)."""
+        edge = math.exp(-self.alpha * self.id_digits * math.log(self.base))
+        return (np.power(np.asarray(rank, dtype=np.float64) + 1.0, -self.alpha) - edge) / self._z
+
+    def rank_of_prob(self, prob) -> np.ndarray:
+        """The (real) rank r with p_r = `prob` under the smooth law p~(r) = r^-a - (r+1)^-a (bisection
+        in log r; 1 where prob is above p_1)."""
+        prob = np.asarray(prob, dtype=np.float64)
+        lo, hi = np.zeros_like(prob), np.full_like(prob, math.log(float(self.n_phrases)))
+        for _ in range(80):
+            mid = (lo + hi) / 2
+            above = _p_tilde(np.exp(mid), self.alpha) / self._z > prob
+            lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+        return np.exp((lo + hi) / 2)
+
     def rank_probs(self, ranks) -> np.ndarray:
         return _p_tilde(np.asarray(ranks, dtype=np.float64), self.alpha) / self._z
 
