@@ -4,7 +4,7 @@ language's theory exactly, at an experiment's own points (docs/results.md, "Ladd
 The theory's mechanism (lib/data/synthetic.py) is a frontier, not a sum: a model knows the phrases
 above a rank r* and none below, with r* = min(capacity, data) -- capacity ~ N (a phrase costs a
 fixed number of parameters), data = the rank seen c times in D tokens (p_r M = c). The memory part
-of the loss is then tail_mass(r*) (F - 1) log(filler tokens) / tokens per phrase, whose exponents
+of the loss is then memory_beyond(r*) (lib/data/synthetic.py), whose exponents
 are alpha = a in N and beta = a / (1 + a) in D. This script evaluates that surface, noise-free, at
 the (N, D, C) of the points in a loss-parts table and fits it with approach 3 and E held at 0, the
 same fitter as `scaling loss-parts`, for a few (parameters per phrase, sightings) pairs.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -38,7 +37,7 @@ SETTINGS = ((40, 35), (40, 25), (30, 35))
 def frontier_memory(lang: PhraseLanguage, N, D, params_per_phrase: float, sightings: float) -> np.ndarray:
     phrases = np.asarray(D, float) / lang.mean_tokens_per_phrase
     r_star = np.minimum(np.asarray(N, float) / params_per_phrase, lang.rank_of_prob(sightings / phrases))
-    return lang.tail_mass(r_star) * (lang.filler_len - 1) * math.log(lang.filler_vocab) / lang.mean_tokens_per_phrase
+    return lang.memory_beyond(r_star)
 
 
 def main(argv=None) -> int:

@@ -18,8 +18,8 @@ parts per run (ROOT/loss_parts/parts.csv).
 The theory's own mechanism is measured too. Phrase memory by expected sightings c = (D / tokens per
 phrase) p_r gives c50, the sightings at which half of a phrase's filler is remembered, and the
 memory frontier r*, the rank seen c50 times. If a model knew exactly the phrases above r*, its
-memory part would be the tail mass beyond r* (lib.data.synthetic tail_mass) times (F - 1)
-log(filler tokens) per phrase: loss_parts.json's "frontier" says how close the measured part is,
+memory part would be the tail mass beyond r* times (F - 1) log(filler tokens) per phrase
+(lib.data.synthetic memory_beyond): loss_parts.json's "frontier" says how close the measured part is,
 and how r* moves with N where capacity binds and with D where data binds, as exponents in the
 theory's terms (memory ~ r*^-a): the alpha and beta of the mechanism, free of the functional form
 E + A N^-alpha + B D^-beta that the fits above assume.
@@ -76,12 +76,11 @@ def measure(run_path, rows: int | None = None, tokens: float | None = None) -> d
             out[f"n_c{lo:g}"] = int(inside.sum())
             out[f"memory_c{lo:g}"] = float(losses_BT[later][inside].mean()) if inside.any() else float("nan")
         out["c50"] = c50 = half_memory_sightings(sightings, losses_BT[later], math.log(run.source.filler_vocab))
-        # The memory frontier: the rank whose phrase is seen c50 times. A model that knows exactly the
-        # phrases above it has memory part tail_mass(r*) * (F - 1) log(filler tokens) / tokens per phrase.
+        # The memory frontier: the rank whose phrase is seen c50 times, and the memory part of a model
+        # that knows exactly the phrases above it.
         src = run.source
         out["r_star"] = float(src.rank_of_prob(c50 / (tokens / src.mean_tokens_per_phrase))) if math.isfinite(c50) else float("nan")
-        out["memory_if_frontier"] = float(src.tail_mass(out["r_star"]) * (src.filler_len - 1) * math.log(src.filler_vocab)
-                                          / src.mean_tokens_per_phrase) if math.isfinite(c50) else float("nan")
+        out["memory_if_frontier"] = float(src.memory_beyond(out["r_star"])) if math.isfinite(c50) else float("nan")
     return out
 
 

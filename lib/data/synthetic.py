@@ -251,6 +251,12 @@ class PhraseLanguage:
         edge = math.exp(-self.alpha * self.id_digits * math.log(self.base))
         return (np.power(np.asarray(rank, dtype=np.float64) + 1.0, -self.alpha) - edge) / self._z
 
+    def memory_beyond(self, rank) -> np.ndarray:
+        """Nats per predicted token lost on filler tokens 2..F (Bayes loss 0) by a model that knows
+        exactly the `rank` most frequent phrases and nothing of the others (a uniform guess over the
+        filler alphabet): tail_mass(rank) (F - 1) log(filler tokens) / tokens per phrase."""
+        return self.tail_mass(rank) * (self.filler_len - 1) * math.log(self.filler_vocab) / self.mean_tokens_per_phrase
+
     def rank_of_prob(self, prob) -> np.ndarray:
         """The (real) rank r with p_r = `prob` under the smooth law p~(r) = r^-a - (r+1)^-a (bisection
         in log r; 1 where prob is above p_1)."""
