@@ -128,7 +128,8 @@ def measure_root(root, rows: int | None = None):
 
     runs = load_runs(root)
     done = runs[(runs["state"] == "done") & ~runs["sweep"].map(is_check_sweep)]  # a check's runs test the fit; not fitted
-    best = done.loc[done.groupby(["budget", "N_total"])["eval_loss"].idxmin()].sort_values(["budget", "N_total"])
+    # dropna=False: a grid sweep's runs have no budget; groupby would otherwise drop them all silently
+    best = done.loc[done.groupby(["budget", "N_total"], dropna=False)["eval_loss"].idxmin()].sort_values(["budget", "N_total"])
     found = []
     for _, r in best.iterrows():
         parts = measure(r["path"], rows, tokens=r["D"])
