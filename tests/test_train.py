@@ -122,7 +122,8 @@ def test_runs_of_different_lengths_share_one_compiled_step(tiny_config):
 def test_a_later_run_of_the_same_program_reuses_it_and_trains_bit_for_bit(tiny_config, tmp_path):
     """A sweep's runs of one program (they differ in name, length, warmup, data seed) share the
     jitted steps and compiled train step kept in the process: the second run adds no program, and
-    its numbers equal those of the same run built from scratch. Another lr is another program."""
+    its numbers equal those of the same run built from scratch. Another lr is another train step,
+    with the same init and eval, and the same numbers as when built from scratch."""
     from lib.train import step as step_lib
 
     short = {"train.steps": 10, "train.log_every": 5, "train.eval_every": 5, "train.checkpoint_every": 10}
@@ -139,6 +140,17 @@ def test_a_later_run_of_the_same_program_reuses_it_and_trains_bit_for_bit(tiny_c
     strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith(("_s", "_per_s")) and k != "mfu"} for r in rows]  # noqa: E731
     rows = strip(RunDir(tmp_path / "b").metrics())
     assert rows == strip(RunDir(tmp_path / "b_fresh").metrics()) and [r["step"] for r in rows if "eval_loss" in r] == [5, 10, 12]
+
+    # another lr (an lr grid's edge extension) is another train step, but the same init and eval
+    c = b.with_overrides({"name": "c", "optimizer.lr": b.optimizer.lr / 4})
+    train(c, tmp_path / "c", devices=one_device())
+    kinds = [k[0] for k in step_lib._PROGRAMS]
+    steps_b, steps_c = [v for k, v in step_lib._PROGRAMS.items() if k[0] == "steps"]
+    assert kinds.count("state") == 1 and kinds.count("steps") == 2
+    assert steps_b.init is steps_c.init and steps_b.eval_step is steps_c.eval_step and steps_b.train_step is not steps_c.train_step
+    step_lib._PROGRAMS.clear()
+    train(c, tmp_path / "c_fresh", devices=one_device())
+    assert strip(RunDir(tmp_path / "c").metrics()) == strip(RunDir(tmp_path / "c_fresh").metrics())
 
 
 def test_relaunching_a_finished_run_does_nothing(tiny_config, tmp_path, capsys):

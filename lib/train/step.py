@@ -204,12 +204,31 @@ def run_model(cfg: RunConfig):
 def build_steps(cfg: RunConfig, mesh) -> Steps:
     """Model, optimizer and shardings -> jitted init/train/eval (the benchmark times these too).
     A later run of the same program (`program_key`) on the same mesh gets the same jitted functions,
-    traced and compiled once in this process; only its horizon is its own."""
+    traced and compiled once in this process; only its horizon is its own. Init and eval are shared
+    more widely, by every run of one pack key (`_state_programs`): another lr is another train step,
+    not another init or eval."""
     programs = _cached(("steps", program_key(cfg), _module_of(cfg), mesh), lambda: _build_steps(cfg, mesh))
     return dataclasses.replace(programs, horizon={k: sharding.replicated_array(np.asarray(v, np.int32), mesh) for k, v in horizon(cfg).items()})
 
 
 def _build_steps(cfg: RunConfig, mesh) -> Steps:
+    state = _cached(("state", pack_key(cfg), _module_of(cfg), mesh), lambda: _state_programs(cfg, mesh))
+    model = run_model(cfg)
+    batch_sharding = jax.tree.map(lambda x: x.sharding, batch_spec(cfg, mesh))
+    replicated = sharding.replicated(mesh)
+    return dataclasses.replace(state, train_step=jax.jit(
+        make_train_step(model, cfg),
+        in_shardings=(state.state_shardings, batch_sharding, replicated),
+        out_shardings=(state.state_shardings, replicated),
+        donate_argnums=0,
+    ))
+
+
+def _state_programs(cfg: RunConfig, mesh) -> Steps:
+    """A run's init and eval with its state's layout (train_step None): the same for every run of one
+    pack key, whatever its traced numbers (lr, betas, decay, seed, dropout rate: the init builds the
+    optimizer's state, zeros and a count, never reading them, and takes the seed as its argument; eval
+    runs the model without dropout). A pack relies on this already: all its runs start from one init."""
     model = run_model(cfg)
     direction = make_run_direction(cfg)  # the optimizer, with muP per-layer scales if asked
     # Shardings come from the logical axis names on the boxed parameters; the state itself is unboxed.
@@ -217,16 +236,10 @@ def _build_steps(cfg: RunConfig, mesh) -> Steps:
     state_shardings = sharding.logical_shardings(abstract_boxed, mesh)
     abstract = jax.eval_shape(make_init(model, direction, cfg, boxed=False), jax.random.key(0))
     batch_sharding = jax.tree.map(lambda x: x.sharding, batch_spec(cfg, mesh))
-    replicated = sharding.replicated(mesh)
     return Steps(
         init=jax.jit(make_init(model, direction, cfg, boxed=False), out_shardings=state_shardings),
-        train_step=jax.jit(
-            make_train_step(model, cfg),
-            in_shardings=(state_shardings, batch_sharding, replicated),
-            out_shardings=(state_shardings, replicated),
-            donate_argnums=0,
-        ),
-        eval_step=jax.jit(make_eval_step(model, cfg), in_shardings=(state_shardings, batch_sharding), out_shardings=replicated),
+        train_step=None,  # per program: _build_steps sets it
+        eval_step=jax.jit(make_eval_step(model, cfg), in_shardings=(state_shardings, batch_sharding), out_shardings=sharding.replicated(mesh)),
         state_shardings=state_shardings,
         abstract_state=abstract_with_shardings(abstract, state_shardings),
         horizon=None,  # per run: build_steps sets it
