@@ -129,7 +129,8 @@ def detectable_shift_a(measured: dict, C: float, budgets) -> float | None:
 # ---------------------------------------------------------------- from trained runs ---------------
 def best_per_size(runs) -> list[dict]:
     """One point per trained size: its run's loss, or with several learning rates (the sweep's lr
-    grid) the loss at its best lr (`lr_grid.best_lr`, as `scaling fit` takes it). `runs`: dicts with
+    grid) the loss at its best lr (`lr_grid.best_lr`, as `scaling fit` takes it; "lr_edge": "low" or
+    "high" where that is the grid's edge, else None). `runs`: dicts with
     "N", "D", "lr", "achieved" (None: not finished). Sizes without a finished run are left out."""
     from analysis.lr_grid import best_lr
 
@@ -141,13 +142,14 @@ def best_per_size(runs) -> list[dict]:
         done = [r for r in rs if r.get("achieved") is not None and math.isfinite(r["achieved"])]
         if not done:
             continue
+        edge = None
         if len(rs) > 1 and len({r.get("lr") for r in rs}) == len(rs):
             best = best_lr([r["lr"] for r in rs], [r["achieved"] if r.get("achieved") is not None else math.inf for r in rs])
-            loss, lr = best["loss"], best["lr"]
+            loss, lr, edge = best["loss"], best["lr"], best["edge"]
         else:
             r = min(done, key=lambda r: r["achieved"])
             loss, lr = r["achieved"], r.get("lr")
-        out.append({"N": n, "D": float(done[0]["D"]), "loss": float(loss), "lr": lr})
+        out.append({"N": n, "D": float(done[0]["D"]), "loss": float(loss), "lr": lr, "lr_edge": edge})
     return out
 
 

@@ -169,3 +169,54 @@ def test_no_verdict_without_three_residual_dof():
     check = {"C": 3e10, "status": "done", "checks": [e], "runs": [{"run_id": "r", "state": "done", "achieved": 1.0}], "predictions": rows}
     assert any("no verdict" in line for line in V.markdown_lines(check, record))
     assert any("no verdict" in line for line in V.console_lines(check))
+
+
+@pytest.mark.timeout(600)
+def test_an_allocation_size_whose_best_lr_is_on_its_grids_edge_gets_one_run_past_it(tmp_path, monkeypatch):
+    """Learning rate per point at the allocation check too: with the sweep's lr grid x0.5/1/2 and every
+    size's loss falling towards lr x2.5, each size's best sits on the x2 edge; the check adds x4 once
+    (recorded under the check's sweep name), and each size is then fitted at its bracketed best, x2.5."""
+    from experiments.workflow import check as check_mod
+    from lib.sweeps import rules
+
+    monkeypatch.chdir(tmp_path)
+    exp = tmp_path / "alloc_grid.py"
+    exp.write_text(LADDER.replace('name="alloc",', 'name="alloc", lr_grid=(0.5, 1.0, 2.0),'))
+    sweep = check_mod.load_sweep(str(exp))
+    _, shapes, _ = check_mod.ladder(sweep, C_CHECK, {"tracking.console": False}, "total")
+    Ns = sorted({s["N"] for s in shapes})
+    truth = _truth_with_n_opt(0.3, 0.3, math.exp(np.mean(np.log(Ns[2:-2]))), C_CHECK)
+    root = tmp_path / "root"
+    (root / "fit").mkdir(parents=True)
+    (root / "fit" / "fit.json").write_text(json.dumps(_record(sweep, truth, root), default=float))
+    trained = []
+
+    def fake_run_sweep(planned, root_, options):  # every planned run, finished: the law plus an lr penalty around x3
+        for r in planned.plan().runs:
+            d = root_ / r.run_id
+            if (d / "summary.json").exists():
+                continue
+            trained.append(r.run_id)
+            N = float(r.params)
+            loss = float(_law(truth, N, r.tokens)) + 0.05 * math.log(r.cfg.optimizer.lr_factor / 2.5) ** 2
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "config.json").write_text(r.cfg.to_json())
+            (d / "status.json").write_text(json.dumps({"state": "done", "reason": "", "attempts": 1}))
+            (d / "summary.json").write_text(json.dumps({"eval_loss": loss, "train_loss": loss, "params": {"total": N},
+                                                       "tokens": r.tokens, "flops": {"value": 6 * N * r.tokens}}))
+
+    monkeypatch.setattr(check_mod, "run_sweep", fake_run_sweep)
+    assert check_mod.verify(root / "fit", root, C_CHECK, str(exp), allocation=True) == 0
+    alloc = json.loads((root / "fit" / "check.json").read_text())["allocation"]
+    sizes = len(alloc["points"])
+    assert sizes >= 5
+    extensions = rules.read_lr_grid_extensions(root, "alloc-check")
+    assert len(extensions) == sizes and all(f == [4.0] for f in extensions.values())
+    rule_lr = {s["N"]: s["run"].cfg.optimizer.lr for s in shapes if s["run"].cfg.optimizer.lr_factor == 1.0}
+    for p in alloc["points"]:  # the parabola in log lr through x1, x2, x4 is the penalty itself: its vertex is x2.5
+        assert p["lr_edge"] is None and p["lr"] == pytest.approx(2.5 * rule_lr[p["N"]], rel=1e-9)
+    first = list(trained)
+    assert sum("lrx4" in r for r in first) == sizes
+    # a relaunch trains nothing and extends nothing again: once per point
+    assert check_mod.verify(root / "fit", root, C_CHECK, str(exp), allocation=True) == 0
+    assert trained == first and rules.read_lr_grid_extensions(root, "alloc-check") == extensions

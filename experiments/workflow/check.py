@@ -183,18 +183,10 @@ def verify(fit_dir, root=None, C: float | None = None, experiment: str | None = 
     return 0
 
 
-def _check(fit_dir, record, C, rows, root, experiment, neighbours, options, report_sections=(), allocation=False) -> int:
-    src = record.get("source") or {}
-    if root is None:
-        if src.get("kind") != "runs":
-            raise ConfigError(f"{fit_dir}/fit.json was fitted on {src.get('kind')} data, not a run store: give --root (and --experiment) to train the check")
-        root = src["path"]
-    params = src.get("params", record["options"].get("params", "total"))
-    spec = experiment or experiment_of(root)
-    sweep = load_sweep(spec)
-    overrides = dict(options.overrides)
-    if not options.run_logs:
-        overrides.setdefault("tracking.console", False)  # as run_sweep plans (not part of the run id)
+def _plan_check(sweep, C, overrides, params, root, rows, neighbours, allocation):
+    """(plan, shapes, notes, chosen, neighbours' plan, allocation members) of the check at C: the ladder
+    shape nearest each approach's N_opt ("check"), with --neighbours the shapes near N_opt/2 and
+    2 N_opt, with --allocation the sizes around the primary N_opt (every run of their lr grids)."""
     plan, shapes, notes = ladder(sweep, C, overrides, params, root)
     note = _plan_matches_root(sweep, overrides, root)
     notes = ([note] if note else []) + notes
@@ -220,13 +212,49 @@ def _check(fit_dir, record, C, rows, root, experiment, neighbours, options, repo
     alloc = _allocation_members(rows, shapes) if allocation else None
     for i in (alloc or {}).get("members", []):
         chosen.setdefault(i, {"role": "allocation", "approaches": []})
-    order = sorted(chosen)
-    ids = {shapes[i]["run"].run_id for i in order}
-    try:
-        run_sweep(_Planned(dataclasses.replace(plan, runs=tuple(r for r in plan.runs if r.run_id in ids))), root, options)
-    except SweepStopped:
-        print("verify stopped by SIGTERM; relaunch the same command to resume", file=sys.stderr)
-        return 143
+    return plan, shapes, notes, chosen, nb_plan, alloc
+
+
+def _extend_allocation(plan: Plan, shapes: list[dict], alloc: dict, root) -> bool:
+    """Learning rate per point at the allocation check too (experiments/workflow/lr_edges.py): each
+    size whose best lr sits on an edge of its grid gets one run past it, recorded under the check's
+    sweep name so its plan includes it. True when there is something new to train."""
+    from experiments.workflow.lr_edges import new_extensions, record_extensions
+    from lib.parallel.distributed import process_count
+
+    if process_count() > 1:  # no one host sees every run's result (as run_sweep's own extensions)
+        return False
+    members = {shapes[i]["run"].run_id for i in alloc["members"]}
+    more = new_extensions(dataclasses.replace(plan, runs=tuple(r for r in plan.runs if r.run_id in members)), root)
+    if more:
+        path = record_extensions(root, plan.name, more)
+        print(f"allocation check: best lr on a grid edge for {len(more)} size(s); adding one run each past it ({path})", flush=True)
+    return bool(more)
+
+
+def _check(fit_dir, record, C, rows, root, experiment, neighbours, options, report_sections=(), allocation=False) -> int:
+    src = record.get("source") or {}
+    if root is None:
+        if src.get("kind") != "runs":
+            raise ConfigError(f"{fit_dir}/fit.json was fitted on {src.get('kind')} data, not a run store: give --root (and --experiment) to train the check")
+        root = src["path"]
+    params = src.get("params", record["options"].get("params", "total"))
+    spec = experiment or experiment_of(root)
+    sweep = load_sweep(spec)
+    overrides = dict(options.overrides)
+    if not options.run_logs:
+        overrides.setdefault("tracking.console", False)  # as run_sweep plans (not part of the run id)
+    for attempt in range(2):  # the second pass: the allocation sizes' lr grids extended past an edge, once
+        plan, shapes, notes, chosen, nb_plan, alloc = _plan_check(sweep, C, overrides, params, root, rows, neighbours, allocation)
+        order = sorted(chosen)
+        ids = {shapes[i]["run"].run_id for i in order}
+        try:
+            run_sweep(_Planned(dataclasses.replace(plan, runs=tuple(r for r in plan.runs if r.run_id in ids))), root, options)
+        except SweepStopped:
+            print("verify stopped by SIGTERM; relaunch the same command to resume", file=sys.stderr)
+            return 143
+        if attempt or not alloc or options.worker or not _extend_allocation(plan, shapes, alloc, root):
+            break
 
     results = {}
     for i in order:
