@@ -28,11 +28,14 @@ sys.path.insert(0, REPO)
 
 from benchmarks.results_io import write_json
 
+# the benchmarks' one table of shapes: name -> (d_model, n_layers, n_heads)
+from benchmarks.train_throughput import SIZES
+
 SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 def child(runs: list[dict]) -> None:
-    """Train `runs` ({"shape": "d32-L2", "steps", "lr"}) one after another; one JSON line each."""
+    """Train `runs` ({"shape": a SIZES name, "steps", "lr"}) one after another; one JSON line each."""
     import dataclasses
     import tempfile
 
@@ -40,9 +43,9 @@ def child(runs: list[dict]) -> None:
     from lib.train.loop import train
 
     for r in runs:
-        d, L = (int(x) for x in r["shape"][1:].split("-L"))
+        d, L, h = SIZES[r["shape"]]
         cfg = dataclasses.replace(
-            BASE, model=dataclasses.replace(BASE.model, d_model=d, n_layers=L, n_heads=max(2, d // 16)),
+            BASE, model=dataclasses.replace(BASE.model, d_model=d, n_layers=L, n_heads=h),
             optimizer=dataclasses.replace(BASE.optimizer, lr=r["lr"]),
             train=dataclasses.replace(BASE.train, steps=r["steps"], log_every=max(r["steps"] // 20, 1), eval_every=max(r["steps"] // 4, 1),
                                       checkpoint_every=r["steps"]),
@@ -71,7 +74,7 @@ def launch(shares: list[list[dict]], env: dict, pin: bool) -> tuple[float, list[
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", nargs="+", default=["d16-L1:400", "d32-L2:300", "d48-L3:200"], help="SHAPE:STEPS")
+    p.add_argument("--runs", nargs="+", default=["d16-L1:400", "d32-L2:300", "d48-L3:200"], help="SHAPE:STEPS (SHAPE from train_throughput's SIZES)")
     p.add_argument("--lrs", nargs="+", type=float, default=[0.02, 0.01])
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--out", default="cpu_workers.json")
@@ -79,6 +82,9 @@ def main() -> None:
     if args.child:
         return child(json.loads(args.child))
     runs = [{"shape": s.split(":")[0], "steps": int(s.split(":")[1]), "lr": lr} for lr in args.lrs for s in args.runs]
+    unknown = sorted({r["shape"] for r in runs} - set(SIZES))
+    if unknown:
+        raise SystemExit(f"--runs: unknown shape(s) {', '.join(unknown)}; choose from {', '.join(SIZES)}")
     halves = [runs[: len(runs) // 2], runs[len(runs) // 2 :]]
     modes = {"one": ([runs], {}, False), "two": (halves, {}, False)}
     if shutil.which("taskset") and len(os.sched_getaffinity(0)) >= 2:

@@ -253,7 +253,7 @@ def _check(fit_dir, record, C, rows, root, experiment, neighbours, options, repo
         except SweepStopped:
             print("verify stopped by SIGTERM; relaunch the same command to resume", file=sys.stderr)
             return 143
-        if attempt or not alloc or options.worker or not _extend_allocation(plan, shapes, alloc, root):
+        if attempt or not alloc or not _extend_allocation(plan, shapes, alloc, root):
             break
 
     results = {}
