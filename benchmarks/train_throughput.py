@@ -206,14 +206,27 @@ def time_runs(cfg: RunConfig, args, run_flops: float, peak_dtype, peak_n) -> dic
 
 @contextlib.contextmanager
 def transformer_at(rev: str | None):
-    """While building a step: the transformer family's module as lib/models/transformer.py was at git
-    revision `rev` (None: this tree's). A benchmark-only switch, for before/after in one process."""
+    """While building a step: the transformer family's module as lib/models/transformer.py (and the
+    lib/models/layers.py it imports) was at git revision `rev` (None: this tree's). A
+    benchmark-only switch, for before/after in one process."""
     if rev is None:
         yield
         return
-    source = subprocess.run(["git", "show", f"{rev}:lib/models/transformer.py"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    module = sys.modules.setdefault(f"transformer_at_{rev}", types.ModuleType(f"transformer_at_{rev}"))  # flax's dataclasses look it up
-    exec(compile(source, f"{rev}:lib/models/transformer.py", "exec"), module.__dict__)
+    def module_at(path: str, name: str):
+        source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        module = sys.modules.setdefault(name, types.ModuleType(name))  # flax's dataclasses look it up
+        exec(compile(source, f"{rev}:{path}", "exec"), module.__dict__)
+        return module
+
+    # The shared layers moved to lib/models/layers.py: the old transformer imports them as they were at `rev`.
+    has_layers = subprocess.run(["git", "cat-file", "-e", f"{rev}:lib/models/layers.py"], cwd=REPO, stderr=subprocess.DEVNULL).returncode == 0
+    layers_now = sys.modules["lib.models.layers"]
+    try:
+        if has_layers:
+            sys.modules["lib.models.layers"] = module_at("lib/models/layers.py", f"layers_at_{rev}")
+        module = module_at("lib/models/transformer.py", f"transformer_at_{rev}")
+    finally:
+        sys.modules["lib.models.layers"] = layers_now
     current = models.FAMILIES["transformer"]
     models.FAMILIES["transformer"] = dataclasses.replace(current, module=module.Transformer)
     try:

@@ -119,3 +119,65 @@ def test_every_parameter_carries_logical_axis_names():
     assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
     assert all(len(x.names) == x.value.ndim for x in leaves)
     assert all(x.names[0] == "layers" for x in jax.tree.leaves(boxed["layers"], is_leaf=lambda x: isinstance(x, nn.Partitioned)))
+
+
+def test_weight_gradients_contract_over_one_token_dim():
+    """Every dense layer's weight gradient contracts over the tokens as one flattened dim, never over
+    batch and time as two (XLA:CPU transposed the activation gradient for those: token_einsum).
+    Batch 3 and time 5 are sizes no model dim has, so a contraction over both is recognisable."""
+    for shape in SHAPES[:3]:
+        cfg = ModelConfig(**{"vocab_size": 64, **shape})
+        model, params = _init(cfg, T=5)
+        tokens = jnp.zeros((3, 5), jnp.int32)
+        jaxpr = jax.make_jaxpr(jax.grad(lambda p: model.apply({"params": p}, tokens).mean()))(params).jaxpr
+        contracted = []
+
+        def walk(jaxpr):
+            for eqn in jaxpr.eqns:
+                if eqn.primitive.name == "dot_general":
+                    (lhs_c, rhs_c), _ = eqn.params["dimension_numbers"]
+                    for v, dims in zip(eqn.invars, (lhs_c, rhs_c)):
+                        contracted.append(sorted(v.aval.shape[d] for d in dims))
+                for p in eqn.params.values():
+                    for sub in p if isinstance(p, (list, tuple)) else [p]:
+                        inner = getattr(sub, "jaxpr", sub)
+                        if hasattr(inner, "eqns"):
+                            walk(inner)
+
+        walk(jaxpr)
+        assert [15] in contracted  # the weight gradients, over 3 x 5 tokens as one dim
+        assert not [c for c in contracted if 3 in c and 5 in c], contracted
+
+
+@pytest.mark.parametrize("spec,x_shape,w_shape", [
+    ("...d,df->...f", (3, 5, 8), (8, 12)),
+    ("...d,cdhk->c...hk", (3, 5, 8), (3, 8, 2, 4)),
+    ("...hk,hkd->...d", (3, 5, 2, 4), (2, 4, 8)),
+    ("...d,vd->...v", (3, 5, 8), (11, 8)),
+])
+def test_token_einsum_is_the_einsum_with_batch_and_time(spec, x_shape, w_shape):
+    from lib.models.layers import token_einsum
+
+    rng = np.random.default_rng(0)
+    x, w = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (x_shape, w_shape))
+    plain = spec.replace("...", "bt")
+    y, vjp = jax.vjp(lambda x, w: token_einsum(spec, x, w), x, w)
+    y_ref, vjp_ref = jax.vjp(lambda x, w: jnp.einsum(plain, x, w), x, w)
+    assert y.shape == y_ref.shape
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+    g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    for a, b in zip(vjp(g), vjp_ref(g)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_softmax_is_jax_softmax_with_its_gradient():
+    from lib.models.layers import softmax
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 3, 7, 7)) * 4, jnp.float32)
+    x = jnp.where(jnp.tril(jnp.ones((7, 7), bool)), x, -0.7 * float(jnp.finfo(jnp.float32).max))  # the causal mask
+    np.testing.assert_array_equal(softmax(x), jax.nn.softmax(x, axis=-1))  # the same forward ops
+    g = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+    (dx,), (dx_ref,) = jax.vjp(softmax, x)[1](g), jax.vjp(lambda x: jax.nn.softmax(x, axis=-1), x)[1](g)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(dx).max()) > 0.1  # not vacuous

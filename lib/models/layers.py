@@ -84,6 +84,19 @@ def rope_tables(T: int, K: int, theta: float):
     return np.concatenate([cos, cos], axis=-1), np.concatenate([-sin, sin], axis=-1)
 
 
+def token_einsum(spec: str, x, w, n_tokens: int = 2):
+    """jnp.einsum(spec, x, w) where `...` in spec stands for x's leading `n_tokens` dims (batch,
+    time), flattened into one token dim for the product and restored after it. The same product;
+    the point is the backward pass: a weight gradient contracting over two dims (batch and time)
+    made XLA:CPU write the activation gradient transposed, a strided copy per dense layer (a d64
+    step 1.4x slower); contracting over one token dim it uses the gradient as it lies. The weight's
+    dims are left as they are, so their shardings (heads, mlp, ...) need no reshape."""
+    lead = x.shape[:n_tokens]
+    y = jnp.einsum(spec, x.reshape(-1, *x.shape[n_tokens:]), w)
+    at = spec.split("->")[1].index("...")  # the token dim's place in the output
+    return y.reshape(*y.shape[:at], *lead, *y.shape[at + 1:])
+
+
 def swap_halves(x):
     """(x1, x2) -> (x2, x1) on the last axis, as a reshape and a reverse (one elementwise pass, where
     split + concatenate left XLA a pad and a concatenate per use in the backward pass)."""
@@ -101,6 +114,24 @@ def rope(x, theta: float, time_axis: int = 1):
     return (x32 * cos + swap_halves(x32) * sin).astype(x.dtype)
 
 
+@jax.custom_vjp
+def softmax(x):
+    """jax.nn.softmax over the last axis (the same forward ops), with the textbook backward
+    dx = p * (g - sum(g * p)) from the saved probabilities. Autodiff through exp / sum (jax's
+    default, `jax_softmax_custom_jvp` off) materialised a broadcast of 1/sum the size of the
+    attention logits, twice per layer."""
+    return _softmax_fwd(x)[0]
+
+
+def _softmax_fwd(x):
+    unnormalized = jnp.exp(x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True)))
+    probs = unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
+    return probs, probs
+
+
+softmax.defvjp(_softmax_fwd, lambda probs, g: (probs * (g - jnp.sum(g * probs, axis=-1, keepdims=True)),))
+
+
 def attention_xla(q_BHTK, k_BHSK, v_BHSK, scale: float | None, causal: bool):
     """jax.nn.dot_product_attention's XLA path (the same ops: f32 logits, scale, mask with its large
     negative, f32 softmax), heads-major: with batch and heads leading, both attention matmuls are
@@ -113,7 +144,7 @@ def attention_xla(q_BHTK, k_BHSK, v_BHSK, scale: float | None, causal: bool):
     if causal:
         mask_TS = jnp.tril(jnp.ones((T, S), jnp.bool_))
         logits = jnp.where(mask_TS, logits, jnp.asarray(-0.7 * float(jnp.finfo(logits.dtype).max), logits.dtype))
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(k_BHSK.dtype)
+    probs = softmax(logits.astype(jnp.float32)).astype(k_BHSK.dtype)
     return jnp.einsum("bhts,bhsk->bhtk", probs, v_BHSK)
 
 
@@ -130,19 +161,19 @@ class Attention(nn.Module):
         w_out = param(self, "out", (H, K, D), ("heads", "kv", "embed"), hidden_init(cfg))
         scale = 1.0 / K if cfg.parametrization == "mup" else None  # None: 1/sqrt(K)
         if cfg.attention_impl == "xla":  # heads-major: q, k, v come out of the projection as [B, H, T, K]
-            qkv = jnp.einsum("btd,cdhk->cbhtk", x_BTD, w_qkv.astype(dt))
+            qkv = token_einsum("...d,cdhk->c...hk", x_BTD, w_qkv.astype(dt)).transpose(0, 1, 3, 2, 4)  # [3, B, H, T, K]
             position = (lambda x: rope(x, cfg.rope_theta, time_axis=2)) if self.use_rope else (lambda x: x)
             q, k, v = (nn.with_logical_constraint(x, ACT_BHTK) for x in (position(qkv[0]), position(qkv[1]), qkv[2]))
             o_BHTK = nn.with_logical_constraint(attention_xla(q, k, v, scale, self.causal), ACT_BHTK)
-            return jnp.einsum("bhtk,hkd->btd", o_BHTK, w_out.astype(dt))
-        qkv = jnp.einsum("btd,cdhk->cbthk", x_BTD, w_qkv.astype(dt))
+            return token_einsum("...hk,hkd->...d", o_BHTK.transpose(0, 2, 1, 3), w_out.astype(dt))
+        qkv = token_einsum("...d,cdhk->c...hk", x_BTD, w_qkv.astype(dt))
         position = (lambda x: rope(x, cfg.rope_theta)) if self.use_rope else (lambda x: x)
         q_BTHK = nn.with_logical_constraint(position(qkv[0]), ACT_BTHK)
         k_BTHK = nn.with_logical_constraint(position(qkv[1]), ACT_BTHK)
         v_BTHK = nn.with_logical_constraint(qkv[2], ACT_BTHK)
         o_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTHK, v_BTHK, scale=scale, is_causal=self.causal, implementation=cfg.attention_impl)
         o_BTHK = nn.with_logical_constraint(o_BTHK, ACT_BTHK)
-        return jnp.einsum("bthk,hkd->btd", o_BTHK, w_out.astype(dt))
+        return token_einsum("...hk,hkd->...d", o_BTHK, w_out.astype(dt))
 
 
 @jax.custom_vjp
@@ -179,14 +210,14 @@ class Mlp(nn.Module):
         D, F = cfg.d_model, cfg.ffw_size
         w_in = param(self, "wi", (D, F), ("embed", "mlp"), hidden_init(cfg))
         w_out = param(self, "wo", (F, D), ("mlp", "embed"), hidden_init(cfg))
-        h_BTF = x_BTD @ w_in.astype(dt)
+        h_BTF = token_einsum("...d,df->...f", x_BTD, w_in.astype(dt))
         if cfg.mlp == "swiglu":
             w_gate = param(self, "wg", (D, F), ("embed", "mlp"), hidden_init(cfg))
-            h_BTF = nn.silu(x_BTD @ w_gate.astype(dt)) * h_BTF
+            h_BTF = nn.silu(token_einsum("...d,df->...f", x_BTD, w_gate.astype(dt))) * h_BTF
         else:
             h_BTF = gelu(h_BTF)
         h_BTF = nn.with_logical_constraint(h_BTF, ACT_BTF)
-        return h_BTF @ w_out.astype(dt)
+        return token_einsum("...f,fd->...d", h_BTF, w_out.astype(dt))
 
 
 class Block(nn.Module):

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from lib.config import ModelConfig
-from lib.models.layers import ACT_BTD, ACT_BTV, Block, RMSNorm, compute_dtype, param, width_mult
+from lib.models.layers import ACT_BTD, ACT_BTV, Block, RMSNorm, compute_dtype, param, token_einsum, width_mult
 
 
 class ScannedBlock(nn.Module):
@@ -101,10 +101,10 @@ class Transformer(nn.Module):
             # 1/sqrt(base_width) x 1/m, so trained logits stay O(1) as the width grows.
             width = cfg.base_width if cfg.parametrization == "mup" else cfg.d_model
             divisor = width**0.5 * width_mult(cfg)
-            logits_BTV = jnp.einsum("btd,vd->btv", x_BTD, embed_VD.astype(dt)) / jnp.asarray(divisor, dt)
+            logits_BTV = token_einsum("...d,vd->...v", x_BTD, embed_VD.astype(dt)) / jnp.asarray(divisor, dt)
         else:
             head_DV = param(self, "head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"))
-            logits_BTV = x_BTD @ head_DV.astype(dt)
+            logits_BTV = token_einsum("...d,dv->...v", x_BTD, head_DV.astype(dt))
             if cfg.parametrization == "mup":
                 logits_BTV = logits_BTV * jnp.asarray(1.0 / width_mult(cfg), dt)
         return nn.with_logical_constraint(logits_BTV.astype(jnp.float32), ACT_BTV)
