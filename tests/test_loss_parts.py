@@ -52,14 +52,15 @@ def test_half_memory_sightings_recovers_a_known_threshold():
     assert math.isnan(half_memory_sightings(sightings, np.zeros_like(sightings), math.log(32)))
 
 
-def test_loss_parts_sum_to_each_runs_eval_loss_and_fit_each_part(mini_run, tmp_path):
+def test_loss_parts_sum_to_each_runs_eval_loss_and_fit_each_part(mini_run, tmp_path, monkeypatch):
     from experiments.workflow.loss_parts import loss_parts
 
     _, root, proc = mini_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     copy = tmp_path / "root"
     shutil.copytree(root, copy)  # the fixture's root is shared: write the parts into a copy
-    assert loss_parts(copy) == 0
+    monkeypatch.chdir(tmp_path)
+    assert loss_parts("root") == 0  # a relative root, as `scaling loss-parts runs/x` gives it (orbax wants absolute paths)
     parts = pd.read_csv(copy / "loss_parts" / "parts.csv")
     runs = [p for p in root.iterdir() if (p / "summary.json").exists()]
     assert len(parts) == len(runs) > 0

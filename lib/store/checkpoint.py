@@ -11,6 +11,7 @@ Array data goes through tensorstore, which talks to GCS itself; the rest through
 from __future__ import annotations
 
 import logging
+import os
 
 import jax
 import orbax.checkpoint as ocp
@@ -24,6 +25,8 @@ class Checkpointer:
         (a trunk's branch points, lib/sweeps/cooldowns.py)."""
         if storage.is_url(directory):
             storage.filesystem(directory)  # fail now, naming the package, if gs:// is not installed
+        else:  # orbax refuses a relative path ("Checkpoint path should be absolute"); a root may be given as one
+            directory = os.path.abspath(os.fspath(directory))
         quiet = logging.getLogger("absl")  # read-only (a trunk read by its branch): orbax warns about every option it turns off
         level = quiet.level
         if read_only:
