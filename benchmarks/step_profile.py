@@ -1,12 +1,13 @@
 """Where a train step's time goes: the XLA ops of the exact jitted step `scaling train` runs, by time.
 
-Builds the transformer's step (lib.train.step.build_steps) at one shape, runs it under
+Builds the transformer's step (lib.train.step.build_steps) at one of train_throughput.py's sizes,
+as that benchmark configures it (`step_config`: float32 on CPU, bfloat16 on accelerators), runs it under
 jax.profiler for --steps steps, reads the trace's events and prints the ops with the most time
 per step, then the same summed by kind (an op's name without its number: `copy_bitcast_fusion`,
 `ynn_fusion`, `dot`, ...). Writes JSON to benchmarks/results/step_profile.json.
 
-    python benchmarks/step_profile.py --d 64 --layers 3 --heads 4              # the quickstart's d64-L3
-    python benchmarks/step_profile.py --d 64 --layers 2 --heads 4 --seq-len 256 --batch 8 --vocab 256
+    python benchmarks/step_profile.py                                           # the quickstart's d64-L3
+    python benchmarks/step_profile.py --size d64-L2 --seq-len 256 --batch 8 --vocab 256
     python benchmarks/step_profile.py ... --hlo /tmp/step.txt                   # and the optimised HLO, to look an op up
 
 XLA:CPU runs independent ops of a step concurrently on its thread pool, so per-op times overlap
@@ -32,11 +33,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.results_io import write_json  # noqa: E402
+from benchmarks.train_throughput import SIZES, step_config  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lib.config import DataConfig, MeshConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig  # noqa: E402
-from lib.config_rules import validate  # noqa: E402
 from lib.parallel import sharding  # noqa: E402
 from lib.train.step import build_steps  # noqa: E402
 
@@ -45,15 +45,9 @@ _NOT_AN_OP = re.compile(r"^\$|Thunk|Pjit|Slinky|PjRt|ParseArguments|ExecuteHelpe
 
 
 def profile(args) -> dict:
-    cfg = validate(RunConfig(
-        model=ModelConfig(vocab_size=args.vocab, d_model=args.d, n_layers=args.layers, n_heads=args.heads,
-                          compute_dtype="float32", attention_impl="xla"),
-        data=DataConfig(seq_len=args.seq_len, global_batch=args.batch),
-        optimizer=OptimizerConfig(name="adamw", lr=1e-4, warmup_steps=0),
-        train=TrainConfig(steps=args.steps + 3),
-        mesh=MeshConfig(),
-    ), 1)
-    mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
+    devices = jax.devices()[:1]
+    cfg = step_config(args.size, args, devices)
+    mesh = sharding.make_mesh(cfg.mesh, devices)
     rng = np.random.default_rng(0)
     with sharding.activate(mesh):
         batches = [sharding.global_batch(rng.integers(0, args.vocab, (args.batch, args.seq_len + 1), dtype=np.int32), mesh)
@@ -89,19 +83,18 @@ def profile(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--d", type=int, default=64, help="d_model")
-    p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--size", default="d64-L3", choices=list(SIZES), help="a shape of train_throughput.py's SIZES")
     p.add_argument("--seq-len", type=int, default=32)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--vocab", type=int, default=64)
     p.add_argument("--steps", type=int, default=20, help="steps profiled (and timed before, without the profiler)")
     p.add_argument("--top", type=int, default=25, help="ops printed")
     p.add_argument("--hlo", help="also write the compiled step's optimised HLO here")
+    p.set_defaults(mlp="gelu", attention=None, scan=False, remat=False, mesh="dp")  # train_throughput's defaults, one device
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "step_profile.json"))
     args = p.parse_args()
     result = profile(args)
-    print(f"d{args.d}-L{args.layers} seq {args.seq_len} batch {args.batch} vocab {args.vocab}: "
+    print(f"{args.size} seq {args.seq_len} batch {args.batch} vocab {args.vocab}: "
           f"step {result['step_time_s'] * 1e3:.2f} ms ({jax.devices()[0].device_kind})")
     print(f"{'ms/step':>9}  op")
     for name, s in list(result["ops_s"].items())[: args.top]:

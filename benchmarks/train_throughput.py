@@ -84,11 +84,12 @@ def matmul_rate(dtype, n: int, reps: int = 3) -> tuple[float, float]:
 _matmul = jax.jit(lambda a, b: a @ b)
 
 
-def bench(name: str, args, devices) -> list[dict]:
-    """Rows for size `name`: this tree's step, and with --baseline the baseline's, timed in the same rounds."""
+def step_config(name: str, args, devices) -> RunConfig:
+    """The run whose step this benchmark times for size `name` (SIZES): `args` gives seq_len, batch,
+    vocab, steps, mlp, attention, scan, remat and mesh; bfloat16 compute on accelerators, float32 on CPU."""
     d, L, H = SIZES[name]
     on_accel = devices[0].platform != "cpu"
-    cfg = validate(RunConfig(
+    return validate(RunConfig(
         model=ModelConfig(
             vocab_size=args.vocab, d_model=d, n_layers=L, n_heads=H, mlp=args.mlp,
             compute_dtype="bfloat16" if on_accel else "float32",
@@ -100,6 +101,12 @@ def bench(name: str, args, devices) -> list[dict]:
         train=TrainConfig(steps=args.steps + 2),
         mesh=MeshConfig(preset=args.mesh),
     ), len(devices))
+
+
+def bench(name: str, args, devices) -> list[dict]:
+    """Rows for size `name`: this tree's step, and with --baseline the baseline's, timed in the same rounds."""
+    on_accel = devices[0].platform != "cpu"
+    cfg = step_config(name, args, devices)
     mesh = sharding.make_mesh(cfg.mesh, devices)
     rng = np.random.default_rng(0)
     tokens = args.batch * args.seq_len
