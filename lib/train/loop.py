@@ -152,7 +152,7 @@ def _open(cfg: RunConfig, workdir, devices, sources: dict, init_from: InitFrom |
     validate(cfg, len(devices))
     workdir = os.fspath(workdir)
     if not is_url(workdir):
-        workdir = os.path.abspath(workdir)  # orbax needs absolute paths
+        workdir = os.path.abspath(workdir)  # one folder whatever the cwd later (Checkpointer absolutises its own path for orbax)
     data_root = cfg.data.data_root or default_data_root(workdir)  # local even for gs://
     key = (json.dumps(dataclasses.asdict(cfg.data), sort_keys=True), data_root)
     if key not in sources:
