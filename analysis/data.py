@@ -48,6 +48,9 @@ class Dataset:
     # A run store whose points trained at an lr grid (analysis/lr_grid.py): {"runs": every run of the
     # grids (records), "choices": what each point's best lr was}; `points` then holds each point at its best.
     lr_grid: dict | None = None
+    # A run store with seed replicates (lib/sweeps/replicates.py): {"main_seed": the points' train.seed,
+    # "points": {seed: that seed's points (COLUMNS), one per main point}}; set aside, never in `points`.
+    seed_replicates: dict | None = None
 
     @property
     def n(self) -> int:
@@ -324,6 +327,8 @@ def load_run_store(root, params: str = "total", metric: str = "loss", train_loss
         }
     )
     frame, dropped = _drop_bad(frame, ["N", "D", "C", "loss"], lambda i: f"run {frame['run'][i]}")
+    frame, replicates, rep_notes = _set_replicates_aside(frame, runs)
+    notes += rep_notes
     frame, lr_grid, lr_notes = _best_lr_per_point(frame, runs)
     notes += lr_notes
     units = sorted({str(u) for u in runs["units"].dropna()}) if "units" in runs else ["tokens"]
@@ -362,7 +367,34 @@ def load_run_store(root, params: str = "total", metric: str = "loss", train_loss
         entropy_floor=float(floors[0]) if len(floors) == 1 else None,
         alt_N_name=alt_col.replace("N_", "").replace("_", "-") + " parameters",
         lr_grid=lr_grid,
+        seed_replicates=replicates,
     )
+
+
+def _set_replicates_aside(frame: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict | None, list[str]]:
+    """(the frame without seed-replicate runs, {"main_seed", "points": {seed: frame}} or None, notes).
+    A replicate is a run of sweep "S-seed<k>" trained at train.seed k, where S is the sweep of points
+    that are not replicates and share one seed (lib/sweeps/replicates.py); any other run is a point."""
+    from lib.sweeps.replicates import parse_replicate_sweep
+
+    if "seed" not in runs:
+        return frame, None, []
+    info = runs.set_index("run_id")
+    sweep = info.loc[frame["run"], "sweep"].to_numpy()
+    seed = info.loc[frame["run"], "seed"].to_numpy()
+    parsed = [parse_replicate_sweep(s) for s in sweep]
+    main_sweeps = {s for s, p in zip(sweep, parsed) if p is None}
+    is_rep = np.array([p is not None and p[0] in main_sweeps and seed[i] == p[1] for i, p in enumerate(parsed)], dtype=bool)
+    if not is_rep.any():
+        return frame, None, []
+    main_seeds = {int(s) for s, r in zip(seed, is_rep) if not r and s is not None and not pd.isna(s)}
+    reps = frame[is_rep].assign(seed=[int(s) for s in seed[is_rep]])
+    by_seed = {int(k): g[list(COLUMNS)].reset_index(drop=True) for k, g in reps.groupby("seed")}
+    note = (f"left out {int(is_rep.sum())} seed-replicate run(s) of seed(s) {', '.join(map(str, by_seed))} (sweeps '*-seed<k>'): "
+            "each seed's points are fitted on their own, as seed_sensitivity")
+    if len(main_seeds) != 1:
+        return frame[~is_rep].reset_index(drop=True), None, [note + f"; not compared: the points' own train.seed is not one value ({sorted(main_seeds)})"]
+    return frame[~is_rep].reset_index(drop=True), {"main_seed": main_seeds.pop(), "points": by_seed}, [note]
 
 
 def _best_lr_per_point(frame: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict | None, list[str]]:

@@ -580,6 +580,8 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
     if ds.lr_grid is not None and opts.law == "chinchilla":
         record["lr_grid"] = {"choices": ds.lr_grid["choices"], "n_edge": sum(bool(c["edge"]) for c in ds.lr_grid["choices"])}
         record["lr_sensitivity"], record["lr_sensitivity_exponents"] = lr_sensitivity(ds, opts)
+    if ds.seed_replicates is not None and opts.law == "chinchilla":
+        record["seed_sensitivity"], record["seed_sensitivity_exponents"] = seed_sensitivity(ds, opts)
     record["warnings"] = [w for e in record["fits"].values() for w in e.get("warnings", [])] + record.get("holdout", {}).get("warnings", [])
     return record
 
@@ -637,13 +639,37 @@ def lr_sensitivity(ds: Dataset, opts: FitOptions) -> tuple[dict, dict]:
     runs = pd.DataFrame(ds.lr_grid["runs"])
     variants = {f"lr_x{f:g}": lr_grid_lib.at_factor(runs, f) for f in sorted(runs["lr_factor"].unique())}
     variants["lr_best"] = ds.points
+    return _refits(ds, variants, opts)
+
+
+def seed_sensitivity(ds: Dataset, opts: FitOptions) -> tuple[dict, dict]:
+    """Each approach refitted, without bootstrap, on the points at the rule's lr (x1 of the lr grid;
+    the points themselves without one) and on each seed replicate of them (lib/sweeps/replicates.py):
+    how much the exponents move with the init alone, at a fixed lr policy.
+    ({approach: {"seed0": a, "seed1": a, ..., "spread": max - min}}, {approach: {variant: {"alpha", "beta"}}});
+    a seed whose replicates do not cover every point is left out."""
+    reps = ds.seed_replicates
+    at_rule = lr_grid_lib.at_factor(pd.DataFrame(ds.lr_grid["runs"]), 1.0) if ds.lr_grid is not None else ds.points
+    keys = lambda f: list(zip(f["budget"].round(6), f["N"].round(3), f["D"].round(3)))  # noqa: E731
+    wanted = set(keys(ds.points))
+    variants = {f"seed{reps['main_seed']}": at_rule}
+    for seed, pts in sorted(reps["points"].items()):
+        variants[f"seed{seed}"] = pts[[k in wanted for k in keys(pts)]]
+    return _refits(ds, variants, opts)
+
+
+def _refits(ds: Dataset, variants: dict, opts: FitOptions) -> tuple[dict, dict]:
+    """Each approach's a (and alpha, beta where it has them) refitted on each variant's points, with
+    the main fit's options less the bootstrap, holdout and tables; a variant missing a point is
+    skipped, so every value compares the same points. The spread is max - min over the variants."""
     quick = dataclasses.replace(opts, bootstrap=0, holdout_largest=0, at=(), points=())
     a_by, exps_by = {}, {}
     for name, pts in variants.items():
-        if len(pts) < len(ds.points):  # a factor some points lack (diverged runs, or an edge extension)
+        if len(pts) < len(ds.points):  # e.g. an lr factor some points lack (diverged runs, an edge extension)
             continue
         try:
-            fits = run_fits(dataclasses.replace(ds, points=pts[list(COLUMNS)].reset_index(drop=True), lr_grid=None), quick)["fits"]
+            fits = run_fits(dataclasses.replace(ds, points=pts[list(COLUMNS)].reset_index(drop=True), lr_grid=None, seed_replicates=None),
+                            quick)["fits"]
         except AnalysisError:
             continue
         for approach, e in fits.items():

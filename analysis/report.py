@@ -395,6 +395,7 @@ def markdown(record: dict) -> str:
         lines += ["", f"## Sensitivity (Approach 3 at the largest budget, C = {record['data_range']['C'][1]:.3g})", "", "| convention | a | N_opt at C_max |", "|---|---|---|"]
         lines += [f"| {r['what']} | {_fmt(r['a'])} | {_fmt(r['N_opt_at_C_max'])} |" for r in sens]
     lines += lr_sensitivity_lines(record)
+    lines += seed_sensitivity_lines(record)
     ho = record.get("holdout")
     if ho:
         lines += [
@@ -432,6 +433,26 @@ def lr_sensitivity_lines(record: dict) -> list[str]:
     if grid.get("n_edge"):
         edged = [f"{min(c['run_ids'])} ({c['edge']})" for c in grid["choices"] if c["edge"]]
         lines += ["", f"{grid['n_edge']} point(s) have their best lr on a grid edge (loss as measured): {', '.join(edged)}."]
+    return lines
+
+
+def seed_sensitivity_lines(record: dict) -> list[str]:
+    """The seed's effect at a fixed lr policy: each approach's a with every point at its rule's lr, for
+    the points' own seed and each seed replicate; beside it the lr-policy spread, to tell one from the other."""
+    sens = record.get("seed_sensitivity")
+    if not sens:
+        return []
+    seeds = sorted({v for row in sens.values() for v in row if v.startswith("seed")}, key=lambda v: int(v[4:]))
+    lr = record.get("lr_sensitivity") or {}
+    lines = ["", "## Seed (each point at its rule's lr, trained again with another train.seed; refitted without bootstrap)", "",
+             "| approach | " + " | ".join(f"a @ {v}" for v in seeds) + " | seed spread | lr-policy spread | a's interval |",
+             "|---" * (len(seeds) + 4) + "|"]
+    for approach, row in sens.items():
+        e = record["fits"].get(approach, {})
+        ci = _ci(e["a"]) if "a" in e else ""
+        lr_spread = (lr.get(approach) or {}).get("spread")
+        lines.append(f"| {approach} | " + " | ".join(_fmt(row[v]) if v in row else "-" for v in seeds)
+                     + f" | {_fmt(row['spread'])} | {_fmt(lr_spread) if lr_spread is not None else '-'} | {ci or '-'} |")
     return lines
 
 

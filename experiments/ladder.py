@@ -10,6 +10,10 @@ quickstart's measured one (~ C^0.69): a 9-size window spans ~20x in N (1.3k..27k
 at 1e12), so each budget's minimum is bracketed under either exponent.
 Every point trains at its rule's lr x (0.5, 1, 2) (one pack per point); the fit takes each point's
 best (a best on the grid's edge extends it once).
+Seeds: every point trains twice more at its rule's lr (x1), with train.seed 1 and 2 (another init, the
+same data; in the point's pack), so fit.json's `seed_sensitivity` gives the spread of a from the seed
+alone at a fixed lr policy, beside the lr-policy spread (`lr_sensitivity`): the lr policy's effect
+is what the first exceeds the second by.
 Learning rate: a rule lr*(N, D) = c N^-gamma D^-delta, tuned at two horizons (the lengths that spend
 3e10 and 3e11 FLOPs, inside the sweep's range of run lengths): 4 sizes x 5 lrs at each horizon.
 Prediction check: at the next budget (3.33e12) the allocation check trains 5 sizes around each
@@ -37,6 +41,7 @@ SIZES = [dict(d_model=d, n_layers=L, n_heads=h) for d, L, h in SHAPES]
 BUDGETS = [1e10, 3e10, 1e11, 3e11, 1e12]
 PER_BUDGET = 9
 LR_GRID = (0.5, 1.0, 2.0)
+SEEDS = (1, 2)  # seed replicates at the rule's lr: the seed's own spread of a, beside the lr policy's
 TUNE_BUDGETS = (3e10, 3e11)
 MIN_STEPS = 80  # batch 32 at 3e10..1e12 (3e10's 41k parameters: 100 steps); 16 at 1e10 (27k: 99 steps)
 
@@ -56,7 +61,7 @@ def sweep() -> IsoFlop:
     return IsoFlop(
         BUDGETS, SIZES, base=BASE, name="ladder", tpp_range=(1, 10000), per_budget=PER_BUDGET, center_tpp=center_tpp,
         min_steps=MIN_STEPS, min_batch=8, schedule=Schedule(warmup_frac=0.05, log_points=20, eval_points=4, checkpoints=1),
-        lr_rule="tuned", lr_grid=LR_GRID,
+        lr_rule="tuned", lr_grid=LR_GRID, seeds=SEEDS,
     )
 
 def tune() -> Tune:

@@ -317,6 +317,7 @@ def load_runs(root):
                 "family": (config.get("model") or {}).get("family", "transformer"),
                 "lr": (config.get("optimizer") or {}).get("lr"),  # the peak lr this run trained at
                 "lr_factor": (config.get("optimizer") or {}).get("lr_factor", 1.0),  # of its point's lr (a sweep's lr grid)
+                "seed": (config.get("train") or {}).get("seed"),  # its init (a sweep's seed replicates differ in it alone)
                 "trunk": summary.get("trunk"),  # a cooldown branch: its trunk's run id (lib/sweeps/cooldowns.py)
                 "role": summary.get("role"),  # "trunk": a constant-rate trunk, no point to fit
             }
@@ -324,7 +325,7 @@ def load_runs(root):
     columns = [
         "run_id", "state", "reason", "path", "eval_loss", "train_loss", "eval_error", "bayes_error", "N_total", "N_embedding",
         "N_non_embedding", "N_active", "D", "units", "C", "flops_convention", "entropy_floor", "entropy_rate", "sweep", "budget", "family",
-        "lr", "lr_factor", "trunk", "role",
+        "lr", "lr_factor", "seed", "trunk", "role",
     ]
     df = pd.DataFrame(rows, columns=columns)
     numeric = ["eval_loss", "train_loss", "eval_error", "bayes_error", "N_total", "N_embedding", "N_non_embedding", "N_active", "D", "C", "entropy_floor", "entropy_rate", "budget"]

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from lib import flops as flops_lib
 from lib.config import IMAGE_SOURCES, SYNTH_IMG_DEFAULT_CLASSES, ConfigError, ModelConfig, RunConfig, resolve_model_input, units_per_row
 from lib.config_rules import validate
-from lib.sweeps import rules
+from lib.sweeps import replicates, rules
 from lib.train.runtime import InitFrom
 
 Size = Mapping[str, Any] | ModelConfig  # model fields, e.g. {"d_model": 64, "n_layers": 2, "n_heads": 4}
@@ -147,6 +147,7 @@ class Sweep:
         notes += self._hyperparameter_notes(rule, ref_batch)
         head = len(notes)  # the rule's warnings go here, above the per-run notes (the CLI prints the first few)
         _check_lr_grid(self.lr_grid, self.name)
+        _check_seeds(self.seeds, base.train.seed, self.name)
         extensions = rules.read_lr_grid_extensions(root, self.name) if root is not None and tuple(self.lr_grid) != (1.0,) else {}
         ruled: list[RunConfig] = []  # each point, with the lr its rule gave (the grid's centre)
         for point, note in self._expand(base, overrides):
@@ -167,11 +168,17 @@ class Sweep:
                     notes.append(f"{cfg.name}: same config as an earlier run; kept once")
                     continue
                 runs[planned.run_id] = planned
+            for seed in self.seeds:  # replicates at the rule's lr, with another init (lib/sweeps/replicates.py)
+                cfg = seed_replicate_run(point, seed, self.name)
+                runs.setdefault(run_id(cfg), _planned(cfg))
         if not runs:
             raise ConfigError(f"sweep '{self.name}' expands to no runs: " + ("; ".join(notes) or "no sizes/axes given"))
         if tuple(self.lr_grid) != (1.0,):
             notes.insert(head, f"learning rate per point: each point at its lr x {', '.join(_fmt(f) for f in sorted(self.lr_grid))}"
                          + (f" (+ edge extensions of {len(extensions)} points)" if extensions else "") + "; the fit takes each point's best")
+        if self.seeds:
+            notes.insert(head, f"seed replicates: each point again at its rule's lr with train.seed {', '.join(str(s) for s in self.seeds)} "
+                         f"(sweeps {', '.join(replicates.replicate_sweep(self.name, s) for s in self.seeds)}); fitted apart, as seed_sensitivity")
         notes[head:head] = rules.extrapolation_notes(rule, ruled)
         ordered = sorted(runs.values(), key=lambda r: (r.cfg.budget, r.params, r.run_id))
         return Plan(self.name, tuple(ordered), tuple(notes), rules.describe(rule) if rule is not None else "")
@@ -181,6 +188,8 @@ class Sweep:
     # point's own name and run id); the fit takes each point's best (analysis/lr_grid.py). A
     # point's runs share shape and length, so they train as one pack.
     lr_grid: Sequence[float] = (1.0,)
+    # Seed replicates: each point once more per seed here, at its rule's lr (lib/sweeps/replicates.py).
+    seeds: Sequence[int] = ()
 
     def _expand(self, base: RunConfig, overrides: Mapping[str, Any]) -> Iterable[tuple[RunConfig | None, str]]:
         raise NotImplementedError
@@ -215,6 +224,7 @@ class Grid(Sweep):
     lr_rule: Any = None
     lr_batch_scaling: str = "sqrt"
     lr_grid: Sequence[float] = (1.0,)  # lr factors per point (Sweep.lr_grid)
+    seeds: Sequence[int] = ()  # seed replicates per point (Sweep.seeds)
 
     def __post_init__(self):
         self.name = self.name or self.base.name
@@ -265,6 +275,7 @@ class IsoFlop(Sweep):
     lr_rule: Any = None
     lr_batch_scaling: str = "sqrt"
     lr_grid: Sequence[float] = (1.0,)  # lr factors per point (Sweep.lr_grid)
+    seeds: Sequence[int] = ()  # seed replicates per point (Sweep.seeds)
     batch_rule: str | Callable[[float], int] = "budget"
 
     derived = ("train.steps", "optimizer.warmup_steps", *(f"model.{k}" for k in _SHAPE_FIELDS))
@@ -347,6 +358,7 @@ class TokensPerParam(Sweep):
     lr_rule: Any = None
     lr_batch_scaling: str = "sqrt"
     lr_grid: Sequence[float] = (1.0,)  # lr factors per point (Sweep.lr_grid)
+    seeds: Sequence[int] = ()  # seed replicates per point (Sweep.seeds)
 
     derived = IsoFlop.derived
 
@@ -480,6 +492,21 @@ def lr_grid_run(point: RunConfig, factor: float) -> RunConfig:
         return point
     return point.with_overrides({"optimizer.lr": point.optimizer.lr * factor, "optimizer.lr_factor": float(factor),
                                  "name": f"{point.name}{LR_FACTOR_TAG}{_fmt(float(factor))}"})
+
+
+def seed_replicate_run(point: RunConfig, seed: int, sweep: str) -> RunConfig:
+    """The replicate of an lr-grid point at train.seed `seed`: its x1 run with another init, in its own sweep."""
+    return point.with_overrides({"train.seed": int(seed), "name": f"{point.name}{replicates.SEED_TAG}{int(seed)}",
+                                 "sweep": replicates.replicate_sweep(sweep, seed)})
+
+
+def _check_seeds(seeds: Sequence[int], base_seed: int, sweep: str) -> None:
+    values = list(seeds)
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in values):
+        raise ConfigError(f"sweep '{sweep}': seeds must be non-negative integers (train.seed values), got {values}; e.g. (1, 2)")
+    if len(set(values)) != len(values) or base_seed in values:
+        raise ConfigError(f"sweep '{sweep}': seeds {values} must be distinct and differ from the points' own train.seed "
+                          f"{base_seed}; e.g. (1, 2)")
 
 
 def _check_lr_grid(grid: Sequence[float], sweep: str) -> None:
