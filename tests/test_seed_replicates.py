@@ -2,6 +2,7 @@
 train.seed, set aside by the loader, fitted per seed, and reported as seed_sensitivity beside the
 lr-policy spread (issue 22: is the lr-policy spread the policy, or the seed?)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -152,3 +153,15 @@ def test_a_replicate_trains_in_its_points_pack_from_another_init(tmp_path, compi
     ds = load_run_store(tmp_path)
     assert len(ds.points) == 1 and list(ds.seed_replicates["points"]) == [1]
     assert ds.seed_replicates["points"][1]["loss"].iloc[0] == pytest.approx(rep["eval_loss"])
+
+
+def test_the_prediction_check_trains_no_replicates():
+    """The check's sweep is the experiment's at the next budget: its seed replicates are not carried
+    over (their sweep, '<name>-check-seed<k>', is no check sweep, so the fit would take them as points)."""
+    from experiments.cli import load_experiment
+    from experiments.workflow.check import check_sweep
+
+    sweep = load_experiment("ladder").sweep()
+    assert sweep.seeds
+    check = check_sweep(dataclasses.replace(sweep, lr_rule=None), 3.33e12)
+    assert check.seeds == () and all(r.cfg.sweep == "ladder-check" for r in check.plan().runs)

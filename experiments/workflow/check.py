@@ -53,10 +53,11 @@ class NoLadder(Exception):
 def check_sweep(sweep, C: float) -> IsoFlop:
     """The experiment's own planner at budget C over its whole size ladder, the per-budget size
     filters off (tpp_range, per_budget): its lr rule, batch rule (one batch for budget C that suits
-    every ladder shape), schedule and run-id scheme, under the sweep name "<sweep>-check"."""
+    every ladder shape), schedule and run-id scheme, under the sweep name "<sweep>-check"; without
+    the sweep's seed replicates (the check compares its sizes' losses, at their best lr, at one seed)."""
     name = sweep.name + CHECK_SUFFIX
     if isinstance(sweep, IsoFlop):
-        return dataclasses.replace(sweep, budgets=[float(C)], name=name, tpp_range=(0.0, math.inf), per_budget=0)
+        return dataclasses.replace(sweep, budgets=[float(C)], name=name, tpp_range=(0.0, math.inf), per_budget=0, seeds=())
     if isinstance(sweep, TokensPerParam) and sweep.sizes:  # same base, schedule and lr rule; D from C instead of a ratio
         rules = {k: getattr(sweep, k) for k in ("lr_rule", "lr_batch_scaling") if hasattr(sweep, k)}
         return IsoFlop([float(C)], list(sweep.sizes), base=sweep.base, name=name, schedule=sweep.schedule, tpp_range=(0.0, math.inf), **rules)
