@@ -422,13 +422,8 @@ def lr_sensitivity_lines(record: dict) -> list[str]:
     if not sens:
         return []
     variants = sorted({v for row in sens.values() for v in row if v.startswith("lr_x")}, key=lambda v: float(v[4:])) + ["lr_best"]
-    lines = ["", "## Learning-rate policy (each point trained at lr x f of its rule; refitted without bootstrap)", "",
-             "| approach | " + " | ".join(f"a @ {v[3:] if v != 'lr_best' else 'best lr'}" for v in variants) + " | spread | a's interval |",
-             "|---" * (len(variants) + 3) + "|"]
-    for approach, row in sens.items():
-        e = record["fits"].get(approach, {})
-        ci = _ci(e["a"]) if "a" in e else ""
-        lines.append(f"| {approach} | " + " | ".join(_fmt(row[v]) if v in row else "-" for v in variants) + f" | {_fmt(row['spread'])} | {ci or '-'} |")
+    lines = _spread_table(record, sens, "## Learning-rate policy (each point trained at lr x f of its rule; refitted without bootstrap)",
+                          variants, [v[3:] if v != "lr_best" else "best lr" for v in variants], "spread")
     grid = record.get("lr_grid") or {}
     if grid.get("n_edge"):
         edged = [f"{min(c['run_ids'])} ({c['edge']})" for c in grid["choices"] if c["edge"]]
@@ -444,15 +439,21 @@ def seed_sensitivity_lines(record: dict) -> list[str]:
         return []
     seeds = sorted({v for row in sens.values() for v in row if v.startswith("seed")}, key=lambda v: int(v[4:]))
     lr = record.get("lr_sensitivity") or {}
-    lines = ["", "## Seed (each point at its rule's lr, trained again with another train.seed; refitted without bootstrap)", "",
-             "| approach | " + " | ".join(f"a @ {v}" for v in seeds) + " | seed spread | lr-policy spread | a's interval |",
-             "|---" * (len(seeds) + 4) + "|"]
+    lr_spread = {approach: _fmt(row["spread"]) for approach, row in lr.items()}
+    return _spread_table(record, sens, "## Seed (each point at its rule's lr, trained again with another train.seed; refitted without bootstrap)",
+                         seeds, seeds, "seed spread", ("lr-policy spread", lambda approach: lr_spread.get(approach, "-")))
+
+
+def _spread_table(record: dict, sens: dict, title: str, variants: list[str], labels: list[str], spread: str, extra=None) -> list[str]:
+    """A table of a per variant and its spread, one row per approach, with a's interval from the main
+    fit; `extra`: (header, approach -> cell) for one more column before the interval."""
+    header = "| approach | " + " | ".join(f"a @ {label}" for label in labels) + f" | {spread} | " + (f"{extra[0]} | " if extra else "") + "a's interval |"
+    lines = ["", title, "", header, "|---" * (len(variants) + 3 + bool(extra)) + "|"]
     for approach, row in sens.items():
         e = record["fits"].get(approach, {})
         ci = _ci(e["a"]) if "a" in e else ""
-        lr_spread = (lr.get(approach) or {}).get("spread")
-        lines.append(f"| {approach} | " + " | ".join(_fmt(row[v]) if v in row else "-" for v in seeds)
-                     + f" | {_fmt(row['spread'])} | {_fmt(lr_spread) if lr_spread is not None else '-'} | {ci or '-'} |")
+        lines.append(f"| {approach} | " + " | ".join(_fmt(row[v]) if v in row else "-" for v in variants) + f" | {_fmt(row['spread'])} | "
+                     + (f"{extra[1](approach)} | " if extra else "") + f"{ci or '-'} |")
     return lines
 
 
