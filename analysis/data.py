@@ -48,7 +48,7 @@ class Dataset:
     # A run store whose points trained at an lr grid (analysis/lr_grid.py): {"runs": every run of the
     # grids (records), "choices": what each point's best lr was}; `points` then holds each point at its best.
     lr_grid: dict | None = None
-    # A run store with seed replicates (lib/sweeps/replicates.py): {"main_seed": the points' train.seed,
+    # A run store with seed replicates (lib/sweeps/plans.py Sweep.seeds): {"main_seed": the points' train.seed,
     # "points": {seed: that seed's points (COLUMNS), one per main point}}; set aside, never in `points`.
     seed_replicates: dict | None = None
 
@@ -374,15 +374,14 @@ def load_run_store(root, params: str = "total", metric: str = "loss", train_loss
 def _set_replicates_aside(frame: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict | None, list[str]]:
     """(the frame without seed-replicate runs, {"main_seed", "points": {seed: frame}} or None, notes).
     A replicate is a run of sweep "S-seed<k>" trained at train.seed k, where S is the sweep of points
-    that are not replicates and share one seed (lib/sweeps/replicates.py); any other run is a point."""
-    from lib.sweeps.replicates import parse_replicate_sweep
+    that are not replicates and share one seed (lib/sweeps/plans.py Sweep.seeds); any other run is a point."""
 
     if "seed" not in runs:
         return frame, None, []
     info = runs.set_index("run_id")
     sweep = info.loc[frame["run"], "sweep"].to_numpy()
     seed = info.loc[frame["run"], "seed"].to_numpy()
-    parsed = [parse_replicate_sweep(s) for s in sweep]
+    parsed = [_runstore().parse_replicate_sweep(s) for s in sweep]
     main_sweeps = {s for s, p in zip(sweep, parsed) if p is None}
     is_rep = np.array([p is not None and p[0] in main_sweeps and seed[i] == p[1] for i, p in enumerate(parsed)], dtype=bool)
     if not is_rep.any():

@@ -644,7 +644,7 @@ def lr_sensitivity(ds: Dataset, opts: FitOptions) -> tuple[dict, dict]:
 
 def seed_sensitivity(ds: Dataset, opts: FitOptions) -> tuple[dict, dict]:
     """Each approach refitted, without bootstrap, on the points at the rule's lr (x1 of the lr grid;
-    the points themselves without one) and on each seed replicate of them (lib/sweeps/replicates.py):
+    the points themselves without one) and on each seed replicate of them (lib/sweeps/plans.py Sweep.seeds):
     how much the exponents move with the init alone, at a fixed lr policy.
     ({approach: {"seed0": a, "seed1": a, ..., "spread": max - min}}, {approach: {variant: {"alpha", "beta"}}});
     a seed whose replicates do not cover every point is left out."""

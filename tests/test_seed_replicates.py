@@ -1,4 +1,4 @@
-"""Seed replicates (lib/sweeps/replicates.py): each point trained again at its rule's lr with another
+"""Seed replicates (lib/sweeps/plans.py Sweep.seeds): each point trained again at its rule's lr with another
 train.seed, set aside by the loader, fitted per seed, and reported as seed_sensitivity beside the
 lr-policy spread (issue 22: is the lr-policy spread the policy, or the seed?)."""
 
@@ -14,7 +14,7 @@ from analysis.report import markdown
 from experiments.quickstart import BASE
 from lib.config import ConfigError
 from lib.sweeps.plans import IsoFlop, Schedule
-from lib.sweeps.replicates import parse_replicate_sweep, replicate_sweep
+from lib.store.runstore import parse_replicate_sweep, replicate_sweep
 from lib.train.step import pack_key
 
 SIZES = [dict(d_model=d, n_layers=L, n_heads=2) for d, L in ((8, 1), (16, 1), (16, 2), (24, 2))]

@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from lib import flops as flops_lib
 from lib.config import IMAGE_SOURCES, SYNTH_IMG_DEFAULT_CLASSES, ConfigError, ModelConfig, RunConfig, resolve_model_input, units_per_row
 from lib.config_rules import validate
-from lib.sweeps import replicates, rules
+from lib.store.runstore import SEED_TAG, replicate_sweep
+from lib.sweeps import rules
 from lib.train.runtime import InitFrom
 
 Size = Mapping[str, Any] | ModelConfig  # model fields, e.g. {"d_model": 64, "n_layers": 2, "n_heads": 4}
@@ -168,7 +169,7 @@ class Sweep:
                     notes.append(f"{cfg.name}: same config as an earlier run; kept once")
                     continue
                 runs[planned.run_id] = planned
-            for seed in self.seeds:  # replicates at the rule's lr, with another init (lib/sweeps/replicates.py)
+            for seed in self.seeds:  # replicates at the rule's lr, with another init (docs/design.md)
                 cfg = seed_replicate_run(point, seed, self.name)
                 runs.setdefault(run_id(cfg), _planned(cfg))
         if not runs:
@@ -178,7 +179,7 @@ class Sweep:
                          + (f" (+ edge extensions of {len(extensions)} points)" if extensions else "") + "; the fit takes each point's best")
         if self.seeds:
             notes.insert(head, f"seed replicates: each point again at its rule's lr with train.seed {', '.join(str(s) for s in self.seeds)} "
-                         f"(sweeps {', '.join(replicates.replicate_sweep(self.name, s) for s in self.seeds)}); fitted apart, as seed_sensitivity")
+                         f"(sweeps {', '.join(replicate_sweep(self.name, s) for s in self.seeds)}); fitted apart, as seed_sensitivity")
         notes[head:head] = rules.extrapolation_notes(rule, ruled)
         ordered = sorted(runs.values(), key=lambda r: (r.cfg.budget, r.params, r.run_id))
         return Plan(self.name, tuple(ordered), tuple(notes), rules.describe(rule) if rule is not None else "")
@@ -188,7 +189,10 @@ class Sweep:
     # point's own name and run id); the fit takes each point's best (analysis/lr_grid.py). A
     # point's runs share shape and length, so they train as one pack.
     lr_grid: Sequence[float] = (1.0,)
-    # Seed replicates: each point once more per seed here, at its rule's lr (lib/sweeps/replicates.py).
+    # Seed replicates: each point once more per seed here, at its rule's lr, with another train.seed
+    # (another init, the same data), in its point's pack and in its own sweep "<name>-seed<k>"
+    # (lib.store.runstore.replicate_sweep), so the fit sets it aside and refits per seed
+    # (fit.json seed_sensitivity: the seed's spread of a beside the lr policy's).
     seeds: Sequence[int] = ()
 
     def _expand(self, base: RunConfig, overrides: Mapping[str, Any]) -> Iterable[tuple[RunConfig | None, str]]:
@@ -496,8 +500,8 @@ def lr_grid_run(point: RunConfig, factor: float) -> RunConfig:
 
 def seed_replicate_run(point: RunConfig, seed: int, sweep: str) -> RunConfig:
     """The replicate of an lr-grid point at train.seed `seed`: its x1 run with another init, in its own sweep."""
-    return point.with_overrides({"train.seed": int(seed), "name": f"{point.name}{replicates.SEED_TAG}{int(seed)}",
-                                 "sweep": replicates.replicate_sweep(sweep, seed)})
+    return point.with_overrides({"train.seed": int(seed), "name": f"{point.name}{SEED_TAG}{int(seed)}",
+                                 "sweep": replicate_sweep(sweep, seed)})
 
 
 def _check_seeds(seeds: Sequence[int], base_seed: int, sweep: str) -> None:
