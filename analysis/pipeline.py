@@ -650,21 +650,25 @@ def seed_sensitivity(ds: Dataset, opts: FitOptions) -> tuple[dict, dict]:
     a seed whose replicates do not cover every point is left out."""
     reps = ds.seed_replicates
     at_rule = lr_grid_lib.at_factor(pd.DataFrame(ds.lr_grid["runs"]), 1.0) if ds.lr_grid is not None else ds.points
-    keys = lambda f: list(zip(f["budget"].round(6), f["N"].round(3), f["D"].round(3)))  # noqa: E731
-    wanted = set(keys(ds.points))
-    variants = {f"seed{reps['main_seed']}": at_rule}
-    for seed, pts in sorted(reps["points"].items()):
-        variants[f"seed{seed}"] = pts[[k in wanted for k in keys(pts)]]
+    variants = {f"seed{reps['main_seed']}": at_rule, **{f"seed{seed}": pts for seed, pts in sorted(reps["points"].items())}}
     return _refits(ds, variants, opts)
+
+
+def _point_keys(frame: pd.DataFrame) -> list[tuple]:
+    """Which point each row is, whatever run measured it: (budget, N, D)."""
+    return list(zip(frame["budget"].round(6), frame["N"].round(3), frame["D"].round(3)))
 
 
 def _refits(ds: Dataset, variants: dict, opts: FitOptions) -> tuple[dict, dict]:
     """Each approach's a (and alpha, beta where it has them) refitted on each variant's points, with
-    the main fit's options less the bootstrap, holdout and tables; a variant missing a point is
-    skipped, so every value compares the same points. The spread is max - min over the variants."""
+    the main fit's options less the bootstrap, holdout and tables. A variant is cut to the main fit's
+    points (what the data filters kept) and skipped if it misses one, so every value compares the
+    same points. The spread is max - min over the variants."""
     quick = dataclasses.replace(opts, bootstrap=0, holdout_largest=0, at=(), points=())
+    kept = set(_point_keys(ds.points))
     a_by, exps_by = {}, {}
     for name, pts in variants.items():
+        pts = pts[[k in kept for k in _point_keys(pts)]]
         if len(pts) < len(ds.points):  # e.g. an lr factor some points lack (diverged runs, an edge extension)
             continue
         try:

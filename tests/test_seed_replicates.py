@@ -77,19 +77,21 @@ def _write(root, run_id, N, D, budget, factor, loss, sweep="iso", seed=0):
         "entropy_floor": None, "sweep": sweep, "budget": budget}))
 
 
-def _store(root, replicate_noise: dict[int, float]):
+def _store(root, replicate_noise: dict[int, float], off_below_tpp: float = 0.0):
     """Every point at lr x 0.5, 1, 2 (x1 best, the law plus 0.02); a replicate per seed at x1 whose loss
-    is the x1 loss times (1 + noise * a fixed pattern over the points), so noise 0 repeats x1 exactly."""
+    is the x1 loss times (1 + noise * a fixed pattern over the points), so noise 0 repeats x1 exactly.
+    Points with D/N below `off_below_tpp` are 1 nat off the law in every run."""
     rng = np.random.default_rng(0)
     pattern = rng.standard_normal(len(BUDGETS) * len(NS))
     k = 0
     for C in BUDGETS:
         for N in NS:
             D = C / (6 * N)
+            off = 1.0 if D / N < off_below_tpp else 0.0
             for f in FACTORS:
-                _write(root, f"iso-{C:g}-{N:g}-x{f:g}", N, D, C, f, law(N, D) + 0.02 + 0.3 * np.log(f) ** 2)
+                _write(root, f"iso-{C:g}-{N:g}-x{f:g}", N, D, C, f, law(N, D) + off + 0.02 + 0.3 * np.log(f) ** 2)
             for seed, noise in replicate_noise.items():
-                loss = (law(N, D) + 0.02) * (1 + noise * pattern[k])
+                loss = (law(N, D) + off + 0.02) * (1 + noise * pattern[k])
                 _write(root, f"iso-{C:g}-{N:g}-seed{seed}", N, D, C, 1.0, loss, sweep=replicate_sweep("iso", seed), seed=seed)
             k += 1
     return root
@@ -113,6 +115,21 @@ def test_replicates_are_set_aside_and_fitted_per_seed(tmp_path):
     assert all(row["spread"] > 1e-3 for row in record["seed_sensitivity"].values())  # 0.3% loss noise moves a
     text = markdown({**record, "figures": []})
     assert "## Seed" in text and "a @ seed2" in text and "lr-policy spread" in text
+
+
+def test_the_policy_and_seed_refits_use_the_points_the_filters_kept(tmp_path):
+    """--min-tokens-per-param drops the points that are off the law; the refits at x1 and per seed must
+    drop them too (they read the lr grid's runs and the replicates, which the filter does not touch)."""
+    from analysis.report import prepare
+
+    opts = FitOptions(bootstrap=0, approach="3", n_starts=16, min_tokens_per_param=40)
+    ds = prepare(_store(tmp_path, {1: 0.0}, off_below_tpp=40), opts)
+    assert 0 < len(ds.points) < len(NS) * len(BUDGETS)
+    record = run_fits(ds, opts)
+    truth = TRUTH["beta"] / (TRUTH["alpha"] + TRUTH["beta"])
+    assert record["fits"]["approach3"]["a"]["value"] == pytest.approx(truth, abs=0.01)
+    for row in (record["lr_sensitivity"]["approach3"], record["seed_sensitivity"]["approach3"]):
+        assert all(v == pytest.approx(truth, abs=0.01) for k, v in row.items() if k != "spread"), row
 
 
 def test_only_true_replicates_are_set_aside(tmp_path):
