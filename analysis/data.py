@@ -375,13 +375,13 @@ def _set_replicates_aside(frame: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.D
     """(the frame without seed-replicate runs, {"main_seed", "points": {seed: frame}} or None, notes).
     A replicate is a run of sweep "S-seed<k>" trained at train.seed k, where S is the sweep of points
     that are not replicates and share one seed (lib/sweeps/plans.py Sweep.seeds); any other run is a point."""
-
     if "seed" not in runs:
         return frame, None, []
     info = runs.set_index("run_id")
     sweep = info.loc[frame["run"], "sweep"].to_numpy()
     seed = info.loc[frame["run"], "seed"].to_numpy()
-    parsed = [_runstore().parse_replicate_sweep(s) for s in sweep]
+    parse = _runstore().parse_replicate_sweep
+    parsed = [parse(s) for s in sweep]
     main_sweeps = {s for s, p in zip(sweep, parsed) if p is None}
     is_rep = np.array([p is not None and p[0] in main_sweeps and seed[i] == p[1] for i, p in enumerate(parsed)], dtype=bool)
     if not is_rep.any():

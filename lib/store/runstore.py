@@ -41,6 +41,9 @@ CONFIG, STATUS, METRICS, SUMMARY, CHECKPOINTS = (
     "summary.json",
     "checkpoints",
 )
+METRICS_LOG = "metrics"  # object stores: metrics/<seq>.jsonl chunks, merged into metrics.jsonl
+COMPACT_AFTER = 64  # chunks; bounds what a reader fetches while a run is live
+
 # Seed replicates (lib/sweeps/plans.py `Sweep.seeds`): a sweep S's point trained again at train.seed k
 # is a run of sweep "S-seed<k>", named "<point>-seed<k>"; the loader (analysis/data.py) sets such runs
 # aside when S is a sweep of the root's other points and the run trained at seed k.
@@ -57,10 +60,6 @@ def parse_replicate_sweep(name) -> tuple[str, int] | None:
     """(main sweep, seed) when `name` has the shape of a replicate sweep's name, else None (a shape only)."""
     m = _REPLICATE_SWEEP.match(name) if isinstance(name, str) else None
     return (m["sweep"], int(m["seed"])) if m else None
-
-
-METRICS_LOG = "metrics"  # object stores: metrics/<seq>.jsonl chunks, merged into metrics.jsonl
-COMPACT_AFTER = 64  # chunks; bounds what a reader fetches while a run is live
 
 
 def _path(p) -> epath.Path:
