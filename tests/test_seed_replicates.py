@@ -182,3 +182,15 @@ def test_the_prediction_check_trains_no_replicates():
     assert sweep.seeds
     check = check_sweep(dataclasses.replace(sweep, lr_rule=None), 3.33e12)
     assert check.seeds == () and all(r.cfg.sweep == "ladder-check" for r in check.plan().runs)
+
+
+@pytest.mark.parametrize("run", ["iso-1e+11-5000-x2", "iso-1e+11-5000-seed1"])
+def test_a_finished_run_whose_config_is_corrupt_is_left_out_not_made_a_point(tmp_path, run):
+    """Its lr and seed are unknown: fitted, it would split its point's lr grid into single points (a
+    doubled row) or turn a replicate into a main point. The fit's reader counts it as unfinished."""
+    good = load_run_store(_store(tmp_path / "good", {1: 0.0}))
+    root = _store(tmp_path / "bad", {1: 0.0})
+    (root / run / "config.json").write_bytes(b'{"name": "iso", "optim')
+    ds = load_run_store(root)
+    assert len(ds.points) == len(good.points) and len(ds.seed_replicates["points"][1]) <= len(good.seed_replicates["points"][1])
+    assert any("not finished" in n and run in n for n in ds.notes)

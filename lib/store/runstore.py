@@ -280,12 +280,14 @@ def run_dirs(root) -> list[RunDir]:
     )
 
 
-def shown_state(status: dict, summary: dict | None) -> tuple[str, str]:
+def shown_state(status: dict, summary: dict | None, has_config: bool = True) -> tuple[str, str]:
     """(state, reason) of a run for readers: "done" without a summary (a kill between the final
-    checkpoint and summary.json, or a corrupt one moved aside) is "incomplete", not finished."""
+    checkpoint and summary.json, or a corrupt one moved aside) or, where the reader read it, without
+    its config is "incomplete", not finished -- as `RunDir.finished` decides for the sweep."""
     state, reason = status.get("state", "pending"), status.get("reason", "")
-    if state == "done" and summary is None:
-        return "incomplete", "done but summary.json is missing or corrupt; relaunch to complete it from the final checkpoint"
+    if state == "done" and (summary is None or not has_config):
+        missing = "summary.json" if summary is None else "config.json"
+        return "incomplete", f"done but {missing} is missing or corrupt; relaunch to complete it from the final checkpoint"
     return state, reason
 
 
@@ -305,11 +307,11 @@ def load_runs(root):
     for run in run_dirs(root):
         status = run.status() or {}
         summary = run.summary()
-        state, reason = shown_state(status, summary)
-        summary = summary or {}
+        config = run.config()  # without it a run's lr and seed are unknown: not a point to fit
+        state, reason = shown_state(status, summary, has_config=config is not None)
+        summary, config = summary or {}, config or {}
         params = summary.get("params") or {}
         flops = summary.get("flops") or {}
-        config = run.config() or {}
         rows.append(
             {
                 "run_id": run.path.name,
