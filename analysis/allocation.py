@@ -154,8 +154,14 @@ def best_per_size(runs) -> list[dict]:
 
 
 def pooled_sigma(record: dict) -> tuple[float, int] | None:
-    """Approach 2's noise, pooled over the sweep's budgets (sigma, dof), from fit.json; None without."""
-    for b in (record.get("fits", {}).get("approach2") or {}).get("budgets", []):
+    """Approach 2's noise, its windows' residuals pooled over the sweep's budgets (sigma, dof), from
+    fit.json; None without. (Not a budget's own sigma: where seed replicates measured a larger one at
+    a budget, that budget's se uses it, and the check budget is none of the sweep's.)"""
+    e2 = record.get("fits", {}).get("approach2") or {}
+    pooled = (e2.get("noise") or {}).get("pooled_residuals")
+    if pooled:
+        return float(pooled["sigma"]), int(pooled["dof"])
+    for b in e2.get("budgets", []):  # a fit.json written before "noise" was recorded
         if b.get("accepted") and b.get("sigma_dof") and b.get("sigma") is not None and math.isfinite(b["sigma"]):
             return float(b["sigma"]), int(b["sigma_dof"])
     return None

@@ -32,6 +32,7 @@ from scipy.optimize import least_squares
 
 from analysis.costmodel import CostModel
 from analysis.errors import AnalysisError
+from analysis.noise import BudgetNoise
 
 MAX_SPREAD = 0.1  # decades of C an inferred budget may span (a factor 1.26)
 
@@ -125,8 +126,9 @@ class Budget:
     log10_N_opt_se: float = float("nan")  # standard error of log10 N_opt (delta method)
     loss_opt_se: float = float("nan")  # standard error of the vertex loss (delta method)
     rule: str = RULE
-    sigma: float = float("nan")  # noise (nats) behind the se: this window's residuals, or pooled by approach2
-    sigma_dof: int = 0  # degrees of freedom of `sigma` (points - 3 in the window[s])
+    sigma: float = float("nan")  # noise (nats) behind the se: this window's residuals, or approach2's (pooled, or seed replicates')
+    sigma_dof: int = 0  # degrees of freedom of `sigma` (points - 3 in the window[s]; runs - points for seed replicates)
+    sigma_source: str = "this window's residuals"
     one_sided: bool = False  # the window runs into the ladder's end: 2+ more sizes on one side of the vertex
     vertex_bias: float = 0.0  # the vertex's shift (decades of N) a parabola makes at this window's offsets, measured on REFERENCE_EXPONENTS; in the se
 
@@ -139,6 +141,7 @@ class IsoFlopResult:
     grouping: str
     warnings: tuple[str, ...] = ()
     weights: np.ndarray | None = None  # the power laws' weights over the accepted budgets (1/se^2), None: equal
+    pooled: tuple[float, int] | None = None  # (sigma, dof) of the windows' residuals pooled over the accepted budgets
 
     @property
     def accepted(self) -> list[Budget]:
@@ -392,7 +395,8 @@ def _budget_spread(points: pd.DataFrame, labels: np.ndarray, how: str) -> Callab
     return lambda sel: 0.0 if nominal else float(logc[sel].max() - logc[sel].min())
 
 
-def approach2(points: pd.DataFrame, cost: CostModel, gap_decades: float = 0.05, groups=None) -> IsoFlopResult:
+def approach2(points: pd.DataFrame, cost: CostModel, gap_decades: float = 0.05, groups=None,
+              noise: Mapping[float, BudgetNoise] | None = None) -> IsoFlopResult:
     """IsoFLOP minima per budget (`fit_budget`) and power laws N_opt = N_coef C^a,
     D_opt = D_coef C^b through the accepted ones (least squares in log-log, weighted by 1/se^2 of
     each minimum's log10 N_opt where every one has an se). `groups`: a `group_budgets` result to
@@ -400,9 +404,13 @@ def approach2(points: pd.DataFrame, cost: CostModel, gap_decades: float = 0.05, 
 
     The minima's standard errors use a noise level pooled over the accepted budgets,
     sigma^2 = sum of the windows' least-squares residual sums of squares / sum of their
-    (points - 3), on the premise that eval-loss noise is the same at every budget (4 budgets of
-    5-point windows: 8 dof, so +-2 se covers ~92% under Gaussian noise; measured 90%). Each
-    accepted Budget's `sigma`/`sigma_dof` then hold the pooled values."""
+    (points - 3) (4 budgets of 5-point windows: 8 dof, so +-2 se covers ~92% under Gaussian noise;
+    measured 90%). That takes the noise to be the same at every budget. `noise` ({budget C:
+    BudgetNoise}, analysis/noise.py: measured by seed replicates) says where it is not: a budget it
+    covers uses the larger of the two scales (the replicates see the init's chaos, which a window of
+    best-lr points hides; the residuals see the parabola's misfit, which replicates do not), and so
+    its minimum's se and weight follow that budget's own noise. Each accepted Budget's `sigma`,
+    `sigma_dof` and `sigma_source` say which it used."""
     labels, values, how = groups if groups is not None else group_budgets(points, gap_decades)
     if len(values) < 2:
         raise AnalysisError(
@@ -421,13 +429,10 @@ def approach2(points: pd.DataFrame, cost: CostModel, gap_decades: float = 0.05, 
             f"qualify. Refused: {'; '.join(refused)}"
         )
     dof = sum(b.sigma_dof for b in ok)
+    pooled = None
     if dof > 0:
-        sigma = float(np.sqrt(sum(b.sigma**2 * b.sigma_dof for b in ok if b.sigma_dof > 0) / dof))
-        fits = [
-            (replace(b, log10_N_opt_se=float(np.hypot(sigma * u[0], u[2])), loss_opt_se=sigma * u[1], sigma=sigma, sigma_dof=dof), u)
-            if b.accepted else (b, u)
-            for b, u in fits
-        ]
+        pooled = (float(np.sqrt(sum(b.sigma**2 * b.sigma_dof for b in ok if b.sigma_dof > 0) / dof)), dof)
+        fits = [(_with_sigma(b, u, *_budget_sigma(b.C, pooled, noise)), u) if b.accepted else (b, u) for b, u in fits]
     budgets = tuple(b for b, _ in fits)
     ok = [b for b in budgets if b.accepted]
     msgs = [f"approach 2 refused budget {r}" for r in refused]
@@ -441,7 +446,26 @@ def approach2(points: pd.DataFrame, cost: CostModel, gap_decades: float = 0.05, 
         grouping=how,
         warnings=tuple(msgs),
         weights=weights,
+        pooled=pooled,
     )
+
+
+POOLED_SOURCE = "the windows' residuals, pooled over the budgets"
+
+
+def _budget_sigma(C: float, pooled: tuple[float, int], noise: Mapping[float, BudgetNoise] | None) -> tuple[float, int, str]:
+    """(sigma, dof, source) behind budget C's se: the pooled residual scale, or the seed replicates'
+    scale at C where they measured one and it is the larger."""
+    measured = next((v for c, v in (noise or {}).items() if np.isclose(c, C, rtol=1e-6)), None)
+    if measured is None or measured.dof < 1 or not measured.sigma > pooled[0]:
+        return pooled[0], pooled[1], POOLED_SOURCE
+    return measured.sigma, measured.dof, f"seed replicates at this budget: {measured.describe()}, above the pooled residuals' {pooled[0]:.3g}"
+
+
+def _with_sigma(b: Budget, unit: tuple[float, float, float], sigma: float, dof: int, source: str) -> Budget:
+    """`b` with its se rescaled to noise `sigma` (`unit`: its se per unit sigma and its vertex bias)."""
+    return replace(b, log10_N_opt_se=float(np.hypot(sigma * unit[0], unit[2])), loss_opt_se=sigma * unit[1], sigma=sigma,
+                   sigma_dof=dof, sigma_source=source)
 
 
 def minima_weights(budgets) -> np.ndarray | None:
@@ -666,10 +690,13 @@ def _collect(refit: Callable[[], tuple[PowerLaw, PowerLaw] | None], n_resamples:
     return BootstrapSamples(**arrays, n_resamples=int(n_resamples), n_used=used, n_failed=failed, n_lost_budget=lost, unit=unit)
 
 
-def bootstrap_approach2(points: pd.DataFrame, labels, cost: CostModel, n_resamples: int, seed: int) -> BootstrapSamples:
+def bootstrap_approach2(points: pd.DataFrame, labels, cost: CostModel, n_resamples: int, seed: int,
+                        noise: Mapping[float, BudgetNoise] | None = None) -> BootstrapSamples:
     """Parametric bootstrap with the design held fixed: every point's loss gets fresh Gaussian
-    noise of the pooled residual scale sigma of the local fits, and the minima of the budgets the
-    full-data fit accepted are refitted (`labels`: a `group_budgets` result).
+    noise of its budget's scale (the sigma behind that budget's se in `approach2`: the pooled
+    residual scale of the local fits, or the seed replicates' where `noise` measured a larger one),
+    and the minima of the budgets the full-data fit accepted are refitted (`labels`: a
+    `group_budgets` result).
 
     Why not resample points: an IsoFLOP budget is a designed experiment of a few sizes (5 in the
     quickstart); drawing its points with replacement drops sizes, so most resamples lose a budget
@@ -678,10 +705,10 @@ def bootstrap_approach2(points: pd.DataFrame, labels, cost: CostModel, n_resampl
     A resample in which an accepted budget is refused is counted in n_lost_budget and excluded.
     Raises the full-data fit's AnalysisError if Approach 2 refuses the data themselves."""
     lab, values, how = labels
-    full = approach2(points, cost, groups=labels)
+    full = approach2(points, cost, groups=labels, noise=noise)
     keep = [k for k, b in enumerate(full.budgets) if b.accepted]
-    sigma = next(b.sigma for b in full.budgets if b.accepted)  # pooled over the accepted budgets
-    if not np.isfinite(sigma) or sigma <= 0:
+    sigma = {k: full.budgets[k].sigma for k in keep}
+    if not all(np.isfinite(s) and s > 0 for s in sigma.values()):
         raise AnalysisError("Approach 2's bootstrap needs the local fits' residual scale; every window has exactly 3 sizes")
     N, loss = points["N"].to_numpy(float), points["loss"].to_numpy(float)
     spread = _budget_spread(points, lab, how)
@@ -693,7 +720,7 @@ def bootstrap_approach2(points: pd.DataFrame, labels, cost: CostModel, n_resampl
     def refit():
         minima = []
         for k in keep:
-            noisy = loss[idx[k]] + sigma * rng.standard_normal(idx[k].size)
+            noisy = loss[idx[k]] + sigma[k] * rng.standard_normal(idx[k].size)
             b, _ = _fit_budget(values[k], N[idx[k]], noisy, cost, spreads[k], vertex_shift=False)  # only N_opt, D_opt are used
             minima.append(b)
         if not all(b.accepted for b in minima):
@@ -701,7 +728,12 @@ def bootstrap_approach2(points: pd.DataFrame, labels, cost: CostModel, n_resampl
         cs = [b.C for b in minima]
         return fit_power_law(cs, [b.N_opt for b in minima], w), fit_power_law(cs, [b.D_opt for b in minima], w)
 
-    return _collect(refit, n_resamples, f"losses re-drawn with Gaussian noise of the pooled residual scale ({sigma:.3g} nats); sizes and budgets fixed")
+    if len(set(sigma.values())) == 1:
+        what = f"Gaussian noise of the pooled residual scale ({next(iter(sigma.values())):.3g} nats)"
+    else:
+        what = ("Gaussian noise of each budget's scale (" + ", ".join(f"{values[k]:.3g}: {sigma[k]:.3g}" for k in keep)
+                + " nats; seed replicates' where larger than the pooled residuals')")
+    return _collect(refit, n_resamples, f"losses re-drawn with {what}; sizes and budgets fixed")
 
 
 def bootstrap_approach1(points: pd.DataFrame, cost: CostModel, n_resamples: int, seed: int, n_grid: int = 200) -> BootstrapSamples:

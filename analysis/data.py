@@ -20,6 +20,7 @@ import pandas as pd
 
 from analysis import lr_grid as lr_grid_lib
 from analysis.errors import AnalysisError, FitWarning
+from analysis.noise import budget_noise
 
 COLUMNS = ("N", "D", "C", "loss", "run", "budget", "N_alt", "U")  # U: unique tokens where the data repeat (NaN: unknown)
 C_AGREEMENT = 10.0  # a given C more than this factor away from 6ND is named in a warning
@@ -51,6 +52,14 @@ class Dataset:
     # A run store with seed replicates (lib/sweeps/plans.py Sweep.seeds): {"main_seed": the points' train.seed,
     # "points": {seed: that seed's points (COLUMNS), one per main point}}; set aside, never in `points`.
     seed_replicates: dict | None = None
+    # {budget: analysis.noise.BudgetNoise}: one run's loss noise per budget, from the seed replicates and
+    # the points at their rule's lr (approach 2's se and bootstrap use it); kept by filters and refits.
+    budget_noise: dict | None = None
+
+    @property
+    def at_rule(self) -> pd.DataFrame:
+        """The points at their rule's lr: x1 of their lr grid, or the points themselves without one."""
+        return lr_grid_lib.at_factor(pd.DataFrame(self.lr_grid["runs"]), 1.0) if self.lr_grid is not None else self.points
 
     @property
     def n(self) -> int:
@@ -358,7 +367,7 @@ def load_run_store(root, params: str = "total", metric: str = "loss", train_loss
                                   "trunks": sorted({str(t) for t in runs.trunk[branch]})}
             notes.append(f"{int(branch.sum())} of the points are cooldown branches of {len(source['branches']['trunks'])} WSD trunk(s); "
                          "each is recorded with its whole compute (trunk prefix + branch), as a from-scratch run")
-    return Dataset(
+    ds = Dataset(
         points=_finish(frame, root),
         source=source,
         conventions=conventions,
@@ -369,6 +378,12 @@ def load_run_store(root, params: str = "total", metric: str = "loss", train_loss
         lr_grid=lr_grid,
         seed_replicates=replicates,
     )
+    if replicates is None:
+        return ds
+    noise = budget_noise(ds.at_rule, replicates["points"])
+    return replace(ds, budget_noise=noise).with_note(
+        "one run's loss noise per budget, from the seed replicates at the rule's lr (approach 2's se and bootstrap use the larger of it "
+        "and the pooled residual scale): " + ", ".join(f"{C:.3g}: {v.describe()}" for C, v in sorted(noise.items())))
 
 
 def _set_replicates_aside(frame: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict | None, list[str]]:

@@ -319,19 +319,21 @@ def loss_floor(ds_floor, opts: FitOptions, record: dict) -> tuple[float, str | N
     return 0.0, None
 
 
-def fit_approach2(points, opts: FitOptions, cost, groups, minima, floor=(0.0, None), lobo_E=None) -> dict:
+def fit_approach2(points, opts: FitOptions, cost, groups, minima, floor=(0.0, None), lobo_E=None, noise=None) -> dict:
     """`floor`: (E, where it comes from) of L*(C); `lobo_E`: {budget C: E} of approach 3's
     refits without that budget, so the leave-one-out check of L*(C) never sees the held-out
-    budget through E."""
-    res = ap.approach2(points, cost, groups=groups)
+    budget through E; `noise`: {budget C: BudgetNoise} measured by seed replicates (analysis/noise.py)."""
+    res = ap.approach2(points, cost, groups=groups, noise=noise)
     ok = res.accepted
-    samples = ap.bootstrap_approach2(points, groups, cost, opts.bootstrap, opts.seed) if opts.bootstrap else None
+    samples = ap.bootstrap_approach2(points, groups, cost, opts.bootstrap, opts.seed, noise=noise) if opts.bootstrap else None
     entry = {
         **_power_law_entry(2, "the IsoFLOP minima", res, samples, opts, points),
         "grouping": res.grouping,
         "budget_gap_decades": opts.budget_gap,
         "budgets": [dataclasses.asdict(b) for b in res.budgets],
         "power_law_weights": "1/se^2 of each minimum's log10 N_opt" if res.weights is not None else "equal (some minimum has no se)",
+        "noise": {"pooled_residuals": {"sigma": res.pooled[0], "dof": res.pooled[1]} if res.pooled else None,
+                  "seed_replicates": {f"{C:g}": dataclasses.asdict(v) for C, v in sorted((noise or {}).items())} or None},
         "warnings": list(res.warnings),
     }
     if samples is not None:
@@ -549,7 +551,7 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
                     lobo3 = record["fits"].get("approach3", {}).get("goodness", {}).get("lobo", {}).get("budgets", [])
                     lobo_E = {r["C"]: r["predicted"]["E"] for r in lobo3 if "predicted" in r}
                     floor = loss_floor(ds.entropy_floor, opts, record)
-                    record["fits"]["approach2"] = fit_approach2(pts, opts, cost, groups, minima, floor, lobo_E)
+                    record["fits"]["approach2"] = fit_approach2(pts, opts, cost, groups, minima, floor, lobo_E, ds.budget_noise)
                 else:
                     record["fits"]["approach1"] = fit_approach1(pts, opts, cost, groups, minima)
             except AnalysisError as e:
@@ -649,8 +651,7 @@ def seed_sensitivity(ds: Dataset, opts: FitOptions) -> tuple[dict, dict]:
     ({approach: {"seed0": a, "seed1": a, ..., "spread": max - min}}, {approach: {variant: {"alpha", "beta"}}});
     a seed whose replicates do not cover every point is left out."""
     reps = ds.seed_replicates
-    at_rule = lr_grid_lib.at_factor(pd.DataFrame(ds.lr_grid["runs"]), 1.0) if ds.lr_grid is not None else ds.points
-    variants = {f"seed{reps['main_seed']}": at_rule, **{f"seed{seed}": pts for seed, pts in sorted(reps["points"].items())}}
+    variants = {f"seed{reps['main_seed']}": ds.at_rule, **{f"seed{seed}": pts for seed, pts in sorted(reps["points"].items())}}
     return _refits(ds, variants, opts)
 
 

@@ -378,12 +378,15 @@ def markdown(record: dict) -> str:
             ll = e["loss_law"]
             lines += ["", loss_law_line(ll)]
         if e.get("approach") == 2:
-            lines += ["", "| budget C | points | window | N_opt [+-1 se] | D_opt | min loss | status |", "|---|---|---|---|---|---|---|"]
+            lines += ["", "| budget C | points | window | N_opt [+-1 se] | D_opt | min loss | noise behind the se | status |",
+                      "|---|---|---|---|---|---|---|---|"]
             for b in e["budgets"]:
                 status = ("used" + (" (one-sided window)" if b.get("one_sided") else "")) if b["accepted"] else f"refused: {b['reason']}"
                 se = b.get("log10_N_opt_se")
                 band = f" [{_fmt(b['N_opt'] / 10 ** se)}, {_fmt(b['N_opt'] * 10 ** se)}]" if se is not None and b["accepted"] and math.isfinite(se) else ""
-                lines.append(f"| {b['C']:.3g} | {b['n_points']} | {len(b.get('window') or [])} sizes | {_fmt(b['N_opt'])}{band} | {_fmt(b['D_opt'])} | {_fmt(b['loss_opt'])} | {status} |")
+                noise = f"{b['sigma']:.3g} nats: {b.get('sigma_source', '')}" if b["accepted"] and b.get("sigma") is not None and math.isfinite(b["sigma"]) else "-"
+                lines.append(f"| {b['C']:.3g} | {b['n_points']} | {len(b.get('window') or [])} sizes | {_fmt(b['N_opt'])}{band} | {_fmt(b['D_opt'])} | "
+                             f"{_fmt(b['loss_opt'])} | {noise} | {status} |")
             if e["budgets"] and e["budgets"][0].get("rule"):
                 lines += ["", f"Minimum rule: {e['budgets'][0]['rule']}"]
         lines += [""] + _goodness_lines(e)
