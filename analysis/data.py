@@ -382,8 +382,8 @@ def load_run_store(root, params: str = "total", metric: str = "loss", train_loss
         return ds
     noise = budget_noise(ds.at_rule, replicates["points"])
     return replace(ds, budget_noise=noise).with_note(
-        "one run's loss noise per budget, from the seed replicates at the rule's lr (approach 2's se and bootstrap use the larger of it "
-        "and the pooled residual scale): " + ", ".join(f"{C:.3g}: {v.describe()}" for C, v in sorted(noise.items())))
+        "one run's loss noise per budget, from the seed replicates at the rule's lr (approach 2's se, weights and bootstrap use it "
+        "in place of the pooled residual scale): " + ", ".join(f"{C:.3g}: {v.describe()}" for C, v in sorted(noise.items())))
 
 
 def _set_replicates_aside(frame: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict | None, list[str]]:

@@ -6,9 +6,10 @@ noise of one run's loss there: per budget, the within-point variance pooled over
 
     sigma_C^2 = sum over points of sum over seeds (L - mean of the point)^2 / sum over points (seeds - 1)
 
-with sum (seeds - 1) degrees of freedom. Approach 2 uses it (analysis/approaches.py `approach2`):
-on the ladder it falls 7x from the smallest budget to the largest (0.076 to 0.011 nats), which the
-windows' pooled residual scale (one value, 0.016, from best-lr points) does not see.
+with sum (seeds - 1) degrees of freedom. Approach 2 uses it for the budget's se, weight and
+bootstrap (analysis/approaches.py `approach2`): on the ladder it falls 7x from the smallest budget
+to the largest (0.076 to 0.011 nats), which the windows' pooled residual scale (one value, 0.016,
+from best-lr points: the best of a point's 3-4 chaotic runs is a lucky draw) does not see.
 
     budget_noise(at_rule, replicates)   {budget: BudgetNoise}
 """

@@ -51,37 +51,36 @@ def test_budget_noise_recovers_a_known_sd():
     assert var.mean() == pytest.approx(0.05**2, rel=0.05)  # se of the mean: 0.05**2 * sqrt(2/18) / sqrt(300) ~ 2%
 
 
-def test_approach2_takes_each_budgets_larger_noise_into_its_se_and_weight():
+def test_approach2_takes_each_budgets_measured_noise_into_its_se_and_weight():
     rng = np.random.default_rng(2)
     frame = _noisy(isoflop_frame(budgets=BUDGETS, k=7), rng)
     plain = ap.approach2(frame, SIX_N)
     pooled = plain.pooled[0]
     assert all(b.sigma == pooled and b.sigma_source == ap.POOLED_SOURCE for b in plain.accepted)
     noise = {1e18: BudgetNoise(sigma=10 * pooled, dof=12, n_points=7, n_runs=21),
-             1e19: BudgetNoise(sigma=pooled / 2, dof=12, n_points=7, n_runs=21),  # below the residuals: not used
+             1e19: BudgetNoise(sigma=pooled / 2, dof=12, n_points=7, n_runs=21),  # quieter than the pooled scale: used too
+             1e20: BudgetNoise(sigma=10 * pooled, dof=ap.MIN_NOISE_DOF - 1, n_points=3, n_runs=6),  # too few dof: not used
              5e22: BudgetNoise(sigma=1.0, dof=12, n_points=7, n_runs=21)}  # a budget the data lack: ignored
     res = ap.approach2(frame, SIX_N, noise=noise)
     assert res.pooled == plain.pooled
-    by_C = {b.C: b for b in res.accepted}
-    old = {b.C: b for b in plain.accepted}
-    loud = by_C[1e18]
-    assert (loud.sigma, loud.sigma_dof) == (10 * pooled, 12) and "seed replicates" in loud.sigma_source
-    no_bias = lambda b: np.sqrt(b.log10_N_opt_se**2 - b.vertex_bias**2)
-    assert no_bias(loud) == pytest.approx(10 * no_bias(old[1e18]), rel=1e-9)
-    assert loud.loss_opt_se == pytest.approx(10 * old[1e18].loss_opt_se, rel=1e-9)
-    assert loud.N_opt == old[1e18].N_opt  # the minimum itself does not move; its weight does
-    for C in (1e19, 1e20, 1e21):
-        assert by_C[C] == old[C]
+    by_C, old = {b.C: b for b in res.accepted}, {b.C: b for b in plain.accepted}
+    no_bias = lambda b: np.sqrt(b.log10_N_opt_se**2 - b.vertex_bias**2)  # noqa: E731
+    for C, factor in ((1e18, 10.0), (1e19, 0.5)):
+        b = by_C[C]
+        assert (b.sigma, b.sigma_dof) == (noise[C].sigma, 12) and "seed replicates" in b.sigma_source
+        assert no_bias(b) == pytest.approx(factor * no_bias(old[C]), rel=1e-9)
+        assert b.loss_opt_se == pytest.approx(factor * old[C].loss_opt_se, rel=1e-9)
+        assert b.N_opt == old[C].N_opt  # the minimum itself does not move; its weight does
+    assert by_C[1e20] == old[1e20] and by_C[1e21] == old[1e21]
     w, w0 = res.weights / res.weights.sum(), plain.weights / plain.weights.sum()
-    assert w[0] < w0[0] and np.all(w[1:] > w0[1:])
+    assert w[0] < w0[0] and w[1] > w0[1]
 
 
 def test_weighting_by_the_measured_noise_makes_a_more_precise():
     """Monte Carlo over 80 datasets whose noise falls 8x with the budget, each with 2 seed replicates:
     approach 2's a, weighted by each budget's measured noise, lies nearer the noise-free fit's than with
-    one pooled scale (measured 6-12% lower rmse in each of 4 such sets of 80 (0.081 against 0.091 here);
-    300 datasets: 0.080 against 0.087, and 0.079 with the true noise; benchmarks/noise_coverage.py
-    measures the intervals' coverage)."""
+    one pooled scale: 26-45% lower rmse in each of 4 such sets of 80 (0.051 against 0.091 here;
+    benchmarks/noise_coverage.py measures it on the ladder's design, with the intervals' coverage)."""
     base = isoflop_frame(budgets=BUDGETS, k=7)
     truth = ap.approach2(base, SIX_N).N_fit.exponent
     err = {"pooled": [], "seeds": []}
@@ -92,7 +91,7 @@ def test_weighting_by_the_measured_noise_makes_a_more_precise():
         for k, noise in (("pooled", None), ("seeds", budget_noise(main, reps))):
             err[k].append(ap.approach2(main, SIX_N, groups=groups, noise=noise).N_fit.exponent - truth)
     rmse = {k: float(np.sqrt(np.mean(np.square(v)))) for k, v in err.items()}
-    assert rmse["seeds"] < 0.95 * rmse["pooled"], rmse
+    assert rmse["seeds"] < 0.8 * rmse["pooled"], rmse
 
 
 def test_the_bootstrap_redraws_each_budget_at_its_own_noise():
