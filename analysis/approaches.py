@@ -407,13 +407,14 @@ def approach2(points: pd.DataFrame, cost: CostModel, gap_decades: float = 0.05, 
     (points - 3) (4 budgets of 5-point windows: 8 dof, so +-2 se covers ~92% under Gaussian noise;
     measured 90%). That takes the noise to be the same at every budget. `noise` ({budget C:
     BudgetNoise}, analysis/noise.py: measured by seed replicates) says where it is not: a budget it
-    covers with >= MIN_NOISE_DOF degrees of freedom uses its own measured scale instead, and so its
-    minimum's se and weight follow that budget's noise. (Not the larger of the two: the pooled
-    scale is an average over budgets, no statement about one of them; on a ladder-like design whose
-    noise falls 8x over the budgets, each budget's own scale gives a an rmse of 0.092 against 0.143
-    pooled and 0.130 for the larger of the two, with 95% intervals covering 99%, 91% and 99%:
-    benchmarks/noise_coverage.py.) Each accepted Budget's `sigma`, `sigma_dof` and `sigma_source`
-    say which it used."""
+    covers with >= MIN_NOISE_DOF degrees of freedom uses its own measured scale instead (also where
+    every window has 3 sizes and there is no pooled scale), and so its minimum's se and weight
+    follow that budget's noise; budgets the noise misses are warned about. (Not the larger of the
+    two: the pooled scale is an average over budgets, no statement about one of them; on the
+    ladder's design with its measured noise, falling 7x over the budgets, each budget's own scale
+    gives a an rmse of 0.093 against 0.143 pooled and 0.130 for the larger of the two, with 95%
+    intervals covering 99%, 91% and 99%: benchmarks/noise_coverage.py, the last at commit c8a315f.)
+    Each accepted Budget's `sigma`, `sigma_dof` and `sigma_source` say which it used."""
     labels, values, how = groups if groups is not None else group_budgets(points, gap_decades)
     if len(values) < 2:
         raise AnalysisError(
@@ -432,13 +433,19 @@ def approach2(points: pd.DataFrame, cost: CostModel, gap_decades: float = 0.05, 
             f"qualify. Refused: {'; '.join(refused)}"
         )
     dof = sum(b.sigma_dof for b in ok)
-    pooled = None
-    if dof > 0:
-        pooled = (float(np.sqrt(sum(b.sigma**2 * b.sigma_dof for b in ok if b.sigma_dof > 0) / dof)), dof)
-        fits = [(_with_sigma(b, u, *_budget_sigma(b.C, pooled, noise)), u) if b.accepted else (b, u) for b, u in fits]
+    pooled = (float(np.sqrt(sum(b.sigma**2 * b.sigma_dof for b in ok if b.sigma_dof > 0) / dof)), dof) if dof > 0 else None
+    measured = _measured_noise(points, labels, len(values), noise)
+    fits = [(_with_sigma(b, u, *chosen), u) if b.accepted and (chosen := _budget_sigma(measured[k], pooled)) else (b, u)
+            for k, (b, u) in enumerate(fits)]
     budgets = tuple(b for b, _ in fits)
     ok = [b for b in budgets if b.accepted]
     msgs = [f"approach 2 refused budget {r}" for r in refused]
+    if noise:
+        unmeasured = [b.C for b in ok if not b.sigma_source.startswith(SEED_SOURCE)]
+        if unmeasured:
+            msgs.append(f"approach 2: seed replicates measured the noise at {len(ok) - len(unmeasured)} of {len(ok)} budgets (>= {MIN_NOISE_DOF} dof); "
+                        f"{', '.join(f'{c:.3g}' for c in unmeasured)} use the windows' pooled residual scale, which on the ladder read 2-5x "
+                        "below the measured scale: their minima weigh more than their noise warrants")
     msgs += [f"approach 2: budget C={b.C:.3g}'s window is one-sided (its minimum next to the ladder's end); a parabola there puts "
              f"the vertex {b.vertex_bias:+.3f} decades off the optimum of a reference law, counted in its se" for b in ok if b.one_sided]
     weights = minima_weights(ok)
@@ -456,16 +463,30 @@ def approach2(points: pd.DataFrame, cost: CostModel, gap_decades: float = 0.05, 
 POOLED_SOURCE = "the windows' residuals, pooled over the budgets"
 
 
-MIN_NOISE_DOF = 4  # a budget's measured noise replaces the pooled scale from this many degrees of freedom (2 seeds x 4 points: 4)
+MIN_NOISE_DOF = 8  # a budget's measured noise replaces the pooled scale from this many dof (E[sigma^2 / s^2] = dof / (dof - 2): 1.33x)
+SEED_SOURCE = "seed replicates at this budget"
 
 
-def _budget_sigma(C: float, pooled: tuple[float, int], noise: Mapping[float, BudgetNoise] | None) -> tuple[float, int, str]:
-    """(sigma, dof, source) behind budget C's se: the seed replicates' scale at C where they measured
-    one with enough dof, else the windows' pooled residual scale."""
-    measured = next((v for c, v in (noise or {}).items() if np.isclose(c, C, rtol=1e-6)), None)
-    if measured is None or measured.dof < MIN_NOISE_DOF or not np.isfinite(measured.sigma) or measured.sigma <= 0:
-        return pooled[0], pooled[1], POOLED_SOURCE
-    return measured.sigma, measured.dof, f"seed replicates at this budget: {measured.describe()} (the pooled residuals': {pooled[0]:.3g})"
+def _measured_noise(points: pd.DataFrame, labels: np.ndarray, n_groups: int, noise: Mapping[float, BudgetNoise] | None) -> list:
+    """Per budget group, the BudgetNoise measured at its points' nominal budget (their `budget`
+    column, which the noise is keyed by, whether the groups are those budgets or clusters of C);
+    None where its points name no single measured budget."""
+    nominal = points["budget"].to_numpy(float) if "budget" in points else np.full(len(points), np.nan)
+    out = []
+    for k in range(n_groups):
+        named = np.unique(nominal[(labels == k) & np.isfinite(nominal)])
+        hit = [v for c, v in (noise or {}).items() if named.size == 1 and np.isclose(c, named[0], rtol=1e-9)]
+        out.append(hit[0] if hit else None)
+    return out
+
+
+def _budget_sigma(measured: BudgetNoise | None, pooled: tuple[float, int] | None) -> tuple[float, int, str] | None:
+    """(sigma, dof, source) behind a budget's se: the seed replicates' scale there where they measured
+    one with enough dof, else the windows' pooled residual scale; None with neither."""
+    if measured is not None and measured.dof >= MIN_NOISE_DOF and np.isfinite(measured.sigma) and measured.sigma > 0:
+        other = f"; the pooled residuals' scale: {pooled[0]:.3g}" if pooled else ""
+        return measured.sigma, measured.dof, f"{SEED_SOURCE} ({measured.n_runs} runs of {measured.n_points} points, {measured.dof} dof{other})"
+    return (pooled[0], pooled[1], POOLED_SOURCE) if pooled else None
 
 
 def _with_sigma(b: Budget, unit: tuple[float, float, float], sigma: float, dof: int, source: str) -> Budget:

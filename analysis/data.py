@@ -378,12 +378,13 @@ def load_run_store(root, params: str = "total", metric: str = "loss", train_loss
         lr_grid=lr_grid,
         seed_replicates=replicates,
     )
-    if replicates is None:
+    noise = budget_noise(ds.at_rule, replicates["points"]) if replicates is not None else {}
+    if not noise:
         return ds
-    noise = budget_noise(ds.at_rule, replicates["points"])
     return replace(ds, budget_noise=noise).with_note(
-        "one run's loss noise per budget, from the seed replicates at the rule's lr (approach 2's se, weights and bootstrap use it "
-        "in place of the pooled residual scale): " + ", ".join(f"{C:.3g}: {v.describe()}" for C, v in sorted(noise.items())))
+        "one run's loss noise per budget, measured by the seed replicates at the rule's lr (approach 2's se, weights and bootstrap "
+        "use it where it has enough dof, in place of the pooled residual scale): "
+        + ", ".join(f"{C:.3g}: {v.describe()}" for C, v in sorted(noise.items())))
 
 
 def _set_replicates_aside(frame: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict | None, list[str]]:

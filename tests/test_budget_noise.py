@@ -2,6 +2,8 @@
 se, weights and bootstrap built on it (analysis/approaches.py): issue 22, approach 2's interval was
 too narrow for the seed's effect on the ladder."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,7 +15,8 @@ from analysis.data import load_run_store
 from analysis.noise import BudgetNoise, budget_noise
 from analysis.pipeline import FitOptions, run_fits
 from test_analysis_approaches import isoflop_frame
-from test_seed_replicates import _store
+from lib.store.runstore import replicate_sweep
+from test_seed_replicates import _write
 
 BUDGETS = (1e18, 1e19, 1e20, 1e21)
 SIGMA = {1e18: 0.08, 1e19: 0.05, 1e20: 0.03, 1e21: 0.01}  # falling with the budget, as the ladder's (0.076 .. 0.011)
@@ -106,16 +109,73 @@ def test_the_bootstrap_redraws_each_budget_at_its_own_noise():
     assert np.std(loud.a) > 1.5 * np.std(quiet.a)
 
 
-def test_the_fit_records_the_noise_and_uses_it_in_every_refit(tmp_path):
-    ds = load_run_store(_store(tmp_path, {1: 0.01, 2: 0.02}))
-    assert ds.budget_noise and all(v.n_points == 6 and v.dof == 12 for v in ds.budget_noise.values())
+def _four_budget_store(root, rng):
+    """A run store of 4 budgets x 7 sizes, each point at lr x0.5/1/2 (x1 best) and twice more at x1 with
+    seeds 1 and 2, every run drawn with its budget's noise (SIGMA): all 4 budgets bracketed."""
+    base = isoflop_frame(budgets=BUDGETS, k=7)
+    for i, r in base.iterrows():
+        sd = SIGMA[r["budget"]]
+        for f in (0.5, 1.0, 2.0):
+            loss = r["loss"] + 0.02 * np.log2(f) ** 2 + sd * rng.standard_normal()
+            _write(root, f"iso-{i}-x{f:g}", r["N"], r["D"], r["budget"], f, loss)
+        for seed in (1, 2):
+            _write(root, f"iso-{i}-seed{seed}", r["N"], r["D"], r["budget"], 1.0, r["loss"] + sd * rng.standard_normal(),
+                   sweep=replicate_sweep("iso", seed), seed=seed)
+    return root
+
+
+def test_the_fit_records_the_noise_and_uses_it_in_every_refit(tmp_path, monkeypatch):
+    ds = load_run_store(_four_budget_store(tmp_path, np.random.default_rng(5)))
+    assert sorted(ds.budget_noise) == list(BUDGETS) and all(v.n_points == 7 and v.dof == 14 for v in ds.budget_noise.values())
     assert any("one run's loss noise per budget" in n for n in ds.notes)
-    record = run_fits(ds, FitOptions(bootstrap=20, approach="2"))
+    opts = FitOptions(bootstrap=20, approach="2")
+    record = run_fits(ds, opts)
     e2 = record["fits"]["approach2"]
-    assert set(e2["noise"]["seed_replicates"]) == {"1e+11", "3e+11", "1e+12"}
-    assert any("seed replicates" in b["sigma_source"] for b in e2["budgets"])
+    assert set(e2["noise"]["seed_replicates"]) == {"1e+18", "1e+19", "1e+20", "1e+21"}
+    assert all(b["sigma_source"].startswith(ap.SEED_SOURCE) for b in e2["budgets"])
     assert "each budget's scale" in e2["bootstrap"]["unit"]
-    # the lr-policy and seed refits keep the noise model: the per-point best is the main fit itself
+    # the noise moves a here (4 budgets, their weights differ), so the refits must carry it to agree with it
+    unweighted = run_fits(dataclasses.replace(ds, budget_noise=None), opts)["fits"]["approach2"]["a"]["value"]
+    assert abs(unweighted - e2["a"]["value"]) > 1e-3
     assert record["lr_sensitivity"]["approach2"]["lr_best"] == pytest.approx(e2["a"]["value"], rel=1e-12)
     # the allocation check pools with the windows' residual scale, not one budget's measured noise
     assert pooled_sigma(record) == (e2["noise"]["pooled_residuals"]["sigma"], e2["noise"]["pooled_residuals"]["dof"])
+
+
+def test_noise_reaches_budgets_grouped_by_clusters_of_C():
+    """One point without a nominal budget: approach 2 groups by clusters of C, whose values are means,
+    not the nominal budgets the noise is keyed by; it still finds each cluster's budget from its points."""
+    rng = np.random.default_rng(6)
+    frame = _noisy(isoflop_frame(budgets=BUDGETS, k=7, jitter=0.01), rng)
+    noise = budget_noise(frame, {1: _noisy(frame, rng), 2: _noisy(frame, rng)})
+    frame.loc[3, "budget"] = np.nan
+    res = ap.approach2(frame, SIX_N, noise=noise)
+    assert res.grouping.startswith("clusters")
+    assert all(b.sigma == noise[C].sigma for b, C in zip(res.accepted, BUDGETS))
+    assert not any("measured the noise at" in w for w in res.warnings)
+
+
+def test_budgets_the_replicates_miss_keep_the_pooled_scale_and_are_named():
+    rng = np.random.default_rng(7)
+    frame = _noisy(isoflop_frame(budgets=BUDGETS, k=7), rng)
+    part = {C: v for C, v in budget_noise(frame, {1: _noisy(frame, rng)}).items() if C != 1e21}  # 7 dof: too few
+    assert all(v.dof == 7 for v in part.values())
+    res = ap.approach2(frame, SIX_N, noise=part)
+    assert all(b.sigma_source == ap.POOLED_SOURCE for b in res.accepted)  # below MIN_NOISE_DOF: none used
+    full = budget_noise(frame, {1: _noisy(frame, rng), 2: _noisy(frame, rng)})
+    res = ap.approach2(frame, SIX_N, noise={C: v for C, v in full.items() if C != 1e21})
+    assert [b.sigma_source == ap.POOLED_SOURCE for b in res.accepted] == [False, False, False, True]
+    assert any("at 3 of 4 budgets" in w and "1e+21" in w for w in res.warnings)
+
+
+def test_windows_of_three_sizes_take_the_measured_noise():
+    """Every window has 3 sizes, so no residual dof and no pooled scale: the measured noise alone gives the
+    minima an se, weights and a bootstrap (before, approach 2 had no se and its bootstrap refused)."""
+    rng = np.random.default_rng(8)
+    frame = _noisy(isoflop_frame(budgets=BUDGETS, k=3), rng)
+    assert ap.approach2(frame, SIX_N).weights is None
+    noise = budget_noise(frame, {1: _noisy(frame, rng), 2: _noisy(frame, rng), 3: _noisy(frame, rng)})
+    res = ap.approach2(frame, SIX_N, noise=noise)
+    assert res.pooled is None and res.weights is not None
+    assert all(np.isfinite(b.log10_N_opt_se) and b.sigma == noise[b.C].sigma for b in res.accepted)
+    assert ap.bootstrap_approach2(frame, ap.group_budgets(frame), SIX_N, 20, seed=0, noise=noise).n_used > 0
