@@ -17,6 +17,15 @@ and asks whether the 95% percentile interval holds the target: approach 2's a on
 draw (what the estimator converges to; the law's own a is printed beside it). Prints coverage
 (with its binomial standard error), the rmse of a, the mean half-width and the usable resamples,
 and writes benchmarks/results/noise_coverage.json.
+
+    python benchmarks/noise_coverage.py --lr-grid 0.05 [--lr-offset 0.35]
+
+adds what the sweep does on top: every point is trained at lr x0.5, x1 and x2 of its rule, each
+run with its own noise and a penalty quadratic in log lr (P nats at x0.5 and x2 of the point's
+best lr, which sits a uniform +-OFFSET (natural log) from the rule's), and the point's loss is
+its best lr's (analysis/lr_grid.py `best_lr`: the parabola through the best run and its
+neighbours, or the best run on an edge), as in a real sweep; the replicates are x1 runs. The best
+of three noisy runs is then what the fit sees, and the replicates' x1 scatter what it weighs by.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analysis import approaches as ap  # noqa: E402
 from analysis.costmodel import SIX_N  # noqa: E402
 from analysis.errors import AnalysisError  # noqa: E402
+from analysis.lr_grid import best_lr  # noqa: E402
 from analysis.noise import budget_noise  # noqa: E402
 from benchmarks.results_io import write_json  # noqa: E402
 
@@ -55,13 +65,28 @@ def design() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def simulate(base: pd.DataFrame, target: float, resamples: int, seed: int) -> dict:
+FACTORS = (0.5, 1.0, 2.0)
+
+
+def simulate(base: pd.DataFrame, target: float, resamples: int, seed: int, penalty: float = 0.0, offset: float = 0.0) -> dict:
     rng = np.random.default_rng(seed)
-    draw = lambda: base.assign(loss=base["loss"] + base["sd"] * rng.standard_normal(len(base)))  # noqa: E731
-    main, reps = draw(), {1: draw(), 2: draw()}
+    curvature = penalty / np.log(2.0) ** 2  # nats per (natural log of lr)^2
+    best_at = rng.uniform(-offset, offset, len(base)) if penalty else np.zeros(len(base))  # log(best lr / rule's lr)
+
+    def draw(factor: float) -> pd.DataFrame:
+        extra = curvature * (np.log(factor) - best_at) ** 2
+        return base.assign(loss=base["loss"] + extra + base["sd"] * rng.standard_normal(len(base)))
+
+    if penalty:
+        runs = [draw(f)["loss"].to_numpy() for f in FACTORS]
+        main = base.assign(loss=[best_lr(FACTORS, [r[i] for r in runs])["loss"] for i in range(len(base))])
+        reps = {0: base.assign(loss=runs[1]), 1: draw(1.0), 2: draw(1.0)}  # x1 at seeds 0, 1, 2
+    else:
+        main, reps = draw(1.0), {1: draw(1.0), 2: draw(1.0)}
     groups = ap.group_budgets(main)
     out = {}
-    for name, noise in (("pooled", None), ("seeds", budget_noise(main, reps))):
+    at_rule, others = (reps[0], {k: v for k, v in reps.items() if k}) if penalty else (main, reps)
+    for name, noise in (("pooled", None), ("seeds", budget_noise(at_rule, others))):
         try:
             a = ap.approach2(main, SIX_N, groups=groups, noise=noise).N_fit.exponent
             boot = ap.bootstrap_approach2(main, groups, SIX_N, resamples, seed, noise=noise)
@@ -78,12 +103,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sims", type=int, default=200)
     p.add_argument("--resamples", type=int, default=100)
+    p.add_argument("--lr-grid", type=float, default=0.0, metavar="P",
+                   help="train each point at lr x0.5/1/2 with a penalty of P nats at x0.5 and x2 of its best lr; fit its best")
+    p.add_argument("--lr-offset", type=float, default=0.35, help="best lr a uniform +-this (natural log) from the rule's (with --lr-grid)")
     p.add_argument("--out", default="noise_coverage.json")
     args = p.parse_args()
     base = design()
     target = ap.approach2(base.assign(sd=0.0), SIX_N).N_fit.exponent
     t0 = time.perf_counter()
-    sims = [simulate(base, target, args.resamples, seed) for seed in range(args.sims)]
+    sims = [simulate(base, target, args.resamples, seed, args.lr_grid, args.lr_offset) for seed in range(args.sims)]
     rows = []
     for name in ("pooled", "seeds"):
         ok = [s[name] for s in sims if s[name] is not None]
@@ -92,14 +120,16 @@ def main() -> None:
                      "rmse_a": float(np.sqrt(np.mean([(r["a"] - target) ** 2 for r in ok]))),
                      "mean_half_width": float(np.mean([r["half_width"] for r in ok])),
                      "usable_resamples": float(np.mean([r["usable"] for r in ok]))})
+    grid = f"; each point the best of lr x0.5/1/2 (penalty {args.lr_grid} nats, best lr +-{args.lr_offset})" if args.lr_grid else ""
     print(f"approach 2's a: target (noise-free fit) {target:.4f}, the law's {A_LAW:.4f}; {args.sims} simulations x "
-          f"{args.resamples} resamples, {time.perf_counter() - t0:.0f} s")
+          f"{args.resamples} resamples{grid}, {time.perf_counter() - t0:.0f} s")
     print(f"{'noise':8} {'sims':>5} {'coverage':>14} {'rmse of a':>10} {'half-width':>11} {'usable':>7}")
     for r in rows:
         print(f"{r['noise']:8} {r['sims']:5d} {r['coverage']:8.3f} +-{r['coverage_se']:.3f} {r['rmse_a']:10.4f} "
               f"{r['mean_half_width']:11.4f} {r['usable_resamples']:7.2f}")
     path = write_json(args.out, {"target_a": target, "law_a": A_LAW, "budgets": BUDGETS, "sigma": SIGMA, "sizes": SIZES,
-                                 "sims": args.sims, "resamples": args.resamples, "rows": rows})
+                                 "sims": args.sims, "resamples": args.resamples,
+                                 "lr_grid_penalty": args.lr_grid, "lr_offset": args.lr_offset if args.lr_grid else None, "rows": rows})
     print(f"wrote {path}")
 
 
