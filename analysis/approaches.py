@@ -461,8 +461,6 @@ def approach2(points: pd.DataFrame, cost: CostModel, gap_decades: float = 0.05, 
 
 
 POOLED_SOURCE = "the windows' residuals, pooled over the budgets"
-
-
 MIN_NOISE_DOF = 8  # a budget's measured noise replaces the pooled scale from this many dof (E[sigma^2 / s^2] = dof / (dof - 2): 1.33x)
 SEED_SOURCE = "seed replicates at this budget"
 

@@ -45,11 +45,9 @@ from analysis.costmodel import SIX_N  # noqa: E402
 from analysis.errors import AnalysisError  # noqa: E402
 from analysis.lr_grid import best_lr  # noqa: E402
 from analysis.noise import budget_noise  # noqa: E402
+from benchmarks.pi_coverage import A_TRUE, LAW, n_opt  # noqa: E402  (the same known law as the pi coverage benchmark)
 from benchmarks.results_io import write_json  # noqa: E402
 
-LAW = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
-A_LAW = LAW["beta"] / (LAW["alpha"] + LAW["beta"])
-G_LAW = (LAW["alpha"] * LAW["A"] / (LAW["beta"] * LAW["B"])) ** (1 / (LAW["alpha"] + LAW["beta"]))
 BUDGETS = (1e18, 3e18, 1e19, 3e19, 1e20)
 SIGMA = (0.076, 0.058, 0.035, 0.040, 0.011)  # the ladder's seed scatter per budget, smallest first
 SIZES = 9
@@ -58,7 +56,7 @@ SIZES = 9
 def design() -> pd.DataFrame:
     rows = []
     for C, sd in zip(BUDGETS, SIGMA):
-        for N in G_LAW * (C / 6) ** A_LAW * np.geomspace(1 / 4, 4, SIZES):
+        for N in n_opt(C) * np.geomspace(1 / 4, 4, SIZES):
             D = C / (6 * N)
             rows.append({"N": N, "D": D, "C": C, "budget": C, "sd": sd,
                          "loss": LAW["E"] + LAW["A"] / N ** LAW["alpha"] + LAW["B"] / D ** LAW["beta"]})
@@ -121,13 +119,13 @@ def main() -> None:
                      "mean_half_width": float(np.mean([r["half_width"] for r in ok])),
                      "usable_resamples": float(np.mean([r["usable"] for r in ok]))})
     grid = f"; each point the best of lr x0.5/1/2 (penalty {args.lr_grid} nats, best lr +-{args.lr_offset})" if args.lr_grid else ""
-    print(f"approach 2's a: target (noise-free fit) {target:.4f}, the law's {A_LAW:.4f}; {args.sims} simulations x "
+    print(f"approach 2's a: target (noise-free fit) {target:.4f}, the law's {A_TRUE:.4f}; {args.sims} simulations x "
           f"{args.resamples} resamples{grid}, {time.perf_counter() - t0:.0f} s")
     print(f"{'noise':8} {'sims':>5} {'coverage':>14} {'rmse of a':>10} {'half-width':>11} {'usable':>7}")
     for r in rows:
         print(f"{r['noise']:8} {r['sims']:5d} {r['coverage']:8.3f} +-{r['coverage_se']:.3f} {r['rmse_a']:10.4f} "
               f"{r['mean_half_width']:11.4f} {r['usable_resamples']:7.2f}")
-    path = write_json(args.out, {"target_a": target, "law_a": A_LAW, "budgets": BUDGETS, "sigma": SIGMA, "sizes": SIZES,
+    path = write_json(args.out, {"target_a": target, "law_a": A_TRUE, "budgets": BUDGETS, "sigma": SIGMA, "sizes": SIZES,
                                  "sims": args.sims, "resamples": args.resamples,
                                  "lr_grid_penalty": args.lr_grid, "lr_offset": args.lr_offset if args.lr_grid else None, "rows": rows})
     print(f"wrote {path}")
