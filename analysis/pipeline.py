@@ -581,9 +581,9 @@ def run_fits(ds: Dataset, options: FitOptions) -> dict:
         record["holdout"] = holdout(pts, opts, cost, groups, minima, approach3_law(ds.entropy_floor, opts) if opts.law == "chinchilla" else None)
     if ds.lr_grid is not None and opts.law == "chinchilla":
         record["lr_grid"] = {"choices": ds.lr_grid["choices"], "n_edge": sum(bool(c["edge"]) for c in ds.lr_grid["choices"])}
-        record["lr_sensitivity"], record["lr_sensitivity_exponents"] = lr_sensitivity(ds, opts)
+        record["lr_sensitivity"], record["lr_sensitivity_exponents"], record["lr_sensitivity_left_out"] = lr_sensitivity(ds, opts)
     if ds.seed_replicates is not None and opts.law == "chinchilla":
-        record["seed_sensitivity"], record["seed_sensitivity_exponents"] = seed_sensitivity(ds, opts)
+        record["seed_sensitivity"], record["seed_sensitivity_exponents"], record["seed_sensitivity_left_out"] = seed_sensitivity(ds, opts)
     record["warnings"] = [w for e in record["fits"].values() for w in e.get("warnings", [])] + record.get("holdout", {}).get("warnings", [])
     return record
 
@@ -634,22 +634,23 @@ def fit_approach3(ds: Dataset, pts, opts: FitOptions, cost, groups, minima, c_ra
     return entry, diagnostic
 
 
-def lr_sensitivity(ds: Dataset, opts: FitOptions) -> tuple[dict, dict]:
+def lr_sensitivity(ds: Dataset, opts: FitOptions) -> tuple[dict, dict, dict]:
     """Each approach refitted with every point at lr x f of its rule (f in the grid: the runs with that
     lr_factor) and at its best lr, without bootstrap: how much the learning-rate policy moves the
-    exponents. ({approach: {"lr_x0.5": a, ..., "lr_best": a}}, {approach: {variant: {"alpha", "beta"}}})."""
+    exponents. ({approach: {"lr_x0.5": a, ..., "lr_best": a}}, {approach: {variant: {"alpha", "beta"}}},
+    {variant left out: why}: `_refits`)."""
     runs = pd.DataFrame(ds.lr_grid["runs"])
     variants = {f"lr_x{f:g}": lr_grid_lib.at_factor(runs, f) for f in sorted(runs["lr_factor"].unique())}
     variants["lr_best"] = ds.points
     return _refits(ds, variants, opts)
 
 
-def seed_sensitivity(ds: Dataset, opts: FitOptions) -> tuple[dict, dict]:
+def seed_sensitivity(ds: Dataset, opts: FitOptions) -> tuple[dict, dict, dict]:
     """Each approach refitted, without bootstrap, on the points at the rule's lr (x1 of the lr grid;
     the points themselves without one) and on each seed replicate of them (lib/sweeps/plans.py Sweep.seeds):
     how much the exponents move with the init alone, at a fixed lr policy.
-    ({approach: {"seed0": a, "seed1": a, ..., "spread": max - min}}, {approach: {variant: {"alpha", "beta"}}});
-    a seed whose replicates do not cover every point is left out."""
+    ({approach: {"seed0": a, "seed1": a, ..., "spread": max - min}}, {approach: {variant: {"alpha", "beta"}}},
+    {variant left out: why}); a seed whose replicates do not cover every point is left out, said so."""
     reps = ds.seed_replicates
     variants = {f"seed{reps['main_seed']}": ds.at_rule, **{f"seed{seed}": pts for seed, pts in sorted(reps["points"].items())}}
     return _refits(ds, variants, opts)
@@ -660,30 +661,33 @@ def _point_keys(frame: pd.DataFrame) -> list[tuple]:
     return list(zip(frame["budget"].round(6), frame["N"].round(3), frame["D"].round(3)))
 
 
-def _refits(ds: Dataset, variants: dict, opts: FitOptions) -> tuple[dict, dict]:
+def _refits(ds: Dataset, variants: dict, opts: FitOptions) -> tuple[dict, dict, dict]:
     """Each approach's a (and alpha, beta where it has them) refitted on each variant's points, with
     the main fit's options less the bootstrap, holdout and tables. A variant is cut to the main fit's
-    points (what the data filters kept) and skipped if it misses one, so every value compares the
-    same points. The spread is max - min over the variants."""
+    points (what the data filters kept) and left out if it misses one, so every value compares the
+    same points; the third result says which were left out and why. The spread is max - min over the
+    variants fitted, None with fewer than two (a spread over one variant would read as 0)."""
     quick = dataclasses.replace(opts, bootstrap=0, holdout_largest=0, at=(), points=())
     kept = set(_point_keys(ds.points))
-    a_by, exps_by = {}, {}
+    a_by, exps_by, left_out = {}, {}, {}
     for name, pts in variants.items():
         pts = pts[[k in kept for k in _point_keys(pts)]]
         if len(pts) < len(ds.points):  # e.g. an lr factor some points lack (diverged runs, an edge extension)
+            left_out[name] = f"has {len(pts)} of the fit's {len(ds.points)} points"
             continue
         try:
             fits = run_fits(dataclasses.replace(ds, points=pts[list(COLUMNS)].reset_index(drop=True), lr_grid=None, seed_replicates=None),
                             quick)["fits"]
-        except AnalysisError:
+        except AnalysisError as e:
+            left_out[name] = f"the fit refused it: {e}"
             continue
         for approach, e in fits.items():
             a_by.setdefault(approach, {})[name] = e["a"]["value"]
             if "alpha" in e.get("params", {}):
                 exps_by.setdefault(approach, {})[name] = {k: e["params"][k]["value"] for k in ("alpha", "beta")}
     for approach, values in a_by.items():
-        values["spread"] = max(values.values()) - min(values.values())
-    return a_by, exps_by
+        values["spread"] = max(values.values()) - min(values.values()) if len(values) >= 2 else None
+    return a_by, exps_by, left_out
 
 
 def _grid(rows: list[dict]) -> dict:

@@ -443,8 +443,12 @@ def seed_sensitivity_lines(record: dict) -> list[str]:
     seeds = sorted({v for row in sens.values() for v in row if v.startswith("seed")}, key=lambda v: int(v[4:]))
     lr = record.get("lr_sensitivity") or {}
     lr_spread = {approach: _fmt(row["spread"]) for approach, row in lr.items()}
-    return _spread_table(record, sens, "## Seed (each point at its rule's lr, trained again with another train.seed; refitted without bootstrap)",
-                         seeds, seeds, "seed spread", ("lr-policy spread", lambda approach: lr_spread.get(approach, "-")))
+    lines = _spread_table(record, sens, "## Seed (each point at its rule's lr, trained again with another train.seed; refitted without bootstrap)",
+                          seeds, seeds, "seed spread", ("lr-policy spread", lambda approach: lr_spread.get(approach, "-")))
+    left = record.get("seed_sensitivity_left_out") or {}
+    if left:
+        lines += ["", "Left out: " + "; ".join(f"{v}: {why}" for v, why in left.items()) + " (a seed's replicates must cover every point)."]
+    return lines
 
 
 def _spread_table(record: dict, sens: dict, title: str, variants: list[str], labels: list[str], spread: str, extra=None) -> list[str]:

@@ -133,7 +133,8 @@ def main() -> None:
             if v is None:
                 continue
             cells = " ".join(f"{v[k]:>7.3f}" if k in v else f"{'':>7}" for k in ("lr_x0.5", "lr_x1", "lr_x2", "lr_best"))
-            print(f"{name:<10} {label:<18} {cells} {v['spread']:>7.3f} {'' if hw is None else f'{hw:.3f}':>10}")
+            spread = f"{'n/a':>7}" if v["spread"] is None else f"{v['spread']:>7.3f}"  # fit.json: None over fewer than 2 policies
+            print(f"{name:<10} {label:<18} {cells} {spread} {'' if hw is None else f'{hw:.3f}':>10}")
     print(f"wrote {write_json(args.out, record)}")
 
 

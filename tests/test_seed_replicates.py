@@ -117,6 +117,27 @@ def test_replicates_are_set_aside_and_fitted_per_seed(tmp_path):
     assert "## Seed" in text and "a @ seed2" in text and "lr-policy spread" in text
 
 
+def test_a_seed_missing_a_point_is_left_out_and_said_so(tmp_path):
+    """A replicate lost (a crash, a corrupt file): its seed no longer covers every point, so it is not
+    fitted; the record and the report name it, and a spread over a single seed is n/a, not 0."""
+    import shutil
+
+    root = _store(tmp_path, {1: 0.0, 2: 0.003})
+    shutil.rmtree(root / "iso-1e+11-5000-seed1")
+    opts = FitOptions(bootstrap=0, approach="all", n_starts=16)
+    record = run_fits(load_run_store(root), opts)
+    assert set(record["seed_sensitivity_left_out"]) == {"seed1"} and "17 of the fit's 18 points" in record["seed_sensitivity_left_out"]["seed1"]
+    for row in record["seed_sensitivity"].values():
+        assert set(row) == {"seed0", "seed2", "spread"} and row["spread"] == pytest.approx(abs(row["seed2"] - row["seed0"]))
+    assert "Left out: seed1: has 17 of the fit's 18 points" in markdown({**record, "figures": []})
+    shutil.rmtree(root / "iso-1e+11-5000-seed2")
+    record = run_fits(load_run_store(root), opts)
+    assert set(record["seed_sensitivity_left_out"]) == {"seed1", "seed2"}
+    assert all(set(row) == {"seed0", "spread"} and row["spread"] is None for row in record["seed_sensitivity"].values())
+    text = markdown({**record, "figures": []})
+    assert "seed spread" in text and "| n/a |" in text
+
+
 def test_the_policy_and_seed_refits_use_the_points_the_filters_kept(tmp_path):
     """--min-tokens-per-param drops the points that are off the law; the refits at x1 and per seed must
     drop them too (they read the lr grid's runs and the replicates, which the filter does not touch)."""
