@@ -181,3 +181,29 @@ def test_softmax_is_jax_softmax_with_its_gradient():
     (dx,), (dx_ref,) = jax.vjp(softmax, x)[1](g), jax.vjp(lambda x: jax.nn.softmax(x, axis=-1), x)[1](g)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-6)
     assert float(jnp.abs(dx).max()) > 0.1  # not vacuous
+
+
+@pytest.mark.parametrize("T", [100, 256])
+def test_blocked_causal_attention_is_jax_attention_without_the_masked_blocks(T):
+    """Causal attention over T >= 64 positions attends in blocks of query rows (uneven at T = 100):
+    the same values as jax.nn.dot_product_attention (its XLA path), gradients to float rounding,
+    and no logits tensor as wide as T x T is computed."""
+    from lib.models.layers import attention_xla
+
+    rng = np.random.default_rng(0)
+    q, k, v, g = (jnp.asarray(rng.standard_normal((2, 3, T, 8)), jnp.float32) for _ in range(4))
+    fn = lambda q, k, v: attention_xla(q, k, v, None, True)  # noqa: E731
+    ref = lambda q, k, v: jax.nn.dot_product_attention(  # noqa: E731
+        *(x.transpose(0, 2, 1, 3) for x in (q, k, v)), is_causal=True, implementation="xla").transpose(0, 2, 1, 3)
+    o, vjp = jax.vjp(fn, q, k, v)
+    o_ref, vjp_ref = jax.vjp(ref, q, k, v)
+    np.testing.assert_allclose(o, o_ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(vjp(g), vjp_ref(g)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        assert float(jnp.abs(b).max()) > 0.1  # not vacuous
+    logits = [e.outvars[0].aval.shape for e in jax.make_jaxpr(jax.grad(lambda q: fn(q, k, v).sum()))(q).eqns
+              if e.primitive.name == "dot_general" and len(e.outvars[0].aval.shape) == 4]
+    widest = max(s[2] * s[3] for s in logits)
+    assert widest < T * T, f"a {T} x {T} logits tensor was computed: {logits}"
+    # the blocks cover the causal square's lower triangle and its diagonal blocks, well under the whole
+    assert sum(s[2] * s[3] for s in logits if s[3] != 8) / 2 < 0.7 * T * T
