@@ -409,7 +409,10 @@ def approach2(points: pd.DataFrame, cost: CostModel, gap_decades: float = 0.05, 
     BudgetNoise}, analysis/noise.py: measured by seed replicates) says where it is not: a budget it
     covers with >= MIN_NOISE_DOF degrees of freedom uses its own measured scale instead (also where
     every window has 3 sizes and there is no pooled scale), and so its minimum's se and weight
-    follow that budget's noise; budgets the noise misses are warned about. (Not the larger of the
+    follow that budget's noise; budgets the noise misses are warned about. The scale is pooled over
+    the sizes of the budget's window, the points its parabola sees (the seed's effect is heavy-tailed
+    and sits mostly in the smallest models, often outside the window), and over all the budget's
+    sizes where the window's give too few dof. (Not the larger of the
     two: the pooled scale is an average over budgets, no statement about one of them; on the
     ladder's design with its measured noise, falling 7x over the budgets, each budget's own scale
     gives a an rmse of 0.093 against 0.143 pooled and 0.130 for the larger of the two, with 95%
@@ -435,7 +438,7 @@ def approach2(points: pd.DataFrame, cost: CostModel, gap_decades: float = 0.05, 
     dof = sum(b.sigma_dof for b in ok)
     pooled = (float(np.sqrt(sum(b.sigma**2 * b.sigma_dof for b in ok if b.sigma_dof > 0) / dof)), dof) if dof > 0 else None
     measured = _measured_noise(points, labels, len(values), noise)
-    fits = [(_with_sigma(b, u, *chosen), u) if b.accepted and (chosen := _budget_sigma(measured[k], pooled)) else (b, u)
+    fits = [(_with_sigma(b, u, *chosen), u) if b.accepted and (chosen := _budget_sigma(measured[k], pooled, b.window)) else (b, u)
             for k, (b, u) in enumerate(fits)]
     budgets = tuple(b for b, _ in fits)
     ok = [b for b in budgets if b.accepted]
@@ -462,7 +465,9 @@ def approach2(points: pd.DataFrame, cost: CostModel, gap_decades: float = 0.05, 
 
 POOLED_SOURCE = "the windows' residuals, pooled over the budgets"
 MIN_NOISE_DOF = 8  # a budget's measured noise replaces the pooled scale from this many dof (E[sigma^2 / s^2] = dof / (dof - 2): 1.33x)
-SEED_SOURCE = "seed replicates at this budget"
+SEED_SOURCE = "seed replicates"
+WINDOW_SCOPE = "in this budget's window"  # the sizes the parabola is fitted to
+BUDGET_SCOPE = "at this budget, all its sizes"  # where the window's own points give too few dof
 
 
 def _measured_noise(points: pd.DataFrame, labels: np.ndarray, n_groups: int, noise: Mapping[float, BudgetNoise] | None) -> list:
@@ -478,12 +483,15 @@ def _measured_noise(points: pd.DataFrame, labels: np.ndarray, n_groups: int, noi
     return out
 
 
-def _budget_sigma(measured: BudgetNoise | None, pooled: tuple[float, int] | None) -> tuple[float, int, str] | None:
-    """(sigma, dof, source) behind a budget's se: the seed replicates' scale there where they measured
-    one with enough dof, else the windows' pooled residual scale; None with neither."""
-    if measured is not None and measured.dof >= MIN_NOISE_DOF and np.isfinite(measured.sigma) and measured.sigma > 0:
+def _budget_sigma(measured: BudgetNoise | None, pooled: tuple[float, int] | None, window: tuple[float, ...]) -> tuple[float, int, str] | None:
+    """(sigma, dof, source) behind a budget's se: the seed replicates' scale over the sizes of its
+    window, the points its parabola is fitted to, where they give >= MIN_NOISE_DOF; else over all the
+    budget's points; else the windows' pooled residual scale; None with none of them."""
+    if measured is not None:
         other = f"; the pooled residuals' scale: {pooled[0]:.3g}" if pooled else ""
-        return measured.sigma, measured.dof, f"{SEED_SOURCE} ({measured.n_runs} runs of {measured.n_points} points, {measured.dof} dof{other})"
+        for cand, where in ((measured.within(window), WINDOW_SCOPE), (measured, BUDGET_SCOPE)):
+            if cand is not None and cand.dof >= MIN_NOISE_DOF and np.isfinite(cand.sigma) and cand.sigma > 0:
+                return cand.sigma, cand.dof, f"{SEED_SOURCE} {where} ({cand.n_runs} runs of {cand.n_points} points, {cand.dof} dof{other})"
     return (pooled[0], pooled[1], POOLED_SOURCE) if pooled else None
 
 

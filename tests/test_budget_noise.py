@@ -151,7 +151,7 @@ def test_noise_reaches_budgets_grouped_by_clusters_of_C():
     frame.loc[3, "budget"] = np.nan
     res = ap.approach2(frame, SIX_N, noise=noise)
     assert res.grouping.startswith("clusters")
-    assert all(b.sigma == noise[C].sigma for b, C in zip(res.accepted, BUDGETS))
+    assert all(b.sigma == noise[C].within(b.window).sigma and ap.WINDOW_SCOPE in b.sigma_source for b, C in zip(res.accepted, BUDGETS))
     assert not any("measured the noise at" in w for w in res.warnings)
 
 
@@ -179,3 +179,44 @@ def test_windows_of_three_sizes_take_the_measured_noise():
     assert res.pooled is None and res.weights is not None
     assert all(np.isfinite(b.log10_N_opt_se) and b.sigma == noise[b.C].sigma for b in res.accepted)
     assert ap.bootstrap_approach2(frame, ap.group_budgets(frame), SIX_N, 20, seed=0, noise=noise).n_used > 0
+
+
+def test_within_pools_the_noise_over_a_window_of_sizes():
+    """`within(sizes)` against the pooled variance computed directly over those sizes' points."""
+    rng = np.random.default_rng(10)
+    frame = isoflop_frame(budgets=BUDGETS, k=9)
+    reps = {1: _noisy(frame, rng), 2: _noisy(frame, rng)}
+    main = _noisy(frame, rng)
+    noise = budget_noise(main, reps)
+    C = 1e19
+    sizes = np.sort(frame.loc[frame["budget"] == C, "N"].to_numpy())[2:7]
+    runs = np.stack([f.loc[f["budget"] == C].set_index("N").loc[sizes, "loss"].to_numpy() for f in (main, *reps.values())])
+    expected = np.sqrt(((runs - runs.mean(axis=0)) ** 2).sum() / (5 * 2))
+    part = noise[C].within(sizes)
+    assert (part.dof, part.n_points, part.n_runs) == (10, 5, 15)
+    assert part.sigma == pytest.approx(expected, rel=1e-12)
+    assert noise[C].within(sizes * 1.5) is None  # no measured size
+    assert BudgetNoise(sigma=0.1, dof=12, n_points=7, n_runs=21).within(sizes) is None  # no per-point parts kept
+
+
+def test_a_noisy_size_outside_the_window_does_not_set_the_minimum_s_noise():
+    """The seed's effect on the ladder sat mostly in the smallest model, often outside the window the
+    parabola is fitted to: the se takes the noise of the window's sizes; with too few dof there, the
+    budget's."""
+    rng = np.random.default_rng(11)
+    frame = _noisy(isoflop_frame(budgets=BUDGETS, k=9), rng)
+
+    def replicate():
+        rep = _noisy(frame, rng)
+        smallest = rep["N"] == rep.groupby("budget")["N"].transform("min")
+        return rep.assign(loss=rep["loss"] + np.where(smallest, 2.0 * rng.standard_normal(len(rep)), 0.0))
+
+    noise = budget_noise(frame, {1: replicate(), 2: replicate()})
+    res = ap.approach2(frame, SIX_N, noise=noise)
+    for b in res.accepted:
+        assert min(b.window) > noise[b.C].by_size[0][0]  # the noisy smallest size is outside the window
+        assert ap.WINDOW_SCOPE in b.sigma_source and b.sigma == noise[b.C].within(b.window).sigma
+        assert b.sigma < noise[b.C].sigma / 2  # the budget-wide scale is the outlier's
+    one = budget_noise(frame, {1: replicate()})  # 1 dof per point: 5 in the window, 9 over the budget
+    res = ap.approach2(frame, SIX_N, noise=one)
+    assert all(ap.BUDGET_SCOPE in b.sigma_source and b.sigma == one[b.C].sigma for b in res.accepted)
