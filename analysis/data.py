@@ -383,7 +383,8 @@ def load_run_store(root, params: str = "total", metric: str = "loss", train_loss
         return ds
     return replace(ds, budget_noise=noise).with_note(
         "one run's loss noise per budget, measured by the seed replicates at the rule's lr (approach 2's se, weights and bootstrap "
-        "use it where it has enough dof, in place of the pooled residual scale, pooled over the sizes of each budget's window): "
+        "use it where it has enough dof, in place of the pooled residual scale, pooled over the sizes of each budget's window: "
+        "the scale each budget used is in approach 2's table); over all the budget's sizes: "
         + ", ".join(f"{C:.3g}: {v.describe()}" for C, v in sorted(noise.items())))
 
 

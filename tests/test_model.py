@@ -183,9 +183,10 @@ def test_softmax_is_jax_softmax_with_its_gradient():
     assert float(jnp.abs(dx).max()) > 0.1  # not vacuous
 
 
-@pytest.mark.parametrize("T", [100, 256])
+@pytest.mark.parametrize("T", [100, 256, 512])
 def test_blocked_causal_attention_is_jax_attention_without_the_masked_blocks(T):
-    """Causal attention over T >= 64 positions attends in blocks of query rows (uneven at T = 100):
+    """Causal attention over T >= 64 positions attends in blocks of query rows (uneven at T = 100; at
+    most 8 blocks, of 64 rows at T = 512):
     the same values as jax.nn.dot_product_attention (its XLA path), gradients to float rounding,
     and no logits tensor as wide as T x T is computed."""
     from lib.models.layers import attention_xla
