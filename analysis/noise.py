@@ -51,6 +51,12 @@ class BudgetNoise:
         return f"{self.sigma:.3g} nats ({self.n_runs} runs of {self.n_points} points, {self.dof} dof)"
 
 
+def point_keys(frame: pd.DataFrame) -> list[pd.Series]:
+    """Which point each row is, whatever run measured it (an lr-grid run, a seed replicate): its budget,
+    N and D, rounded so that runs of one point agree though their floats were computed apart."""
+    return [frame["budget"].round(6), frame["N"].round(3), frame["D"].round(3)]
+
+
 def budget_noise(at_rule: pd.DataFrame, replicates: Mapping[int, pd.DataFrame]) -> dict[float, BudgetNoise]:
     """{budget: BudgetNoise} from the points at their rule's lr (`at_rule`: columns budget, N, D, loss)
     and each seed's replicates of them (same columns). A point counts where two or more runs have a
@@ -58,13 +64,12 @@ def budget_noise(at_rule: pd.DataFrame, replicates: Mapping[int, pd.DataFrame]) 
     frames = [at_rule, *replicates.values()]
     runs = pd.concat([f[["budget", "N", "D", "loss"]] for f in frames], ignore_index=True)
     runs = runs[np.isfinite(runs["loss"].astype(float)) & np.isfinite(runs["budget"].astype(float))]
-    keys = [runs["budget"].round(6), runs["N"].round(3), runs["D"].round(3)]
-    point = runs.groupby(keys)["loss"]
+    point = runs.groupby(point_keys(runs))["loss"]
     runs = runs.assign(dev=runs["loss"] - point.transform("mean"), n=point.transform("size"))
     runs = runs[runs["n"] >= 2]
     out = {}
     for budget, g in runs.groupby("budget"):
-        by_point = g.groupby([g["N"].round(3), g["D"].round(3)])
+        by_point = g.groupby(point_keys(g))
         parts = tuple((float(p["N"].iloc[0]), float((p["dev"] ** 2).sum()), int(len(p) - 1)) for _, p in by_point)
         dof = sum(p[2] for p in parts)
         out[float(budget)] = BudgetNoise(sigma=float(np.sqrt(sum(p[1] for p in parts) / dof)), dof=int(dof),

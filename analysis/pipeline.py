@@ -21,6 +21,7 @@ from analysis.bootstrap import bootstrap_law, interval
 from analysis.costmodel import SIX_N, CostModel, fit_cost_model
 from analysis.data import COLUMNS, Dataset
 from analysis.errors import AnalysisError
+from analysis.noise import point_keys
 from analysis.fit import fit_law
 from analysis.laws import CHINCHILLA, Law, chinchilla_fixed_E, get_law
 from analysis.predict import anchors, chinchilla_frontier, fit_loglog, local_exponents, point_fits, predict, predict_points
@@ -656,9 +657,8 @@ def seed_sensitivity(ds: Dataset, opts: FitOptions) -> tuple[dict, dict, dict]:
     return _refits(ds, variants, opts)
 
 
-def _point_keys(frame: pd.DataFrame) -> list[tuple]:
-    """Which point each row is, whatever run measured it: (budget, N, D)."""
-    return list(zip(frame["budget"].round(6), frame["N"].round(3), frame["D"].round(3)))
+def _point_tuples(frame: pd.DataFrame) -> list[tuple]:
+    return list(zip(*point_keys(frame)))
 
 
 def _refits(ds: Dataset, variants: dict, opts: FitOptions) -> tuple[dict, dict, dict]:
@@ -668,10 +668,10 @@ def _refits(ds: Dataset, variants: dict, opts: FitOptions) -> tuple[dict, dict, 
     same points; the third result says which were left out and why. The spread is max - min over the
     variants fitted, None with fewer than two (a spread over one variant would read as 0)."""
     quick = dataclasses.replace(opts, bootstrap=0, holdout_largest=0, at=(), points=())
-    kept = set(_point_keys(ds.points))
+    kept = set(_point_tuples(ds.points))
     a_by, exps_by, left_out = {}, {}, {}
     for name, pts in variants.items():
-        pts = pts[[k in kept for k in _point_keys(pts)]]
+        pts = pts[[k in kept for k in _point_tuples(pts)]]
         if len(pts) < len(ds.points):  # e.g. an lr factor some points lack (diverged runs, an edge extension)
             left_out[name] = f"has {len(pts)} of the fit's {len(ds.points)} points"
             continue
