@@ -183,10 +183,10 @@ def test_softmax_is_jax_softmax_with_its_gradient():
     assert float(jnp.abs(dx).max()) > 0.1  # not vacuous
 
 
-@pytest.mark.parametrize("T", [100, 256, 512])
+@pytest.mark.parametrize("T", [100, 512])
 def test_blocked_causal_attention_is_jax_attention_without_the_masked_blocks(T):
-    """Causal attention over T >= 64 positions attends in blocks of query rows (uneven at T = 100; at
-    most 8 blocks, of 64 rows at T = 512):
+    """Causal attention over T >= 64 positions attends in blocks of query rows (3 uneven ones at
+    T = 100; at most 8, of 64 rows, at T = 512):
     the same values as jax.nn.dot_product_attention (its XLA path), gradients to float rounding,
     and no logits tensor as wide as T x T is computed."""
     from lib.models.layers import attention_xla
@@ -196,10 +196,11 @@ def test_blocked_causal_attention_is_jax_attention_without_the_masked_blocks(T):
     fn = lambda q, k, v: attention_xla(q, k, v, None, True)  # noqa: E731
     ref = lambda q, k, v: jax.nn.dot_product_attention(  # noqa: E731
         *(x.transpose(0, 2, 1, 3) for x in (q, k, v)), is_causal=True, implementation="xla").transpose(0, 2, 1, 3)
-    o, vjp = jax.vjp(fn, q, k, v)
-    o_ref, vjp_ref = jax.vjp(ref, q, k, v)
+    value_and_vjp = lambda f: jax.jit(lambda q, k, v, g: (lambda o, vjp: (o, vjp(g)))(*jax.vjp(f, q, k, v)))  # noqa: E731
+    o, grads = value_and_vjp(fn)(q, k, v, g)
+    o_ref, grads_ref = value_and_vjp(ref)(q, k, v, g)
     np.testing.assert_allclose(o, o_ref, rtol=1e-5, atol=1e-6)
-    for a, b in zip(vjp(g), vjp_ref(g)):
+    for a, b in zip(grads, grads_ref):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
         assert float(jnp.abs(b).max()) > 0.1  # not vacuous
     logits = [e.outvars[0].aval.shape for e in jax.make_jaxpr(jax.grad(lambda q: fn(q, k, v).sum()))(q).eqns
