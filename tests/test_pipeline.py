@@ -28,9 +28,9 @@ def _config():
     return RunConfig(
         name="t",
         model=ModelConfig(d_model=32, n_layers=4, n_heads=4, scan_layers=True),
-        data=DataConfig(seq_len=16, global_batch=16),
+        data=DataConfig(seq_len=64, global_batch=16),  # 64: the causal attention runs in its blocks inside the schedule
         optimizer=OptimizerConfig(lr=3e-3, warmup_steps=5),
-        train=TrainConfig(steps=20, log_every=2, eval_every=20, eval_tokens=256, checkpoint_every=10, keep_checkpoints=3),
+        train=TrainConfig(steps=20, log_every=2, eval_every=20, eval_tokens=1024, checkpoint_every=10, keep_checkpoints=3),
         tracking=TrackingConfig(console=False),
     )
 

@@ -58,8 +58,9 @@ def test_activation_constraints_take_effect_only_under_the_mesh_and_rules():
 @pytest.mark.parametrize("preset", ["fsdp", "fsdp_tp"])
 def test_sharded_training_gives_the_single_device_losses(tiny_config, tmp_path, preset):
     """8 devices vs 1: same init (threefry is partitionable), same batches; only the order of
-    float32 reductions differs. Tolerance: 2e-5 relative on every logged loss over 20 AdamW steps."""
-    cfg = tiny_config.with_overrides({"train.steps": 20, "train.log_every": 2, "train.eval_every": 20, "model.n_heads": 4})
+    float32 reductions differs. Tolerance: 2e-5 relative on every logged loss over 20 AdamW steps.
+    Sequences of 64, so the causal attention runs in its blocks (lib/models/layers.py) under the mesh."""
+    cfg = tiny_config.with_overrides({"train.steps": 20, "train.log_every": 2, "train.eval_every": 20, "model.n_heads": 4, "data.seq_len": 64})
     train(cfg, tmp_path / "one", devices=jax.devices()[:1])
     train(cfg.with_overrides({"mesh.preset": preset}), tmp_path / "eight", devices=jax.devices())
     one, eight = RunDir(tmp_path / "one"), RunDir(tmp_path / "eight")
