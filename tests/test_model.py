@@ -209,15 +209,3 @@ def test_blocked_causal_attention_is_jax_attention_without_the_masked_blocks(T):
     assert widest < T * T, f"a {T} x {T} logits tensor was computed: {logits}"
     # the blocks cover the causal square's lower triangle and its diagonal blocks, well under the whole
     assert sum(s[2] * s[3] for s in logits if s[3] != 8) / 2 < 0.7 * T * T
-
-
-def test_the_gradient_of_q_k_v_is_one_concatenate_not_padded_copies():
-    """q, k, v come out of their stacked projection by one split, whose gradient concatenates dq, dk,
-    dv; indexing qkv[i] made it three zero-padded copies of the stack, summed (bit-identical, slower)."""
-    cfg = ModelConfig(d_model=32, n_layers=2, n_heads=4, vocab_size=64)
-    model, params = _init(cfg)
-    x = jnp.zeros((2, 16), jnp.int32)
-    jaxpr = jax.make_jaxpr(jax.grad(lambda p: model.apply({"params": p}, x).sum()))(params).jaxpr
-    names = [e.primitive.name for e in jaxpr.eqns]
-    assert names.count("split") == cfg.n_layers and names.count("concatenate") == cfg.n_layers
-    assert "pad" not in names
