@@ -78,12 +78,12 @@ def simulate(base: pd.DataFrame, target: float, resamples: int, seed: int, penal
     if penalty:
         runs = [draw(f)["loss"].to_numpy() for f in FACTORS]
         main = base.assign(loss=[best_lr(FACTORS, [r[i] for r in runs])["loss"] for i in range(len(base))])
-        reps = {0: base.assign(loss=runs[1]), 1: draw(1.0), 2: draw(1.0)}  # x1 at seeds 0, 1, 2
+        at_rule = base.assign(loss=runs[1])  # the x1 run at seed 0
     else:
-        main, reps = draw(1.0), {1: draw(1.0), 2: draw(1.0)}
+        main = at_rule = draw(1.0)
+    others = {1: draw(1.0), 2: draw(1.0)}  # x1 at seeds 1 and 2
     groups = ap.group_budgets(main)
     out = {}
-    at_rule, others = (reps[0], {k: v for k, v in reps.items() if k}) if penalty else (main, reps)
     for name, noise in (("pooled", None), ("seeds", budget_noise(at_rule, others))):
         try:
             a = ap.approach2(main, SIX_N, groups=groups, noise=noise).N_fit.exponent
