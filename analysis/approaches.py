@@ -412,12 +412,12 @@ def approach2(points: pd.DataFrame, cost: CostModel, gap_decades: float = 0.05, 
     follow that budget's noise; budgets the noise misses are warned about. The scale is pooled over
     the sizes of the budget's window, the points its parabola sees (the seed's effect is heavy-tailed
     and sits mostly in the smallest models, often outside the window), and over all the budget's
-    sizes where the window's give too few dof. (Not the larger of the
-    two: the pooled scale is an average over budgets, no statement about one of them; on the
-    ladder's design with its measured noise, falling 7x over the budgets, each budget's own scale
-    (over all its sizes, 134a92c; 0.092 over its window's) gives a an rmse of 0.093 against 0.143
-    pooled and 0.130 for the larger of the two, with 95%
-    intervals covering 99%, 91% and 99%: benchmarks/noise_coverage.py, the last at commit c8a315f.)
+    sizes where the window's give too few dof. (Not the larger of the two: the pooled scale is an
+    average over budgets, no statement about one of them; on the ladder's design with its measured
+    noise, falling 7x over the budgets, each budget's own scale (over all its sizes, 134a92c; 0.092
+    over its window's) gives a an rmse of 0.093 against 0.143 pooled and 0.130 for the larger of the
+    two, with 95% intervals covering 99%, 91% and 99%: benchmarks/noise_coverage.py, the last at
+    commit c8a315f.)
     Each accepted Budget's `sigma`, `sigma_dof` and `sigma_source` say which it used."""
     labels, values, how = groups if groups is not None else group_budgets(points, gap_decades)
     if len(values) < 2:

@@ -143,9 +143,9 @@ def attention_xla(q_BHTK, k_BHSK, v_BHSK, scale: float | None, causal: bool):
 
     Causal self-attention over T >= 2 * CAUSAL_BLOCK positions attends in blocks of query rows, each
     against the keys up to its last row: the logits above the diagonal's blocks, all masked, are never
-    computed (at T = 256, 8 blocks: only 36/64 of the square is computed). With a head dim of 16-64 the logits and
-    their softmax, not the matmuls, bound a CPU step: d64-L2 at seq 256 steps 1.5x faster
-    (docs/speed.md). A masked logit's probability is exactly 0 either way, so this is the same
+    computed (at T = 256, 8 blocks: only 36/64 of the square is computed). With a head dim of 16-64
+    the logits and their softmax, not the matmuls, bound a CPU step: d64-L2 at seq 256 steps 1.5x
+    faster (docs/speed.md). A masked logit's probability is exactly 0 either way, so this is the same
     function to float rounding: the sums over keys run over fewer zeros (on CPU the forward pass
     is equal to the bit, the gradients agree to 7.7e-7 of their largest entry)."""
     T, S = q_BHTK.shape[2], k_BHSK.shape[2]
