@@ -70,13 +70,12 @@ def stage_info(smoke: bool, tmp: Path) -> dict:
         stats = devs[0].memory_stats() or {}
     except Exception:  # noqa: BLE001 -- some backends have none
         stats = {}
-    if "bytes_limit" in stats:
-        dev["memory_gb"] = stats["bytes_limit"] / 2**30
-    env = None
-    try:
-        env = jax.print_environment_info(return_string=True)
-    except Exception as e:  # noqa: BLE001 -- informational only
-        env = f"unavailable: {e}"
+    if "bytes_limit" in stats:  # what JAX's allocator may use (75% of the device by default); nvidia-smi has the total
+        dev["allocator_limit_gb"] = stats["bytes_limit"] / 2**30
+    # What jax.print_environment_info says, less its nvidia-smi call (no timeout there: a hung driver
+    # would stop the check here; the driver asks nvidia-smi itself, with one).
+    env = {"platform": platform.platform(), "process_count": jax.process_count(), "local_devices": jax.local_device_count(),
+           **{k: v for k, v in sorted(os.environ.items()) if k.startswith(("JAX_", "XLA_"))}}
     return {"ok": True, "versions": versions(), "optional": optional_modules(), "devices": dev, "environment": env}
 
 
@@ -163,15 +162,18 @@ def stage_packed_throughput(smoke: bool, tmp: Path) -> dict:
 
 
 def _benchmark(script: str, args: list[str], tmp: Path) -> dict:
-    out = tmp / PARTIAL[script.removesuffix(".py")]
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True)
+    """The benchmark in a child process, its output streamed to files (unbuffered): a stage killed at
+    its limit still shows how far it got (`salvage`)."""
+    out, log, err = tmp / PARTIAL[script.removesuffix(".py")], tmp / f"{script}.log", tmp / f"{script}.err"
+    with open(log, "w") as f, open(err, "w") as e:
+        proc = subprocess.run([sys.executable, "-u", str(REPO / "benchmarks" / script), *args, "--out", str(out)], cwd=REPO,
+                              stdout=f, stderr=e, text=True)
     record = json.loads(out.read_text()) if out.exists() else {}
-    result = {"ok": proc.returncode == 0 and bool(record.get("rows")), "rows": record.get("rows", []), "table": proc.stdout.strip()[-6000:]}
+    result = {"ok": proc.returncode == 0 and bool(record.get("rows")), "rows": record.get("rows", []), "table": _tail(log, 6000).strip()}
     if record.get("failed_attempts"):
         result["failed_attempts"] = record["failed_attempts"]
     if not result["ok"]:
-        result["error"] = proc.stdout[-2000:] + proc.stderr[-3000:]
+        result["error"] = _tail(log, 2000) + _tail(err, 3000)
     return result
 
 
@@ -179,6 +181,7 @@ def stage_isoflop_gpu(smoke: bool, tmp: Path) -> dict:
     """One budget of experiments/isoflop_gpu at the base lr (the tuned rule needs the tune stage)."""
     from experiments import isoflop_gpu
     from experiments.workflow.options import SweepOptions
+    from lib import flops as flops_lib
     from experiments.workflow.sweep import run_sweep
     from lib.config import parse_set_args
 
@@ -195,16 +198,33 @@ def stage_isoflop_gpu(smoke: bool, tmp: Path) -> dict:
     wall = time.perf_counter() - t0
     losses = {o.run_id: o.eval_loss for o in report.outcomes}
     ok = report.exit_code == 0 and bool(losses) and all(v is not None for v in losses.values())
+    summaries = isoflop_summaries(root)
+    for s in summaries.values():  # the whole run's MFU (here, where JAX and the peak table may be imported)
+        s["mfu"] = None if s["flops_per_s"] is None else flops_lib.mfu(s["flops_per_s"], s["device_kind"], s["n_devices"])
     return {"ok": ok, "wall_s": wall, "budget": sweep.budgets[0], "runs": len(losses), "eval_losses": losses,
-            "best_eval_loss": min((v for v in losses.values() if v is not None), default=None), "summaries": isoflop_summaries(root),
+            "best_eval_loss": min((v for v in losses.values() if v is not None), default=None), "summaries": summaries,
             **({} if ok else {"error": "\n".join(report.lines())[-2000:]})}
 
 
 def isoflop_summaries(root: Path) -> dict:
-    """run id -> the numbers of its summary.json, for the runs that finished under `root`."""
-    keys = ("eval_loss", "params", "steps", "global_batch", "train_time_s", "compile_time_s", "tokens_per_s", "mfu")
-    return {p.parent.name: {k: s.get(k) for k in keys} for p in sorted(root.glob("*/summary.json"))
-            if isinstance(s := _read_json(p), dict)}
+    """run id -> the numbers of its summary.json, for the runs that finished under `root`, with the
+    training rate over the whole run: tokens and FLOPs (the run's flops_convention, chinchilla for
+    isoflop_gpu: attention included, where the throughput stage counts 6N) per second of its loop,
+    less compile, eval and checkpoint time (a pack's runs share that time: isoflop_gpu trains one run
+    per size, so its packs are of one)."""
+    keys = ("eval_loss", "params", "steps", "global_batch", "tokens", "flops_per_token", "train_time_s", "compile_time_s",
+            "device_kind", "n_devices")
+    out = {}
+    for p in sorted(root.glob("*/summary.json")):
+        if not isinstance(s := _read_json(p), dict):
+            continue
+        row = {k: s.get(k) for k in keys}
+        timed = bool(row["tokens"] and row["train_time_s"])
+        row["tokens_per_s"] = row["tokens"] / row["train_time_s"] if timed else None
+        row["flops_per_s"] = row["tokens_per_s"] * row["flops_per_token"] if timed and row["flops_per_token"] else None
+        row["flops_convention"] = (_read_json(p.parent / "config.json") or {}).get("train", {}).get("flops_convention")
+        out[p.parent.name] = row
+    return out
 
 
 def _read_json(path: Path):
@@ -219,12 +239,16 @@ STAGE_FUNCTIONS = {"info": stage_info, "tests": stage_tests, "train_throughput":
 
 
 # ---- the driver (never imports JAX: it would hold the accelerator's memory while the stages run) ----
+KILL_GRACE_S = 10.0  # a stage killed at its limit may take this long to go (_kill_group: SIGTERM, 5 s, SIGKILL, 5 s)
+
+
 def stage_limit(stage: str, stages: list[str], elapsed: float, budget: float) -> float:
     """Seconds `stage` may run: what is left of the budget minus the shares of the stages after it
-    (scaled to the budget), so a slow stage eats into its own and earlier stages' leftovers only."""
+    (scaled to the budget), so a slow stage eats into its own and earlier stages' leftovers only, less
+    the time its kill may take, so a stage killed at its limit still ends inside the budget."""
     scale = budget / sum(SHARES[s] for s in ["info", *STAGES])
     later = stages[stages.index(stage) + 1:] if stage in stages else list(stages)
-    return max(budget - elapsed - scale * sum(SHARES[s] for s in later), 1.0)
+    return max(budget - elapsed - scale * sum(SHARES[s] for s in later) - KILL_GRACE_S, 1.0)
 
 
 NO_COMMAND_BUFFER = "--xla_gpu_enable_command_buffer="  # what accelerator_check.sh --no-command-buffer sets
@@ -244,7 +268,7 @@ def run_stage(name: str, smoke: bool, tmp: Path, limit: float) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--stage", name, "--stage-out", str(out), "--tmp", str(tmp)]
     cmd += ["--cpu-smoke"] if smoke else []
     env = dict(os.environ)
-    if not smoke and name != "tests":  # the largest packs and the 350M model want more than JAX's default 75%
+    if not smoke and name not in ("info", "tests"):  # the largest packs and the 350M model want more than JAX's default 75%
         env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.90")
     t0 = time.perf_counter()
     with open(log, "w") as f:
@@ -294,9 +318,11 @@ def _tail(path: Path, chars: int) -> str:
 def salvage(name: str, tmp: Path) -> dict:
     """What a stage that was killed or crashed had already written."""
     path = tmp / PARTIAL.get(name, "-")
-    if name in ("train_throughput", "packed_throughput") and path.exists():
-        record = _read_json(path) or {}
-        return {"rows": record.get("rows", []), **({"failed_attempts": record["failed_attempts"]} if record.get("failed_attempts") else {})}
+    if name in ("train_throughput", "packed_throughput"):
+        record = (_read_json(path) if path.exists() else None) or {}
+        output = _tail(tmp / f"{name}.py.log", 1500) + _tail(tmp / f"{name}.py.err", 1500)
+        return {"rows": record.get("rows", []), **({"failed_attempts": record["failed_attempts"]} if record.get("failed_attempts") else {}),
+                **({"output": output} if output else {})}
     if name == "isoflop_gpu" and path.exists():
         return {"summaries": isoflop_summaries(path)}
     if name == "tests" and path.exists():
@@ -328,7 +354,8 @@ def table(record: dict) -> str:
              f"{'stage':<18} {'ok':<4} {'seconds':>8} {'limit':>6}  result"]
     for s in record["stages"]:
         lines.append(f"{s['name']:<18} {'yes' if s['ok'] else 'NO':<4} {s['seconds']:>8.1f} {s.get('limit_s', 0):>6.0f}  {_result(s)}")
-    lines.append(f"total {record['seconds']:.0f}s of a {record['budget_s']:.0f}s budget; JSON: {record['out']}")
+    setup = f" (and {record['setup_s']:.0f}s of setup before it)" if record.get("setup_s") is not None else ""
+    lines.append(f"total {record['seconds']:.0f}s of a {record['budget_s']:.0f}s budget{setup}; JSON: {record['out']}")
     return "\n".join(lines)
 
 
@@ -353,7 +380,11 @@ def _result(s: dict) -> str:
                                             + f" ({a['error'][:60]})" for a in s["failed_attempts"]))
     if s["name"] == "isoflop_gpu":
         if s.get("runs"):
-            parts.append(f"{s['runs']} runs at C={s['budget']:.0e} in {s['wall_s']:.0f}s, best eval loss {s['best_eval_loss']:.4f}")
+            best = "none finished" if s.get("best_eval_loss") is None else f"{s['best_eval_loss']:.4f}"
+            timed = [r for r in s.get("summaries", {}).values() if r.get("mfu") is not None]
+            mfus = [r["mfu"] for r in timed]
+            parts.append(f"{s['runs']} runs at C={s['budget']:.0e} in {s['wall_s']:.0f}s, best eval loss {best}"
+                         + (f", MFU {min(mfus):.1%}..{max(mfus):.1%} ({timed[0]['flops_convention']} FLOPs)" if timed else ""))
         elif s.get("summaries"):
             parts.append(f"{len(s['summaries'])} runs finished before the limit")
     if not s["ok"] and s.get("error"):
@@ -384,8 +415,10 @@ def main() -> None:
         return
 
     t0 = time.perf_counter()
+    started = os.environ.get("ACCELERATOR_CHECK_STARTED")  # accelerator_check.sh's start: its install and import checks took this long
+    setup_s = max(time.time() - float(started), 0.0) if started else None
     record = {"mode": "cpu-smoke" if args.cpu_smoke else "accelerator", "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "host": platform.node(), "python_executable": sys.executable, "budget_s": args.budget_s, "out": args.out,
+              "host": platform.node(), "python_executable": sys.executable, "setup_s": setup_s, "budget_s": args.budget_s, "out": args.out,
               "blocked_modules": [m for m in OPTIONAL if m in sys.modules and sys.modules[m] is None],
               "nvidia_smi": None if args.cpu_smoke else nvidia_smi(), "stages": []}
     with tempfile.TemporaryDirectory(prefix="accelerator_check_") as tmp:

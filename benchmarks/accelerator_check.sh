@@ -9,6 +9,8 @@
 # Set-ups:
 #   with network:  --install cuda12|cuda13 first runs `pip install -e ".[cuda12]"` (or cuda13) and pytest
 #                  into the python below (CUDA 12 wheels need an NVIDIA driver >= 525, CUDA 13's >= 580).
+#                  The download's time depends on the network, not the GPU: it comes before the stages'
+#                  budget, not out of it, and the table reports it ("setup").
 #   offline:       nothing is fetched. The python is $PYTHON, else .venv/bin/python, else python3 on
 #                  PATH, with this checkout on PYTHONPATH (no install); it needs jax with its CUDA
 #                  plugin, flax, optax, orbax-checkpoint, tensorstore (and what they bring: numpy, scipy,
@@ -21,6 +23,7 @@
 # some driver/JAX pairs) is rerun once with XLA_FLAGS=--xla_gpu_enable_command_buffer= (and the later
 # stages with it); --no-command-buffer sets that from the start.
 set -euo pipefail
+export ACCELERATOR_CHECK_STARTED="${ACCELERATOR_CHECK_STARTED:-$(date +%s.%N)}"  # the setup's time is reported beside the budget
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 INSTALL="" WHEELS="" ARGS=()
 while [[ $# -gt 0 ]]; do

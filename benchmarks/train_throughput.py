@@ -321,6 +321,7 @@ def gpu_preset(argv: list[str]) -> int:
     devices = jax.devices()
     record = {"device_kind": devices[0].device_kind, "n_devices": len(devices), "preset": vars(args), "rows": [], "failed_attempts": []}
     broken = set()  # attention implementations that failed other than by memory: not tried again for later sizes
+    ran_out = False  # an attempt in this process ran out of memory
     with tempfile.TemporaryDirectory(prefix="train_throughput_") as tmp:
         for size in args.sizes:
             attempts = [(a, b) for a in args.attention if a not in broken or a == args.attention[-1] for b in _halvings(args.batch, args.min_batch)]
@@ -338,10 +339,15 @@ def gpu_preset(argv: list[str]) -> int:
                     record["failed_attempts"].append({"size": size, "attention": attention, "batch": batch, "error": error})
                     oom = "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
                     broken |= set() if oom else {attention}
+                    ran_out |= oom
                     attempts = [(a, b) for a, b in attempts if (b < batch if oom else a != attention)]  # smaller batch, or next attention
                     gc.collect()
                     continue
-                record["rows"] += [{**r, "attention": attention, "batch": batch} for r in json.loads(out.read_text())["rows"]]
+                rows = [{**r, "attention": attention, "batch": batch} for r in json.loads(out.read_text())["rows"]]
+                if ran_out:
+                    for r in rows:  # JAX's peak is the process's: it would count the attempt that ran out of memory
+                        r.update(peak_memory_gb=None, peak_memory_note="not measured: an earlier attempt in this process ran out of memory")
+                record["rows"] += rows
                 break
             write_json(args.out, record)
     measured = {r["size"] for r in record["rows"]}

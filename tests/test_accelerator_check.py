@@ -54,6 +54,12 @@ def test_the_smoke_runs_on_cpu_with_only_jax_and_its_libraries(tmp_path):
     # finite and not blown up (14-29 steps at a sqrt(8/256)-scaled lr barely train: ~ln(64) = 4.2 to 6.3 nats seen)
     assert all(0 < v < 2 * np.log(64) + 2 for v in iso["eval_losses"].values())
     assert all(s["steps"] >= 10 and s["params"]["total"] > 0 for s in iso["summaries"].values())
+    for s in iso["summaries"].values():  # the whole run's rate, from its summary (a CPU has no peak: no MFU)
+        assert s["tokens_per_s"] == pytest.approx(s["tokens"] / s["train_time_s"]) and s["tokens_per_s"] > 0
+        assert s["flops_per_s"] == pytest.approx(s["tokens_per_s"] * s["flops_per_token"]) and s["mfu"] is None
+        assert s["flops_convention"] == "chinchilla"
+    assert record["setup_s"] is not None and 0 <= record["setup_s"] < record["seconds"]  # the shell's checks, before the budget
+    assert {"platform", "process_count"} <= set(record["environment"])
     for name in stages:
         assert name in proc.stdout  # the table
     assert "xla, batch 4" in proc.stdout and "failed: d16-L1 cudnn" in proc.stdout
@@ -84,15 +90,15 @@ def test_a_stage_past_its_limit_is_killed_with_its_children(tmp_path, monkeypatc
 
 
 def test_a_stage_may_use_what_earlier_stages_left_but_never_the_later_stages_shares():
-    from benchmarks.accelerator_check import SHARES, STAGES, stage_limit
+    from benchmarks.accelerator_check import KILL_GRACE_S, SHARES, STAGES, stage_limit
 
-    stages, budget = list(STAGES), 465.0
+    stages, budget, kill = list(STAGES), 465.0, KILL_GRACE_S  # each limit leaves the time a kill at it may take
     assert sum(SHARES.values()) == budget  # the default budget is the shares' sum
-    assert stage_limit("info", stages, 0, budget) == SHARES["info"]
-    assert stage_limit("tests", stages, 10, budget) == budget - 10 - (SHARES["train_throughput"] + SHARES["packed_throughput"] + SHARES["isoflop_gpu"])
-    assert stage_limit("isoflop_gpu", stages, 200, budget) == budget - 200  # the last stage: all that is left
-    assert stage_limit("tests", ["tests", "isoflop_gpu"], 0, budget) == budget - SHARES["isoflop_gpu"]  # --stages: only those chosen
-    assert stage_limit("tests", stages, 0, 93.0) == pytest.approx(93.0 * (1 - 315 / 465))  # a smaller budget scales every share
+    assert stage_limit("info", stages, 0, budget) == SHARES["info"] - kill
+    assert stage_limit("tests", stages, 10, budget) == budget - 10 - (SHARES["train_throughput"] + SHARES["packed_throughput"] + SHARES["isoflop_gpu"]) - kill
+    assert stage_limit("isoflop_gpu", stages, 200, budget) == budget - 200 - kill  # the last stage: all that is left
+    assert stage_limit("tests", ["tests", "isoflop_gpu"], 0, budget) == budget - SHARES["isoflop_gpu"] - kill  # --stages: only those chosen
+    assert stage_limit("tests", stages, 0, 93.0) == pytest.approx(93.0 * (1 - 315 / 465) - kill)  # a smaller budget scales every share
     assert stage_limit("tests", stages, 500, budget) == 1.0  # over budget: a stage still gets a second to fail cleanly
 
 
@@ -115,6 +121,33 @@ def test_the_table_names_a_failed_stage_and_its_error():
     train, packed = table(record).splitlines()[3:5]
     assert "350M: MFU 41.2% (xla, batch 16); failed: 350M cudnn b32 (XlaRuntimeError: RESOURCE_EXHAUSTED" in train
     assert packed.split()[:2] == ["packed_throughput", "NO"] and "d768-L8 K=1: MFU 20.0%; failed: d768-L8 K=8 (" in packed
+
+
+def test_the_table_reports_an_isoflop_stage_whose_runs_all_failed_and_one_whose_runs_have_an_mfu():
+    from benchmarks.accelerator_check import table
+
+    versions = {k: "1" for k in ("python", "jax", "jaxlib", "flax", "optax", "orbax", "tensorstore", "numpy")}
+    record = {"mode": "accelerator", "devices": {"count": 1, "kind": "NVIDIA H100 80GB HBM3", "backend": "gpu"}, "versions": versions,
+              "stages": [{"name": "isoflop_gpu", "ok": False, "seconds": 90.0, "limit_s": 105.0, "runs": 3, "budget": 1e15, "wall_s": 88.0,
+                          "eval_losses": {"a": None, "b": None, "c": None}, "best_eval_loss": None, "summaries": {},
+                          "error": "sweep isoflop_gpu: 0 trained, 3 failed"}],
+              "seconds": 300.0, "setup_s": 42.0, "budget_s": 465.0, "out": "x.json"}
+    lines = table(record).splitlines()
+    assert "3 runs at C=1e+15 in 88s, best eval loss none finished" in lines[3] and "3 failed" in lines[3]
+    assert "of a 465s budget (and 42s of setup before it)" in lines[-1]
+    record["stages"][0].update(ok=True, best_eval_loss=2.5, summaries={
+        "a": {"mfu": 0.31, "flops_convention": "chinchilla"}, "b": {"mfu": 0.42, "flops_convention": "chinchilla"}, "c": {"mfu": None}})
+    assert "best eval loss 2.5000, MFU 31.0%..42.0% (chinchilla FLOPs)" in table(record).splitlines()[3]
+
+
+def test_a_killed_benchmark_stage_keeps_its_output(tmp_path):
+    """A throughput stage killed before its benchmark wrote JSON still says how far it got."""
+    from benchmarks.accelerator_check import salvage
+
+    (tmp_path / "train_throughput.py.log").write_text("125M attention=cudnn batch=32: compiling\n")
+    (tmp_path / "train_throughput.py.err").write_text("W external/xla: slow compile\n")
+    kept = salvage("train_throughput", tmp_path)
+    assert kept["rows"] == [] and "125M attention=cudnn batch=32: compiling" in kept["output"] and "slow compile" in kept["output"]
 
 
 def test_only_a_failure_inside_cuda_graphs_is_retried_without_them(monkeypatch):
