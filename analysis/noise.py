@@ -17,6 +17,7 @@ to. So each BudgetNoise keeps its points' parts, and `within(sizes)` pools them 
 
     budget_noise(at_rule, replicates)   {budget: BudgetNoise}
     BudgetNoise.within(sizes)           the same pooled over the points of those model sizes
+    BudgetNoise.pooled(parts)           the one pooling both use
 """
 
 from __future__ import annotations
@@ -37,15 +38,20 @@ class BudgetNoise:
     # per point: (N, sum of its runs' squared deviations from their mean, runs - 1); empty: not kept
     by_size: tuple[tuple[float, float, int], ...] = ()
 
-    def within(self, sizes) -> "BudgetNoise | None":
-        """This budget's noise pooled over the points whose N is one of `sizes` (rtol 1e-6); None
-        where no per-point parts were kept or none of the sizes was measured."""
-        parts = [p for p in self.by_size if np.any(np.isclose(p[0], np.asarray(sizes, float), rtol=1e-6))]
+    @classmethod
+    def pooled(cls, parts) -> "BudgetNoise | None":
+        """The within-point variance pooled over `parts` (by_size entries); None without a dof."""
+        parts = tuple(parts)
         dof = sum(p[2] for p in parts)
         if not dof:
             return None
-        return BudgetNoise(sigma=float(np.sqrt(sum(p[1] for p in parts) / dof)), dof=int(dof), n_points=len(parts),
-                           n_runs=int(dof + len(parts)), by_size=tuple(parts))
+        return cls(sigma=float(np.sqrt(sum(p[1] for p in parts) / dof)), dof=int(dof), n_points=len(parts),
+                   n_runs=int(dof + len(parts)), by_size=parts)
+
+    def within(self, sizes) -> "BudgetNoise | None":
+        """This budget's noise pooled over the points whose N is one of `sizes` (rtol 1e-6); None
+        where no per-point parts were kept or none of the sizes was measured."""
+        return self.pooled(p for p in self.by_size if np.any(np.isclose(p[0], np.asarray(sizes, float), rtol=1e-6)))
 
     def describe(self) -> str:
         return f"{self.sigma:.3g} nats ({self.n_runs} runs of {self.n_points} points, {self.dof} dof)"
@@ -69,9 +75,7 @@ def budget_noise(at_rule: pd.DataFrame, replicates: Mapping[int, pd.DataFrame]) 
     runs = runs[runs["n"] >= 2]
     out = {}
     for budget, g in runs.groupby("budget"):
-        by_point = g.groupby(point_keys(g))
-        parts = tuple((float(p["N"].iloc[0]), float((p["dev"] ** 2).sum()), int(len(p) - 1)) for _, p in by_point)
-        dof = sum(p[2] for p in parts)
-        out[float(budget)] = BudgetNoise(sigma=float(np.sqrt(sum(p[1] for p in parts) / dof)), dof=int(dof),
-                                         n_points=len(parts), n_runs=int(len(g)), by_size=parts)
+        by_point = g.groupby(point_keys(g))  # every point here has >= 2 runs: pooled() is never None
+        out[float(budget)] = BudgetNoise.pooled((float(p["N"].iloc[0]), float((p["dev"] ** 2).sum()), int(len(p) - 1))
+                                                for _, p in by_point)
     return out
