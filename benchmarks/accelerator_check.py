@@ -164,7 +164,7 @@ def stage_packed_throughput(smoke: bool, tmp: Path) -> dict:
 def _benchmark(script: str, args: list[str], tmp: Path) -> dict:
     """The benchmark in a child process, its output streamed to files (unbuffered): a stage killed at
     its limit still shows how far it got (`salvage`)."""
-    out, log, err = tmp / PARTIAL[script.removesuffix(".py")], tmp / f"{script}.log", tmp / f"{script}.err"
+    out, (log, err) = tmp / PARTIAL[script.removesuffix(".py")], _benchmark_output(script.removesuffix(".py"), tmp)
     with open(log, "w") as f, open(err, "w") as e:
         proc = subprocess.run([sys.executable, "-u", str(REPO / "benchmarks" / script), *args, "--out", str(out)], cwd=REPO,
                               stdout=f, stderr=e, text=True)
@@ -177,12 +177,17 @@ def _benchmark(script: str, args: list[str], tmp: Path) -> dict:
     return result
 
 
+def _benchmark_output(stage: str, tmp: Path) -> tuple[Path, Path]:
+    """Where a benchmark stage's child writes its stdout and stderr (read back by `salvage` too)."""
+    return tmp / f"{stage}.py.log", tmp / f"{stage}.py.err"
+
+
 def stage_isoflop_gpu(smoke: bool, tmp: Path) -> dict:
     """One budget of experiments/isoflop_gpu at the base lr (the tuned rule needs the tune stage)."""
     from experiments import isoflop_gpu
     from experiments.workflow.options import SweepOptions
-    from lib import flops as flops_lib
     from experiments.workflow.sweep import run_sweep
+    from lib import flops as flops_lib
     from lib.config import parse_set_args
 
     # the 3 sizes nearest the budget's expected optimum (of 6): each size is a compile, and 3 fit the time limit
@@ -320,7 +325,7 @@ def salvage(name: str, tmp: Path) -> dict:
     path = tmp / PARTIAL.get(name, "-")
     if name in ("train_throughput", "packed_throughput"):
         record = (_read_json(path) if path.exists() else None) or {}
-        output = _tail(tmp / f"{name}.py.log", 1500) + _tail(tmp / f"{name}.py.err", 1500)
+        output = "".join(_tail(f, 1500) for f in _benchmark_output(name, tmp))
         return {"rows": record.get("rows", []), **({"failed_attempts": record["failed_attempts"]} if record.get("failed_attempts") else {}),
                 **({"output": output} if output else {})}
     if name == "isoflop_gpu" and path.exists():
