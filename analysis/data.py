@@ -388,6 +388,17 @@ def load_run_store(root, params: str = "total", metric: str = "loss", train_loss
         + ", ".join(f"{C:.3g}: {v.describe()}" for C, v in sorted(noise.items())))
 
 
+def seed_replicates(sweep, seed) -> np.ndarray:
+    """Which runs (their sweep names and train.seed, aligned) are seed replicates: a run of sweep
+    "S-seed<k>" trained at train.seed k, where S is the sweep of some run that is not a replicate
+    (lib/sweeps/plans.py Sweep.seeds). The fit sets them aside, and `scaling loss-parts` leaves them
+    out of a point's best run."""
+    sweep, seed = list(sweep), list(seed)
+    parsed = [_runstore().parse_replicate_sweep(s) for s in sweep]
+    main_sweeps = {s for s, p in zip(sweep, parsed) if p is None}
+    return np.array([p is not None and p[0] in main_sweeps and seed[i] == p[1] for i, p in enumerate(parsed)], dtype=bool)
+
+
 def _set_replicates_aside(frame: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict | None, list[str]]:
     """(the frame without seed-replicate runs, {"main_seed", "points": {seed: frame}} or None, notes).
     A replicate is a run of sweep "S-seed<k>" trained at train.seed k, where S is the sweep of points
@@ -397,10 +408,7 @@ def _set_replicates_aside(frame: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.D
     info = runs.set_index("run_id")
     sweep = info.loc[frame["run"], "sweep"].to_numpy()
     seed = info.loc[frame["run"], "seed"].to_numpy()
-    parse = _runstore().parse_replicate_sweep
-    parsed = [parse(s) for s in sweep]
-    main_sweeps = {s for s, p in zip(sweep, parsed) if p is None}
-    is_rep = np.array([p is not None and p[0] in main_sweeps and seed[i] == p[1] for i, p in enumerate(parsed)], dtype=bool)
+    is_rep = seed_replicates(sweep, seed)
     if not is_rep.any():
         return frame, None, []
     main_seeds = {int(s) for s, r in zip(seed, is_rep) if not r and s is not None and not pd.isna(s)}

@@ -59,11 +59,19 @@ def test_loss_parts_sum_to_each_runs_eval_loss_and_fit_each_part(mini_run, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     copy = tmp_path / "root"
     shutil.copytree(root, copy)  # the fixture's root is shared: write the parts into a copy
+    # A seed replicate of one point (sweep "mini-seed1" at train.seed 1) that beat it: another draw of
+    # the point, not another lr, so it must not become the point's best run (the fit sets it aside too).
+    first = sorted(p for p in copy.iterdir() if (p / "summary.json").exists())[0]
+    replicate = copy / f"{first.name}-seed1"
+    shutil.copytree(first, replicate)
+    summary, config = (json.loads((replicate / f).read_text()) for f in ("summary.json", "config.json"))
+    (replicate / "summary.json").write_text(json.dumps({**summary, "sweep": "mini-seed1", "eval_loss": summary["eval_loss"] - 0.5}))
+    (replicate / "config.json").write_text(json.dumps({**config, "sweep": "mini-seed1", "train": {**config["train"], "seed": 1}}))
     monkeypatch.chdir(tmp_path)
     assert loss_parts("root") == 0  # a relative root, as `scaling loss-parts runs/x` gives it (orbax wants absolute paths)
     parts = pd.read_csv(copy / "loss_parts" / "parts.csv")
     runs = [p for p in root.iterdir() if (p / "summary.json").exists()]
-    assert len(parts) == len(runs) > 0
+    assert len(parts) == len(runs) > 0 and replicate.name not in set(parts["run_id"])
     recorded = {p.name: json.loads((p / "summary.json").read_text())["eval_loss"] for p in runs}
     for _, r in parts.iterrows():
         assert abs(r["eval_loss"] - recorded[r["run_id"]]) < 1e-5  # the same held-out rows as the run's own eval

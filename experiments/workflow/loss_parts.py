@@ -119,15 +119,17 @@ def _token_losses(model):
 
 def measure_root(root, rows: int | None = None):
     """A frame of the parts of each point's best run (over its lr grid, by recorded eval loss) of
-    `root`'s sweep (not its check runs, nor tune/ or sensitivity/ below it), with N, D, C, budget,
-    lr_factor and the recorded eval loss."""
+    `root`'s sweep (not its check runs or seed replicates, nor tune/ or sensitivity/ below it: the
+    points the fit takes), with N, D, C, budget, lr_factor and the recorded eval loss."""
     import pandas as pd
 
-    from analysis.data import is_check_sweep
+    from analysis.data import is_check_sweep, seed_replicates
     from lib.store.runstore import load_runs
 
     runs = load_runs(root)
-    done = runs[(runs["state"] == "done") & ~runs["sweep"].map(is_check_sweep)]  # a check's runs test the fit; not fitted
+    # a check's runs test the fit, and a seed replicate is another draw of a point, not another lr: neither is fitted
+    replicate = seed_replicates(runs["sweep"], runs["seed"]) if "seed" in runs else False
+    done = runs[(runs["state"] == "done") & ~runs["sweep"].map(is_check_sweep) & ~replicate]
     # dropna=False: a grid sweep's runs have no budget; groupby would otherwise drop them all silently
     best = done.loc[done.groupby(["budget", "N_total"], dropna=False)["eval_loss"].idxmin()].sort_values(["budget", "N_total"])
     found = []
