@@ -301,6 +301,8 @@ def load_run_store(root, params: str = "total", metric: str = "loss", train_loss
     runs = runs[done].reset_index(drop=True)
     if len(runs) == 0:
         raise AnalysisError(f"none of the runs under {root} has finished (state 'done'); nothing to fit")
+    environments, env_notes = _environments(runs)
+    notes += env_notes
     n_col = f"N_{params}"
     alt_col = "N_non_embedding" if params == "total" else "N_total"
     loss = runs["eval_loss" if metric == "loss" else "eval_error"].astype(float)
@@ -358,7 +360,8 @@ def load_run_store(root, params: str = "total", metric: str = "loss", train_loss
     floors = runs.loc[runs["run_id"].isin(frame["run"]), floor_col].dropna().astype(float).unique()
     if len(floors) > 1:
         notes.append(_warn(f"runs record different entropy floors ({', '.join(f'{f:.4g}' for f in floors)}); none is reported"))
-    source = {"kind": "runs", "path": os.path.abspath(root), "params": params, "runs": int(len(done)), **({"metric": metric} if metric != "loss" else {}),
+    source = {"kind": "runs", "path": os.path.abspath(root), "params": params, "runs": int(len(done)), "environments": environments,
+              **({"metric": metric} if metric != "loss" else {}),
               **({"units": units[0]} if units and units[0] != "tokens" else {})}
     if "trunk" in runs:
         branch = runs["trunk"].notna() & runs["run_id"].isin(frame["run"])
@@ -386,6 +389,23 @@ def load_run_store(root, params: str = "total", metric: str = "loss", train_loss
         "use it where it has enough dof, in place of the pooled residual scale, pooled over the sizes of each budget's window: "
         "the scale each budget used is in approach 2's table); over all the budget's sizes: "
         + ", ".join(f"{C:.3g}: {v.describe()}" for C, v in sorted(noise.items())))
+
+
+_UNRECORDED = "not recorded (summaries before lib/train/environment.py)"
+
+
+def _environments(runs: pd.DataFrame) -> tuple[dict[str, int], list[str]]:
+    """{environment: finished runs} and a warning where they trained in more than one: a config
+    reproduces its run bit for bit only in its own environment (CPU model, ISA, threads, versions;
+    lib/train/environment.py), so a root mixed from two is reproduced exactly by neither."""
+    keys = runs["environment"].fillna(_UNRECORDED) if "environment" in runs else pd.Series(_UNRECORDED, index=runs.index)
+    counts = {str(k): int(n) for k, n in keys.value_counts().sort_index().items()}
+    recorded = [k for k in counts if k != _UNRECORDED]
+    if len(recorded) < 2:
+        return counts, []
+    listed = "; ".join(f"{k}: {n} run(s)" for k, n in counts.items())
+    return counts, [_warn(f"the runs trained in {len(recorded)} environments ({listed}); their floats differ by rounding between "
+                          "environments, so no one machine reproduces this fit bit for bit (rerun a run where its summary's environment says)")]
 
 
 def seed_replicates(sweep, seed) -> np.ndarray:

@@ -310,6 +310,9 @@ def markdown(record: dict) -> str:
         "",
         *(check_lines(record["check"], record) if record.get("check") else []),
         f"- Data: {src['kind']} `{src['path']}`.",
+        *[f"- Trained in: {k} ({n} run(s)). The same command reproduces these numbers bit for bit there; on another CPU "
+          "model, core count or jax version they move by rounding (lib/train/environment.py)."
+          for k, n in (src.get("environments") or {}).items()],
         f"- Cost model (used by every approach, table and figure): {record['cost_model']['description']}.",
         *[f"- {k}: {v}" for k, v in record["conventions"].items() if k != "C_model"],
     ]

@@ -5,8 +5,11 @@
 Matches every run folder, summary.json, metrics.jsonl row and JSON result (fit/fit.json,
 fit/check.json, tune/lr_rule.json, ...) by its path relative to its root and compares every number
 exactly (==, NaN equal to NaN). What measures the machine rather than the experiment (wall times,
-throughput, hosts, pids, timestamps, paths) is left out by key name. Prints a table, writes JSON,
-and exits 1 when anything differs or is missing on one side.
+throughput, hosts, pids, timestamps, paths) is left out by key name. The environments the runs
+trained in (summary.json `environment`: CPU model, ISA, threads, versions; lib/train/environment.py)
+are listed for each root first: between two environments the numbers are expected to differ by
+rounding, within one they are expected to be equal to the bit. Prints a table, writes JSON, and
+exits 1 when anything differs or is missing on one side.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 # Keys that measure the machine or the moment, not the experiment.
 _MACHINE_KEY = re.compile(r"time|seconds|_s$|throughput|per_s|per_sec|host|pid|date|wall|elapsed|heartbeat|"
-                          r"started|finished|created|path|dir|root|figures|version|mfu|flops_per_s")
+                          r"started|finished|created|path|dir|root|figures|version|mfu|flops_per_s|environment")
 _COMPARED = ("summary.json", "lr_rule.json", "fit.json", "check.json", "grid_extensions.json", "config.json")
 
 
@@ -57,6 +60,12 @@ def _records(root: Path) -> dict[str, object]:
     return out
 
 
+def environments(records: dict) -> dict[str, int]:
+    """{environment key: runs} over the summaries of one root ("not recorded" before summaries held it)."""
+    keys = [(rec.get("environment") or {}).get("key", "not recorded") for rel, rec in records.items() if rel.endswith("summary.json")]
+    return {k: keys.count(k) for k in sorted(set(keys))}
+
+
 def compare(root_a: Path, root_b: Path) -> dict:
     a, b = _records(root_a), _records(root_b)
     only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
@@ -67,7 +76,8 @@ def compare(root_a: Path, root_b: Path) -> dict:
             numbers += 1
             if key not in la or key not in lb or not _same(la[key], lb[key]):
                 differences.append({"file": rel, "key": key, "a": la.get(key), "b": lb.get(key)})
-    return {"root_a": str(root_a), "root_b": str(root_b), "files_compared": len(set(a) & set(b)),
+    return {"root_a": str(root_a), "root_b": str(root_b), "environments_a": environments(a), "environments_b": environments(b),
+            "files_compared": len(set(a) & set(b)),
             "values_compared": numbers, "only_in_a": only_a, "only_in_b": only_b,
             "differences": differences, "identical": not (only_a or only_b or differences)}
 
@@ -79,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=Path("compare_roots.json"), help="where to write the result")
     args = p.parse_args(argv)
     result = compare(args.root_a, args.root_b)
+    for side in ("a", "b"):
+        for key, n in result[f"environments_{side}"].items():
+            print(f"{'environment ' + side.upper():<22}{key}: {n} run(s)")
+    if result["environments_a"].keys() != result["environments_b"].keys():
+        print("  (the roots trained in different environments: rounding differences are expected)")
     print(f"{'files compared':<22}{result['files_compared']}")
     print(f"{'values compared':<22}{result['values_compared']}")
     print(f"{'only in A / only in B':<22}{len(result['only_in_a'])} / {len(result['only_in_b'])}")

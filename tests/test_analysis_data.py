@@ -157,7 +157,8 @@ def test_run_store_keeps_finished_runs_and_lists_the_others(tmp_path):
     assert "non-embedding" in ds.conventions["N"] and "6N" in ds.conventions["C"]
     np.testing.assert_allclose(ds.points.N_alt, [1e8, 2e8, 4e8])  # the other count: total
     assert ds.cost_source == "recorded" and ds.alt_N_name == "total parameters"
-    assert ds.source == {"kind": "runs", "path": str(root), "params": "non_embedding", "runs": 5}
+    assert ds.source == {"kind": "runs", "path": str(root), "params": "non_embedding", "runs": 5,
+                         "environments": {"not recorded (summaries before lib/train/environment.py)": 3}}
 
 
 def test_run_store_without_finished_runs_or_runs_at_all_is_an_error(tmp_path):

@@ -164,10 +164,18 @@ class RunDir:
             "created_at": old.get("created_at", now),
             "attempts": old.get("attempts", 0) + (1 if state == "running" else 0),
         }
+        environment = extra.pop("environment", None)  # where this attempt trains (lib/train/environment.py)
         status.update(extra)
         for key in ("host", "pid", "pack"):  # who trained it last (in a pack of how many) stays on record through done/failed
             if key in old:
                 status.setdefault(key, old[key])
+        # Every environment its attempts trained in, in order: a run resumed on another machine rounds
+        # differently after the resume, and its summary says so (lib/train/summary.py).
+        environments = list(old.get("environments", []))
+        if environment is not None and environment not in environments:
+            environments.append(environment)
+        if environments:
+            status["environments"] = environments
         if state != "running" and self._remote:
             self._merge_metrics()  # a stopped run's log is one object, as locally
         write_json_atomic(self.path / STATUS, status)
@@ -340,12 +348,13 @@ def load_runs(root):
                 "seed": (config.get("train") or {}).get("seed"),  # its init (a sweep's seed replicates differ in it alone)
                 "trunk": summary.get("trunk"),  # a cooldown branch: its trunk's run id (lib/sweeps/cooldowns.py)
                 "role": summary.get("role"),  # "trunk": a constant-rate trunk, no point to fit
+                "environment": (summary.get("environment") or {}).get("key"),  # where its floats came from (lib/train/environment.py)
             }
         )
     columns = [
         "run_id", "state", "reason", "path", "eval_loss", "train_loss", "eval_error", "bayes_error", "N_total", "N_embedding",
         "N_non_embedding", "N_active", "D", "units", "C", "flops_convention", "entropy_floor", "entropy_rate", "sweep", "budget", "family",
-        "lr", "lr_factor", "seed", "trunk", "role",
+        "lr", "lr_factor", "seed", "trunk", "role", "environment",
     ]
     df = pd.DataFrame(rows, columns=columns)
     numeric = ["eval_loss", "train_loss", "eval_error", "bayes_error", "N_total", "N_embedding", "N_non_embedding", "N_active", "D", "C", "entropy_floor", "entropy_rate", "budget"]

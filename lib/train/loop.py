@@ -38,6 +38,7 @@ from lib.store.claims import Claims, RunClaimed
 from lib.store.runstore import RunDir
 from lib.store.storage import default_data_root, is_url
 from lib.store.tracking import Tracker
+from lib.train.environment import numerics_environment
 from lib.train.runtime import InitFrom, PackRun, PackRuntime, Preempted, RunDiverged, make_evaluate
 from lib.train.step import pack_key
 from lib.train.summary import run_summary
@@ -96,7 +97,8 @@ def train_pack(
         todo = _claim(todo, claims, done)  # a run another process holds is not trained here
         for r in todo:
             r.run.write_config(r.cfg.to_dict())
-            r.run.set_state("running", host=socket.gethostname(), pid=os.getpid(), pack=len(todo))  # who trains it, for ops
+            r.run.set_state("running", host=socket.gethostname(), pid=os.getpid(), pack=len(todo),  # who trains it, for ops
+                            environment=numerics_environment(devices[0])["key"])  # and where: a resume elsewhere rounds otherwise
             r.tracker = Tracker(r.run, r.cfg, r.run_id, jax.process_index() == 0)
     except BaseException:
         claims.release_all()

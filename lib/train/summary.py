@@ -17,6 +17,7 @@ from lib import flops as flops_lib
 from lib.config import RunConfig, resolve_axis_sizes, units_per_row
 from lib.parallel import pipeline
 from lib.tasks import task_of
+from lib.train.environment import numerics_environment
 
 
 @dataclasses.dataclass
@@ -41,6 +42,7 @@ class RunSummary:
     checkpoint_time_s: float
     device_kind: str
     n_devices: int
+    environment: dict  # what besides the config decides its floats: versions, CPU, ISA, threads (lib.train.environment)
     pipeline: dict
     data: dict
     epochs: Any
@@ -78,12 +80,24 @@ def run_summary(r, rt) -> RunSummary:
         checkpoint_time_s=rt.spent["checkpoint"],
         device_kind=rt.device_kind,
         n_devices=len(rt.devices),
+        environment=_environment(r, rt),
         pipeline=_pipeline_summary(cfg, len(rt.devices)),
         data=source.describe(),
         epochs=source.epoch(t.steps),
         task=task_of(cfg).summary_fields(cfg, source, r.last, units, flops_lib.flops_per_token(cfg.model, per_row, t.flops_convention), flops_in),
         lineage=_lineage(r),
     )
+
+
+def _environment(r, rt) -> dict:
+    """Where the run trained (lib.train.environment), and, when its attempts trained in more than one
+    environment (a resume on another machine), each of them in order: its key then names them all, so
+    the fit counts it as an environment of its own and warns."""
+    env = numerics_environment(rt.devices[0])
+    attempts = (r.run.status() or {}).get("environments", [])
+    if len(attempts) > 1:
+        env = {**env, "attempts": attempts, "key": "resumed across: " + " -> ".join(attempts)}
+    return env
 
 
 def _lineage(r) -> dict:
