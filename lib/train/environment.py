@@ -31,8 +31,8 @@ def _cpuinfo() -> str:
 
 
 def cpu_model(cpuinfo: str) -> str:
-    """The CPU's name, with its family/model/stepping where the name is generic (a VM's "Intel(R)
-    Xeon(R) Processor" names no generation)."""
+    """The CPU's name with its family/model/stepping (a VM's "Intel(R) Xeon(R) Processor" names no
+    generation; the numbers do)."""
     field = {k: (re.search(rf"^{k}\s*:\s*(.+)$", cpuinfo, re.M) or [None, None])[1] for k in ("model name", "cpu family", "model", "stepping")}
     name = (field["model name"] or platform.processor() or platform.machine()).strip()
     ids = [field[k].strip() for k in ("cpu family", "model", "stepping") if field[k]]
