@@ -92,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     for side in ("a", "b"):
         for key, n in result[f"environments_{side}"].items():
             print(f"{'environment ' + side.upper():<22}{key}: {n} run(s)")
-    if result["environments_a"].keys() != result["environments_b"].keys():
+    recorded = [{k for k in result[f"environments_{side}"] if k != "not recorded"} for side in ("a", "b")]
+    if all(recorded) and recorded[0] != recorded[1]:
         print("  (the roots trained in different environments: rounding differences are expected)")
+    elif not all(recorded):
+        print("  (a root's summaries do not record their environment: whether a difference is the machine's is unknown)")
     print(f"{'files compared':<22}{result['files_compared']}")
     print(f"{'values compared':<22}{result['values_compared']}")
     print(f"{'only in A / only in B':<22}{len(result['only_in_a'])} / {len(result['only_in_b'])}")
