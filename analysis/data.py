@@ -391,16 +391,12 @@ def load_run_store(root, params: str = "total", metric: str = "loss", train_loss
         + ", ".join(f"{C:.3g}: {v.describe()}" for C, v in sorted(noise.items())))
 
 
-_UNRECORDED = "not recorded (summaries before lib/train/environment.py)"
-
-
 def _environments(runs: pd.DataFrame) -> tuple[dict[str, int], list[str]]:
     """{environment: finished runs} and a warning where they trained in more than one: a config
     reproduces its run bit for bit only in its own environment (CPU model, ISA, threads, versions;
     lib/train/environment.py), so a root mixed from two is reproduced exactly by neither."""
-    keys = runs["environment"].fillna(_UNRECORDED) if "environment" in runs else pd.Series(_UNRECORDED, index=runs.index)
-    counts = {str(k): int(n) for k, n in keys.value_counts().sort_index().items()}
-    recorded = [k for k in counts if k != _UNRECORDED]
+    counts = {str(k): int(n) for k, n in runs["environment"].value_counts().sort_index().items()}
+    recorded = [k for k in counts if k != _runstore().UNRECORDED_ENVIRONMENT]
     if len(recorded) < 2:
         return counts, []
     listed = "; ".join(f"{k}: {n} run(s)" for k, n in counts.items())

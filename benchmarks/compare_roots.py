@@ -21,6 +21,9 @@ import re
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lib.store.runstore import UNRECORDED_ENVIRONMENT as UNRECORDED  # noqa: E402
+
 # Keys that measure the machine or the moment, not the experiment.
 _MACHINE_KEY = re.compile(r"time|seconds|_s$|throughput|per_s|per_sec|host|pid|date|wall|elapsed|heartbeat|"
                           r"started|finished|created|path|dir|root|figures|version|mfu|flops_per_s|environment")
@@ -61,8 +64,8 @@ def _records(root: Path) -> dict[str, object]:
 
 
 def environments(records: dict) -> dict[str, int]:
-    """{environment key: runs} over the summaries of one root ("not recorded" before summaries held it)."""
-    keys = [(rec.get("environment") or {}).get("key", "not recorded") for rel, rec in records.items() if rel.endswith("summary.json")]
+    """{environment key: runs} over the summaries of one root (UNRECORDED before summaries held it)."""
+    keys = [(rec.get("environment") or {}).get("key", UNRECORDED) for rel, rec in records.items() if rel.endswith("summary.json")]
     return {k: keys.count(k) for k in sorted(set(keys))}
 
 
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     for side in ("a", "b"):
         for key, n in result[f"environments_{side}"].items():
             print(f"{'environment ' + side.upper():<22}{key}: {n} run(s)")
-    recorded = [{k for k in result[f"environments_{side}"] if k != "not recorded"} for side in ("a", "b")]
+    recorded = [{k for k in result[f"environments_{side}"] if k != UNRECORDED} for side in ("a", "b")]
     if all(recorded) and recorded[0] != recorded[1]:
         print("  (the roots trained in different environments: rounding differences are expected)")
     elif not all(recorded):

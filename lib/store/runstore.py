@@ -304,6 +304,11 @@ def summary_D(summary: dict):
     return summary.get(summary.get("units", "tokens"))
 
 
+# A summary's environment key (lib/train/environment.py: where its floats came from), or this where a
+# summary written before it has none; the fit and benchmarks/compare_roots.py count runs by it.
+UNRECORDED_ENVIRONMENT = "not recorded (summaries before lib/train/environment.py)"
+
+
 def load_runs(root):
     """One row per run: run_id, state, reason, path, losses, N (each convention), D, C, family, ...
 
@@ -348,7 +353,7 @@ def load_runs(root):
                 "seed": (config.get("train") or {}).get("seed"),  # its init (a sweep's seed replicates differ in it alone)
                 "trunk": summary.get("trunk"),  # a cooldown branch: its trunk's run id (lib/sweeps/cooldowns.py)
                 "role": summary.get("role"),  # "trunk": a constant-rate trunk, no point to fit
-                "environment": (summary.get("environment") or {}).get("key"),  # where its floats came from (lib/train/environment.py)
+                "environment": (summary.get("environment") or {}).get("key", UNRECORDED_ENVIRONMENT),  # where its floats came from
             }
         )
     columns = [

@@ -33,9 +33,12 @@ def _cpuinfo() -> str:
 def cpu_model(cpuinfo: str) -> str:
     """The CPU's name with its family/model/stepping (a VM's "Intel(R) Xeon(R) Processor" names no
     generation; the numbers do)."""
-    field = {k: (re.search(rf"^{k}\s*:\s*(.+)$", cpuinfo, re.M) or [None, None])[1] for k in ("model name", "cpu family", "model", "stepping")}
-    name = (field["model name"] or platform.processor() or platform.machine()).strip()
-    ids = [field[k].strip() for k in ("cpu family", "model", "stepping") if field[k]]
+    def field(key: str) -> str | None:
+        m = re.search(rf"^{key}\s*:\s*(.+)$", cpuinfo, re.M)
+        return m.group(1).strip() if m else None
+
+    name = field("model name") or platform.processor() or platform.machine()
+    ids = [v for v in (field("cpu family"), field("model"), field("stepping")) if v]
     return f"{name} [{'/'.join(ids)}]" if len(ids) == 3 else name
 
 

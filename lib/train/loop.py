@@ -95,10 +95,10 @@ def train_pack(
 
     try:
         todo = _claim(todo, claims, done)  # a run another process holds is not trained here
+        where = numerics_environment(devices[0])["key"]  # a resume elsewhere rounds otherwise: each attempt's is kept
         for r in todo:
             r.run.write_config(r.cfg.to_dict())
-            r.run.set_state("running", host=socket.gethostname(), pid=os.getpid(), pack=len(todo),  # who trains it, for ops
-                            environment=numerics_environment(devices[0])["key"])  # and where: a resume elsewhere rounds otherwise
+            r.run.set_state("running", host=socket.gethostname(), pid=os.getpid(), pack=len(todo), environment=where)  # who trains it, where
             r.tracker = Tracker(r.run, r.cfg, r.run_id, jax.process_index() == 0)
     except BaseException:
         claims.release_all()
