@@ -50,16 +50,21 @@ def _same(a, b) -> bool:
 
 
 def _records(root: Path) -> dict[str, object]:
-    """Relative path -> parsed content of every compared JSON file and every metrics.jsonl."""
+    """Relative path -> parsed content of every compared JSON file and every metrics.jsonl; a file
+    that does not parse (a truncated write) is {"unreadable": the parser's message}, which differs
+    from any readable record, so it is reported, not raised."""
     out: dict[str, object] = {}
     for path in sorted(root.rglob("*")):
         rel = str(path.relative_to(root))
         if "checkpoints" in path.parts or ".corrupt-" in path.name:
             continue
-        if path.name in _COMPARED:
-            out[rel] = json.loads(path.read_text())
-        elif path.name == "metrics.jsonl":
-            out[rel] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        try:
+            if path.name in _COMPARED:
+                out[rel] = json.loads(path.read_text())
+            elif path.name == "metrics.jsonl":
+                out[rel] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            out[rel] = {"unreadable": f"{path}: {e}"}
     return out
 
 

@@ -110,3 +110,14 @@ def test_a_fit_from_one_machine_names_it_in_fit_json_and_the_report(mini_run):
     (key, n), = record["source"]["environments"].items()
     assert f"- Trained in: {key} ({n} run(s))." in (root / "fit" / "report.md").read_text()
     assert not any("environments (" in w for w in record["warnings"])
+
+
+def test_compare_roots_reports_a_truncated_file_instead_of_raising(tmp_path):
+    a = _root(tmp_path, "a", ["cpu A (AVX2, 2 threads)"] * 2)
+    b = _root(tmp_path, "b", ["cpu A (AVX2, 2 threads)"] * 2)
+    text = (b / "r0" / "summary.json").read_text()
+    (b / "r0" / "summary.json").write_text(text[: len(text) // 2])  # a write cut short
+    result = compare_roots.compare(a, b)
+    assert not result["identical"]
+    assert any(d["file"] == "r0/summary.json" and d["key"] == "unreadable" for d in result["differences"])
+    assert result["environments_b"] == {"cpu A (AVX2, 2 threads)": 1, compare_roots.UNRECORDED: 1}
