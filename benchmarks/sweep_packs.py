@@ -7,7 +7,8 @@ older revisions (`--baseline REV ..`, train_throughput.py's switch) and/or vmapp
 (`--vmap`; on CPU the loop maps them one by one) -- in alternating rounds in one process, on one
 fixed batch (the loop's own host work per tick hides behind the step: docs/speed.md). Prints each
 pack's median step per variant and the training time each variant implies for the whole sweep (each
-pack's steps x its step), and writes JSON (default benchmarks/results/sweep_packs.json).
+pack's steps x its step), and writes JSON (default benchmarks/results/sweep_packs.json). Every pack
+trains on one device here, as a CPU sweep's do.
 
 This is the issue-26 measure "per FLOP" without training the sweep again: the same packs, lengths and
 FLOPs, only the step differs. Compile, init, eval and checkpoints are not in it (the runs' summaries
@@ -59,8 +60,9 @@ def sweep_packs(root: Path) -> list[tuple[str, list[RunConfig]]]:
     return packs
 
 
-def compiled_pack(cfgs: list[RunConfig], mesh, rev: str | None, vmap: bool, root: Path):
-    """[step, state, batch, advance, hparams] of the pack as the loop builds it (transformer at `rev`)."""
+def built_pack(cfgs: list[RunConfig], mesh, rev: str | None, vmap: bool, root: Path):
+    """[jitted step, state, batch, advance, hparams] of the pack as the loop builds it, on one device
+    (the transformer at `rev`; vmap: one vmap over its runs -- a pack of one is the lone program either way)."""
     with transformer_at(rev):
         lone = build_steps(cfgs[0], mesh)
         pack = build_pack(cfgs, mesh, chunk=None if vmap else "auto")
@@ -105,7 +107,7 @@ def main() -> None:
     rows, implied = [], dict.fromkeys(variants, 0.0)
     with sharding.activate(mesh):
         for name, cfgs in packs:
-            built = {v: compiled_pack(cfgs, mesh, rev, vmap, args.root) for v, (rev, vmap) in variants.items()}
+            built = {v: built_pack(cfgs, mesh, rev, vmap, args.root) for v, (rev, vmap) in variants.items()}
             times = {v: [] for v in variants}
             for _ in range(args.rounds):
                 for v in variants:
