@@ -25,12 +25,12 @@ import collections
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.results_io import write_json  # noqa: E402
+from benchmarks.packed_throughput import timed_steps  # noqa: E402
 from benchmarks.train_throughput import transformer_at  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -60,32 +60,18 @@ def sweep_packs(root: Path) -> list[tuple[str, list[RunConfig]]]:
     return packs
 
 
-def built_pack(cfgs: list[RunConfig], mesh, rev: str | None, vmap: bool, root: Path):
-    """[jitted step, state, batch, advance, hparams] of the pack as the loop builds it, on one device
-    (the transformer at `rev`; vmap: one vmap over its runs -- a pack of one is the lone program either way)."""
+def built_pack(cfgs: list[RunConfig], mesh, rev: str | None, vmap: bool, root: Path) -> dict:
+    """The pack as the loop builds it, on one device (the transformer at `rev`; vmap: one vmap over its
+    runs -- a pack of one is the lone program either way): its jitted step, a fresh stacked initial
+    state per call of `start` (the step donates it), one batch, the advance mask and hparams."""
     with transformer_at(rev):
         lone = build_steps(cfgs[0], mesh)
         pack = build_pack(cfgs, mesh, chunk=None if vmap else "auto")
     source = make_source(cfgs[0].data, data_root=cfgs[0].data.data_root or default_data_root(str(root)))
-    rows = [source.batch(0, 0, 1) for _ in cfgs]
-    state = pack.stack(*(lone.init(jax.random.key(c.train.seed)) for c in cfgs))
-    batch = pack.batch(jax.tree.map(lambda *x: np.stack(x), *rows), mesh)
-    advance = sharding.replicated_array(np.ones(len(cfgs), bool), mesh)
-    return [pack.train_step, state, batch, advance, pack.hparams]
-
-
-def time_steps(built: list, steps: int) -> float:
-    """Seconds per step over `steps` steps (after two unmeasured ones); the state carries over."""
-    fn, state, batch, advance, hp = built
-    for _ in range(2):
-        state, metrics = fn(state, advance, batch, hp)
-    jax.block_until_ready(metrics)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = fn(state, advance, batch, hp)
-    jax.block_until_ready(metrics)
-    built[1] = state
-    return (time.perf_counter() - t0) / steps
+    batch = pack.batch(jax.tree.map(lambda *x: np.stack(x), *[source.batch(0, 0, 1) for _ in cfgs]), mesh)
+    inits = [lone.init(jax.random.key(c.train.seed)) for c in cfgs]
+    return {"step": pack.train_step, "start": lambda: pack.stack(*inits), "batch": batch,
+            "advance": sharding.replicated_array(np.ones(len(cfgs), bool), mesh), "hparams": pack.hparams}
 
 
 def main() -> None:
@@ -110,8 +96,8 @@ def main() -> None:
             built = {v: built_pack(cfgs, mesh, rev, vmap, args.root) for v, (rev, vmap) in variants.items()}
             times = {v: [] for v in variants}
             for _ in range(args.rounds):
-                for v in variants:
-                    times[v].append(time_steps(built[v], args.steps))
+                for v, b in built.items():  # each round from the same initial state
+                    times[v].append(timed_steps(b["step"], b["start"](), b["advance"], [b["batch"]] * 2, b["hparams"], args.steps)[0])
             step_s = {v: float(np.median(t)) for v, t in times.items()}
             steps = cfgs[0].train.steps
             for v in variants:
