@@ -43,21 +43,29 @@ from lib.train.environment import numerics_environment  # noqa: E402
 from lib.train.step import build_pack, build_steps, pack_key  # noqa: E402
 
 
-def sweep_packs(root: Path) -> list[tuple[str, list[RunConfig]]]:
+def sweep_packs(root: Path) -> tuple[list[tuple[str, list[RunConfig]]], list[str]]:
     """(name, configs) of each pack the runs under `root` trained in, by pack key, length and the pack
     size their status.json records (runs of one key and length beyond that size: packs of it, in
-    run-id order). A run without a config is left out; one without a recorded size counts as alone."""
-    groups = collections.defaultdict(list)
+    run-id order); and a line for each run left out because its config.json does not parse. A run
+    without a recorded pack size (or a readable status.json) counts as alone."""
+    groups, left_out = collections.defaultdict(list), []
     for run_dir in sorted(p.parent for p in root.glob("*/config.json")):
-        cfg = RunConfig.from_json((run_dir / "config.json").read_text())
-        status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").exists() else {}
+        try:
+            cfg = RunConfig.from_json((run_dir / "config.json").read_text())
+        except ValueError as e:  # a truncated or foreign file (JSONDecodeError is a ValueError)
+            left_out.append(f"{run_dir.name}: config.json does not parse ({e})")
+            continue
+        try:
+            status = json.loads((run_dir / "status.json").read_text())
+        except (OSError, ValueError):
+            status = {}
         groups[(pack_key(cfg), cfg.train.steps, int(status.get("pack") or 1))].append((run_dir.name, cfg))
     packs = []
     for (_, _, size), runs in groups.items():
         for i in range(0, len(runs), size):
             chunk = runs[i:i + size]
             packs.append((chunk[0][0] + (f" (+{len(chunk) - 1})" if len(chunk) > 1 else ""), [c for _, c in chunk]))
-    return packs
+    return packs, left_out
 
 
 def built_pack(cfgs: list[RunConfig], mesh, rev: str | None, vmap: bool, root: Path) -> dict:
@@ -83,7 +91,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30, help="timed steps per round")
     p.add_argument("--out", default="sweep_packs.json")
     args = p.parse_args()
-    packs = sweep_packs(args.root)
+    packs, left_out = sweep_packs(args.root)
+    for line in left_out:
+        print(f"left out {line}", file=sys.stderr)
     if not packs:
         p.error(f"root: no runs with a config.json under {args.root}")
     variants = {"this": (None, False), **{f"at {rev}": (rev, False) for rev in args.baseline}, **({"vmap": (None, True)} if args.vmap else {})}
@@ -107,7 +117,7 @@ def main() -> None:
     print("the packs' steps take: " + ", ".join(f"{v} {implied[v]:.1f} s" for v in variants)
           + "".join(f"; {v}: {implied['this'] / implied[v]:.2f}x this tree's speed" for v in variants if v != "this"))
     record = {"root": str(args.root), "environment": numerics_environment(jax.devices()[0]), "load": os.getloadavg()[0],
-              "rounds": args.rounds, "steps": args.steps, "rows": rows, "implied_training_s": implied}
+              "rounds": args.rounds, "steps": args.steps, "rows": rows, "implied_training_s": implied, "left_out": left_out}
     print(f"wrote {write_json(args.out, record)}")
 
 

@@ -41,8 +41,22 @@ def root(tmp_path_factory):
 
 
 def test_runs_are_grouped_into_the_packs_they_trained_in(root):
-    packs = bench.sweep_packs(root)
+    packs, left_out = bench.sweep_packs(root)
     assert [(name, [c.name for c in cfgs]) for name, cfgs in packs] == [("a (+1)", ["a", "b"]), ("c (+1)", ["c", "d"]), ("e", ["e"])]
+    assert left_out == []
+
+
+def test_a_run_whose_config_does_not_parse_is_named_and_left_out(root, tmp_path):
+    import shutil
+
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    text = (copy / "c" / "config.json").read_text()
+    (copy / "c" / "config.json").write_text(text[: len(text) // 2])  # a write cut short
+    (copy / "d" / "status.json").write_text("{")
+    packs, left_out = bench.sweep_packs(copy)
+    assert [(name, [c.name for c in cfgs]) for name, cfgs in packs] == [("a (+1)", ["a", "b"]), ("d", ["d"]), ("e", ["e"])]
+    assert len(left_out) == 1 and left_out[0].startswith("c: config.json does not parse")
 
 
 def test_each_pack_is_timed_per_variant_and_the_sweep_time_is_their_sum(root, tmp_path, monkeypatch, capsys):
